@@ -1,0 +1,31 @@
+# Quick start: `make demo` (pre-training on the tiny config) and `make test`.
+# Both create and fill the virtualenv on first use; later calls reuse it.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+WORKDIR ?= workdirs/demo
+# Multi-device code is tested on 8 simulated CPU devices.
+TEST_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=8
+
+.PHONY: setup test demo bench clean
+
+$(STAMP): setup.cfg pyproject.toml requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c requirements.lock -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(TEST_ENV) $(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(PY) -m experiments.pretrain --config=configs/pretrain.py:tiny --workdir=$(WORKDIR)
+
+bench: $(STAMP)
+	$(PY) benchmarks/train_step.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
