@@ -1,0 +1,73 @@
+"""MLE pre-training of the Transformer LM on a local text corpus.
+
+  python -m experiments.pretrain --config=configs/pretrain.py:tiny --workdir=/tmp/pretrain
+
+Variants: `smoke` (seconds: nano model on a slice of the corpus), `tiny` (minutes on 2 CPU
+cores; `make demo`), `small` and `paper` (accelerators). Override any field on the command line,
+e.g. `--config.optimizer.lr=3e-4 --config.mesh.shape.model=2`.
+"""
+
+import ml_collections
+
+from configs import models
+
+VARIANTS = {
+    # model, seq_len, global batch, steps, lr, warm-up, log/eval/checkpoint every, corpus glob.
+    "smoke": dict(model="nano", seq_len=64, batch=8, steps=30, lr=3e-3, warmup=5,
+                  log=5, eval=10, ckpt=10, pattern="json/*.py"),
+    "tiny": dict(model="tiny", seq_len=128, batch=16, steps=600, lr=2e-3, warmup=50,
+                 log=20, eval=100, ckpt=100, pattern="**/*.py"),
+    "small": dict(model="small", seq_len=256, batch=64, steps=20_000, lr=1e-3, warmup=500,
+                  log=50, eval=500, ckpt=1000, pattern="**/*.py"),
+    "paper": dict(model="base", seq_len=512, batch=256, steps=100_000, lr=6e-4, warmup=2000,
+                  log=100, eval=1000, ckpt=2000, pattern="**/*.py"),
+}
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+    if arg not in VARIANTS:
+        raise ValueError(f"unknown variant {arg!r} of configs/pretrain.py; choose one of "
+                         f"{sorted(VARIANTS)}")
+    v = VARIANTS[arg]
+    config = ml_collections.ConfigDict()
+    config.variant = arg
+    config.seed = 0
+    config.objective = "mle"
+
+    config.model = models.model_config(v["model"], max_len=v["seq_len"])
+
+    config.data = ml_collections.ConfigDict()
+    config.data.text_dir = ""  # Empty: the Python standard library source of this interpreter.
+    config.data.pattern = v["pattern"]
+    config.data.valid_fraction = 0.02
+    config.data.data_dir = ""  # Empty: $LEARNED_LOSS_DATA_DIR or ~/.cache/learned_loss/tfds.
+    config.data.seq_len = v["seq_len"]
+    config.data.global_batch_size = v["batch"]
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "adamw"
+    config.optimizer.lr = v["lr"]
+    config.optimizer.warmup_steps = v["warmup"]
+    config.optimizer.min_lr_ratio = 0.1
+    config.optimizer.b1 = 0.9
+    config.optimizer.b2 = 0.95
+    config.optimizer.eps = 1e-8
+    config.optimizer.eps_root = 1e-8  # > 0 keeps adam differentiable for meta-gradients.
+    config.optimizer.weight_decay = 0.1
+    config.optimizer.grad_clip = 1.0
+
+    config.train = ml_collections.ConfigDict()
+    config.train.num_steps = v["steps"]
+    config.train.log_every = v["log"]
+    config.train.eval_every = v["eval"]
+    config.train.eval_batches = 4
+    config.train.checkpoint_every = v["ckpt"]
+    config.train.keep_checkpoints = 3
+    config.train.async_checkpoints = True
+    config.train.peak_flops_per_device = 0.0  # 0: datasheet value, or measured on CPU.
+
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.shape = {"data": -1, "model": 1}
+    config.sharding = ml_collections.ConfigDict()
+    config.sharding.rules = models.PARTITION_RULES
+    return config

@@ -1,0 +1,66 @@
+"""Entry-point plumbing shared by `experiments/`: flag parsing and one-line errors.
+
+A user mistake (an unknown config key, a mesh that does not fit the devices, a missing corpus,
+a workdir of another model) ends the program with a single `error: ...` line that names the
+problem and the fix, and exit status 2; a traceback is kept for real bugs.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import Callable, Sequence
+
+from absl import app, flags
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(ValueError):
+    """A mistake in the flags, config or inputs that the user can fix."""
+
+
+def fail(message: str) -> None:
+    """Prints one line to stderr and exits with EXIT_USER_ERROR."""
+    first = " ".join(str(message).split())
+    print(f"error: {first}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def _unknown_key_message(error: Exception, argv: Sequence[str]) -> str | None:
+    """Turns ml_collections' "'lrr' Did you mean 'lr'" into a message naming the flag."""
+    text = str(error).replace("\\'", "'").replace('\\"', '"').replace("\\n", " ")
+    key = re.search(r"'([A-Za-z0-9_]+)'", text)
+    if not key:
+        return None
+    flag = next((a.split("=")[0] for a in argv if re.search(
+        rf"^--[\w]+(\.[\w]+)*\.{re.escape(key.group(1))}(\.|=|$)", a)), None)
+    hint = re.search(r'Did you mean "([^"]+)"', text)
+    where = f" in {flag}" if flag else ""
+    fix = f" (did you mean {hint.group(1)!r}?)" if hint else ""
+    return (f"unknown config key {key.group(1)!r}{where}{fix}; only fields that the config file "
+            f"defines can be overridden")
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+    """absl flag parsing with one-line errors for bad flags and unknown config keys."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as e:
+        fail(_unknown_key_message(e, argv) or f"bad flag: {e}")
+    except flags.Error as e:
+        fail(str(e))
+    return []
+
+
+def run(main: Callable[[list[str]], None], user_errors: tuple[type[Exception], ...] = ()) -> None:
+    """`absl.app.run(main)` where UserError (and `user_errors`) print one line and exit 2."""
+    handled = (UserError,) + tuple(user_errors)
+
+    def guarded(argv):
+        try:
+            main(argv)
+        except handled as e:
+            fail(str(e))
+
+    app.run(guarded, flags_parser=parse_flags)

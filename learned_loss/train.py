@@ -1,0 +1,131 @@
+"""The inner loop: a training state and one pure, jitted step generic over the objective.
+
+`step(state, batch, theta)` takes the objective's parameters theta as an argument (empty for MLE)
+so that an outer loop can differentiate through it (truncated backprop) or vmap it over a
+population (evolution strategies).
+
+Shapes: B batch, T sequence length.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from learned_loss import model as model_lib
+from learned_loss import sharding
+
+Objective = Callable[[Any, jax.Array, Mapping[str, jax.Array]], tuple[jax.Array, dict]]
+
+
+class TrainState(NamedTuple):
+    params: Any
+    opt_state: Any
+    step: jax.Array  # [] int32: optimizer steps taken.
+    rng: jax.Array  # [2] uint32: raw key data (checkpointable), split once per step.
+
+
+def learning_rate_schedule(cfg: Mapping[str, Any], num_steps: int) -> optax.Schedule:
+    """Linear warm-up to `lr`, then cosine decay to `lr * min_lr_ratio` at `num_steps`."""
+    warmup = min(int(cfg["warmup_steps"]), max(num_steps - 1, 0))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=cfg["lr"], warmup_steps=warmup,
+        decay_steps=max(num_steps, warmup + 1), end_value=cfg["lr"] * cfg["min_lr_ratio"])
+
+
+def _decay_mask(params):
+    """Weight decay on matrices only; not on biases, norm scales or offsets (GPT-2 practice)."""
+    return jax.tree.map(lambda x: x.ndim >= 2, params)
+
+
+def make_optimizer(cfg: Mapping[str, Any], num_steps: int) -> optax.GradientTransformation:
+    """Global-norm clipping followed by AdamW (Loshchilov and Hutter 2019).
+
+    `eps_root > 0` keeps adam differentiable (meta-gradients through the update are wrong or
+    NaN with the default 0).
+    """
+    if cfg["name"] != "adamw":
+        raise ValueError(f"optimizer.name={cfg['name']!r} is not supported; use 'adamw'")
+    schedule = learning_rate_schedule(cfg, num_steps)
+    return optax.chain(
+        optax.clip_by_global_norm(cfg["grad_clip"]),
+        optax.adamw(schedule, b1=cfg["b1"], b2=cfg["b2"], eps=cfg["eps"],
+                    eps_root=cfg["eps_root"], weight_decay=cfg["weight_decay"],
+                    mask=_decay_mask))
+
+
+def init_state(model: model_lib.Model, optimizer: optax.GradientTransformation,
+               rng: jax.Array, seq_len: int) -> TrainState:
+    """Fresh parameters and optimizer state. rng: a typed PRNG key."""
+    init_rng, state_rng = jax.random.split(rng)
+    params = model.init(init_rng, jnp.zeros((1, seq_len), jnp.int32))
+    return TrainState(params=params, opt_state=optimizer.init(params),
+                      step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(state_rng))
+
+
+def _loss_and_metrics(params, batch, theta, model, objective):
+    out = model.apply(params, batch["inputs"])
+    return objective(theta, out.logits, batch)
+
+
+def train_step(state: TrainState, batch: Mapping[str, jax.Array], theta: Any, *,
+               model: model_lib.Model, optimizer: optax.GradientTransformation,
+               objective: Objective) -> tuple[TrainState, dict]:
+    """One optimizer step on `objective`. batch: {'inputs': [B, T], 'targets': [B, T], ...}."""
+    grad_fn = jax.value_and_grad(_loss_and_metrics, has_aux=True)
+    (_, metrics), grads = grad_fn(state.params, batch, theta, model, objective)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    rng = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state.rng))[0])
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads),
+                   param_norm=optax.global_norm(params))
+    return TrainState(params, opt_state, state.step + 1, rng), metrics
+
+
+def eval_step(params: Any, batch: Mapping[str, jax.Array], theta: Any, *,
+              model: model_lib.Model, objective: Objective) -> dict:
+    """The objective's metrics on a batch, without an update."""
+    return _loss_and_metrics(params, batch, theta, model, objective)[1]
+
+
+def state_shardings(state: TrainState, optimizer: optax.GradientTransformation,
+                    rules: sharding.Rules, mesh: jax.sharding.Mesh) -> TrainState:
+    """NamedSharding for every leaf: params by the rules, moments like their params, and the
+    step, rng and every optimizer scalar replicated."""
+    specs = sharding.param_specs(state.params, rules, mesh)
+    opt_specs = sharding.opt_state_specs(optimizer, state.params, specs)
+    return sharding.named(mesh, TrainState(params=specs, opt_state=opt_specs, step=P(), rng=P()))
+
+
+def compile_steps(model: model_lib.Model, optimizer: optax.GradientTransformation,
+                  objective: Objective, state_sh: TrainState, mesh: jax.sharding.Mesh):
+    """The jitted train and eval steps with explicit shardings; the train step donates state.
+
+    Returns (train(state, batch, theta) -> (state, metrics), evaluate(params, batch, theta)).
+    """
+    batch_sh = NamedSharding(mesh, sharding.batch_spec(mesh))
+    replicated = NamedSharding(mesh, P())
+    train = jax.jit(
+        functools.partial(train_step, model=model, optimizer=optimizer, objective=objective),
+        in_shardings=(state_sh, batch_sh, None), out_shardings=(state_sh, replicated),
+        donate_argnums=(0,))
+    evaluate = jax.jit(
+        functools.partial(eval_step, model=model, objective=objective),
+        in_shardings=(state_sh.params, batch_sh, None), out_shardings=replicated)
+    return train, evaluate
+
+
+def create_sharded_state(model: model_lib.Model, optimizer: optax.GradientTransformation,
+                         rng: jax.Array, seq_len: int, rules: sharding.Rules,
+                         mesh: jax.sharding.Mesh) -> tuple[TrainState, TrainState]:
+    """Initialises the state directly into its shardings. Returns (state, shardings)."""
+    init = functools.partial(init_state, model, optimizer, seq_len=seq_len)
+    abstract = jax.eval_shape(init, rng)
+    state_sh = state_shardings(abstract, optimizer, rules, mesh)
+    state = jax.jit(init, out_shardings=state_sh)(rng)
+    return state, state_sh
