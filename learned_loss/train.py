@@ -82,8 +82,8 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], theta: Any, *,
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     rng = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state.rng))[0])
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads),
-                   param_norm=optax.global_norm(params))
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
+                   param_norm=optax.tree.norm(params))
     return TrainState(params, opt_state, state.step + 1, rng), metrics
 
 
