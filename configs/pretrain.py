@@ -12,15 +12,16 @@ import ml_collections
 from configs import models
 
 VARIANTS = {
-    # model, seq_len, global batch, steps, lr, warm-up, log/eval/checkpoint every, corpus glob.
+    # model, seq_len, global batch, steps, lr, warm-up, log/eval/checkpoint every, corpus glob
+    # and its validation fraction.
     "smoke": dict(model="nano", seq_len=64, batch=8, steps=30, lr=3e-3, warmup=5,
-                  log=5, eval=10, ckpt=10, pattern="json/*.py"),
+                  log=5, eval=10, ckpt=10, pattern="email/**/*.py", valid=0.1),
     "tiny": dict(model="tiny", seq_len=128, batch=16, steps=600, lr=2e-3, warmup=50,
-                 log=20, eval=100, ckpt=100, pattern="**/*.py"),
+                 log=20, eval=100, ckpt=100, pattern="**/*.py", valid=0.02),
     "small": dict(model="small", seq_len=256, batch=64, steps=20_000, lr=1e-3, warmup=500,
-                  log=50, eval=500, ckpt=1000, pattern="**/*.py"),
+                  log=50, eval=500, ckpt=1000, pattern="**/*.py", valid=0.02),
     "paper": dict(model="base", seq_len=512, batch=256, steps=100_000, lr=6e-4, warmup=2000,
-                  log=100, eval=1000, ckpt=2000, pattern="**/*.py"),
+                  log=100, eval=1000, ckpt=2000, pattern="**/*.py", valid=0.02),
 }
 
 
@@ -39,7 +40,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.text_dir = ""  # Empty: the Python standard library source of this interpreter.
     config.data.pattern = v["pattern"]
-    config.data.valid_fraction = 0.02
+    config.data.valid_fraction = v["valid"]
     config.data.data_dir = ""  # Empty: $LEARNED_LOSS_DATA_DIR or ~/.cache/learned_loss/tfds.
     config.data.seq_len = v["seq_len"]
     config.data.global_batch_size = v["batch"]

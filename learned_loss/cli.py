@@ -7,13 +7,16 @@ problem and the fix, and exit status 2; a traceback is kept for real bugs.
 
 from __future__ import annotations
 
+import logging as std_logging
 import re
 import sys
 from typing import Callable, Sequence
 
-from absl import app, flags
+from absl import app, flags, logging
 
 EXIT_USER_ERROR = 2
+# Libraries whose INFO lines drown the run's own (orbax logs a dozen lines per checkpoint).
+QUIET_BELOW_WARNING = ("/orbax/", "/tensorflow_datasets/", "/jax/_src/")
 
 
 class UserError(ValueError):
@@ -53,11 +56,17 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     return []
 
 
+def _quiet_libraries(record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or not any(
+        part in record.pathname for part in QUIET_BELOW_WARNING)
+
+
 def run(main: Callable[[list[str]], None], user_errors: tuple[type[Exception], ...] = ()) -> None:
     """`absl.app.run(main)` where UserError (and `user_errors`) print one line and exit 2."""
     handled = (UserError,) + tuple(user_errors)
 
     def guarded(argv):
+        logging.get_absl_handler().addFilter(_quiet_libraries)
         try:
             main(argv)
         except handled as e:

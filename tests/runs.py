@@ -1,0 +1,52 @@
+"""Helpers for tests that run the entry points as real processes."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def env(devices: int = 1, **extra) -> dict:
+    """The environment of a child process with `devices` simulated CPU devices."""
+    out = dict(os.environ)
+    out["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    out["JAX_PLATFORMS"] = "cpu"
+    out.update(extra)
+    return out
+
+
+def command(module: str, workdir, config: str, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", module, f"--config={config}", f"--workdir={workdir}",
+            *overrides]
+
+
+def run(module: str, workdir, config: str, *overrides: str, devices: int = 1,
+        timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(command(module, workdir, config, *overrides), cwd=ROOT,
+                          env=env(devices), capture_output=True, text=True, timeout=timeout)
+
+
+def start(module: str, workdir, config: str, *overrides: str, devices: int = 1,
+          **extra_env) -> subprocess.Popen:
+    return subprocess.Popen(command(module, workdir, config, *overrides), cwd=ROOT,
+                            env=env(devices, **extra_env), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def metrics(workdir) -> list[dict]:
+    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def deterministic(records: list[dict]) -> list[dict]:
+    """Metric records without wall-clock figures (throughput, MFU, ETA)."""
+    return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in records]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
