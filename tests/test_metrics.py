@@ -11,39 +11,39 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from learned_loss import metrics
+from learned_loss import metrics, tensorboard
 
 
 # --- CRC32C and TFRecord framing ---------------------------------------------
 
 def test_crc32c_test_vectors():
     # RFC 3720 (iSCSI) appendix B.4 and the classic "check" value.
-    assert metrics.crc32c(b"123456789") == 0xE3069283
-    assert metrics.crc32c(bytes(32)) == 0x8A9136AA
-    assert metrics.crc32c(b"\xff" * 32) == 0x62A8AB43
-    assert metrics.crc32c(bytes(range(32))) == 0x46DD794E
-    assert metrics.crc32c(b"") == 0
+    assert tensorboard.crc32c(b"123456789") == 0xE3069283
+    assert tensorboard.crc32c(bytes(32)) == 0x8A9136AA
+    assert tensorboard.crc32c(b"\xff" * 32) == 0x62A8AB43
+    assert tensorboard.crc32c(bytes(range(32))) == 0x46DD794E
+    assert tensorboard.crc32c(b"") == 0
 
 
 def test_masked_crc_matches_formula():
-    crc = metrics.crc32c(b"hello")
+    crc = tensorboard.crc32c(b"hello")
     expected = (((crc >> 15) | (crc << 17)) + 0xA282EAD8) % 2**32
-    assert metrics.masked_crc32c(b"hello") == expected
+    assert tensorboard.masked_crc32c(b"hello") == expected
 
 
 def test_frame_layout():
-    frame = metrics.frame_record(b"abc")
+    frame = tensorboard.frame_record(b"abc")
     assert len(frame) == 8 + 4 + 3 + 4
     assert frame[:8] == (3).to_bytes(8, "little")
-    assert int.from_bytes(frame[8:12], "little") == metrics.masked_crc32c(frame[:8])
+    assert int.from_bytes(frame[8:12], "little") == tensorboard.masked_crc32c(frame[:8])
     assert frame[12:15] == b"abc"
-    assert int.from_bytes(frame[15:], "little") == metrics.masked_crc32c(b"abc")
+    assert int.from_bytes(frame[15:], "little") == tensorboard.masked_crc32c(b"abc")
 
 
 # --- Event files --------------------------------------------------------------
 
 def _write_events(logdir):
-    writer = metrics.TensorBoardWriter(logdir)
+    writer = tensorboard.TensorBoardWriter(logdir)
     writer.write_scalars(1, {"loss": 2.5, "lr": 1e-3})
     writer.write_scalars(2, {"loss": 1.25})
     writer.write_scalars(3_000_000_000, {"loss": -0.1})  # > int32.
@@ -59,17 +59,17 @@ def test_event_file_name_and_round_trip(tmp_path):
     assert stamp.isdigit() and rest[0] == str(os.getpid()) and rest[1].isdigit()
     expected = [(1, "loss", 2.5), (1, "lr", 1e-3), (2, "loss", 1.25),
                 (3_000_000_000, "loss", -0.1)]
-    got = metrics.read_tensorboard_scalars(path)
+    got = tensorboard.read_tensorboard_scalars(path)
     assert [(s, t) for s, t, _ in got] == [(s, t) for s, t, _ in expected]
     np.testing.assert_array_equal(  # Stored as float32.
         np.float32([v for _, _, v in got]), np.float32([v for *_, v in expected]))
-    assert metrics.read_tensorboard_scalars(tmp_path) == got  # Folder form.
+    assert tensorboard.read_tensorboard_scalars(tmp_path) == got  # Folder form.
 
 
 def test_first_record_is_file_version(tmp_path):
-    first = metrics.read_records(_write_events(tmp_path))[0]
+    first = tensorboard.read_records(_write_events(tmp_path))[0]
     assert b"brain.Event:2" in first
-    assert metrics._decode_scalars(first) == (0, [])
+    assert tensorboard._decode_scalars(first) == (0, [])
 
 
 @pytest.mark.parametrize("offset", [3, 9, 20, -2])
@@ -81,14 +81,14 @@ def test_flipped_byte_is_detected(tmp_path, offset):
     data[offset] ^= 0x01
     open(path, "wb").write(bytes(data))
     with pytest.raises(ValueError, match="CRC mismatch"):
-        metrics.read_records(path)
+        tensorboard.read_records(path)
 
 
 def test_torn_last_frame_is_ignored(tmp_path):
     path = _write_events(tmp_path)
     data = open(path, "rb").read()
     open(path, "wb").write(data[:-5])
-    assert [s for s, *_ in metrics.read_tensorboard_scalars(path)] == [1, 1, 2]
+    assert [s for s, *_ in tensorboard.read_tensorboard_scalars(path)] == [1, 1, 2]
 
 
 def _protobuf_classes():
@@ -126,7 +126,7 @@ def _protobuf_classes():
 
 def test_wire_encoding_matches_protobuf_library():
     Event = _protobuf_classes()
-    raw = metrics.encode_event(1234.5, 77, scalars={"a/b": 0.5, "c": -3.0})
+    raw = tensorboard.encode_event(1234.5, 77, scalars={"a/b": 0.5, "c": -3.0})
     event = Event.FromString(raw)
     assert event.wall_time == 1234.5 and event.step == 77
     assert [(v.tag, v.simple_value) for v in event.summary.value] == [
@@ -134,10 +134,10 @@ def test_wire_encoding_matches_protobuf_library():
     # The library's own serialization decodes identically with our reader.
     assert event.SerializeToString() == raw
     negative = Event(step=-5, file_version="brain.Event:2")
-    assert metrics._decode_scalars(negative.SerializeToString()) == (-5, [])
-    ours = Event.FromString(metrics.encode_event(0.0, -5, file_version="v"))
+    assert tensorboard._decode_scalars(negative.SerializeToString()) == (-5, [])
+    ours = Event.FromString(tensorboard.encode_event(0.0, -5, file_version="v"))
     assert ours.step == -5 and ours.file_version == "v"
-    start = Event.FromString(metrics.encode_event(1.0, 11, session_start=True))
+    start = Event.FromString(tensorboard.encode_event(1.0, 11, session_start=True))
     assert start.step == 11 and start.session_log.status == 1
 
 
@@ -165,7 +165,7 @@ def test_tensorboard_scalars_equal_jsonl(tmp_path):
     with metrics.MetricWriter(tmp_path) as writer:
         for step in range(1, 4):
             writer.write(step, {"loss": 1.0 / step, "lr": jnp.asarray(0.1 * step)})
-    tb = metrics.read_tensorboard_scalars(tmp_path / "tensorboard")
+    tb = tensorboard.read_tensorboard_scalars(tmp_path / "tensorboard")
     jsonl = [(r["step"], k, r[k]) for r in metrics.read_metrics(tmp_path)
              for k in ("loss", "lr")]
     assert [(s, t) for s, t, _ in tb] == [(s, t) for s, t, _ in jsonl]
@@ -215,11 +215,11 @@ def test_resume_has_no_duplicated_or_missing_steps(tmp_path):
     # The restarted event file starts with a purge marker at step 6.
     logdir = tmp_path / "tensorboard"
     assert len(os.listdir(logdir)) == 2
-    events = [dict(metrics._parse_fields(r)) for f in os.listdir(logdir)
-              for r in metrics.read_records(logdir / f)]
+    events = [dict(tensorboard._parse_fields(r)) for f in os.listdir(logdir)
+              for r in tensorboard.read_records(logdir / f)]
     purges = [e[2] for e in events if 7 in e]  # Event.session_log is field 7.
     assert purges == [6]
-    tb_steps = [s for s, *_ in metrics.read_tensorboard_scalars(logdir)]
+    tb_steps = [s for s, *_ in tensorboard.read_tensorboard_scalars(logdir)]
     assert tb_steps == list(range(1, 9)) + list(range(6, 11))  # Raw, unpurged.
 
 
@@ -256,7 +256,7 @@ def test_survives_sigkill(tmp_path):
                           capture_output=True, timeout=120)
     assert proc.returncode == -9, proc.stderr.decode()
     assert [r["step"] for r in metrics.read_metrics(tmp_path)] == [1, 2, 3]
-    tb = metrics.read_tensorboard_scalars(tmp_path / "tensorboard")
+    tb = tensorboard.read_tensorboard_scalars(tmp_path / "tensorboard")
     assert tb == [(1, "loss", 1.0), (2, "loss", 2.0), (3, "loss", 3.0)]
 
 
