@@ -13,17 +13,15 @@ The sections below follow the run: mesh, data, model, state, checkpoint, loop.
 from __future__ import annotations
 
 import os
-import signal
 import time
 
 import jax
-import numpy as np
 from absl import flags, logging
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from learned_loss import checkpoint as checkpoint_lib
-from learned_loss import cli, distributed, metrics, objectives, perf, provenance, sharding, train
+from learned_loss import cli, distributed, loop, objectives, sharding, train
 from learned_loss import model as model_lib
 from learned_loss.data import pipeline, text_corpus
 
@@ -54,24 +52,6 @@ def prepare_corpus(config) -> text_corpus.CorpusInfo:
     return info or build()
 
 
-class StopSignal:
-    """Turns SIGTERM (preemption) into a flag checked between steps; all hosts agree on it."""
-
-    def __init__(self):
-        self.received = False
-        signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        del signum, frame
-        self.received = True
-
-    def should_stop(self) -> bool:
-        if jax.process_count() == 1:
-            return self.received
-        flags_all = multihost_utils.process_allgather(np.int32(self.received))
-        return bool(np.any(flags_all))
-
-
 def run(config, workdir: str) -> dict:
     """Trains to `config.train.num_steps`, resuming from the workdir. Returns the last metrics."""
     tc = config.train
@@ -94,88 +74,22 @@ def run(config, workdir: str) -> dict:
         text_corpus.load_split(corpus, "validation"), seq_len=seq_len,
         batch_size=config.data.global_batch_size, max_batches=tc.eval_batches)
 
-    # Model, optimizer and sharded state.
+    # Model, optimizer, sharded state and steps.
     model = model_lib.build(model_cfg)
     optimizer = train.make_optimizer(config.optimizer, tc.num_steps)
-    schedule = train.learning_rate_schedule(config.optimizer, tc.num_steps)
     objective = objectives.get(config.objective)
     state, state_sh = train.create_sharded_state(
         model, optimizer, jax.random.key(config.seed), seq_len, config.sharding.rules, mesh)
     train_step, eval_step = train.compile_steps(model, optimizer, objective, state_sh, mesh)
-    theta = ()  # MLE has no objective parameters.
 
-    # Checkpoint: resume from the newest good one.
-    ckpt = checkpoint_lib.Checkpointer(workdir, keep=tc.keep_checkpoints,
-                                       async_save=tc.async_checkpoints)
-    model_dict = config.model.to_dict()
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            state, state_sh)
-    restored = ckpt.restore_latest(abstract, model_config=model_dict)
-    start = 0
-    if restored is not None:
-        state, start = restored.state, restored.step
-        train_iter.set_state(restored.meta["data"])
-        logging.info("resumed from checkpoint %d in %s", start, workdir)
-
-    is_main = jax.process_index() == 0
-    if is_main:
-        provenance.write(workdir, provenance.collect(
-            config, corpus_hash=corpus.corpus_hash, mesh=mesh,
-            extra={"corpus": corpus.provenance(), "resumed_from_step": start,
-                   "param_count": model_lib.param_count(state.params)}))
-    writer = metrics.MetricWriter(workdir, enabled=is_main, resume_step=start)
-    progress = metrics.Progress(tc.num_steps, start_step=start, log=False)
-    tokens_per_step = config.data.global_batch_size * seq_len
-    flops_per_step = model_lib.flops_per_token(model_cfg, seq_len) * tokens_per_step
-    peak = (tc.peak_flops_per_device or perf.peak_flops_per_device()) * mesh.devices.size
-
-    def save(step):
-        ckpt.save(step, state, {"data": train_iter.get_state(), "model": model_dict})
-
-    def evaluate() -> float:
-        losses = [float(eval_step(state.params, sharding.shard_batch(_local_rows(b), mesh), theta)
-                        ["loss"]) for b in eval_batches]
-        return float(np.mean(losses))
-
-    # Loop.
-    stopper = StopSignal()
-    last = {}
-    step = start
-    while step < tc.num_steps:
-        batch = sharding.shard_batch(next(train_iter), mesh)
-        state, step_metrics = train_step(state, batch, theta)
-        step += 1
-        if step % tc.log_every == 0 or step == tc.num_steps:
-            last = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-            last["lr"] = float(schedule(step - 1))
-            line = progress.update(step, tokens_seen=step * tokens_per_step)
-            if progress.steps_per_sec:
-                last["perf/tokens_per_s"] = progress.tokens_per_sec
-                last["perf/mfu"] = progress.steps_per_sec * flops_per_step / peak
-                last["perf/eta_s"] = progress.eta_seconds
-            if step % tc.eval_every == 0 or step == tc.num_steps:
-                last["valid/loss"] = evaluate()
-            writer.write(step, last)
-            if is_main:
-                valid = f" | valid loss {last['valid/loss']:.4f}" if "valid/loss" in last else ""
-                logging.info("%s | loss %.4f%s", line, last["loss"], valid)
-        stop = stopper.should_stop()
-        if step % tc.checkpoint_every == 0 or step == tc.num_steps or stop:
-            save(step)
-        if stop:
-            logging.warning("SIGTERM received: saved checkpoint %d, stopping", step)
-            break
-    ckpt.wait()
-    ckpt.close()
-    writer.close()
-    return last
-
-
-def _local_rows(batch: dict) -> dict:
-    """This process's contiguous block of rows of a global (eval) batch."""
-    n, p = jax.process_count(), jax.process_index()
-    rows = next(iter(batch.values())).shape[0] // n
-    return {k: v[p * rows:(p + 1) * rows] for k, v in batch.items()}
+    # Loop: resume, train, evaluate, checkpoint.
+    return loop.run(loop.Run(
+        config=config, workdir=workdir, mesh=mesh, model_config=model_cfg, state=state,
+        state_shardings=state_sh, train_step=train_step,
+        schedule=train.learning_rate_schedule(config.optimizer, tc.num_steps),
+        train_iter=train_iter, seq_len=seq_len, global_batch_size=config.data.global_batch_size,
+        evaluate=lambda s: loop.mean_eval_metrics(eval_step, s, eval_batches, mesh),
+        provenance_extra={"corpus": corpus.provenance()}, data_hash=corpus.corpus_hash))
 
 
 def main(argv):

@@ -129,7 +129,7 @@ class LMIterator:
 
     def __init__(
         self,
-        windows: Windows,
+        windows: Sequence[Batch],
         *,
         global_batch_size: int,
         seed: int,
@@ -137,12 +137,12 @@ class LMIterator:
         process_count: int,
         prefetch: int,
     ):
-        self.num_windows = windows.num_windows
-        self.seq_len = windows.seq_len
-        self.tokens_per_epoch = windows.num_windows * windows.seq_len
+        self.num_windows = len(windows)
+        self.seq_len = int(windows[0]["inputs"].shape[-1])
+        self.tokens_per_epoch = self.num_windows * self.seq_len
         self.global_batch_size = global_batch_size
         self.local_batch_size = global_batch_size // process_count
-        self.batches_per_epoch = windows.num_windows / global_batch_size
+        self.batches_per_epoch = self.num_windows / global_batch_size
         self.seed = seed
         dataset = (
             grain.MapDataset.source(windows)
@@ -191,6 +191,45 @@ class LMIterator:
         self._iter.set_state({"next_index": int(state["next_index"])})
 
 
+def _check_sizes(global_batch_size: int, seed: int, process_index: int,
+                 process_count: int) -> None:
+    if global_batch_size < 1:
+        raise ValueError(f"global_batch_size must be positive, got {global_batch_size}")
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(
+            f"need 0 <= process_index < process_count, got {process_index}, {process_count}"
+        )
+    if global_batch_size % process_count:
+        raise ValueError(
+            f"global_batch_size {global_batch_size} is not divisible by the process "
+            f"count {process_count}; choose a multiple of {process_count}"
+        )
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+
+
+def make_example_iterator(
+    examples: Sequence[Batch],
+    *,
+    global_batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    prefetch: int = 2,
+) -> LMIterator:
+    """Shuffled, repeated batches of fixed-shape examples (e.g. encoded instruction tasks).
+
+    Same order, sharding and resumable state as `make_lm_iterator`, over any random-access
+    sequence of equally shaped {'inputs': [T], 'targets': [T], ...} examples.
+    """
+    _check_sizes(global_batch_size, seed, process_index, process_count)
+    if len(examples) < 1:
+        raise ValueError("the example source is empty")
+    return LMIterator(examples, global_batch_size=global_batch_size, seed=seed,
+                      process_index=process_index, process_count=process_count,
+                      prefetch=prefetch)
+
+
 def make_lm_iterator(
     source: Sequence[Mapping[str, Any]],
     *,
@@ -219,19 +258,7 @@ def make_lm_iterator(
         ValueError: bad sizes or indices, B not divisible by P, or a split with
             fewer than one window.
     """
-    if global_batch_size < 1:
-        raise ValueError(f"global_batch_size must be positive, got {global_batch_size}")
-    if process_count < 1 or not 0 <= process_index < process_count:
-        raise ValueError(
-            f"need 0 <= process_index < process_count, got {process_index}, {process_count}"
-        )
-    if global_batch_size % process_count:
-        raise ValueError(
-            f"global_batch_size {global_batch_size} is not divisible by the process "
-            f"count {process_count}; choose a multiple of {process_count}"
-        )
-    if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
+    _check_sizes(global_batch_size, seed, process_index, process_count)
     windows = _windows(source, seq_len, min_windows=1)
     return LMIterator(
         windows,
