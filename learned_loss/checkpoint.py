@@ -55,16 +55,28 @@ def _fingerprint_matches(saved: list, restored: np.ndarray) -> bool:
 class Checkpointer:
     """Save, restore-with-fallback and keep-last-N over `<workdir>/checkpoints`."""
 
-    def __init__(self, workdir: str, *, keep: int, async_save: bool = True):
+    def __init__(self, workdir: str, *, keep: int = 1, async_save: bool = True,
+                 read_only: bool = False):
+        """Opens `<workdir>/checkpoints`.
+
+        Args:
+          workdir: the run's folder.
+          keep: how many of the newest checkpoints to keep.
+          async_save: write checkpoints in a background thread.
+          read_only: only restore (another run's checkpoints, e.g. fine-tuning from a
+            pre-training run): nothing is written, created or moved.
+        """
         self.workdir = os.path.abspath(workdir)
         self.directory = os.path.join(self.workdir, "checkpoints")
         self._keep = keep
         self._async = async_save
+        self._read_only = read_only
         self._manager = self._open()
 
     def _open(self) -> ocp.CheckpointManager:
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=self._keep, create=True, cleanup_tmp_directories=True,
+            max_to_keep=self._keep, create=not self._read_only,
+            cleanup_tmp_directories=not self._read_only, read_only=self._read_only,
             enable_async_checkpointing=self._async)
         return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 
@@ -120,6 +132,10 @@ class Checkpointer:
 
     def _quarantine(self, step: int, why: str) -> None:
         """Moves a bad checkpoint aside (kept for inspection) and reopens the manager."""
+        if self._read_only:
+            logging.warning("checkpoint %d in %s is unusable: %s; trying the previous one", step,
+                            self.directory, why)
+            return
         target = os.path.join(self.workdir, CORRUPT_DIR, str(step))
         logging.warning("checkpoint %d in %s is unusable: %s; moving it to %s and falling back "
                         "to the previous checkpoint", step, self.directory, why, target)

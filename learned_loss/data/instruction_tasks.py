@@ -1,0 +1,420 @@
+"""TFDS builder `instruction_tasks`: demonstrations of the task suite, with label noise.
+
+Each record is one example of a task family (see `learned_loss.data.tasks`):
+
+  family, prompt          the family name and the instruction with its input
+  answer                  the demonstrated answer: the gold one, or a corruption of it
+  gold_answer             what the gold scorer expects
+  corrupted, corruption   bool, and '' or one of `CORRUPTIONS`
+  difficulty, phrasing    the knobs the example was sampled with
+  index                   its position within (split, family); TFDS reorders records on
+                          write, so sort by (family, index) where order matters
+
+Label noise (train split only; other splits are always clean so that they
+measure the gold task): each example independently, with probability
+`label_noise`, carries a corrupted answer, the kind drawn uniformly from
+  'other_answer'  the gold answer of another input of the same family and
+                  difficulty; always differs from the gold answer (up to 32 inputs
+                  are tried; should none differ, another kind is used instead)
+  'truncated'     a strict non-empty prefix of the gold answer, of uniform length
+                  1..len-1; the empty string when the gold answer has one character
+  'appended'      the gold answer + ' ' + 2..6 random lowercase letters
+Each (split, family) has three independent rng streams (examples, noise coin
+flips, corruptions) seeded by (seed, split name, family name): examples do not
+depend on the label noise, a larger noise corrupts a superset of the examples,
+and adding a family leaves the others' examples unchanged.
+
+Splits: `splits` maps a split name to its fraction of `examples_per_family`,
+giving round(examples_per_family * fraction) examples per family in that split.
+
+The dataset is keyed by its content: the BuilderConfig name is a hash of every
+argument plus a fingerprint of the task generators, so different knobs build a
+different dataset under `data_dir` and the same knobs reuse it. Examples that
+do not fit seq_len are a TaskError at build time, never dropped.
+
+No TensorFlow: TFDS writes and reads ArrayRecord without it.
+
+  info = build_instruction_tasks("/tmp/tfds", families=tasks.families_for("meta_train", ...),
+                                 examples_per_family=1000, difficulty=(1, 3),
+                                 label_noise=0.1, seed=0, seq_len=256)
+  train = load_split(info, "train")        # random access: train[i]['prompt'] (bytes)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import numbers
+import os
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from learned_loss.data import tasks
+from learned_loss.data.tasks import Example
+from learned_loss.data.tasks import TaskError
+
+CORRUPTIONS: tuple[str, ...] = ("other_answer", "truncated", "appended")
+DEFAULT_SPLITS: Mapping[str, float] = {"train": 0.9, "validation": 0.1}
+NOISY_SPLIT = "train"  # the only split that carries label noise
+_OTHER_ANSWER_TRIES = 32
+
+
+# ---- label noise ----------------------------------------------------------------------------
+
+
+class Demonstration(NamedTuple):
+    answer: str
+    corrupted: bool
+    corruption: str  # '' or one of CORRUPTIONS
+
+
+def corrupt_answer(example: Example, rng: np.random.Generator, kind: str) -> str | None:
+    """A corrupted answer of the given kind (see module docstring), or None if impossible.
+
+    Only 'other_answer' can be impossible: when none of 32 other inputs of the
+    family has a different answer.
+    """
+    gold = example.answer
+    if kind == "other_answer":
+        for _ in range(_OTHER_ANSWER_TRIES):
+            other = tasks.sample_example(example.family, rng, example.difficulty).answer
+            if other != gold:
+                return other
+        return None
+    if kind == "truncated":
+        return gold[: int(rng.integers(1, len(gold)))] if len(gold) > 1 else ""
+    if kind == "appended":
+        n = int(rng.integers(2, 7))
+        return gold + " " + "".join(chr(97 + c) for c in rng.integers(0, 26, size=n))
+    raise ValueError(f"corruption kind must be one of {CORRUPTIONS}, got {kind!r}")
+
+
+def random_corruption(example: Example, rng: np.random.Generator) -> Demonstration:
+    """A corruption of a kind drawn uniformly from CORRUPTIONS (falling back if impossible)."""
+    kinds = list(CORRUPTIONS)
+    while True:
+        kind = kinds.pop(int(rng.integers(len(kinds))))
+        answer = corrupt_answer(example, rng, kind)
+        if answer is not None:
+            return Demonstration(answer, True, kind)
+
+
+def demonstrate(
+    example: Example, flip: float, label_noise: float, rng: np.random.Generator
+) -> Demonstration:
+    """The demonstrated answer: corrupted iff flip < label_noise (flip ~ U[0, 1))."""
+    if flip < label_noise:
+        return random_corruption(example, rng)
+    return Demonstration(example.answer, False, "")
+
+
+# ---- shared by the task builders (also used by preference_pairs) ----------------------------
+
+
+def difficulty_range(difficulty: int | Sequence[int]) -> tuple[int, int]:
+    """(lo, hi) inclusive from an int or a pair; ValueError outside 1..5."""
+    if isinstance(difficulty, numbers.Integral):
+        lo = hi = difficulty
+    else:
+        lo, hi = difficulty
+    if not (min(tasks.DIFFICULTIES) <= lo <= hi <= max(tasks.DIFFICULTIES)):
+        raise ValueError(f"difficulty must be an int or (lo, hi) within 1..5, got {difficulty}")
+    return int(lo), int(hi)
+
+
+def check_families(families: Sequence[str]) -> tuple[str, ...]:
+    names = (families,) if isinstance(families, str) else tuple(families)
+    if not names:
+        raise TaskError("no task families requested; pass at least one family name")
+    if len(set(names)) != len(names):
+        raise TaskError(f"task families repeat in {names}")
+    for name in names:
+        tasks.get_family(name)  # raises TaskError for an unknown name
+    return names
+
+
+def split_counts(per_family: int, splits: Mapping[str, float], label: str) -> dict[str, int]:
+    """Examples per family in each split: round(per_family * fraction), each at least 1."""
+    if per_family < 1:
+        raise ValueError(f"{label} must be >= 1, got {per_family}")
+    if not splits or sum(splits.values()) > 1.0 + 1e-9:
+        raise ValueError(f"splits must be non-empty fractions summing to <= 1, got {splits}")
+    counts = {}
+    for name, fraction in splits.items():
+        counts[name] = round(per_family * fraction)
+        if not name.isidentifier() or counts[name] < 1:
+            raise ValueError(
+                f"split {name!r} would hold {counts[name]} examples per family "
+                f"({label}={per_family}, fraction {fraction}); raise {label} or the fraction"
+            )
+    return counts
+
+
+def stream_rng(seed: int, split: str, family: str, stream: int) -> np.random.Generator:
+    """An independent generator per (seed, split, family, stream)."""
+    key = [seed, zlib.crc32(split.encode()), zlib.crc32(family.encode()), stream]
+    return np.random.default_rng(key)
+
+
+def suite_fingerprint(families: Sequence[str]) -> str:
+    """Hash of the families' templates and of a few fixed samples: changes if a generator does."""
+    digest = hashlib.sha256()
+    for name in families:
+        fam = tasks.get_family(name)
+        rng = np.random.default_rng(0)
+        samples = [tasks.sample_example(fam, rng, d) for d in tasks.DIFFICULTIES for _ in "ab"]
+        blob = [name, fam.category, list(fam.templates)]
+        blob += [[e.prompt, e.answer] for e in samples]
+        digest.update(json.dumps(blob).encode())
+    return digest.hexdigest()
+
+
+def config_hash(args: Mapping[str, Any]) -> str:
+    """sha256 over the canonical JSON of a builder's arguments."""
+    return hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()
+
+
+def sample_difficulty(rng: np.random.Generator, lo: int, hi: int) -> int:
+    return lo if lo == hi else int(rng.integers(lo, hi + 1))
+
+
+# ---- generation -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    families: tuple[str, ...]
+    examples_per_family: int
+    difficulty: tuple[int, int]
+    label_noise: float
+    seed: int
+    seq_len: int
+    counts: tuple[tuple[str, int], ...]  # (split, examples per family)
+
+
+def _generate_split(spec: _Spec, split: str, count: int) -> list[dict[str, Any]]:
+    noise = spec.label_noise if split == NOISY_SPLIT else 0.0
+    records = []
+    for name in spec.families:
+        example_rng = stream_rng(spec.seed, split, name, 0)
+        flips = stream_rng(spec.seed, split, name, 1).random(count)  # [count]
+        corrupt_rng = stream_rng(spec.seed, split, name, 2)
+        for index in range(count):
+            difficulty = sample_difficulty(example_rng, *spec.difficulty)
+            example = tasks.sample_example(name, example_rng, difficulty)
+            shown = demonstrate(example, flips[index], noise, corrupt_rng)
+            tasks.check_fits(example, spec.seq_len)
+            tasks.check_fits(dataclasses.replace(example, answer=shown.answer), spec.seq_len)
+            records.append(
+                {
+                    "family": name,
+                    "prompt": example.prompt,
+                    "answer": shown.answer,
+                    "gold_answer": example.answer,
+                    "corrupted": shown.corrupted,
+                    "corruption": shown.corruption,
+                    "difficulty": difficulty,
+                    "phrasing": example.phrasing,
+                    "index": index,
+                }
+            )
+    return records
+
+
+# ---- TFDS builder ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(eq=False)
+class InstructionTasksConfig(tfds.core.BuilderConfig):
+    """The generation knobs; `name` is their hash (see `build_instruction_tasks`)."""
+
+    spec: _Spec | None = None
+
+
+class InstructionTasks(tfds.core.GeneratorBasedBuilder):
+    """Task-suite demonstrations with label noise (see module docstring)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        # Built by hand, like text_corpus: no builder package metadata files.
+        text, i32 = tfds.features.Text(), tfds.features.Scalar(np.int32)
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="Procedurally generated instruction tasks with label noise.",
+            features=tfds.features.FeaturesDict(
+                {
+                    "family": text, "prompt": text, "answer": text, "gold_answer": text,
+                    "corrupted": tfds.features.Scalar(np.bool_), "corruption": text,
+                    "difficulty": i32, "phrasing": i32, "index": i32,
+                }
+            ),
+            metadata=tfds.core.MetadataDict(),
+        )
+
+    def _split_generators(self, dl_manager: Any) -> dict[str, Iterator[Any]]:
+        del dl_manager  # Nothing to download.
+        spec = self.builder_config.spec
+        self.info.metadata.update({"spec": json.dumps(dataclasses.asdict(spec))})
+        records = getattr(self, "_records", None) or {
+            split: _generate_split(spec, split, count) for split, count in spec.counts
+        }
+        return {split: self._generate_examples(recs) for split, recs in records.items()}
+
+    def _generate_examples(self, records: Sequence[dict[str, Any]]) -> Iterator[Any]:
+        for rec in records:
+            yield f"{rec['family']}/{rec['index']}", rec
+
+
+@dataclasses.dataclass(frozen=True)
+class TasksInfo:
+    """What was built, where it lives, and what it holds.
+
+    Attributes:
+        config_name: the TFDS BuilderConfig name ('h' + 16 hex digits of config_hash).
+        config_hash: sha256 hex of all arguments plus the task-suite fingerprint.
+        data_dir: TFDS data_dir the dataset was written under.
+        builder_dir: the prepared dataset directory.
+        families, examples_per_family, difficulty (lo, hi), label_noise, seed,
+            seq_len, splits (name -> fraction): the arguments.
+        num_examples: records per split.
+        num_corrupted: corrupted records per split (0 outside 'train').
+        reused: True if the dataset already existed and was not rebuilt.
+    """
+
+    config_name: str
+    config_hash: str
+    data_dir: str
+    builder_dir: str
+    families: tuple[str, ...]
+    examples_per_family: int
+    difficulty: tuple[int, int]
+    label_noise: float
+    seed: int
+    seq_len: int
+    splits: Mapping[str, float]
+    num_examples: Mapping[str, int]
+    num_corrupted: Mapping[str, int]
+    reused: bool
+
+    def provenance(self) -> dict[str, Any]:
+        """JSON-serialisable record of the dataset for a run's provenance."""
+        out = dataclasses.asdict(self)
+        del out["reused"]
+        return out
+
+
+def build_instruction_tasks(
+    data_dir: str,
+    *,
+    families: Sequence[str],
+    examples_per_family: int,
+    difficulty: int | tuple[int, int],
+    label_noise: float,
+    seed: int,
+    seq_len: int,
+    splits: Mapping[str, float] = DEFAULT_SPLITS,
+) -> TasksInfo:
+    """Builds the `instruction_tasks` dataset for these knobs, or reuses it if present.
+
+    Args:
+        data_dir: TFDS data_dir to write the dataset under.
+        families: task family names; exactly these are built (nothing else).
+        examples_per_family: examples per family over all splits.
+        difficulty: one difficulty, or (lo, hi) drawn uniformly per example.
+        label_noise: probability in [0, 1] that a train example is corrupted.
+        seed: non-negative int.
+        seq_len: every example must fit [BOS] prompt [SEP] answer [EOS] in seq_len + 1.
+        splits: split name -> fraction of examples_per_family.
+
+    Returns:
+        TasksInfo describing the prepared dataset.
+
+    Raises:
+        TaskError: unknown or repeated family, or an example longer than seq_len.
+        ValueError: a knob out of range.
+    """
+    names = check_families(families)
+    if not 0.0 <= label_noise <= 1.0:
+        raise ValueError(f"label_noise must lie in [0, 1], got {label_noise}")
+    if seed < 0 or seq_len < 1:
+        raise ValueError(f"seed must be >= 0 and seq_len >= 1, got {seed}, {seq_len}")
+    counts = split_counts(examples_per_family, splits, "examples_per_family")
+    spec = _Spec(names, int(examples_per_family), difficulty_range(difficulty),
+                 float(label_noise), int(seed), int(seq_len), tuple(counts.items()))
+    hash_hex = config_hash(
+        {"spec": dataclasses.asdict(spec), "suite": suite_fingerprint(names), "version": 1}
+    )
+    records = {split: _generate_split(spec, split, count) for split, count in counts.items()}
+
+    config = InstructionTasksConfig(name=f"h{hash_hex[:16]}", description=str(spec), spec=spec)
+    builder = InstructionTasks(config=config, data_dir=data_dir)
+    reused = builder.data_path.exists()
+    if not reused:
+        builder._records = records
+        builder.download_and_prepare(file_format="array_record")
+    for split, recs in records.items():
+        stored = builder.info.splits[split].num_examples
+        if stored != len(recs):
+            raise TaskError(
+                f"instruction_tasks dataset at {builder.data_dir} holds {stored} {split} "
+                f"examples, expected {len(recs)}; delete that directory and build again"
+            )
+    return TasksInfo(
+        config_name=config.name,
+        config_hash=hash_hex,
+        data_dir=os.path.abspath(data_dir),
+        builder_dir=str(builder.data_dir),
+        families=names,
+        examples_per_family=spec.examples_per_family,
+        difficulty=spec.difficulty,
+        label_noise=spec.label_noise,
+        seed=spec.seed,
+        seq_len=spec.seq_len,
+        splits=dict(splits),
+        num_examples={split: len(recs) for split, recs in records.items()},
+        num_corrupted={split: sum(r["corrupted"] for r in rs) for split, rs in records.items()},
+        reused=reused,
+    )
+
+
+def load_split(info: Any, split: str) -> Sequence[Mapping[str, Any]]:
+    """Random-access source over one split of a built dataset (TasksInfo or PairsInfo).
+
+    Text fields come back as UTF-8 `bytes` (TFDS's way), numbers as numpy
+    scalars; `decode_record` turns a record into plain Python values.
+    """
+    if split not in info.splits:
+        raise ValueError(f"split must be one of {tuple(info.splits)}, got {split!r}")
+    return tfds.builder_from_directory(info.builder_dir).as_data_source(split=split)
+
+
+def decode_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored record with bytes -> str, numpy scalars -> bool / int / float."""
+    out = {}
+    for key, value in record.items():
+        if isinstance(value, bytes):
+            out[key] = value.decode("utf-8")
+        elif isinstance(value, np.generic):
+            out[key] = value.item()
+        else:
+            out[key] = value
+    return out
+
+
+def to_example(record: Mapping[str, Any], *, gold: bool = False) -> Example:
+    """The record as an `Example` whose answer is the demonstrated one (or the gold one)."""
+    rec = decode_record(record)
+    return Example(
+        family=rec["family"],
+        prompt=rec["prompt"],
+        answer=rec["gold_answer" if gold else "answer"],
+        difficulty=int(rec["difficulty"]),
+        phrasing=int(rec["phrasing"]),
+    )

@@ -1,0 +1,46 @@
+"""Gold scorers of the task suite: exact match and normalised edit similarity.
+
+Both compare the prediction with the gold answer after stripping surrounding
+whitespace (`str.strip()`) from each; nothing else is normalised (case, inner
+spacing and punctuation all count).
+
+  graded_score(p, a) = 1 - levenshtein(p, a) / max(len(p), len(a), 1)
+
+e.g. 'kitten' vs 'sitting': distance 3, graded = 1 - 3/7.
+"""
+
+from __future__ import annotations
+
+
+def levenshtein(a: str, b: str) -> int:
+    """Edit distance (insert, delete, substitute; unit costs), O(len(a) * len(b)) DP."""
+    if len(a) < len(b):
+        a, b = b, a
+    previous = list(range(len(b) + 1))  # distances from a[:0] to every prefix of b
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(
+                min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb))
+            )
+        previous = current
+    return previous[-1]
+
+
+def exact_match(prediction: str, answer: str) -> float:
+    """1.0 if the two agree after stripping surrounding whitespace, else 0.0."""
+    return float(prediction.strip() == answer.strip())
+
+
+def graded_score(prediction: str, answer: str) -> float:
+    """Normalised edit similarity in [0, 1] (1 iff exact match), on stripped strings."""
+    p, a = prediction.strip(), answer.strip()
+    return 1.0 - levenshtein(p, a) / max(len(p), len(a), 1)
+
+
+def score(prediction: str, answer: str) -> dict[str, float]:
+    """{'exact_match': ..., 'graded': ...} for one prediction."""
+    return {
+        "exact_match": exact_match(prediction, answer),
+        "graded": graded_score(prediction, answer),
+    }

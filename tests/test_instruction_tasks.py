@@ -1,0 +1,179 @@
+"""Tests for learned_loss.data.instruction_tasks (label noise and the `instruction_tasks` builder)."""
+
+import numpy as np
+import pytest
+
+from learned_loss.data import instruction_tasks as itasks
+from learned_loss.data import tasks
+from learned_loss.data.tasks import TaskError
+
+FAMILIES = ("add", "reverse_string", "first_char", "sort_ascending", "json_list")
+KNOBS = dict(families=FAMILIES, examples_per_family=40, difficulty=(1, 3), label_noise=0.3,
+             seed=0, seq_len=128)
+
+
+def _records(info, split):
+    source = itasks.load_split(info, split)
+    records = [itasks.decode_record(source[i]) for i in range(len(source))]
+    return sorted(records, key=lambda r: (r["family"], r["index"]))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    return data_dir, itasks.build_instruction_tasks(data_dir, **KNOBS)
+
+
+# ---- the corruption sampler, without TFDS ---------------------------------------------------
+
+
+def _examples(n, seed=0):
+    rng = np.random.default_rng(seed)
+    names = list(tasks.FAMILIES)
+    return [tasks.sample_example(names[i % len(names)], rng, 1 + i % 5) for i in range(n)]
+
+
+@pytest.mark.parametrize("label_noise", [0.0, 0.1, 0.3, 0.7])
+def test_label_noise_rate_matches_the_knob(label_noise):
+    examples = _examples(10_000)
+    flips = np.random.default_rng(1).random(len(examples))
+    rng = np.random.default_rng(2)
+    shown = [itasks.demonstrate(e, f, label_noise, rng) for e, f in zip(examples, flips)]
+    rate = np.mean([s.corrupted for s in shown])
+    assert abs(rate - label_noise) < 0.02
+    for example, s in zip(examples, shown):
+        assert s.corrupted == (s.answer != example.answer)
+        assert s.corrupted == (s.corruption != "")
+    if label_noise:
+        kinds = {k: sum(s.corruption == k for s in shown) for k in itasks.CORRUPTIONS}
+        assert all(count > 0.2 * rate * len(shown) for count in kinds.values()), kinds
+
+
+def test_each_corruption_kind_has_its_property():
+    rng = np.random.default_rng(0)
+    seen_empty = False
+    for example in _examples(2_000, seed=3):
+        gold = example.answer
+        other = itasks.corrupt_answer(example, rng, "other_answer")
+        if other is not None:
+            assert other != gold and other
+        truncated = itasks.corrupt_answer(example, rng, "truncated")
+        if len(gold) == 1:
+            assert truncated == ""
+            seen_empty = True
+        else:
+            assert truncated and gold.startswith(truncated) and len(truncated) < len(gold)
+        appended = itasks.corrupt_answer(example, rng, "appended")
+        assert appended.startswith(gold + " ") and 3 <= len(appended) - len(gold) <= 7
+        assert appended[len(gold) + 1:].isalpha()
+    assert seen_empty
+    with pytest.raises(ValueError):
+        itasks.corrupt_answer(_examples(1)[0], rng, "shuffled")
+
+
+def test_other_answer_comes_from_the_same_family():
+    rng = np.random.default_rng(0)
+    example = tasks.sample_example("parity", rng, 2)
+    for _ in range(20):
+        assert itasks.corrupt_answer(example, rng, "other_answer") in {"even", "odd"} - {
+            example.answer
+        }
+
+
+# ---- the TFDS builder -----------------------------------------------------------------------
+
+
+def test_fields_round_trip(built):
+    _, info = built
+    assert info.num_examples == {"train": 5 * 36, "validation": 5 * 4}
+    train = _records(info, "train")
+    assert len(train) == info.num_examples["train"]
+    assert set(train[0]) == {"family", "prompt", "answer", "gold_answer", "corrupted",
+                             "corruption", "difficulty", "phrasing", "index"}
+    for rec in train:
+        assert isinstance(rec["corrupted"], bool) and isinstance(rec["difficulty"], int)
+        assert 1 <= rec["difficulty"] <= 3
+        fam = tasks.FAMILIES[rec["family"]]
+        assert 0 <= rec["phrasing"] < len(fam.templates)
+        assert rec["corrupted"] == (rec["answer"] != rec["gold_answer"])
+        assert rec["corruption"] in ("",) + itasks.CORRUPTIONS
+        assert (rec["corruption"] != "") == rec["corrupted"]
+    assert sum(r["corrupted"] for r in train) == info.num_corrupted["train"] > 0
+    # The stored records are exactly what the seeded sampler gives, in (family, index) order.
+    rng = itasks.stream_rng(0, "train", "add", 0)
+    adds = [r for r in train if r["family"] == "add"]
+    assert [r["index"] for r in adds] == list(range(36))
+    for rec in adds[:5]:
+        example = tasks.sample_example("add", rng, itasks.sample_difficulty(rng, 1, 3))
+        assert (rec["prompt"], rec["gold_answer"]) == (example.prompt, example.answer)
+    assert itasks.to_example(itasks.load_split(info, "train")[0]).family in FAMILIES
+    example = itasks.to_example(adds[0], gold=True)
+    assert example.answer == adds[0]["gold_answer"] and example.prompt == adds[0]["prompt"]
+
+
+def test_validation_is_clean_and_disjoint_stream(built):
+    _, info = built
+    valid = _records(info, "validation")
+    assert not any(r["corrupted"] for r in valid) and info.num_corrupted["validation"] == 0
+    train_prompts = [r["prompt"] for r in _records(info, "train") if r["family"] == "add"]
+    valid_prompts = [r["prompt"] for r in valid if r["family"] == "add"]
+    assert valid_prompts != train_prompts[: len(valid_prompts)]
+
+
+def test_same_knobs_reuse_and_other_knobs_rebuild(built):
+    data_dir, info = built
+    again = itasks.build_instruction_tasks(data_dir, **KNOBS)
+    assert again.reused and again.config_name == info.config_name
+    assert _records(again, "train") == _records(info, "train")
+    other_seed = itasks.build_instruction_tasks(data_dir, **{**KNOBS, "seed": 1})
+    assert not other_seed.reused and other_seed.config_name != info.config_name
+    assert _records(other_seed, "train") != _records(info, "train")
+    # Label noise changes only the demonstrated answers, and a larger noise corrupts a superset.
+    noisier = itasks.build_instruction_tasks(data_dir, **{**KNOBS, "label_noise": 0.6})
+    assert noisier.config_name != info.config_name
+    low, high = _records(info, "train"), _records(noisier, "train")
+    assert [r["prompt"] for r in low] == [r["prompt"] for r in high]
+    assert {(r["family"], r["index"]) for r in low if r["corrupted"]} <= {
+        (r["family"], r["index"]) for r in high if r["corrupted"]
+    }
+    assert info.provenance()["config_hash"] == info.config_hash
+
+
+def test_only_the_requested_families_are_built(built, tmp_path):
+    split = tasks.split_families(0, meta_valid_fraction=0.1, heldout_fraction=0.3)
+    train_families = split["meta_train"][:3]
+    info = itasks.build_instruction_tasks(
+        str(tmp_path), families=train_families, examples_per_family=10, difficulty=1,
+        label_noise=0.0, seed=0, seq_len=256, splits={"train": 1.0},
+    )
+    families = {r["family"] for r in _records(info, "train")}
+    assert families == set(train_families)
+    assert not families & set(split["heldout"])
+    assert info.num_examples == {"train": 30}
+
+
+def test_over_long_examples_fail_the_build(tmp_path):
+    with pytest.raises(TaskError, match="repeat_string"):
+        itasks.build_instruction_tasks(
+            str(tmp_path), families=["repeat_string"], examples_per_family=10, difficulty=5,
+            label_noise=0.0, seed=0, seq_len=24,
+        )
+    assert not (tmp_path / "instruction_tasks").exists()
+
+
+def test_bad_arguments(tmp_path):
+    ok = dict(KNOBS)
+    for change, error in [
+        ({"families": ["nope"]}, TaskError),
+        ({"families": []}, TaskError),
+        ({"families": ["add", "add"]}, TaskError),
+        ({"label_noise": 1.5}, ValueError),
+        ({"difficulty": 6}, ValueError),
+        ({"difficulty": (3, 2)}, ValueError),
+        ({"examples_per_family": 0}, ValueError),
+        ({"examples_per_family": 4}, ValueError),  # validation would be empty
+    ]:
+        with pytest.raises(error):
+            itasks.build_instruction_tasks(str(tmp_path), **{**ok, **change})
+    with pytest.raises(ValueError):
+        itasks.load_split(itasks.build_instruction_tasks(str(tmp_path), **ok), "test")
