@@ -9,7 +9,7 @@ e.g. `--config.optimizer.lr=3e-4 --config.mesh.shape.model=2`.
 
 import ml_collections
 
-from configs import models
+from configs import models, tasks
 
 VARIANTS = {
     # model, seq_len, global batch, steps, lr, warm-up, log/eval/checkpoint every, corpus glob
@@ -44,6 +44,11 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.data.data_dir = ""  # Empty: $LEARNED_LOSS_DATA_DIR or ~/.cache/learned_loss/tfds.
     config.data.seq_len = v["seq_len"]
     config.data.global_batch_size = v["batch"]
+    # Task-suite text mixed into the training corpus: this many examples of each training
+    # family (tasks.train_split / tasks.families; never a held-out family). 0: none.
+    config.data.task_mix_per_family = 0
+
+    config.tasks = tasks.task_config()
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adamw"

@@ -12,28 +12,21 @@ The sections below follow the run: mesh, data, model, state, checkpoint, loop.
 
 from __future__ import annotations
 
-import os
 import time
 
 import jax
+import numpy as np
 from absl import flags, logging
-from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from learned_loss import checkpoint as checkpoint_lib
 from learned_loss import cli, distributed, loop, objectives, sharding, train
 from learned_loss import model as model_lib
-from learned_loss.data import pipeline, text_corpus
+from learned_loss.data import instruction_tasks, paths, pipeline, tasks, text_corpus
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/pretrain.py:VARIANT).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and logs go.")
-
-
-def data_dir(config) -> str:
-    """The TFDS data_dir: the config's, else $LEARNED_LOSS_DATA_DIR, else ~/.cache."""
-    return (config.data.data_dir or os.environ.get("LEARNED_LOSS_DATA_DIR")
-            or os.path.expanduser("~/.cache/learned_loss/tfds"))
 
 
 def prepare_corpus(config) -> text_corpus.CorpusInfo:
@@ -41,15 +34,34 @@ def prepare_corpus(config) -> text_corpus.CorpusInfo:
     text_dir = config.data.text_dir or text_corpus.default_text_dir()
 
     def build():
-        return text_corpus.build_text_corpus(text_dir, data_dir(config),
+        return text_corpus.build_text_corpus(text_dir, paths.data_dir(config.data.data_dir),
                                              pattern=config.data.pattern,
                                              valid_fraction=config.data.valid_fraction)
 
-    if jax.process_count() == 1:
-        return build()
-    info = build() if jax.process_index() == 0 else None
-    multihost_utils.sync_global_devices("text corpus built")
-    return info or build()
+    return distributed.first_on_process_zero(build, "text corpus built")
+
+
+def task_documents(config) -> list[dict]:
+    """`data.task_mix_per_family` task examples of each training family, as corpus documents.
+
+    Families come from `tasks.training_families`, which refuses held-out ones.
+    """
+    per_family = config.data.task_mix_per_family
+    if not per_family:
+        return []
+    t = config.tasks
+    families = tasks.training_families(
+        tuple(t.families), t.train_split, seed=t.split_seed,
+        meta_valid_fraction=t.meta_valid_fraction, heldout_fraction=t.heldout_fraction)
+    low, high = instruction_tasks.difficulty_range(t.difficulty)
+    docs = []
+    for index, family in enumerate(families):
+        rng = np.random.default_rng([t.seed, index, 104729])
+        for i in range(per_family):
+            difficulty = instruction_tasks.sample_difficulty(rng, low, high)
+            example = tasks.sample_example(family, rng, difficulty)
+            docs.append({"path": f"tasks/{family}/{i:07d}", "text": tasks.task_text(example)})
+    return docs
 
 
 def run(config, workdir: str) -> dict:
@@ -66,8 +78,12 @@ def run(config, workdir: str) -> dict:
 
     # Data.
     corpus = prepare_corpus(config)
+    train_source = text_corpus.load_split(corpus, "train")
+    mix = task_documents(config)
+    if mix:
+        train_source = [train_source[i] for i in range(len(train_source))] + mix
     train_iter = pipeline.make_lm_iterator(
-        text_corpus.load_split(corpus, "train"), seq_len=seq_len,
+        train_source, seq_len=seq_len,
         global_batch_size=config.data.global_batch_size, seed=config.seed,
         process_index=jax.process_index(), process_count=jax.process_count())
     eval_batches = pipeline.make_eval_batches(
@@ -89,7 +105,8 @@ def run(config, workdir: str) -> dict:
         schedule=train.learning_rate_schedule(config.optimizer, tc.num_steps),
         train_iter=train_iter, seq_len=seq_len, global_batch_size=config.data.global_batch_size,
         evaluate=lambda s: loop.mean_eval_metrics(eval_step, s, eval_batches, mesh),
-        provenance_extra={"corpus": corpus.provenance()}, data_hash=corpus.corpus_hash))
+        provenance_extra={"corpus": corpus.provenance(), "task_mix_documents": len(mix)},
+        data_hash=corpus.corpus_hash))
 
 
 def main(argv):
@@ -107,5 +124,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, user_errors=(text_corpus.CorpusError, sharding.ShardingError,
+    cli.run(main, user_errors=(text_corpus.CorpusError, tasks.TaskError, sharding.ShardingError,
                                checkpoint_lib.CheckpointMismatchError))

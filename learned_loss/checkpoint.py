@@ -113,7 +113,7 @@ class Checkpointer:
             except Exception as e:  # pylint: disable=broad-except
                 self._quarantine(step, f"its metadata does not read ({_short(e)})")
                 continue
-            if meta.get("model") != model_config:
+            if _shape_fields(meta.get("model")) != _shape_fields(model_config):
                 raise CheckpointMismatchError(
                     f"{self.directory} holds checkpoints of a different model "
                     f"({_model_diff(meta.get('model'), model_config)}); use a new --workdir or "
@@ -150,6 +150,21 @@ class Checkpointer:
         self._manager = self._open()
 
 
+def _shape_fields(model_config: Optional[dict]) -> Optional[dict]:
+    """The model fields that decide the parameters' shapes and meaning.
+
+    Left out: the variant's name, the matmul dtype, the initialisation scale, and max_len where
+    positions are rotary (no parameter depends on it), so a checkpoint can be fine-tuned at
+    another sequence length or run in bfloat16.
+    """
+    if not isinstance(model_config, dict):
+        return None
+    ignored = {"variant", "compute_dtype", "init_scale"}
+    if model_config.get("positions") == "rotary":
+        ignored.add("max_len")
+    return {k: v for k, v in model_config.items() if k not in ignored}
+
+
 def _short(error: Exception) -> str:
     text = f"{type(error).__name__}: {error}".splitlines()[0]
     return text[:200]
@@ -158,5 +173,6 @@ def _short(error: Exception) -> str:
 def _model_diff(saved: Optional[dict], wanted: dict) -> str:
     if not isinstance(saved, dict):
         return "no model config recorded"
+    saved, wanted = _shape_fields(saved), _shape_fields(wanted)
     keys = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
     return ", ".join(f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} here" for k in keys)

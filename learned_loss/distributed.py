@@ -11,10 +11,13 @@ With none of them set, this is a no-op: a single-process run.
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 import jax
 from absl import flags, logging
+from jax.experimental import multihost_utils
+
+T = TypeVar("T")
 
 _ADDRESS = flags.DEFINE_string(
     "coordinator_address", None,
@@ -58,3 +61,16 @@ def initialize(address: Optional[str] = None, num_processes: Optional[int] = Non
                  jax.process_index(), jax.process_count(), address,
                  jax.local_device_count(), jax.device_count())
     return True
+
+
+def first_on_process_zero(fn: Callable[[], T], name: str) -> T:
+    """Runs `fn` on process 0, waits for it on every host, then runs it on the others.
+
+    For idempotent preparation into shared storage (building a dataset that later calls find
+    and reuse), so that hosts never race to write the same files.
+    """
+    if jax.process_count() == 1:
+        return fn()
+    result = fn() if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices(name)
+    return fn() if result is None else result

@@ -36,6 +36,7 @@ from typing import Any, Mapping, NamedTuple, Optional
 import haiku as hk
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Params = Any  # A haiku params mapping.
 
@@ -127,14 +128,77 @@ def rotary(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
     Returns:
       [B, T, H, K], same dtype as x.
     """
+    return _apply_rotary(x, *_rotary_tables(positions, x.shape[-1], base))
+
+
+def _rotary_tables(positions, key_size: int, base: float) -> tuple[jax.Array, jax.Array]:
+    """cos and sign-folded sin of the rotary angles, each [B, T, 1, K] float32.
+
+    cos_k = cos(angle_i) and sin_k = (-sin(angle_i), +sin(angle_i)) for k = i and k = i + K/2.
+    Positions given as a numpy array (the cache-free path: 0..T-1, known when tracing) give
+    tables computed once at trace time and baked into the program as constants, instead of
+    sin/cos evaluated per element of every q and k in every layer.
+    """
+
+    def tables(pos):
+        half = key_size // 2
+        freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [K/2]
+        angle = jnp.asarray(pos)[..., None].astype(jnp.float32) * freq  # [B, T, K/2]
+        sin, cos = jnp.sin(angle), jnp.cos(angle)
+        cos = jnp.concatenate([cos, cos], axis=-1)[:, :, None, :]  # [B, T, 1, K]
+        sin = jnp.concatenate([-sin, sin], axis=-1)[:, :, None, :]
+        return cos, sin
+
+    if isinstance(positions, np.ndarray):
+        with jax.ensure_compile_time_eval():
+            return tables(positions)
+    return tables(positions)
+
+
+def _apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """x [B, T, H, K] -> (x1 cos - x2 sin, x2 cos + x1 sin) as one elementwise pass, with
+    x1, x2 the two halves of K and the sign folded into `sin` (see `_rotary_tables`)."""
     half = x.shape[-1] // 2
-    freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [K/2]
-    angle = positions[..., None].astype(jnp.float32) * freq  # [B, T, K/2]
-    sin = jnp.sin(angle)[:, :, None, :]  # [B, T, 1, K/2]
-    cos = jnp.cos(angle)[:, :, None, :]
-    x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
-    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return out.astype(x.dtype)
+    x32 = x.astype(jnp.float32)
+    swapped = jnp.concatenate([x32[..., half:], x32[..., :half]], axis=-1)  # (x2, x1)
+    return (x32 * cos + swapped * sin).astype(x.dtype)
+
+
+def _attention_blocks(length: int) -> int:
+    """Query blocks of the causal attention: 4 where T allows (skips 3/8 of the score matrix)."""
+    for blocks in (4, 2):
+        if length % blocks == 0:
+            return blocks
+    return 1
+
+
+def _causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float) -> jax.Array:
+    """softmax(q k^T * scale + causal mask) v for positions 0..T-1, without a cache.
+
+    The T queries are split into blocks; block i only scores the keys up to its own last
+    position, so the upper-right blocks that the mask would zero are never computed (the
+    result is the same as one masked T x T softmax). Masking adds a float32 min bias (built from
+    iotas, so no T x T constant sits in the program), which gives the same probabilities
+    (exactly 0) and gradients as a `where`.
+
+    Args:
+      q, k, v: [B, H, T, K].
+    Returns:
+      [B, H, T, K] in v's dtype.
+    """
+    length = q.shape[2]
+    size = length // _attention_blocks(length)
+    out = []
+    for lo in range(0, length, size):
+        hi = lo + size
+        query_pos = jax.lax.broadcasted_iota(jnp.int32, (size, hi), 0) + lo  # [t, s]
+        key_pos = jax.lax.broadcasted_iota(jnp.int32, (size, hi), 1)
+        bias = jnp.where(key_pos <= query_pos, 0.0, jnp.finfo(jnp.float32).min)  # [t, s]
+        scores = jnp.einsum("bhtk,bhsk->bhts", q[:, :, lo:hi], k[:, :, :hi])  # [B, H, t, s]
+        scores = scores.astype(jnp.float32) * scale + bias
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        out.append(jnp.einsum("bhts,bhsk->bhtk", probs, v[:, :, :hi]))  # [B, H, t, K]
+    return out[0] if len(out) == 1 else jnp.concatenate(out, axis=2)
 
 
 def _write_rows(buffer: jax.Array, update: jax.Array, start: jax.Array) -> jax.Array:
@@ -154,7 +218,8 @@ class Attention(hk.Module):
         self.cfg = cfg
 
     def __call__(self, x, positions, cache_kv=None):
-        """x: [B, T, D]; positions: [B, T]; cache_kv: ([B, S, H, K], [B, S, H, K]) or None."""
+        """x: [B, T, D]; positions: [B, T] (a numpy array when there is no cache: every row is
+        0..T-1); cache_kv: ([B, S, H, K], [B, S, H, K]) or None."""
         cfg = self.cfg
         dtype = jnp.dtype(cfg.compute_dtype)
         d, h, k = cfg.d_model, cfg.num_heads, cfg.key_size
@@ -164,30 +229,46 @@ class Attention(hk.Module):
         w_qkv = hk.get_parameter("qkv", [d, 3, h, k], init=init)
         w_out = hk.get_parameter("out", [h, k, d], init=out_init)
 
-        qkv = jnp.einsum("btd,dchk->cbthk", x.astype(dtype), w_qkv.astype(dtype))
-        q, key, value = qkv[0], qkv[1], qkv[2]  # each [B, T, H, K]
-        if cfg.positions == "rotary":
-            q = rotary(q, positions, cfg.rope_base)
-            key = rotary(key, positions, cfg.rope_base)
+        # One plain [B*T, D] x [D, H*K] matmul per projection: its output is already [B, T, H, K]
+        # in memory (a fused 'btd,dchk->cbthk' einsum makes XLA transpose both the activations
+        # and its output, and turns the backward of the q/k/v split into pads).
+        batch, length = x.shape[:2]
+        x2 = x.astype(dtype).reshape(batch * length, d)  # [B*T, D]
 
+        def project(i):
+            w = w_qkv[:, i].reshape(d, h * k).astype(dtype)  # [D, H*K]
+            return jnp.dot(x2, w).reshape(batch, length, h, k)  # [B, T, H, K]
+
+        q, key, value = project(0), project(1), project(2)
+        if cfg.positions == "rotary":
+            static = isinstance(positions, np.ndarray)
+            # Without a cache every row holds 0..T-1: one [1, T, 1, K] table serves all rows.
+            cos, sin = _rotary_tables(positions[:1] if static else positions, k, cfg.rope_base)
+            q = _apply_rotary(q, cos, sin)
+            key = _apply_rotary(key, cos, sin)
+
+        scale = 1.0 / math.sqrt(k)
+        new_kv = None
         if cache_kv is None:
-            keys, values = key, value  # [B, S=T, H, K]
-            key_pos = positions  # [B, S]
+            heads_first = lambda a: jnp.swapaxes(a, 1, 2)  # [B, T, H, K] -> [B, H, T, K]
+            attended = _causal_attention(heads_first(q), heads_first(key), heads_first(value),
+                                        scale)  # [B, H, T, K]
+            attended = jnp.swapaxes(attended, 1, 2)  # [B, T, H, K]
         else:
             start = positions[:, 0]  # [B]
             keys = _write_rows(cache_kv[0], key, start)  # [B, S, H, K]
             values = _write_rows(cache_kv[1], value, start)
             key_pos = jnp.broadcast_to(jnp.arange(keys.shape[1]), keys.shape[:2])  # [B, S]
-
-        scores = jnp.einsum("bthk,bshk->bhts", q, keys).astype(jnp.float32)  # [B, H, T, S]
-        scores = scores * (1.0 / math.sqrt(k))
-        causal = key_pos[:, None, None, :] <= positions[:, None, :, None]  # [B, 1, T, S]
-        scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-        attended = jnp.einsum("bhts,bshk->bthk", probs, values)  # [B, T, H, K]
-        out = jnp.einsum("bthk,hkd->btd", attended, w_out.astype(dtype))  # [B, T, D]
-        new_kv = None if cache_kv is None else (keys, values)
-        return out.astype(jnp.float32), new_kv
+            scores = jnp.einsum("bthk,bshk->bhts", q, keys).astype(jnp.float32)  # [B, H, T, S]
+            scores = scores * scale
+            causal = key_pos[:, None, None, :] <= positions[:, None, :, None]  # [B, 1, T, S]
+            scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
+            probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+            attended = jnp.einsum("bhts,bshk->bthk", probs, values)  # [B, T, H, K]
+            new_kv = (keys, values)
+        out = jnp.dot(attended.reshape(batch * length, h * k),
+                      w_out.reshape(h * k, d).astype(dtype))  # [B*T, D]
+        return out.reshape(batch, length, d).astype(jnp.float32), new_kv
 
 
 class MLP(hk.Module):
@@ -223,8 +304,11 @@ class Transformer(hk.Module):
         """tokens: [B, T] int. With a cache, positions continue from `cache.pos`."""
         cfg = self.cfg
         batch, length = tokens.shape
-        offset = jnp.zeros((batch,), jnp.int32) if cache is None else cache.pos
-        positions = offset[:, None] + jnp.arange(length, dtype=jnp.int32)  # [B, T]
+        if cache is None:
+            # Known when tracing: rotary tables and the causal mask become constants.
+            positions = np.broadcast_to(np.arange(length, dtype=np.int32), (batch, length))
+        else:
+            positions = cache.pos[:, None] + jnp.arange(length, dtype=jnp.int32)  # [B, T]
 
         embed = hk.Embed(cfg.vocab_size, cfg.d_model, name="embed",
                          w_init=hk.initializers.TruncatedNormal(cfg.init_scale))

@@ -29,6 +29,13 @@ def run(module: str, workdir, config: str, *overrides: str, devices: int = 1,
                           env=env(devices), capture_output=True, text=True, timeout=timeout)
 
 
+def run_module(module: str, *flags: str, devices: int = 1,
+               timeout: float = 240) -> subprocess.CompletedProcess:
+    """Runs `python -m module flags...` (an entry point without --config/--workdir)."""
+    return subprocess.run([sys.executable, "-m", module, *flags], cwd=ROOT, env=env(devices),
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def start(module: str, workdir, config: str, *overrides: str, devices: int = 1,
           **extra_env) -> subprocess.Popen:
     return subprocess.Popen(command(module, workdir, config, *overrides), cwd=ROOT,

@@ -37,3 +37,4 @@ from learned_loss.data.tasks.scoring import score
 from learned_loss.data.tasks.splits import SPLIT_NAMES
 from learned_loss.data.tasks.splits import families_for
 from learned_loss.data.tasks.splits import split_families
+from learned_loss.data.tasks.splits import training_families

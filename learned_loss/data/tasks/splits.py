@@ -92,3 +92,42 @@ def families_for(
         seed, meta_valid_fraction=meta_valid_fraction, heldout_fraction=heldout_fraction
     )
     return splits[split_name]
+
+
+def training_families(
+    families: Sequence[str],
+    split_name: str,
+    *,
+    seed: int,
+    meta_valid_fraction: float,
+    heldout_fraction: float,
+) -> tuple[str, ...]:
+    """The families a training path may use: `families` if given, else those of `split_name`.
+
+    Every training and meta-training path resolves its families here, so that a held-out family
+    can never reach one: asking for the 'heldout' split, or naming a held-out family, is an error.
+
+    Raises:
+        TaskError: a held-out family or split was requested, or a name is unknown.
+    """
+    splits = split_families(
+        seed, meta_valid_fraction=meta_valid_fraction, heldout_fraction=heldout_fraction
+    )
+    if split_name == "heldout":
+        raise TaskError(
+            "training on the 'heldout' split is not allowed: held-out families are for "
+            "evaluation only; use 'meta_train' or 'meta_valid'"
+        )
+    if split_name not in SPLIT_NAMES:
+        raise TaskError(f"unknown task split {split_name!r}; choose one of {SPLIT_NAMES}")
+    if not families:
+        return splits[split_name]
+    for name in families:
+        get_family(name)  # Raises TaskError for an unknown name.
+    leaked = [name for name in families if name in splits["heldout"]]
+    if leaked:
+        raise TaskError(
+            f"families {leaked} are held out (split seed {seed}); held-out families are for "
+            f"evaluation only: remove them from tasks.families or change tasks.split_seed"
+        )
+    return tuple(families)

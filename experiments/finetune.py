@@ -1,0 +1,180 @@
+"""Supervised fine-tuning on instruction tasks, from a pre-training checkpoint.
+
+  python -m experiments.finetune --config=configs/finetune.py:easy --workdir=/tmp/sft \
+      [--config.init_from=/tmp/pretrain]
+
+The loss counts answer tokens only (prompt tokens are masked). Same configs, metrics,
+checkpoints, resume and multi-host flags as pre-training; at each evaluation the policy also
+answers validation prompts greedily and the gold scorers grade it (`valid/exact_match`,
+`valid/graded`).
+
+The sections below follow the run: mesh, data, model, state (and its initialisation), loop.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from absl import flags, logging
+from ml_collections import config_flags
+
+from learned_loss import checkpoint as checkpoint_lib
+from learned_loss import cli, distributed, evaluation, loop, objectives, sharding, train
+from learned_loss import model as model_lib
+from learned_loss.data import instruction_tasks, paths, pipeline, tasks
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/finetune.py:VARIANT).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and logs go.")
+
+
+def training_families(task_cfg) -> tuple[str, ...]:
+    """The configured training families; a held-out one is an error (tasks.TaskError)."""
+    return tasks.training_families(
+        tuple(task_cfg.families), task_cfg.train_split, seed=task_cfg.split_seed,
+        meta_valid_fraction=task_cfg.meta_valid_fraction,
+        heldout_fraction=task_cfg.heldout_fraction)
+
+
+def prepare_tasks(config, families: Sequence[str]) -> instruction_tasks.TasksInfo:
+    """Builds the demonstrations on process 0 first, so hosts sharing a data_dir never race."""
+    t = config.tasks
+    difficulty = instruction_tasks.difficulty_range(t.difficulty)
+
+    def build():
+        return instruction_tasks.build_instruction_tasks(
+            paths.data_dir(config.data.data_dir), families=families, examples_per_family=t.examples_per_family,
+            difficulty=difficulty, label_noise=t.label_noise, seed=t.seed,
+            seq_len=config.data.seq_len,
+            splits={"train": 1.0 - config.data.valid_fraction,
+                    "validation": config.data.valid_fraction})
+
+    return distributed.first_on_process_zero(build, "instruction tasks built")
+
+
+class EncodedDemonstrations:
+    """Random access to encoded demonstrations: {'inputs', 'targets', 'mask'}: [T] each."""
+
+    def __init__(self, source, seq_len: int):
+        self._source = source
+        self._seq_len = seq_len
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        example = instruction_tasks.to_example(self._source[int(index)])
+        encoded = tasks.encode_example(example, self._seq_len)
+        return {k: encoded[k] for k in ("inputs", "targets", "mask")}
+
+
+def initial_params(config, abstract_state) -> Any:
+    """Parameters from the newest good checkpoint of `config.init_from` (read-only)."""
+    source = checkpoint_lib.Checkpointer(config.init_from, read_only=True)
+    if not source.steps():
+        raise cli.UserError(f"init_from={config.init_from!r} holds no checkpoint; point "
+                            f"--config.init_from at a finished pre-training workdir")
+    restored = source.restore_latest(abstract_state, model_config=config.model.to_dict())
+    if restored is None:
+        raise cli.UserError(f"no readable checkpoint in {config.init_from}")
+    logging.info("initialised from checkpoint %d of %s", restored.step, config.init_from)
+    return restored.state.params, restored.step
+
+
+def run(config, workdir: str) -> dict:
+    """Fine-tunes to `config.train.num_steps`, resuming from the workdir."""
+    tc = config.train
+    # Mesh.
+    mesh = sharding.make_mesh(config.mesh.shape)
+    sharding.check_batch_divides(config.data.global_batch_size, mesh)
+    model_cfg = model_lib.ModelConfig.from_config(config.model)
+    seq_len = config.data.seq_len
+    if seq_len > model_cfg.max_len:
+        raise cli.UserError(f"data.seq_len={seq_len} exceeds model.max_len={model_cfg.max_len}; "
+                            f"raise --config.model.max_len")
+
+    # Data: demonstrations of the training families only.
+    families = training_families(config.tasks)
+    info = prepare_tasks(config, families)
+    train_iter = pipeline.make_example_iterator(
+        EncodedDemonstrations(instruction_tasks.load_split(info, "train"), seq_len),
+        global_batch_size=config.data.global_batch_size, seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count())
+    valid = instruction_tasks.load_split(info, "validation")
+    valid_encoded = EncodedDemonstrations(valid, seq_len)
+    batch_size = config.data.global_batch_size
+    eval_batches = [
+        {k: np.stack([valid_encoded[i][k] for i in range(s, s + batch_size)])
+         for k in ("inputs", "targets", "mask")}
+        for s in range(0, min(len(valid), tc.eval_batches * batch_size) - batch_size + 1,
+                       batch_size)]
+    if not eval_batches:
+        raise cli.UserError(f"the validation split has {len(valid)} examples, fewer than one "
+                            f"batch of {batch_size}; raise tasks.examples_per_family or "
+                            f"data.valid_fraction")
+    eval_examples = _eval_examples(valid, tc.eval_prompts_per_family)
+
+    # Model, optimizer, sharded state and steps.
+    model = model_lib.build(model_cfg)
+    optimizer = train.make_optimizer(config.optimizer, tc.num_steps)
+    objective = objectives.get(config.objective)
+    state, state_sh = train.create_sharded_state(
+        model, optimizer, jax.random.key(config.seed), seq_len, config.sharding.rules, mesh)
+    init_step = None
+    if config.init_from:
+        abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                state, state_sh)
+        params, init_step = initial_params(config, abstract)
+        state = state._replace(params=params, opt_state=jax.jit(
+            optimizer.init, out_shardings=state_sh.opt_state)(params))
+    train_step, eval_step = train.compile_steps(model, optimizer, objective, state_sh, mesh)
+
+    def evaluate(s) -> dict:
+        out = loop.mean_eval_metrics(eval_step, s, eval_batches, mesh)
+        scores = evaluation.evaluate(model, s.params, eval_examples, batch_size=batch_size,
+                                     max_new_tokens=tc.max_new_tokens)["overall"]
+        out.update({f"valid/{k}": v for k, v in scores.items()})
+        return out
+
+    # Loop: resume, train, evaluate, checkpoint.
+    return loop.run(loop.Run(
+        config=config, workdir=workdir, mesh=mesh, model_config=model_cfg, state=state,
+        state_shardings=state_sh, train_step=train_step,
+        schedule=train.learning_rate_schedule(config.optimizer, tc.num_steps),
+        train_iter=train_iter, seq_len=seq_len, global_batch_size=batch_size,
+        evaluate=evaluate, data_hash=info.config_hash,
+        provenance_extra={"tasks": info.provenance(), "families": list(families),
+                          "init_from": config.init_from, "init_step": init_step}))
+
+
+def _eval_examples(valid, per_family: int) -> list[tasks.Example]:
+    """Up to `per_family` validation examples of each family, with their gold answers."""
+    chosen: dict[str, list[tasks.Example]] = {}
+    for i in range(len(valid)):
+        example = instruction_tasks.to_example(valid[i], gold=True)
+        bucket = chosen.setdefault(example.family, [])
+        if len(bucket) < per_family:
+            bucket.append(example)
+    return [e for name in sorted(chosen) for e in chosen[name]]
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise cli.UserError(f"unexpected arguments {argv[1:]}; pass settings as --config.FIELD")
+    if _WORKDIR.value is None:
+        raise cli.UserError("--workdir is required: the folder for checkpoints and metrics")
+    config = _CONFIG.value
+    if config is None:
+        raise cli.UserError("--config is required, e.g. --config=configs/finetune.py:tiny")
+    distributed.initialize()
+    start = time.time()
+    last = run(config, _WORKDIR.value)
+    logging.info("done in %.1fs: %s", time.time() - start, last)
+
+
+if __name__ == "__main__":
+    cli.run(main, user_errors=(tasks.TaskError, sharding.ShardingError,
+                               checkpoint_lib.CheckpointMismatchError))

@@ -1,0 +1,107 @@
+"""Supervised fine-tuning as a real process: from a pre-training checkpoint, answer-only loss,
+held-out families refused, and an easy-families run that reaches 90% exact match."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from configs import finetune as finetune_config
+from experiments import finetune
+from learned_loss.data import instruction_tasks, tasks, tokenizer
+from tests import runs
+
+PRETRAIN_OVERRIDES = ("--config.train.num_steps=10", "--config.train.checkpoint_every=10")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, data_dir):
+    """A short smoke pre-training run (nano model): its workdir."""
+    workdir = tmp_path_factory.mktemp("pretrain")
+    result = runs.run("experiments.pretrain", workdir, "configs/pretrain.py:smoke",
+                      f"--config.data.data_dir={data_dir}", *PRETRAIN_OVERRIDES)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+def test_demonstrations_mask_prompt_tokens(data_dir):
+    info = instruction_tasks.build_instruction_tasks(
+        data_dir, families=("uppercase", "compare"), examples_per_family=10, difficulty=1,
+        label_noise=0.0, seed=0, seq_len=64)
+    source = instruction_tasks.load_split(info, "train")
+    encoded = finetune.EncodedDemonstrations(source, 64)
+    assert len(encoded) == len(source)
+    for i in range(len(encoded)):
+        row, record = encoded[i], instruction_tasks.decode_record(source[i])
+        sep = int(np.argmax(row["inputs"] == tokenizer.SEP))
+        # Loss on answer tokens (and the closing EOS) only: targets after SEP up to EOS.
+        assert row["mask"][:sep].sum() == 0
+        answer = row["targets"][row["mask"] > 0]
+        assert answer[-1] == tokenizer.EOS
+        assert tokenizer.decode(answer) == record["answer"]
+
+
+def test_finetune_from_pretrained_checkpoint(pretrained, data_dir, tmp_path):
+    result = runs.run("experiments.finetune", tmp_path, "configs/finetune.py:smoke",
+                      f"--config.data.data_dir={data_dir}", f"--config.init_from={pretrained}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "initialised from checkpoint 10" in result.stderr
+    records = runs.metrics(tmp_path)
+    assert records[-1]["step"] == 20 and "valid/exact_match" in records[-1]
+    with open(tmp_path / "provenance.json", encoding="utf-8") as f:
+        extra = json.load(f)["starts"][0]["extra"]
+    assert extra["init_from"] == str(pretrained) and extra["init_step"] == 10
+    assert extra["families"] == list(finetune_config.EASY_FAMILIES[:2])
+    # Evaluating the fine-tuned policy on held-out families, with KL to its initialisation.
+    result = runs.run_module("experiments.evaluate", f"--checkpoint={tmp_path}",
+                             "--split=heldout", "--examples_per_family=2",
+                             "--max_new_tokens=8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(tmp_path / "eval_heldout.json", encoding="utf-8") as f:
+        report = json.load(f)
+    heldout = tasks.families_for("heldout", seed=0, meta_valid_fraction=0.15,
+                                 heldout_fraction=0.25)
+    assert sorted(report["families"]) == sorted(heldout)
+    assert report["reference"] == str(pretrained) and report["overall"]["kl_to_reference"] > 0
+
+
+def test_heldout_family_is_refused(data_dir, tmp_path):
+    heldout = tasks.families_for("heldout", seed=0, meta_valid_fraction=0.15,
+                                 heldout_fraction=0.25)
+    result = runs.run("experiments.finetune", tmp_path, "configs/finetune.py:smoke",
+                      f"--config.data.data_dir={data_dir}",
+                      f"--config.tasks.families=('{heldout[0]}',)")
+    assert result.returncode != 0
+    assert f"['{heldout[0]}'] are held out" in result.stderr.splitlines()[-1]
+    result = runs.run("experiments.finetune", tmp_path, "configs/finetune.py:smoke",
+                      f"--config.data.data_dir={data_dir}", "--config.tasks.families=()",
+                      "--config.tasks.train_split=heldout")
+    assert result.returncode != 0 and "evaluation only" in result.stderr.splitlines()[-1]
+    assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_no_training_path_sees_a_heldout_family():
+    split = tasks.split_families(0, meta_valid_fraction=0.15, heldout_fraction=0.25)
+    for train_split in ("meta_train", "meta_valid"):
+        config = finetune_config.get_config("tiny")
+        config.tasks.train_split = train_split
+        chosen = finetune.training_families(config.tasks)
+        assert chosen and not set(chosen) & set(split["heldout"])
+    for variant in finetune_config.VARIANTS:
+        chosen = finetune.training_families(finetune_config.get_config(variant).tasks)
+        assert not set(chosen) & set(split["heldout"]), variant
+
+
+def test_sft_on_easy_families_reaches_90_percent(data_dir, tmp_path):
+    result = runs.run("experiments.finetune", tmp_path, "configs/finetune.py:easy",
+                      f"--config.data.data_dir={data_dir}", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = runs.metrics(tmp_path)[-1]
+    assert final["step"] == finetune_config.VARIANTS["easy"]["steps"]
+    assert final["valid/exact_match"] >= 0.9, final
