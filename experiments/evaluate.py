@@ -14,13 +14,11 @@ from __future__ import annotations
 import os
 
 import jax
-import ml_collections
 from absl import flags, logging
 
 from configs import tasks as task_configs
 from learned_loss import checkpoint as checkpoint_lib
-from learned_loss import cli, evaluation, provenance, train
-from learned_loss import model as model_lib
+from learned_loss import cli, evaluation, policy
 from learned_loss.data import tasks
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Workdir of the run to evaluate.")
@@ -34,41 +32,19 @@ _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "Longest completion.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seeds the evaluation prompts and the KL samples.")
 
 
-def run_config(workdir: str) -> ml_collections.ConfigDict:
-    """The resolved config of the run's latest start, from its provenance.json."""
-    starts = provenance.read(workdir) if os.path.isdir(workdir) else []
-    if not starts:
-        raise cli.UserError(f"{workdir} has no provenance.json; --checkpoint must be the workdir "
-                            f"of a pre-training or fine-tuning run")
-    return ml_collections.ConfigDict(starts[-1]["config"])
-
-
-def restore_params(workdir: str, config, model: model_lib.Model):
-    """The newest good checkpoint's parameters (read-only: nothing in the workdir changes)."""
-    optimizer = train.make_optimizer(config.optimizer, config.train.num_steps)
-    abstract = jax.eval_shape(lambda: train.init_state(model, optimizer, jax.random.key(0),
-                                                       config.data.seq_len))
-    restored = checkpoint_lib.Checkpointer(workdir, read_only=True).restore_latest(
-        abstract, model_config=config.model.to_dict())
-    if restored is None:
-        raise cli.UserError(f"{workdir} holds no readable checkpoint")
-    return restored.state.params, restored.step
-
-
 def main(argv):
     if len(argv) > 1:
         raise cli.UserError(f"unexpected arguments {argv[1:]}")
     if not _CHECKPOINT.value:
         raise cli.UserError("--checkpoint is required: the workdir of the run to evaluate")
     workdir = _CHECKPOINT.value
-    config = run_config(workdir)
-    model = model_lib.build(model_lib.ModelConfig.from_config(config.model))
-    params, step = restore_params(workdir, config, model)
+    trained = policy.load(workdir)
+    config, model, params, step = trained.config, trained.model, trained.params, trained.step
 
     reference_dir = _REFERENCE.value or config.get("init_from") or None
     reference = None
     if reference_dir:
-        reference, _ = restore_params(reference_dir, run_config(reference_dir), model)
+        reference = policy.load(reference_dir, model).params
 
     split_cfg = config.get("tasks") or task_configs.task_config()
     families = tasks.families_for(_SPLIT.value, seed=split_cfg.split_seed,

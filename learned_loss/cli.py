@@ -67,6 +67,8 @@ def run(main: Callable[[list[str]], None], user_errors: tuple[type[Exception], .
 
     def guarded(argv):
         logging.get_absl_handler().addFilter(_quiet_libraries)
+        if "tensorflow_datasets" in sys.modules:  # Its progress bars would fill the log.
+            sys.modules["tensorflow_datasets"].disable_progress_bar()
         try:
             main(argv)
         except handled as e:

@@ -49,7 +49,7 @@ def _completion_text(tokens: np.ndarray) -> str:
 
 def generate_answers(model: model_lib.Model, params: Any, examples: Sequence[tasks.Example], *,
                      batch_size: int, max_new_tokens: int, rng: Optional[jax.Array] = None,
-                     temperature: float = 0.0) -> list[dict[str, Any]]:
+                     temperature: float = 0.0, top_k: int = 0) -> list[dict[str, Any]]:
     """Completes every example's prompt. Returns, per example, the answer text, its token
     count before EOS, whether it ended, the summed log-probability and the raw tokens."""
     out = []
@@ -57,7 +57,7 @@ def generate_answers(model: model_lib.Model, params: Any, examples: Sequence[tas
         key = None if rng is None else jax.random.fold_in(rng, index)
         gen = jax.device_get(sampling.generate(
             model, params, block, lengths, key, max_new_tokens=max_new_tokens,
-            temperature=temperature))
+            temperature=temperature, top_k=top_k))
         for row in range(count):
             ended = bool(gen.finished[row])
             length = int(gen.lengths[row])

@@ -9,7 +9,7 @@ import pytest
 
 from configs import finetune as finetune_config
 from experiments import finetune
-from learned_loss.data import instruction_tasks, tasks, tokenizer
+from learned_loss.data import instruction_tasks, preference_pairs, tasks, tokenizer
 from tests import runs
 
 PRETRAIN_OVERRIDES = ("--config.train.num_steps=10", "--config.train.checkpoint_every=10")
@@ -47,11 +47,19 @@ def test_demonstrations_mask_prompt_tokens(data_dir):
         assert tokenizer.decode(answer) == record["answer"]
 
 
-def test_finetune_from_pretrained_checkpoint(pretrained, data_dir, tmp_path):
-    result = runs.run("experiments.finetune", tmp_path, "configs/finetune.py:smoke",
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory, data_dir, pretrained):
+    """A smoke fine-tuning run from the pre-training run: (its workdir, its stderr)."""
+    workdir = tmp_path_factory.mktemp("finetune")
+    result = runs.run("experiments.finetune", workdir, "configs/finetune.py:smoke",
                       f"--config.data.data_dir={data_dir}", f"--config.init_from={pretrained}")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "initialised from checkpoint 10" in result.stderr
+    return workdir, result.stderr
+
+
+def test_finetune_from_pretrained_checkpoint(pretrained, finetuned):
+    tmp_path, stderr = finetuned
+    assert "initialised from checkpoint 10" in stderr
     records = runs.metrics(tmp_path)
     assert records[-1]["step"] == 20 and "valid/exact_match" in records[-1]
     with open(tmp_path / "provenance.json", encoding="utf-8") as f:
@@ -69,6 +77,42 @@ def test_finetune_from_pretrained_checkpoint(pretrained, data_dir, tmp_path):
                                  heldout_fraction=0.25)
     assert sorted(report["families"]) == sorted(heldout)
     assert report["reference"] == str(pretrained) and report["overall"]["kl_to_reference"] > 0
+
+
+def test_preference_pairs_from_policy_samples(finetuned, data_dir, tmp_path):
+    workdir, _ = finetuned
+    args = (f"--policy={workdir}", "--families=first_char,list_length", "--pairs_per_family=30",
+            f"--data_dir={data_dir}", "--samples_per_prompt=3", "--max_new_tokens=24")
+    result = runs.run_module("experiments.make_preferences", f"--workdir={tmp_path}", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(tmp_path / "preference_pairs.json", encoding="utf-8") as f:
+        report = json.load(f)
+    assert report["policy"] == {"workdir": str(workdir), "step": 20}
+    assert report["dataset"]["seq_len"] == 64 and report["dataset"]["policy_hash"]
+    info = preference_pairs.build_preference_pairs(
+        data_dir, families=("first_char", "list_length"), pairs_per_family=30, difficulty=1,
+        tau=0.1, length_bias=0.0, length_scale=64.0, seed=0, seq_len=64)
+    records = [preference_pairs.decode_record(r)
+               for r in preference_pairs.load_split(info, "train")]
+    # Without a policy the same prompts give no policy completions; with one, a 20-step policy's
+    # samples are mostly wrong, so they reach the pairs, all within the sequence length.
+    assert info.num_policy["train"] == 0 and not info.policy_hash
+    train = report["splits"]["train"]
+    assert train["pairs"] == len(records) == 54
+    assert train["pairs_with_policy"] > 0
+    assert train["completions_by_source"]["policy"] >= train["pairs_with_policy"]
+    with_policy = preference_pairs.load_split(
+        preference_pairs.PairsInfo(**{**report["dataset"], "reused": True}), "train")
+    for record in map(preference_pairs.decode_record, with_policy):
+        for text in (record["chosen"], record["rejected"]):
+            example = tasks.Example(record["family"], record["prompt"], text, 1, 0)
+            tasks.check_fits(example, 64)
+    # The same flags give the same dataset (and reuse it).
+    again = runs.run_module("experiments.make_preferences", f"--workdir={tmp_path / 'again'}",
+                            *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    with open(tmp_path / "again" / "preference_pairs.json", encoding="utf-8") as f:
+        assert json.load(f)["splits"] == report["splits"]
 
 
 def test_heldout_family_is_refused(data_dir, tmp_path):
