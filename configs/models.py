@@ -2,13 +2,14 @@
 overridden from the command line, e.g. `--config.model.num_layers=8`.
 
 Parameter counts are for the 260-token byte vocabulary with tied embeddings (rotary positions):
-  nano ~0.12M, tiny ~1.0M, bench ~3.2M, small ~10.8M, base ~85M.
+  nano ~0.12M, mini ~0.43M, tiny ~1.0M, bench ~3.2M, small ~10.8M, base ~85M.
 """
 
 import ml_collections
 
 VARIANTS = {
     "nano": dict(d_model=64, num_layers=2, num_heads=4, d_ff=256),
+    "mini": dict(d_model=128, num_layers=2, num_heads=4, d_ff=512),
     "tiny": dict(d_model=128, num_layers=5, num_heads=4, d_ff=512),
     # The benchmark model of benchmarks/train_step.py.
     "bench": dict(d_model=256, num_layers=4, num_heads=4, d_ff=1024),

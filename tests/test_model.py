@@ -93,12 +93,13 @@ def test_param_count_matches_formula_and_variants():
     per_layer = 4 * d * d + 2 * d * f + f + d + 4 * d  # qkv+out, mlp, biases, two norms
     assert model_lib.param_count(params) == layers * per_layer + v * d + 2 * d
     counts = {}
-    for name in ("nano", "tiny", "small", "base"):
+    for name in ("nano", "mini", "tiny", "small", "base"):
         mcfg = model_lib.ModelConfig.from_config(models.model_config(name, 64))
         shapes = jax.eval_shape(model_lib.build(mcfg).init, jax.random.key(0),
                                 jnp.zeros((1, 4), jnp.int32))
         counts[name] = model_lib.param_count(shapes)
     assert 0.8e5 < counts["nano"] < 1.5e5
+    assert 0.38e6 < counts["mini"] < 0.48e6
     assert 0.8e6 < counts["tiny"] < 1.3e6
     assert 8e6 < counts["small"] < 13e6
     assert 75e6 < counts["base"] < 95e6

@@ -44,6 +44,11 @@ def test_family_contract(name):
     assert a == b
     many = {tasks.sample_example(name, np.random.default_rng(s), 3).prompt for s in range(20)}
     assert len(many) > 1
+    # At every difficulty the answer varies: a constant answer is learnt without the task.
+    for d in tasks.DIFFICULTIES:
+        rng = np.random.default_rng(d)
+        answers = {tasks.sample_example(name, rng, d).answer for _ in range(100)}
+        assert len(answers) > 1, (d, answers)
     # Difficulty scales the input size.
     sizes = {d: np.mean([fam.input_size(x) for x in _inputs(name, 1, d, 30)]) for d in (1, 5)}
     assert sizes[5] > sizes[1], sizes

@@ -28,6 +28,11 @@ def _one(rng: np.random.Generator, d: int) -> dict:
     return {"a": number(rng, d)}
 
 
+def _digit_count(rng: np.random.Generator, d: int) -> dict:
+    # 1..d + 2 digits: `number` has exactly d digits, which would make the count a constant.
+    return {"a": number(rng, randint(rng, 1, d + 2))}
+
+
 def _two(rng: np.random.Generator, d: int) -> dict:
     return {"a": number(rng, d), "b": number(rng, d)}
 
@@ -121,7 +126,7 @@ FAMILIES: tuple[Family, ...] = (
     _f("count_digits",
        ["How many digits does {a} have?", "Number of digits in {a}:",
         "Count the digits of {a}."],
-       _one, lambda x: str(len(str(x["a"])))),
+       _digit_count, lambda x: str(len(str(x["a"])))),
     _f("to_binary",
        ["Write {a} in binary.", "Convert {a} to base 2 (no prefix).",
         "Binary representation of {a}:"],

@@ -54,6 +54,11 @@ def _sentence(rng: np.random.Generator, d: int) -> dict:
     return {"s": " ".join(words(rng, d + 1))}
 
 
+def _word_count(rng: np.random.Generator, d: int) -> dict:
+    # 1..d + 2 words: a fixed count per difficulty would make the answer a constant.
+    return {"s": " ".join(words(rng, randint(rng, 1, d + 2)))}
+
+
 def _count_char(rng: np.random.Generator, d: int) -> dict:
     return {"s": letters(rng, length_for(rng, d), _SMALL), "c": _SMALL[randint(rng, 0, 3)]}
 
@@ -220,7 +225,7 @@ FAMILIES: tuple[Family, ...] = (
        _sentence, lambda x: " ".join(reversed(x["s"].split()))),
     _f("count_words",
        ["How many words are in '{s}'?", "Count the words: {s}", "Number of words in: {s}"],
-       _sentence, lambda x: str(len(x["s"].split()))),
+       _word_count, lambda x: str(len(x["s"].split()))),
     _f("longest_word",
        ["Which word is the longest: {s}", "Longest word in '{s}':",
         "Give the longest of these words: {s}"],
