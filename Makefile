@@ -5,7 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WORKDIR ?= workdirs/demo
-# Multi-device code is tested on 8 simulated CPU devices.
+# Multi-device code is tested on 8 simulated CPU devices; test files run in 2 workers
+# (most of a test's time is a single-threaded subprocess start or compile).
 TEST_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=8
 
 .PHONY: setup test demo bench clean
@@ -19,7 +20,7 @@ $(STAMP): setup.cfg pyproject.toml requirements.lock
 setup: $(STAMP)
 
 test: $(STAMP)
-	$(TEST_ENV) $(PY) -m pytest -q tests
+	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist loadfile tests
 
 demo: $(STAMP)
 	$(PY) -m experiments.pretrain --config=configs/pretrain.py:tiny --workdir=$(WORKDIR)

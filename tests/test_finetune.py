@@ -143,8 +143,11 @@ def test_no_training_path_sees_a_heldout_family():
 
 
 def test_sft_on_easy_families_reaches_90_percent(data_dir, tmp_path):
+    steps = finetune_config.VARIANTS["easy"]["steps"]
+    # Evaluated and saved once, at the end: the budget itself is the config's.
     result = runs.run("experiments.finetune", tmp_path, "configs/finetune.py:easy",
-                      f"--config.data.data_dir={data_dir}", timeout=600)
+                      f"--config.data.data_dir={data_dir}", f"--config.train.eval_every={steps}",
+                      f"--config.train.checkpoint_every={steps}", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     final = runs.metrics(tmp_path)[-1]
     assert final["step"] == finetune_config.VARIANTS["easy"]["steps"]

@@ -18,7 +18,7 @@ def _cfg(**overrides):
 def _setup(cfg, batch=2, length=12, seed=0):
     model = model_lib.build(cfg)
     tokens = jax.random.randint(jax.random.key(seed), (batch, length), 0, cfg.vocab_size)
-    params = model.init(jax.random.key(1), tokens)
+    params = jax.jit(model.init)(jax.random.key(1), tokens)
     # Perturb the zero-initialised pieces so every path is exercised.
     params = jax.tree.map(lambda x: x + 0.02 * jax.random.normal(jax.random.key(2), x.shape),
                           params)
@@ -43,7 +43,7 @@ def test_shapes_and_causality(overrides):
     assert (out.scalar is not None) == cfg.scalar_head
     # Changing a later token must not change earlier logits.
     changed = tokens.at[:, 8].set((tokens[:, 8] + 1) % cfg.vocab_size)
-    out2 = model.apply(params, changed)
+    out2 = jax.jit(model.apply)(params, changed)
     np.testing.assert_allclose(out.logits[:, :8], out2.logits[:, :8], rtol=1e-6, atol=1e-6)
     assert not np.allclose(out.logits[:, 8:], out2.logits[:, 8:])
 
@@ -52,7 +52,7 @@ def test_shapes_and_causality(overrides):
 def test_kv_cache_decode_matches_full_forward(overrides):
     cfg = _cfg(**overrides)
     model, params, tokens = _setup(cfg, length=10)
-    full = model.apply(params, tokens)
+    full = jax.jit(model.apply)(params, tokens)
     apply = jax.jit(model.apply)
     cache = model_lib.init_cache(cfg, batch_size=2, capacity=16)
     out = apply(params, tokens[:, :4], cache)  # Prefill 4 tokens.
@@ -73,15 +73,15 @@ def test_kv_cache_rows_at_different_positions():
     """Rows of a batch may sit at different positions (prompts of different lengths)."""
     cfg = _cfg()
     model, params, tokens = _setup(cfg, length=8)
-    cache = model_lib.init_cache(cfg, batch_size=2, capacity=12)
+    apply = jax.jit(model.apply)
     # Row 0 has consumed 5 tokens, row 1 only 3: fill each row separately, then merge.
-    c0 = model.apply(params, tokens[:1, :5], model_lib.init_cache(cfg, 1, 12)).cache
-    c1 = model.apply(params, tokens[1:, :3], model_lib.init_cache(cfg, 1, 12)).cache
+    c0 = apply(params, tokens[:1, :5], model_lib.init_cache(cfg, 1, 12)).cache
+    c1 = apply(params, tokens[1:, :3], model_lib.init_cache(cfg, 1, 12)).cache
     cache = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), c0, c1)
     step = jnp.stack([tokens[0, 5:6], tokens[1, 3:4]])  # [2, 1]
-    out = model.apply(params, step, cache)
-    ref0 = model.apply(params, tokens[:1, :6]).logits[0, -1]
-    ref1 = model.apply(params, tokens[1:, :4]).logits[0, -1]
+    out = apply(params, step, cache)
+    ref0 = apply(params, tokens[:1, :6]).logits[0, -1]
+    ref1 = apply(params, tokens[1:, :4]).logits[0, -1]
     np.testing.assert_allclose(out.logits[0, 0], ref0, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out.logits[1, 0], ref1, rtol=1e-5, atol=1e-5)
 
