@@ -12,7 +12,7 @@ cores), `tiny` (all meta-train families; start it from a pre-training run).
 
 import ml_collections
 
-from configs import models, tasks
+from configs import models, optimizers, tasks
 
 # Five families a small model learns from scratch in about 2 minutes on 2 CPU cores: three
 # counts of items (words, list numbers, digits), a count of vowels, and a divisibility
@@ -60,17 +60,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.data.global_batch_size = v["batch"]
     config.data.valid_fraction = 0.1
 
-    config.optimizer = ml_collections.ConfigDict()
-    config.optimizer.name = "adamw"
-    config.optimizer.lr = v["lr"]
-    config.optimizer.warmup_steps = v["warmup"]
-    config.optimizer.min_lr_ratio = 0.1
-    config.optimizer.b1 = 0.9
-    config.optimizer.b2 = 0.95
-    config.optimizer.eps = 1e-8
-    config.optimizer.eps_root = 1e-8
-    config.optimizer.weight_decay = 0.0
-    config.optimizer.grad_clip = 1.0
+    config.optimizer = optimizers.adamw(v["lr"], v["warmup"], weight_decay=0.0)
 
     config.train = ml_collections.ConfigDict()
     config.train.num_steps = v["steps"]

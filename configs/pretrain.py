@@ -9,7 +9,7 @@ e.g. `--config.optimizer.lr=3e-4 --config.mesh.shape.model=2`.
 
 import ml_collections
 
-from configs import models, tasks
+from configs import models, optimizers, tasks
 
 VARIANTS = {
     # model, seq_len, global batch, steps, lr, warm-up, log/eval/checkpoint every, corpus glob
@@ -50,17 +50,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
     config.tasks = tasks.task_config()
 
-    config.optimizer = ml_collections.ConfigDict()
-    config.optimizer.name = "adamw"
-    config.optimizer.lr = v["lr"]
-    config.optimizer.warmup_steps = v["warmup"]
-    config.optimizer.min_lr_ratio = 0.1
-    config.optimizer.b1 = 0.9
-    config.optimizer.b2 = 0.95
-    config.optimizer.eps = 1e-8
-    config.optimizer.eps_root = 1e-8  # > 0 keeps adam differentiable for meta-gradients.
-    config.optimizer.weight_decay = 0.1
-    config.optimizer.grad_clip = 1.0
+    config.optimizer = optimizers.adamw(v["lr"], v["warmup"], weight_decay=0.1)
 
     config.train = ml_collections.ConfigDict()
     config.train.num_steps = v["steps"]

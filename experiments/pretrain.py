@@ -110,13 +110,8 @@ def run(config, workdir: str) -> dict:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise cli.UserError(f"unexpected arguments {argv[1:]}; pass settings as --config.FIELD")
-    if _WORKDIR.value is None:
-        raise cli.UserError("--workdir is required: the folder for checkpoints and metrics")
     config = _CONFIG.value
-    if config is None:
-        raise cli.UserError("--config is required, e.g. --config=configs/pretrain.py:tiny")
+    cli.check_run_flags(argv, config, _WORKDIR.value, "configs/pretrain.py:tiny")
     distributed.initialize()
     start = time.time()
     last = run(config, _WORKDIR.value)

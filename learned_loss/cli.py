@@ -45,6 +45,16 @@ def _unknown_key_message(error: Exception, argv: Sequence[str]) -> str | None:
             f"defines can be overridden")
 
 
+def check_run_flags(argv: Sequence[str], config, workdir: str | None, example: str) -> None:
+    """The checks every training entry point makes before it starts (UserError naming the fix)."""
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments {argv[1:]}; pass settings as --config.FIELD")
+    if workdir is None:
+        raise UserError("--workdir is required: the folder for checkpoints and metrics")
+    if config is None:
+        raise UserError(f"--config is required, e.g. --config={example}")
+
+
 def parse_flags(argv: Sequence[str]) -> list[str]:
     """absl flag parsing with one-line errors for bad flags and unknown config keys."""
     try:

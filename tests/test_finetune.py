@@ -3,6 +3,7 @@ held-out families refused, and an easy-families run that reaches 90% exact match
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -77,6 +78,22 @@ def test_finetune_from_pretrained_checkpoint(pretrained, finetuned):
                                  heldout_fraction=0.25)
     assert sorted(report["families"]) == sorted(heldout)
     assert report["reference"] == str(pretrained) and report["overall"]["kl_to_reference"] > 0
+
+
+def test_interrupted_finetune_resumes_to_the_same_metrics(finetuned, data_dir, pretrained,
+                                                         tmp_path):
+    """A run stopped after its step-10 checkpoint ends where an uninterrupted one does."""
+    workdir, _ = finetuned
+    resumed = tmp_path / "run"
+    shutil.copytree(workdir, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "20")  # As if it had died before step 20's save.
+    result = runs.run("experiments.finetune", resumed, "configs/finetune.py:smoke",
+                      f"--config.data.data_dir={data_dir}", f"--config.init_from={pretrained}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from checkpoint 10" in result.stderr
+    records = runs.metrics(resumed)
+    assert [r["step"] for r in records] == [r["step"] for r in runs.metrics(workdir)]
+    assert runs.deterministic(records) == runs.deterministic(runs.metrics(workdir))
 
 
 def test_preference_pairs_from_policy_samples(finetuned, data_dir, tmp_path):
