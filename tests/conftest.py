@@ -1,5 +1,30 @@
-"""Shared test set-up: 8 simulated CPU devices, unless the caller already chose a count."""
+"""Shared test set-up: 8 simulated CPU devices, unless the caller already chose a count, and one
+persistent compilation cache for the run.
+
+Most of the suite's time is entry-point processes compiling the same small programs again; with
+a shared cache (a fresh folder per `pytest` run, removed at its end) each program is compiled
+once. A cached executable is the same program, so results stay bitwise identical.
+"""
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+
+
+def pytest_configure(config):
+    # Only the main process makes the folder; xdist workers and child processes inherit it.
+    if _CACHE_ENV in os.environ or hasattr(config, "workerinput"):
+        return
+    os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="learned_loss_jax_cache_")
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    config._learned_loss_cache = os.environ[_CACHE_ENV]
+
+
+def pytest_unconfigure(config):
+    folder = getattr(config, "_learned_loss_cache", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
