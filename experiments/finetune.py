@@ -98,13 +98,8 @@ def run(config, workdir: str) -> dict:
     """Fine-tunes to `config.train.num_steps`, resuming from the workdir."""
     tc = config.train
     # Mesh.
-    mesh = sharding.make_mesh(config.mesh.shape)
-    sharding.check_batch_divides(config.data.global_batch_size, mesh)
-    model_cfg = model_lib.ModelConfig.from_config(config.model)
+    mesh, model_cfg = loop.mesh_and_model(config)
     seq_len = config.data.seq_len
-    if seq_len > model_cfg.max_len:
-        raise cli.UserError(f"data.seq_len={seq_len} exceeds model.max_len={model_cfg.max_len}; "
-                            f"raise --config.model.max_len")
 
     # Data: demonstrations of the training families only.
     families = training_families(config.tasks)

@@ -18,7 +18,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from learned_loss import checkpoint as checkpoint_lib
-from learned_loss import metrics, perf, provenance, sharding
+from learned_loss import cli, metrics, perf, provenance, sharding
 from learned_loss import model as model_lib
 
 
@@ -59,6 +59,18 @@ class Run:
     data_hash: Optional[str] = None
     theta: Any = ()
 
+
+
+def mesh_and_model(config) -> tuple[jax.sharding.Mesh, model_lib.ModelConfig]:
+    """A training config's mesh (the global batch must divide over it) and model config (its
+    max_len must hold data.seq_len); a mismatch is a UserError naming the fix."""
+    mesh = sharding.make_mesh(config.mesh.shape)
+    sharding.check_batch_divides(config.data.global_batch_size, mesh)
+    model_cfg = model_lib.ModelConfig.from_config(config.model)
+    if config.data.seq_len > model_cfg.max_len:
+        raise cli.UserError(f"data.seq_len={config.data.seq_len} exceeds model.max_len="
+                            f"{model_cfg.max_len}; raise --config.model.max_len")
+    return mesh, model_cfg
 
 def local_rows(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """This process's contiguous block of rows of a global batch."""
