@@ -191,7 +191,7 @@ def r_rl(d, alpha, beta):
 
 
 def gains(scores, baseline):
-    """R = scores - baseline: gains over the initial policy (the d = 0 score), as the fits expect."""
+    """R = scores - baseline: the gain over the initial policy (the d = 0 score) the fits take."""
     return np.asarray(scores, dtype=np.float64) - baseline
 
 
