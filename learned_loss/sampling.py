@@ -190,12 +190,55 @@ def _generate(model: model_lib.Model, params, prompts, prompt_lengths, rng=None,
 generate = jax.jit(_generate, static_argnames=("model", "max_new_tokens", "temperature", "top_k"))
 
 
+def join(prompts, prompt_lengths, completions, completion_lengths, *,
+         pad_id: int = tokenizer.PAD) -> tuple[jax.Array, jax.Array]:
+    """Lays each row's prompt and completion end to end: [prompt[:Lp], completion[:Lc], pad...].
+
+    Args:
+      prompts: [B, P] int right-padded; prompt_lengths: [B] int in [1, P].
+      completions: [B, C] int; completion_lengths: [B] int in [0, C].
+    Returns:
+      (sequences [B, T] int32 with T = P + C, positions [B, C] int32): completion token i of row
+      b sits at Lp + i and is predicted by the logits at positions[b, i] = Lp + i - 1.
+    """
+    prompts = jnp.asarray(prompts, jnp.int32)
+    prompt_lengths = jnp.asarray(prompt_lengths, jnp.int32)
+    completions = jnp.asarray(completions, jnp.int32)
+    completion_lengths = jnp.asarray(completion_lengths, jnp.int32)
+    _check_prompts(prompts, prompt_lengths)
+    width, num_new = prompts.shape[1], completions.shape[1]
+    # Sequence position j reads prompt[j] while j < Lp, then completion[j - Lp] (column
+    # P + j - Lp of the concatenation), then pad.
+    joined = jnp.concatenate([prompts, completions], axis=1)  # [B, T]
+    j = jnp.arange(width + num_new)[None, :]  # [1, T]
+    lp = prompt_lengths[:, None]  # [B, 1]
+    source = jnp.where(j < lp, j, width + j - lp)  # [B, T]
+    sequence = jnp.take_along_axis(joined, jnp.clip(source, 0, width + num_new - 1), axis=1)
+    sequence = jnp.where(j < lp + completion_lengths[:, None], sequence, pad_id)  # [B, T]
+    positions = jnp.clip(lp - 1 + jnp.arange(num_new)[None, :], 0, width + num_new - 1)
+    return sequence, positions.astype(jnp.int32)
+
+
+def completion_log_probs(logits: jax.Array, positions: jax.Array, completions: jax.Array,
+                         completion_lengths: jax.Array) -> jax.Array:
+    """log_softmax(logits)[token] of each completion token, 0 at and beyond its length.
+
+    logits: [B, T, V] over a `join`ed sequence; positions: [B, C] from `join`;
+    completions: [B, C] int; completion_lengths: [B] int. Returns [B, C] float32.
+    """
+    picked_logits = jnp.take_along_axis(logits, positions[:, :, None], axis=1)  # [B, C, V]
+    log_p = jax.nn.log_softmax(picked_logits.astype(jnp.float32), axis=-1)
+    picked = jnp.take_along_axis(log_p, completions[:, :, None], axis=-1)[:, :, 0]  # [B, C]
+    i = jnp.arange(completions.shape[1])[None, :]
+    return jnp.where(i < completion_lengths[:, None], picked, 0.0)
+
+
 def _sequence_log_probs(model: model_lib.Model, params, prompts, prompt_lengths, completions,
                         completion_lengths, *, pad_id: int = tokenizer.PAD):
     """Per-token log p(completion token | prompt, earlier completion tokens), one forward pass.
 
-    Each row's prompt and completion are laid end to end, [prompt[:Lp], completion[:Lc], pad...],
-    and scored without a cache, so this checks (and is independent of) the decode path.
+    Each row's prompt and completion are laid end to end (`join`) and scored without a cache,
+    so this checks (and is independent of) the decode path.
 
     Args:
       model, params: as for `generate` (model static); e.g. a reference model for a KL estimate.
@@ -205,30 +248,11 @@ def _sequence_log_probs(model: model_lib.Model, params, prompts, prompt_lengths,
       [B, C] float32: log_softmax(raw logits)[token] (temperature 1, no top-k), 0 at and beyond
       completion_lengths.
     """
-    prompts = jnp.asarray(prompts, jnp.int32)
-    prompt_lengths = jnp.asarray(prompt_lengths, jnp.int32)
-    completions = jnp.asarray(completions, jnp.int32)
-    completion_lengths = jnp.asarray(completion_lengths, jnp.int32)
-    _check_prompts(prompts, prompt_lengths)
-    width, num_new = prompts.shape[1], completions.shape[1]
-
-    # Gather [prompt, completion] per row: sequence position j reads prompt[j] while j < Lp,
-    # then completion[j - Lp] (column P + j - Lp of the concatenation), then pad.
-    joined = jnp.concatenate([prompts, completions], axis=1)  # [B, T]
-    j = jnp.arange(width + num_new)[None, :]  # [1, T]
-    lp = prompt_lengths[:, None]  # [B, 1]
-    source = jnp.where(j < lp, j, width + j - lp)  # [B, T]
-    sequence = jnp.take_along_axis(joined, jnp.clip(source, 0, width + num_new - 1), axis=1)
-    sequence = jnp.where(j < lp + completion_lengths[:, None], sequence, pad_id)  # [B, T]
-
+    sequence, positions = join(prompts, prompt_lengths, completions, completion_lengths,
+                               pad_id=pad_id)
     logits = model.apply(params, sequence).logits  # [B, T, V]
-    # Completion token i sits at position Lp + i and is predicted at position Lp + i - 1.
-    i = jnp.arange(num_new)[None, :]  # [1, C]
-    at = jnp.clip(lp - 1 + i, 0, width + num_new - 1)  # [B, C]
-    logits = jnp.take_along_axis(logits, at[:, :, None], axis=1)  # [B, C, V]
-    log_p = jax.nn.log_softmax(logits, axis=-1)
-    picked = jnp.take_along_axis(log_p, completions[:, :, None], axis=-1)[:, :, 0]  # [B, C]
-    return jnp.where(i < completion_lengths[:, None], picked, 0.0)
+    return completion_log_probs(logits, positions, jnp.asarray(completions, jnp.int32),
+                                jnp.asarray(completion_lengths, jnp.int32))
 
 
 sequence_log_probs = jax.jit(_sequence_log_probs, static_argnames=("model",))

@@ -68,29 +68,43 @@ def init_state(model: model_lib.Model, optimizer: optax.GradientTransformation,
                       step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(state_rng))
 
 
-def _loss_and_metrics(params, batch, theta, model, objective):
-    out = model.apply(params, batch["inputs"])
-    return objective(theta, out.logits, batch)
+LossFn = Callable[[Any, Mapping[str, jax.Array], Any], tuple[jax.Array, dict]]
 
 
-def train_step(state: TrainState, batch: Mapping[str, jax.Array], theta: Any, *,
-               model: model_lib.Model, optimizer: optax.GradientTransformation,
-               objective: Objective) -> tuple[TrainState, dict]:
-    """One optimizer step on `objective`. batch: {'inputs': [B, T], 'targets': [B, T], ...}."""
-    grad_fn = jax.value_and_grad(_loss_and_metrics, has_aux=True)
-    (_, metrics), grads = grad_fn(state.params, batch, theta, model, objective)
+def objective_loss(model: model_lib.Model, objective: Objective) -> LossFn:
+    """`loss_fn(params, batch, theta)`: the objective on the model's logits of batch['inputs']."""
+
+    def loss_fn(params, batch, theta):
+        out = model.apply(params, batch["inputs"])
+        return objective(theta, out.logits, batch)
+
+    return loss_fn
+
+
+def apply_gradients(state: TrainState, grads: Any,
+                    optimizer: optax.GradientTransformation) -> tuple[TrainState, dict]:
+    """One optimizer update of `state` with `grads`; the rng advances once."""
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     rng = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state.rng))[0])
-    metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
-                   param_norm=optax.tree.norm(params))
-    return TrainState(params, opt_state, state.step + 1, rng), metrics
+    norms = {"grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params)}
+    return state._replace(params=params, opt_state=opt_state, step=state.step + 1,
+                          rng=rng), norms
+
+
+def train_step(state: TrainState, batch: Mapping[str, jax.Array], theta: Any, *,
+               optimizer: optax.GradientTransformation, loss_fn: LossFn
+               ) -> tuple[TrainState, dict]:
+    """One optimizer step on `loss_fn`. batch: e.g. {'inputs': [B, T], 'targets': [B, T], ...}."""
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, theta)
+    state, norms = apply_gradients(state, grads, optimizer)
+    return state, dict(metrics, **norms)
 
 
 def eval_step(params: Any, batch: Mapping[str, jax.Array], theta: Any, *,
-              model: model_lib.Model, objective: Objective) -> dict:
-    """The objective's metrics on a batch, without an update."""
-    return _loss_and_metrics(params, batch, theta, model, objective)[1]
+              loss_fn: LossFn) -> dict:
+    """The loss's metrics on a batch, without an update."""
+    return loss_fn(params, batch, theta)[1]
 
 
 def state_shardings(state: TrainState, optimizer: optax.GradientTransformation,
@@ -103,19 +117,24 @@ def state_shardings(state: TrainState, optimizer: optax.GradientTransformation,
 
 
 def compile_steps(model: model_lib.Model, optimizer: optax.GradientTransformation,
-                  objective: Objective, state_sh: TrainState, mesh: jax.sharding.Mesh):
+                  objective: Objective | None, state_sh: TrainState, mesh: jax.sharding.Mesh,
+                  loss_fn: LossFn | None = None):
     """The jitted train and eval steps with explicit shardings; the train step donates state.
 
+    The loss is `objective` on the model's logits, or `loss_fn(params, batch, theta)` when given
+    (e.g. a reward model's Bradley-Terry loss, or DPO). Batches are split over the batch axes.
     Returns (train(state, batch, theta) -> (state, metrics), evaluate(params, batch, theta)).
     """
+    if loss_fn is None:
+        loss_fn = objective_loss(model, objective)
     batch_sh = NamedSharding(mesh, sharding.batch_spec(mesh))
     replicated = NamedSharding(mesh, P())
     train = jax.jit(
-        functools.partial(train_step, model=model, optimizer=optimizer, objective=objective),
+        functools.partial(train_step, optimizer=optimizer, loss_fn=loss_fn),
         in_shardings=(state_sh, batch_sh, None), out_shardings=(state_sh, replicated),
         donate_argnums=(0,))
     evaluate = jax.jit(
-        functools.partial(eval_step, model=model, objective=objective),
+        functools.partial(eval_step, loss_fn=loss_fn),
         in_shardings=(state_sh.params, batch_sh, None), out_shardings=replicated)
     return train, evaluate
 

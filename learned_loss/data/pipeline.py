@@ -115,6 +115,13 @@ def _shuffle_seed(seed: int) -> int:
     return int(np.random.SeedSequence(seed).generate_state(1, np.uint32)[0])
 
 
+def _row_length(row: Mapping[str, Any]) -> int:
+    """T of one example: the length of its 'inputs', else of its first sequence (by key)."""
+    if "inputs" in row:
+        return int(np.shape(row["inputs"])[-1])
+    return next(int(np.shape(row[k])[-1]) for k in sorted(row) if np.ndim(row[k]) >= 1)
+
+
 class LMIterator:
     """Process-local LM batches, forever, with a resumable state.
 
@@ -138,7 +145,7 @@ class LMIterator:
         prefetch: int,
     ):
         self.num_windows = len(windows)
-        self.seq_len = int(windows[0]["inputs"].shape[-1])
+        self.seq_len = _row_length(windows[0])
         self.tokens_per_epoch = self.num_windows * self.seq_len
         self.global_batch_size = global_batch_size
         self.local_batch_size = global_batch_size // process_count
