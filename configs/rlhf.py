@@ -18,18 +18,18 @@ from configs import finetune, optimizers, tasks
 ALGORITHMS = ("ppo", "rloo", "grpo", "dpo")
 
 VARIANTS = {
-    "smoke": dict(families=finetune.EASY_FAMILIES[:2], pairs=48, pair_samples=2,
-                  rm_steps=8, rm_batch=8, rl_steps=3, rl_batch=8, k=2, max_new=8,
-                  dpo_steps=3, dpo_batch=8, eval_prompts=4, eval_samples=2, bon_prompts=2,
-                  bon_samples=16, log=1, eval=3, rm_eval=4),
-    "easy": dict(families=finetune.EASY_FAMILIES, pairs=400, pair_samples=2,
-                 rm_steps=300, rm_batch=32, rl_steps=60, rl_batch=16, k=4, max_new=12,
-                 dpo_steps=150, dpo_batch=32, eval_prompts=16, eval_samples=4,
+    "smoke": dict(families=finetune.EASY_FAMILIES[:2], pairs=48, pair_seq_len=72,
+                  pair_samples=2, rm_steps=8, rm_batch=8, rl_steps=3, rl_batch=8, k=2,
+                  max_new=8, dpo_steps=3, dpo_batch=8, eval_prompts=4, eval_samples=2,
+                  bon_prompts=2, bon_samples=16, log=1, eval=3, rm_eval=4),
+    "easy": dict(families=finetune.EASY_FAMILIES, pairs=400, pair_seq_len=64,
+                 pair_samples=2, rm_steps=300, rm_batch=32, rl_steps=60, rl_batch=16, k=4,
+                 max_new=12, dpo_steps=150, dpo_batch=32, eval_prompts=16, eval_samples=4,
                  bon_prompts=8, bon_samples=512, log=5, eval=10, rm_eval=100),
-    "tiny": dict(families=(), pairs=200, pair_samples=2, rm_steps=1000, rm_batch=32,
-                 rl_steps=200, rl_batch=16, k=4, max_new=24, dpo_steps=500, dpo_batch=32,
-                 eval_prompts=4, eval_samples=4, bon_prompts=2, bon_samples=512, log=10,
-                 eval=25, rm_eval=250),
+    "tiny": dict(families=(), pairs=200, pair_seq_len=144, pair_samples=2, rm_steps=1000,
+                 rm_batch=32, rl_steps=200, rl_batch=16, k=4, max_new=24, dpo_steps=500,
+                 dpo_batch=32, eval_prompts=4, eval_samples=4, bon_prompts=2,
+                 bon_samples=512, log=10, eval=25, rm_eval=250),
 }
 
 
@@ -66,9 +66,13 @@ def get_config(arg: str = "easy") -> ml_collections.ConfigDict:
     # simulated Bradley-Terry labeler of `learned_loss.data.preference_pairs`.
     config.preferences = ml_collections.ConfigDict()
     config.preferences.pairs_per_family = v["pairs"]
+    # Room for [BOS] prompt [SEP] completion [EOS] of every candidate; longer than the SFT
+    # sequence so that corruptions (the gold answer with letters appended) fit. Positions are
+    # rotary, so the reward model reads any length.
+    config.preferences.seq_len = v["pair_seq_len"]
     config.preferences.tau = 0.05
     config.preferences.length_bias = 0.0  # lambda > 0 favours longer completions.
-    config.preferences.length_scale = 0.0  # L in bytes; 0: the sequence length.
+    config.preferences.length_scale = 0.0  # L in bytes; 0: preferences.seq_len.
     config.preferences.samples_per_prompt = v["pair_samples"]
     config.preferences.temperature = 1.0
     config.preferences.top_k = 0
@@ -101,7 +105,7 @@ def get_config(arg: str = "easy") -> ml_collections.ConfigDict:
     config.rl.lam = 0.95
     config.rl.whiten_advantages = True
     config.rl.grpo_beta = 0.04
-    config.rl.optimizer = optimizers.adamw(3e-4, 5, weight_decay=0.0)
+    config.rl.optimizer = optimizers.adamw(3e-5, 5, weight_decay=0.0)
     config.rl.optimizer.min_lr_ratio = 1.0  # A constant rate after warm-up.
     config.rl.train = _train_section(v["rl_steps"], v["log"], v["eval"])
 

@@ -97,6 +97,17 @@ def _stage_config(config, sft: policy.Policy, section: str, model_cfg, batch: in
     return out
 
 
+def prompt_width(config) -> int:
+    """P, the padded prompt length of rollouts: what preferences.seq_len leaves after the
+    completion, so that every rollout has the layout the reward model was trained on."""
+    width = config.preferences.seq_len - config.rl.max_new_tokens
+    if width < 4:
+        raise cli.UserError(f"rl.max_new_tokens={config.rl.max_new_tokens} leaves {width} "
+                            f"prompt tokens of preferences.seq_len="
+                            f"{config.preferences.seq_len}; raise it or lower max_new_tokens")
+    return width
+
+
 def _merge_params(fresh: Any, loaded: Any) -> Any:
     """`fresh` with every module that `loaded` has replaced by it (a new head stays fresh)."""
     return {**fresh, **{k: v for k, v in loaded.items() if k in fresh}}
@@ -143,7 +154,7 @@ def _place(params: Any, model: model_lib.Model, sft_config, mesh) -> Any:
 
 def build_preferences(config, sft: policy.Policy, families, workdir: str):
     p = config.preferences
-    seq_len = sft.config.data.seq_len
+    seq_len = p.seq_len
     difficulty = instruction_tasks.difficulty_range(config.tasks.difficulty)
     prompts = preference_pairs.pair_examples(families=families,
                                              pairs_per_family=p.pairs_per_family,
@@ -191,7 +202,7 @@ def rlhf_data_iterator(pairs, batch: int, seed: int):
 def train_reward_model(config, sft, info, mesh, workdir: str):
     """Trains (or resumes, or reuses) the reward model; returns (model, params)."""
     rc = config.reward_model
-    seq_len = sft.config.data.seq_len
+    seq_len = config.preferences.seq_len
     sharding.check_batch_divides(rc.global_batch_size, mesh)
     stage = Stage(config, sft, mesh, "reward_model", True, rc.global_batch_size,
                   rc.train.num_steps)
@@ -297,7 +308,7 @@ def train_rl(config, algorithm: str, sft, families, mesh, reference, reward, eva
     updates = r.train.num_steps * r.epochs * r.minibatches
     stage = Stage(config, sft, mesh, "rl", algorithm == "ppo", r.global_batch_size, updates)
     stage.config.stage = algorithm
-    width = sft.config.data.seq_len - r.max_new_tokens
+    width = prompt_width(config)
     source = rlhf_data.PromptStream(
         families, difficulty=instruction_tasks.difficulty_range(config.tasks.difficulty),
         seed=config.seed, global_batch_size=r.global_batch_size, width=width,
@@ -336,7 +347,7 @@ def train_rl(config, algorithm: str, sft, families, mesh, reference, reward, eva
 
 def train_dpo(config, sft, info, mesh, reference, evaluator, workdir: str) -> dict:
     d = config.dpo
-    seq_len = sft.config.data.seq_len
+    seq_len = config.preferences.seq_len
     sharding.check_batch_divides(d.global_batch_size, mesh)
     stage = Stage(config, sft, mesh, "dpo", False, d.global_batch_size, d.train.num_steps)
     train_pairs = rlhf_data.EncodedPairs(preference_pairs.load_split(info, "train"), seq_len)
@@ -406,13 +417,16 @@ def rl_curve(workdir: str, initial: dict) -> dict:
     proxy = np.array([initial["valid/proxy"]] + [m["valid/proxy"] for m in records])
     length = [initial["valid/length"]] + [m["valid/length"] for m in records]
     exact = [initial["valid/exact_match"]] + [m["valid/exact_match"] for m in records]
-    peak = overoptimization.peak(d, gold)
+    order = np.argsort(d, kind="stable")  # KL need not grow monotonically along training.
+    peak = overoptimization.peak(d[order], gold[order])
+    peak["step"] = steps[int(order[peak["index"]])]
     return {
         "step": steps, "kl": kl, "d": d.tolist(), "gold": gold.tolist(),
         "proxy": proxy.tolist(), "length": length, "greedy_exact_match": exact,
         "fit_gold": _fit(overoptimization.fit_rl, d, gold - gold[0]),
         "fit_proxy": _fit(overoptimization.fit_rl, d, proxy - proxy[0]),
-        "peak": peak, "inverted_u": overoptimization.is_inverted_u(d, gold, min_drop=0.01),
+        "peak": peak,
+        "inverted_u": overoptimization.is_inverted_u(d[order], gold[order], min_drop=0.01),
     }
 
 
@@ -442,11 +456,7 @@ def run(config, workdir: str) -> dict:
     sft = policy.load(config.sft_from)
     mesh = sharding.make_mesh(config.mesh.shape)
     families = _families(config, sft.config)
-    seq_len = sft.config.data.seq_len
-    width = seq_len - config.rl.max_new_tokens
-    if width < 4:
-        raise cli.UserError(f"rl.max_new_tokens={config.rl.max_new_tokens} leaves {width} "
-                            f"prompt tokens of the SFT sequence length {seq_len}; lower it")
+    width = prompt_width(config)
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
         provenance.write(workdir, provenance.collect(config, mesh=mesh, extra={

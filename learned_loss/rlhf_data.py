@@ -121,7 +121,8 @@ class PromptStream:
             if len(tokens) > self.width:
                 raise ValueError(f"a {example.family} prompt has {len(tokens)} tokens, more "
                                  f"than the {self.width} the sequence leaves after "
-                                 f"max_new_tokens; raise data.seq_len or lower max_new_tokens")
+                                 f"max_new_tokens; raise preferences.seq_len or lower "
+                                 f"rl.max_new_tokens")
             prompts[b, :len(tokens)] = tokens
             lengths[b] = len(tokens)
         self.position += 1
