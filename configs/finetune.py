@@ -7,7 +7,7 @@
 (empty: random initialisation). Training families come from `tasks` (never held-out ones);
 `--config.tasks.label_noise=0.2` corrupts that fraction of demonstrations.
 Variants: `smoke` (seconds), `easy` (5 easy families from scratch, about 2 minutes on 2 CPU
-cores), `tiny` (all meta-train families; start it from a pre-training run).
+cores), `words` (one family, stopped early: an SFT policy with headroom for RLHF), `tiny` (all meta-train families; start it from a pre-training run).
 """
 
 import ml_collections
@@ -32,6 +32,11 @@ VARIANTS = {
     "easy": dict(model="mini", seq_len=48, batch=64, steps=600, lr=3e-3, warmup=40,
                  examples=2000, families=EASY_FAMILIES, log=100, eval=200, ckpt=200,
                  eval_prompts=64),
+    # One easy family, stopped early (55% exact match): an SFT policy with headroom, the start
+    # of the RLHF runs of configs/rlhf.py:words (about 1 minute on 2 CPU cores).
+    "words": dict(model="mini", seq_len=48, batch=64, steps=60, lr=3e-3, warmup=40,
+                  examples=2000, families=("count_words",), log=20, eval=60, ckpt=60,
+                  eval_prompts=64),
     "tiny": dict(model="tiny", seq_len=128, batch=32, steps=1000, lr=2e-3, warmup=50,
                  examples=1000, families=(), log=50, eval=250, ckpt=250),
 }
