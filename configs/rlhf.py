@@ -24,7 +24,7 @@ VARIANTS = {
     "smoke": dict(families=finetune.EASY_FAMILIES[:2], pairs=48, pair_seq_len=72,
                   pair_samples=2, rm_steps=8, rm_batch=8, rl_steps=3, rl_batch=8, k=2,
                   max_new=8, dpo_steps=3, dpo_batch=8, eval_prompts=4, eval_samples=2,
-                  bon_prompts=2, bon_samples=16, log=1, eval=3, rm_eval=4),
+                  bon_prompts=2, bon_samples=16, log=1, eval=3, rm_eval=4, eval_batch=16),
     "easy": dict(families=finetune.EASY_FAMILIES, pairs=400, pair_seq_len=64,
                  pair_samples=2, rm_steps=300, rm_batch=32, rl_steps=60, rl_batch=16, k=4,
                  max_new=12, dpo_steps=150, dpo_batch=32, eval_prompts=16, eval_samples=4,
@@ -85,7 +85,7 @@ def get_config(arg: str = "easy") -> ml_collections.ConfigDict:
     config.preferences.samples_per_prompt = v["pair_samples"]
     config.preferences.temperature = 1.0
     config.preferences.top_k = 0
-    config.preferences.batch_size = 64
+    config.preferences.batch_size = v.get("eval_batch", 64)
 
     # Reward model: the SFT Transformer with a scalar head read at the EOS (Ouyang et al. 2022).
     config.reward_model = ml_collections.ConfigDict()
@@ -133,13 +133,13 @@ def get_config(arg: str = "easy") -> ml_collections.ConfigDict:
     config.eval = ml_collections.ConfigDict()
     config.eval.prompts_per_family = v["eval_prompts"]
     config.eval.samples_per_prompt = v["eval_samples"]
-    config.eval.batch_size = 64
+    config.eval.batch_size = v.get("eval_batch", 64)
 
     # Best-of-n against the reward model, n = 1, 2, 4, ... up to `samples` per prompt.
     config.best_of_n = ml_collections.ConfigDict()
     config.best_of_n.prompts_per_family = v["bon_prompts"]
     config.best_of_n.samples = v["bon_samples"]
-    config.best_of_n.batch_size = 256
+    config.best_of_n.batch_size = v.get("eval_batch", 256)
 
     config.analysis = ml_collections.ConfigDict()
     config.analysis.length_buckets = 4

@@ -45,7 +45,9 @@ def _answer_mask(prompt_length, length, width):
 def reward_loss_fn(model: model_lib.Model, *, center_coef: float = 0.0) -> train.LossFn:
     """Bradley-Terry loss of a scalar-head model on a batch of pairs (theta unused).
 
-    batch: {'chosen', 'rejected': [B, W], 'chosen_length', 'rejected_length': [B]}.
+    batch: {'chosen', 'rejected': [B, W], 'chosen_length', 'rejected_length': [B]}, and
+    optionally 'gold_order' [B] (+1 / -1 / 0), which adds the metric `gold_accuracy`: how often
+    the reward model orders a pair as the gold scores do, among pairs they order.
     """
 
     def loss_fn(params, batch, theta):
@@ -55,8 +57,14 @@ def reward_loss_fn(model: model_lib.Model, *, center_coef: float = 0.0) -> train
         scalar = model.apply(params, tokens).scalar  # [2B, W]
         rewards = reward_model.values_at(scalar, ends)  # [2B]
         half = batch["chosen"].shape[0]
-        return reward_model.bradley_terry_loss(rewards[:half], rewards[half:],
-                                               center_coef=center_coef)
+        loss, metrics = reward_model.bradley_terry_loss(rewards[:half], rewards[half:],
+                                                        center_coef=center_coef)
+        if "gold_order" in batch:  # Agreement with the noiseless order, where there is one.
+            order = batch["gold_order"]
+            agree = jnp.sign(rewards[:half] - rewards[half:]) == order
+            ordered = jnp.abs(order)
+            metrics["gold_accuracy"] = (agree * ordered).sum() / jnp.maximum(ordered.sum(), 1.0)
+        return loss, metrics
 
     return loss_fn
 

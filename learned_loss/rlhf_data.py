@@ -37,7 +37,8 @@ class EncodedPairs:
     """Random access to encoded preference pairs of one split (each encoded once, then kept).
 
     Row: {'chosen', 'rejected': [W] int32, 'chosen_length', 'rejected_length',
-    'prompt_length': [] int32}.
+    'prompt_length': [] int32, 'gold_order': [] float32, the sign of g_chosen - g_rejected (the
+    noiseless order: 0 when the gold scores tie)}.
     """
 
     def __init__(self, source, seq_len: int):
@@ -60,6 +61,7 @@ class EncodedPairs:
                 row[side] = tokens
                 row[f"{side}_length"] = np.int32(length)
             row["prompt_length"] = np.int32(prompt_length)
+            row["gold_order"] = np.float32(np.sign(record["g_chosen"] - record["g_rejected"]))
             self._encoded[index] = row
         return row
 

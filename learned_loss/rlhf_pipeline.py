@@ -222,6 +222,11 @@ def train_reward_model(config, sft, info, mesh, workdir: str):
 # ---- evaluation shared by every run ---------------------------------------------------------
 
 
+# One jitted program per (models, shapes): shared by every evaluator and best-of-n.
+_sample_and_score = jax.jit(rlhf.sample_and_score, static_argnames=(
+    "model", "reference_model", "reward_model_", "max_new_tokens", "temperature"))
+
+
 class Evaluator:
     """Samples of fixed prompts scored by the reward model (proxy) and the gold scorers, with
     KL to the SFT policy and length; each call returns per-sample arrays and their means."""
@@ -239,8 +244,6 @@ class Evaluator:
         self.max_new_tokens = config.rl.max_new_tokens
         self.width = width
         self.seed = config.seed
-        self._fn = jax.jit(rlhf.sample_and_score, static_argnames=(
-            "model", "reference_model", "reward_model_", "max_new_tokens", "temperature"))
 
     def samples_of(self, model, params) -> dict[str, np.ndarray]:
         rows = [e for e in self.examples for _ in range(self.samples)]
@@ -251,7 +254,7 @@ class Evaluator:
             chunk = chunk + [chunk[0]] * (self.batch_size - count)
             prompts, lengths = sampling.pad_prompts([tasks.prompt_tokens(e) for e in chunk],
                                                    pad_to=self.width)
-            result = jax.device_get(self._fn(
+            result = jax.device_get(_sample_and_score(
                 model, params, self.reference_model, self.reference_params, self.reward_model,
                 self.reward_params, prompts, lengths,
                 jax.random.fold_in(jax.random.key(self.seed + 17), index),

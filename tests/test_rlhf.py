@@ -124,13 +124,15 @@ def test_rollout_fields_match_the_generation(models_):
 
 def test_reward_loss_reads_the_eos(models_):
     _, _, with_head, head_params = models_
-    chosen = [rlhf_data.encode_completion("Q1", "abc", 12), rlhf_data.encode_completion("Q2", "z", 12)]
+    chosen = [rlhf_data.encode_completion("Q1", "abc", 12),
+              rlhf_data.encode_completion("Q2", "z", 12)]
     rejected = [rlhf_data.encode_completion("Q1", "ab", 12),
                 rlhf_data.encode_completion("Q2", "zzzz", 12)]
     batch = {"chosen": np.stack([c[0] for c in chosen]),
              "rejected": np.stack([r[0] for r in rejected]),
              "chosen_length": np.array([c[1] for c in chosen], np.int32),
-             "rejected_length": np.array([r[1] for r in rejected], np.int32)}
+             "rejected_length": np.array([r[1] for r in rejected], np.int32),
+             "gold_order": np.array([1.0, 0.0], np.float32)}  # The second pair ties.
     loss, metrics = jax.jit(rlhf.reward_loss_fn(with_head))(head_params, batch, ())
     scalar = with_head.apply(head_params, jnp.asarray(batch["chosen"])).scalar
     r_chosen = scalar[np.arange(2), batch["chosen_length"] - 1]
@@ -139,6 +141,7 @@ def test_reward_loss_reads_the_eos(models_):
     expected, _ = reward_model.bradley_terry_loss(r_chosen, r_rejected)
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
     assert metrics["accuracy"] == float(np.mean(r_chosen > r_rejected))
+    assert metrics["gold_accuracy"] == float(r_chosen[0] > r_rejected[0])  # Ties do not count.
 
 
 def test_completion_log_prob_matches_sequence_scoring(models_):
