@@ -44,8 +44,15 @@ from learned_loss.data import instruction_tasks, paths, pipeline, preference_pai
 # ---- set-up ---------------------------------------------------------------------------------
 
 
+def algorithms(config) -> tuple[str, ...]:
+    """config.algorithms as names; a command-line `--config.algorithms=ppo,dpo` arrives as one
+    comma-separated string."""
+    return tuple(name.strip() for item in config.algorithms for name in str(item).split(",")
+                 if name.strip())
+
+
 def _check_config(config) -> None:
-    unknown = sorted(set(config.algorithms) - set(rlhf.ALGORITHMS + ("dpo",)))
+    unknown = sorted(set(algorithms(config)) - set(rlhf.ALGORITHMS + ("dpo",)))
     if unknown:
         raise cli.UserError(f"unknown algorithms {unknown} in config.algorithms; choose from "
                             f"{list(rlhf.ALGORITHMS) + ['dpo']}")
@@ -469,7 +476,7 @@ def run(config, workdir: str) -> dict:
                           prompts_per_family=config.eval.prompts_per_family,
                           samples_per_prompt=config.eval.samples_per_prompt, seed_offset=1)
     finals = {}
-    for algorithm in config.algorithms:
+    for algorithm in algorithms(config):
         stage_dir = os.path.join(workdir, algorithm)
         if algorithm == "dpo":
             finals[algorithm] = train_dpo(config, sft, info, mesh, reference, evaluator,
@@ -482,7 +489,7 @@ def run(config, workdir: str) -> dict:
     initial = evaluator(sft.model, reference[1])
     before = evaluator.samples_of(sft.model, reference[1])
     runs, lengths = {}, {}
-    for algorithm in config.algorithms:
+    for algorithm in algorithms(config):
         stage_dir = os.path.join(workdir, algorithm)
         runs[algorithm] = rl_curve(stage_dir, initial)
         trained = policy.load(stage_dir)
