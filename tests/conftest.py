@@ -28,3 +28,15 @@ def pytest_unconfigure(config):
     folder = getattr(config, "_learned_loss_cache", None)
     if folder:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+# The longest files (measured: minutes each), started first so that the two test workers
+# finish together instead of one waiting on the other's last long file.
+LONGEST_FIRST = ("test_rlhf_run.py", "test_sft_easy.py", "test_pretrain.py", "test_rlhf.py",
+                 "test_finetune.py", "test_multihost.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    del config
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
