@@ -342,7 +342,8 @@ def train_rl(config, algorithm: str, sft, families, mesh, reference, reward, eva
     return loop.run(loop.Run(
         config=stage.config, workdir=workdir, mesh=mesh, model_config=stage.model_config,
         state=stage.state, state_shardings=stage.state_sh, train_step=train_step,
-        schedule=stage.schedule, train_iter=source, seq_len=sft.config.data.seq_len,
+        schedule=lambda step: stage.schedule(step * r.epochs * r.minibatches),
+        train_iter=source, seq_len=sft.config.data.seq_len,
         global_batch_size=rows, evaluate=lambda s: evaluator(stage.model, s.params),
         theta=theta, provenance_extra={"algorithm": algorithm, "families": list(families),
                                        "settings": settings.__dict__}))
