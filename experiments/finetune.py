@@ -55,30 +55,15 @@ def prepare_tasks(config, families: Sequence[str]) -> instruction_tasks.TasksInf
     return distributed.first_on_process_zero(build, "instruction tasks built")
 
 
-class EncodedDemonstrations:
-    """Random access to encoded demonstrations: {'inputs', 'targets', 'mask'}: [T] each.
+def encoded_demonstrations(source, seq_len: int) -> pipeline.EncodedSource:
+    """Random access to encoded demonstrations: {'inputs', 'targets', 'mask'}: [T] each
+    (12 T bytes a record, kept after the first read)."""
 
-    Each record is read and encoded once, on first access, then kept (12 T bytes a record), so
-    later epochs cost the data threads nothing.
-    """
+    def encode(record) -> dict[str, np.ndarray]:
+        encoded = tasks.encode_example(instruction_tasks.to_example(record), seq_len)
+        return {k: encoded[k] for k in ("inputs", "targets", "mask")}
 
-    def __init__(self, source, seq_len: int):
-        self._source = source
-        self._seq_len = seq_len
-        self._encoded: dict[int, dict[str, np.ndarray]] = {}
-
-    def __len__(self) -> int:
-        return len(self._source)
-
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        index = int(index)
-        row = self._encoded.get(index)
-        if row is None:
-            example = instruction_tasks.to_example(self._source[index])
-            encoded = tasks.encode_example(example, self._seq_len)
-            row = {k: encoded[k] for k in ("inputs", "targets", "mask")}
-            self._encoded[index] = row
-        return row
+    return pipeline.EncodedSource(source, encode)
 
 
 def initial_params(config, abstract_state) -> Any:
@@ -105,11 +90,11 @@ def run(config, workdir: str) -> dict:
     families = training_families(config.tasks)
     info = prepare_tasks(config, families)
     train_iter = pipeline.make_example_iterator(
-        EncodedDemonstrations(instruction_tasks.load_split(info, "train"), seq_len),
+        encoded_demonstrations(instruction_tasks.load_split(info, "train"), seq_len),
         global_batch_size=config.data.global_batch_size, seed=config.seed,
         process_index=jax.process_index(), process_count=jax.process_count())
     valid = instruction_tasks.load_split(info, "validation")
-    valid_encoded = EncodedDemonstrations(valid, seq_len)
+    valid_encoded = encoded_demonstrations(valid, seq_len)
     batch_size = config.data.global_batch_size
     eval_batches = [
         {k: np.stack([valid_encoded[i][k] for i in range(s, s + batch_size)])

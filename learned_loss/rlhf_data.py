@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from learned_loss.data import instruction_tasks, preference_pairs, tasks, tokenizer
+from learned_loss.data import instruction_tasks, pipeline, preference_pairs, tasks, tokenizer
 from learned_loss.objectives import kl
 
 
@@ -33,42 +33,25 @@ def encode_completion(prompt: str, completion: str, width: int) -> tuple[np.ndar
     return tokens, length, len(head)
 
 
-class EncodedPairs:
-    """Random access to encoded preference pairs of one split (each encoded once, then kept).
+def encode_pair(record: Mapping[str, Any], seq_len: int) -> dict[str, np.ndarray]:
+    """One stored preference pair, encoded: {'chosen', 'rejected': [W] int32 (W = seq_len + 1),
+    'chosen_length', 'rejected_length', 'prompt_length': [] int32, 'gold_order': [] float32, the
+    sign of g_chosen - g_rejected (the noiseless order: 0 when the gold scores tie)}."""
+    record = preference_pairs.decode_record(record)
+    row = {}
+    for side in ("chosen", "rejected"):
+        tokens, length, prompt_length = encode_completion(record["prompt"], record[side],
+                                                          seq_len + 1)
+        row[side] = tokens
+        row[f"{side}_length"] = np.int32(length)
+    row["prompt_length"] = np.int32(prompt_length)
+    row["gold_order"] = np.float32(np.sign(record["g_chosen"] - record["g_rejected"]))
+    return row
 
-    Row: {'chosen', 'rejected': [W] int32, 'chosen_length', 'rejected_length',
-    'prompt_length': [] int32, 'gold_order': [] float32, the sign of g_chosen - g_rejected (the
-    noiseless order: 0 when the gold scores tie)}.
-    """
 
-    def __init__(self, source, seq_len: int):
-        self._source = source
-        self._width = seq_len + 1
-        self._encoded: dict[int, dict[str, np.ndarray]] = {}
-
-    def __len__(self) -> int:
-        return len(self._source)
-
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        index = int(index)
-        row = self._encoded.get(index)
-        if row is None:
-            record = preference_pairs.decode_record(self._source[index])
-            row = {}
-            for side in ("chosen", "rejected"):
-                tokens, length, prompt_length = encode_completion(
-                    record["prompt"], record[side], self._width)
-                row[side] = tokens
-                row[f"{side}_length"] = np.int32(length)
-            row["prompt_length"] = np.int32(prompt_length)
-            row["gold_order"] = np.float32(np.sign(record["g_chosen"] - record["g_rejected"]))
-            self._encoded[index] = row
-        return row
-
-    def batch(self, start: int, size: int) -> dict[str, np.ndarray]:
-        """Rows [start, start + size) stacked."""
-        rows = [self[i] for i in range(start, start + size)]
-        return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+def encoded_pairs(source, seq_len: int) -> pipeline.EncodedSource:
+    """Random access to the encoded pairs of one split (`encode_pair`, kept after first read)."""
+    return pipeline.EncodedSource(source, lambda record: encode_pair(record, seq_len))
 
 
 class PromptStream:

@@ -181,7 +181,7 @@ def build_preferences(config, sft: policy.Policy, families, workdir: str):
     return info
 
 
-def _pair_batches(pairs: rlhf_data.EncodedPairs, batch: int, count: int) -> list[dict]:
+def _pair_batches(pairs: pipeline.EncodedSource, batch: int, count: int) -> list[dict]:
     n = min(len(pairs), count * batch) // batch
     if n < 1:
         raise cli.UserError(f"the validation split has {len(pairs)} pairs, fewer than one batch "
@@ -206,8 +206,8 @@ def train_reward_model(config, sft, info, mesh, workdir: str):
     sharding.check_batch_divides(rc.global_batch_size, mesh)
     stage = Stage(config, sft, mesh, "reward_model", True, rc.global_batch_size,
                   rc.train.num_steps)
-    train_pairs = rlhf_data.EncodedPairs(preference_pairs.load_split(info, "train"), seq_len)
-    valid_pairs = rlhf_data.EncodedPairs(preference_pairs.load_split(info, "validation"),
+    train_pairs = rlhf_data.encoded_pairs(preference_pairs.load_split(info, "train"), seq_len)
+    valid_pairs = rlhf_data.encoded_pairs(preference_pairs.load_split(info, "validation"),
                                          seq_len)
     eval_batches = _pair_batches(valid_pairs, rc.global_batch_size, rc.train.eval_batches)
     loss_fn = rlhf.reward_loss_fn(stage.model, center_coef=rc.center_coef)
@@ -354,8 +354,8 @@ def train_dpo(config, sft, info, mesh, reference, evaluator, workdir: str) -> di
     seq_len = config.preferences.seq_len
     sharding.check_batch_divides(d.global_batch_size, mesh)
     stage = Stage(config, sft, mesh, "dpo", False, d.global_batch_size, d.train.num_steps)
-    train_pairs = rlhf_data.EncodedPairs(preference_pairs.load_split(info, "train"), seq_len)
-    valid_pairs = rlhf_data.EncodedPairs(preference_pairs.load_split(info, "validation"),
+    train_pairs = rlhf_data.encoded_pairs(preference_pairs.load_split(info, "train"), seq_len)
+    valid_pairs = rlhf_data.encoded_pairs(preference_pairs.load_split(info, "validation"),
                                          seq_len)
     eval_batches = _pair_batches(valid_pairs, d.global_batch_size, d.train.eval_batches)
     loss_fn = rlhf.dpo_loss_fn(stage.model, beta=d.beta, loss_type=d.loss_type,

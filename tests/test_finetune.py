@@ -36,7 +36,7 @@ def test_demonstrations_mask_prompt_tokens(data_dir):
         data_dir, families=("uppercase", "compare"), examples_per_family=10, difficulty=1,
         label_noise=0.0, seed=0, seq_len=64)
     source = instruction_tasks.load_split(info, "train")
-    encoded = finetune.EncodedDemonstrations(source, 64)
+    encoded = finetune.encoded_demonstrations(source, 64)
     assert len(encoded) == len(source)
     for i in range(len(encoded)):
         row, record = encoded[i], instruction_tasks.decode_record(source[i])

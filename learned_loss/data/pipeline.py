@@ -115,6 +115,31 @@ def _shuffle_seed(seed: int) -> int:
     return int(np.random.SeedSequence(seed).generate_state(1, np.uint32)[0])
 
 
+class EncodedSource:
+    """Random access to encoded records: `encode(source[i])` on first access, then kept, so
+    later epochs cost the data threads nothing. Rows are dicts of numpy arrays."""
+
+    def __init__(self, source: Sequence[Any], encode):
+        self._source = source
+        self._encode = encode
+        self._encoded: dict[int, dict[str, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        index = int(index)
+        row = self._encoded.get(index)
+        if row is None:
+            row = self._encoded[index] = self._encode(self._source[index])
+        return row
+
+    def batch(self, start: int, size: int) -> dict[str, np.ndarray]:
+        """Rows [start, start + size) stacked: {key: [size, ...]}."""
+        rows = [self[i] for i in range(start, start + size)]
+        return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
 def _row_length(row: Mapping[str, Any]) -> int:
     """T of one example: the length of its 'inputs', else of its first sequence (by key)."""
     if "inputs" in row:
