@@ -22,7 +22,6 @@ provenance), so `experiments.evaluate --policy=W/ppo` works on it.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import time
@@ -37,6 +36,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from learned_loss import cli, distributed, evaluation, loop, overoptimization, policy
 from learned_loss import preferences, provenance, rlhf, rlhf_data, sampling, sharding, train
+from learned_loss import metrics as metrics_lib
 from learned_loss import model as model_lib
 from learned_loss.data import instruction_tasks, paths, pipeline, preference_pairs, tasks
 
@@ -143,7 +143,7 @@ class Stage:
             self.optimizer.init, out_shardings=self.state_sh.opt_state)(params))
 
 
-def _place(params: Any, model: model_lib.Model, sft_config, mesh) -> Any:
+def _place(params: Any, sft_config, mesh) -> Any:
     """Frozen params (reference, reward model) placed by the partition rules."""
     specs = sharding.param_specs(params, sft_config.sharding.rules, mesh)
     return jax.device_put(jax.device_get(params), sharding.named(mesh, specs))
@@ -223,7 +223,7 @@ def train_reward_model(config, sft, info, mesh, workdir: str):
         data_hash=info.config_hash, provenance_extra={"preferences": info.provenance()}))
     params, step = policy.restore_params(workdir, stage.config, stage.model)
     logging.info("reward model at step %d: %s", step, last)
-    return stage.model, _place(params, stage.model, sft.config, mesh)
+    return stage.model, _place(params, sft.config, mesh)
 
 
 # ---- evaluation shared by every run ---------------------------------------------------------
@@ -277,7 +277,10 @@ class Evaluator:
         return {k: np.concatenate(v) for k, v in out.items()}
 
     def __call__(self, model, params) -> dict[str, float]:
-        per_sample = self.samples_of(model, params)
+        return self.summary(self.samples_of(model, params), model, params)
+
+    def summary(self, per_sample: dict[str, np.ndarray], model, params) -> dict[str, float]:
+        """The means of `samples_of`'s arrays, plus greedy exact match and graded score."""
         out = {f"valid/{k}": float(v.mean()) for k, v in per_sample.items()}
         greedy = evaluation.evaluate(model, params, self.examples, batch_size=self.batch_size,
                                      max_new_tokens=self.max_new_tokens)["overall"]
@@ -413,7 +416,7 @@ def best_of_n(config, families, sft, reference, reward, width: int) -> dict:
 
 def rl_curve(workdir: str, initial: dict) -> dict:
     """The run's evaluations along training, with the SFT policy as d = 0, and the R_RL fits."""
-    records = [m for m in loop_metrics(workdir) if "valid/kl" in m]
+    records = [m for m in metrics_lib.read_metrics(workdir) if "valid/kl" in m]
     steps = [0] + [m["step"] for m in records]
     kl = [0.0] + [m["valid/kl"] for m in records]
     d = np.sqrt(np.maximum(kl, 0.0))
@@ -432,14 +435,6 @@ def rl_curve(workdir: str, initial: dict) -> dict:
         "peak": peak,
         "inverted_u": overoptimization.is_inverted_u(d[order], gold[order], min_drop=0.01),
     }
-
-
-def loop_metrics(workdir: str) -> list[dict]:
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def length_analysis(before: dict, after: dict, buckets: int) -> dict:
@@ -472,7 +467,7 @@ def run(config, workdir: str) -> dict:
 
     info = build_preferences(config, sft, families, workdir)
     reward = train_reward_model(config, sft, info, mesh, os.path.join(workdir, "reward_model"))
-    reference = (sft.model, _place(sft.params, sft.model, sft.config, mesh))
+    reference = (sft.model, _place(sft.params, sft.config, mesh))
     evaluator = Evaluator(config, families, reference=reference, reward=reward, width=width,
                           prompts_per_family=config.eval.prompts_per_family,
                           samples_per_prompt=config.eval.samples_per_prompt, seed_offset=1)
@@ -487,8 +482,8 @@ def run(config, workdir: str) -> dict:
                                          reward, evaluator, stage_dir)
 
     # Over-optimization: the SFT policy is every run's d = 0.
-    initial = evaluator(sft.model, reference[1])
     before = evaluator.samples_of(sft.model, reference[1])
+    initial = evaluator.summary(before, sft.model, reference[1])
     runs, lengths = {}, {}
     for algorithm in algorithms(config):
         stage_dir = os.path.join(workdir, algorithm)
