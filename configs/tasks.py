@@ -17,5 +17,9 @@ def task_config() -> ml_collections.ConfigDict:
     config.examples_per_family = 2000
     config.difficulty = 1  # An int, or a (low, high) tuple sampled uniformly.
     config.label_noise = 0.0  # Fraction of training demonstrations with a corrupted answer.
+    # Corruption kinds a corrupted demonstration draws from uniformly (instruction_tasks.NOISE_KINDS
+    # lists them all). This default keeps the datasets built before the knob existed; e.g.
+    # ("off_by_one",) gives systematic noise that a high loss does not give away.
+    config.noise_kinds = ("other_answer", "truncated", "appended")
     config.seed = 0  # Seeds the example streams (not the split).
     return config

@@ -48,7 +48,7 @@ def prepare_tasks(config, families: Sequence[str]) -> instruction_tasks.TasksInf
         return instruction_tasks.build_instruction_tasks(
             paths.data_dir(config.data.data_dir), families=families, examples_per_family=t.examples_per_family,
             difficulty=difficulty, label_noise=t.label_noise, seed=t.seed,
-            seq_len=config.data.seq_len,
+            seq_len=config.data.seq_len, noise_kinds=tuple(t.noise_kinds),
             splits={"train": 1.0 - config.data.valid_fraction,
                     "validation": config.data.valid_fraction})
 

@@ -80,6 +80,65 @@ def test_other_answer_comes_from_the_same_family():
         }
 
 
+def _with_answer(answer, family="add"):
+    return tasks.Example(family=family, prompt="p", answer=answer, difficulty=1, phrasing=0)
+
+
+def test_off_by_one_moves_integers_by_one_and_nothing_else():
+    rng = np.random.default_rng(0)
+    for gold in ["12", "-3", "0", "1308702976"]:
+        seen = {itasks.corrupt_answer(_with_answer(gold), rng, "off_by_one") for _ in range(40)}
+        assert seen == {str(int(gold) - 1), str(int(gold) + 1)}, gold
+    for gold in ["abc", "1.5", "12 13", "007", "-0", "+4", "", "0x1f", "\u0663"]:
+        assert itasks.corrupt_answer(_with_answer(gold), rng, "off_by_one") is None, gold
+
+
+def test_dropped_last_char_needs_two_characters():
+    rng = np.random.default_rng(0)
+    assert itasks.corrupt_answer(_with_answer("hello"), rng, "dropped_last_char") == "hell"
+    assert itasks.corrupt_answer(_with_answer("42"), rng, "dropped_last_char") == "4"
+    for gold in ["x", "7", ""]:
+        assert itasks.corrupt_answer(_with_answer(gold), rng, "dropped_last_char") is None
+
+
+def test_only_the_configured_kinds_are_drawn():
+    kinds = ("off_by_one", "dropped_last_char")
+    rng = np.random.default_rng(0)
+    shown = [itasks.demonstrate(e, 0.0, 1.0, rng, kinds) for e in _examples(2_000, seed=4)]
+    counts = {k: sum(s.corruption == k for s in shown) for k in ("",) + itasks.NOISE_KINDS}
+    assert set(k for k, n in counts.items() if n) == {"", *kinds}, counts
+    for example, s in zip(_examples(2_000, seed=4), shown):
+        assert s.corrupted == (s.answer != example.answer) == (s.corruption != "")
+        # Clean only when both kinds are impossible: a one-character non-integer answer.
+        assert s.corrupted or (len(example.answer) < 2 and not example.answer.isdigit())
+    # Drawn uniformly: on integer answers of two or more characters both kinds are possible.
+    both = [s for e, s in zip(_examples(2_000, seed=4), shown)
+            if len(e.answer) >= 2 and itasks.corrupt_answer(e, rng, "off_by_one")]
+    share = np.mean([s.corruption == "off_by_one" for s in both])
+    assert len(both) > 200 and abs(share - 0.5) < 0.1
+
+
+def test_impossible_everywhere_stays_clean():
+    rng = np.random.default_rng(0)
+    for answer, kinds in [("abc", ("off_by_one",)), ("x", ("off_by_one", "dropped_last_char"))]:
+        shown = itasks.demonstrate(_with_answer(answer), 0.0, 1.0, rng, kinds)
+        assert shown == itasks.Demonstration(answer, False, "")
+    assert itasks.random_corruption(_with_answer("abc"), rng, ("off_by_one",)) is None
+    shown = itasks.demonstrate(_with_answer("abc"), 0.0, 1.0, rng, ("off_by_one", "appended"))
+    assert shown.corrupted and shown.corruption == "appended"
+
+
+def test_noise_kinds_are_checked_and_put_in_canonical_order():
+    assert itasks.check_noise_kinds(["dropped_last_char", "off_by_one"]) == (
+        "off_by_one", "dropped_last_char")
+    assert itasks.check_noise_kinds("off_by_one") == ("off_by_one",)
+    with pytest.raises(ValueError, match="valid kinds are .*'off_by_one'.*'dropped_last_char'"):
+        itasks.check_noise_kinds(("off_by_one", "shuffled"))
+    for bad in [(), ("truncated", "truncated")]:
+        with pytest.raises(ValueError, match="noise_kinds"):
+            itasks.check_noise_kinds(bad)
+
+
 # ---- the TFDS builder -----------------------------------------------------------------------
 
 
@@ -139,6 +198,38 @@ def test_same_knobs_reuse_and_other_knobs_rebuild(built):
     assert info.provenance()["config_hash"] == info.config_hash
 
 
+def test_default_noise_kinds_keep_the_dataset_hash(built):
+    # The hash these knobs had before `noise_kinds` existed: datasets already built must keep
+    # their names. (It also changes, deliberately, when a task generator changes.)
+    _, info = built
+    assert info.noise_kinds == itasks.DEFAULT_KINDS
+    assert info.config_hash == (
+        "c6a086ba73f20afeee2ca4f061be41acb7a8533f7f73b4b66d6805919b99243f")
+    assert info.config_name == "hc6a086ba73f20afe"
+
+
+def test_configured_noise_kinds_build_another_dataset(built):
+    data_dir, info = built
+    # The same set in another order is the default dataset.
+    shuffled = itasks.build_instruction_tasks(
+        data_dir, **KNOBS, noise_kinds=("appended", "other_answer", "truncated"))
+    assert shuffled.reused and shuffled.config_name == info.config_name
+    systematic = itasks.build_instruction_tasks(
+        data_dir, **{**KNOBS, "label_noise": 0.6}, noise_kinds=("off_by_one",))
+    assert systematic.config_name != info.config_name
+    assert systematic.noise_kinds == ("off_by_one",)
+    train = _records(systematic, "train")
+    corrupted = [r for r in train if r["corrupted"]]
+    assert len(corrupted) == systematic.num_corrupted["train"] > 0
+    assert {r["corruption"] for r in corrupted} == {"off_by_one"}
+    # Only integer answers can be moved by one; the other families stay clean.
+    assert {r["family"] for r in corrupted} == {"add"}
+    for rec in corrupted:
+        assert abs(int(rec["answer"]) - int(rec["gold_answer"])) == 1
+    # The prompts do not depend on the noise kinds.
+    assert [r["prompt"] for r in train] == [r["prompt"] for r in _records(info, "train")]
+
+
 def test_only_the_requested_families_are_built(built, tmp_path):
     split = tasks.split_families(0, meta_valid_fraction=0.1, heldout_fraction=0.3)
     train_families = split["meta_train"][:3]
@@ -172,6 +263,7 @@ def test_bad_arguments(tmp_path):
         ({"difficulty": (3, 2)}, ValueError),
         ({"examples_per_family": 0}, ValueError),
         ({"examples_per_family": 4}, ValueError),  # validation would be empty
+        ({"noise_kinds": ("off_by_one", "swapped")}, ValueError),
     ]:
         with pytest.raises(error):
             itasks.build_instruction_tasks(str(tmp_path), **{**ok, **change})

@@ -5,20 +5,33 @@ Each record is one example of a task family (see `learned_loss.data.tasks`):
   family, prompt          the family name and the instruction with its input
   answer                  the demonstrated answer: the gold one, or a corruption of it
   gold_answer             what the gold scorer expects
-  corrupted, corruption   bool, and '' or one of `CORRUPTIONS`
+  corrupted, corruption   bool, and '' or one of `NOISE_KINDS`
   difficulty, phrasing    the knobs the example was sampled with
   index                   its position within (split, family); TFDS reorders records on
                           write, so sort by (family, index) where order matters
 
 Label noise (train split only; other splits are always clean so that they
 measure the gold task): each example independently, with probability
-`label_noise`, carries a corrupted answer, the kind drawn uniformly from
+`label_noise`, carries a corrupted answer, the kind drawn uniformly from the
+configured `noise_kinds` (default `DEFAULT_KINDS`, the first three):
   'other_answer'  the gold answer of another input of the same family and
                   difficulty; always differs from the gold answer (up to 32 inputs
-                  are tried; should none differ, another kind is used instead)
+                  are tried; should none differ, the kind is impossible)
   'truncated'     a strict non-empty prefix of the gold answer, of uniform length
                   1..len-1; the empty string when the gold answer has one character
   'appended'      the gold answer + ' ' + 2..6 random lowercase letters
+  'off_by_one'    the gold answer +1 or -1 (sign drawn uniformly) when it is a
+                  decimal integer in canonical form ('12', '-3', '0'; not '007',
+                  '-0', '1.5'); impossible otherwise. A systematic error: the
+                  corrupted answer is as plausible, and as easy to fit, as a gold one,
+                  so a high loss does not give it away
+  'dropped_last_char'  the gold answer without its last character; impossible
+                  when the gold answer has fewer than 2 characters
+When the drawn kind is impossible for an example, another configured kind is
+drawn uniformly from those left; when every configured kind is impossible, the
+example stays clean (corrupted=False). So with e.g. noise_kinds=('off_by_one',)
+the effective noise rate is below `label_noise` (zero on families without
+integer answers); `TasksInfo.num_corrupted` counts the corrupted records.
 Each (split, family) has three independent rng streams (examples, noise coin
 flips, corruptions) seeded by (seed, split name, family name): examples do not
 depend on the label noise, a larger noise corrupts a superset of the examples,
@@ -36,7 +49,8 @@ No TensorFlow: TFDS writes and reads ArrayRecord without it.
 
   info = build_instruction_tasks("/tmp/tfds", families=tasks.families_for("meta_train", ...),
                                  examples_per_family=1000, difficulty=(1, 3),
-                                 label_noise=0.1, seed=0, seq_len=256)
+                                 label_noise=0.1, seed=0, seq_len=256,
+                                 noise_kinds=("off_by_one", "dropped_last_char"))
   train = load_split(info, "train")        # random access: train[i]['prompt'] (bytes)
 """
 
@@ -47,6 +61,7 @@ import hashlib
 import json
 import numbers
 import os
+import re
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -58,10 +73,20 @@ from learned_loss.data import tasks
 from learned_loss.data.tasks import Example
 from learned_loss.data.tasks import TaskError
 
-CORRUPTIONS: tuple[str, ...] = ("other_answer", "truncated", "appended")
+# Every corruption kind, in the order a configured set is put in (so the set, not its order,
+# decides the dataset).
+NOISE_KINDS: tuple[str, ...] = (
+    "other_answer", "truncated", "appended", "off_by_one", "dropped_last_char"
+)
+# The kinds datasets were built with before `noise_kinds` existed: the default keeps their
+# records and config hashes unchanged.
+DEFAULT_KINDS: tuple[str, ...] = ("other_answer", "truncated", "appended")
+# The kinds preference_pairs offers as rejected answers (unchanged, so its datasets are too).
+CORRUPTIONS: tuple[str, ...] = DEFAULT_KINDS
 DEFAULT_SPLITS: Mapping[str, float] = {"train": 0.9, "validation": 0.1}
 NOISY_SPLIT = "train"  # the only split that carries label noise
 _OTHER_ANSWER_TRIES = 32
+_INTEGER = re.compile(r"0|-?[1-9][0-9]*")  # canonical decimal integers only
 
 
 # ---- label noise ----------------------------------------------------------------------------
@@ -70,14 +95,27 @@ _OTHER_ANSWER_TRIES = 32
 class Demonstration(NamedTuple):
     answer: str
     corrupted: bool
-    corruption: str  # '' or one of CORRUPTIONS
+    corruption: str  # '' or one of NOISE_KINDS
+
+
+def check_noise_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
+    """The kinds in NOISE_KINDS order; ValueError if empty, repeated or unknown."""
+    names = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    unknown = [k for k in names if k not in NOISE_KINDS]
+    if unknown:
+        raise ValueError(f"unknown noise kinds {unknown}; valid kinds are {NOISE_KINDS}")
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"noise_kinds must be distinct and non-empty, got {names}")
+    return tuple(k for k in NOISE_KINDS if k in names)
 
 
 def corrupt_answer(example: Example, rng: np.random.Generator, kind: str) -> str | None:
     """A corrupted answer of the given kind (see module docstring), or None if impossible.
 
-    Only 'other_answer' can be impossible: when none of 32 other inputs of the
-    family has a different answer.
+    'other_answer' is impossible when none of 32 other inputs of the family has a
+    different answer, 'off_by_one' when the answer is not an integer, and
+    'dropped_last_char' when it has fewer than 2 characters. A possible corruption
+    always differs from the gold answer.
     """
     gold = example.answer
     if kind == "other_answer":
@@ -91,25 +129,42 @@ def corrupt_answer(example: Example, rng: np.random.Generator, kind: str) -> str
     if kind == "appended":
         n = int(rng.integers(2, 7))
         return gold + " " + "".join(chr(97 + c) for c in rng.integers(0, 26, size=n))
-    raise ValueError(f"corruption kind must be one of {CORRUPTIONS}, got {kind!r}")
+    if kind == "off_by_one":
+        if not _INTEGER.fullmatch(gold):
+            return None
+        return str(int(gold) + (1 if rng.integers(2) else -1))
+    if kind == "dropped_last_char":
+        return gold[:-1] if len(gold) >= 2 else None
+    raise ValueError(f"corruption kind must be one of {NOISE_KINDS}, got {kind!r}")
 
 
-def random_corruption(example: Example, rng: np.random.Generator) -> Demonstration:
-    """A corruption of a kind drawn uniformly from CORRUPTIONS (falling back if impossible)."""
-    kinds = list(CORRUPTIONS)
-    while True:
-        kind = kinds.pop(int(rng.integers(len(kinds))))
+def random_corruption(
+    example: Example, rng: np.random.Generator, kinds: Sequence[str] = DEFAULT_KINDS
+) -> Demonstration | None:
+    """A corruption of a kind drawn uniformly from `kinds`, redrawn among the kinds left
+    while the drawn one is impossible; None when all of them are."""
+    left = list(kinds)
+    while left:
+        kind = left.pop(int(rng.integers(len(left))))
         answer = corrupt_answer(example, rng, kind)
         if answer is not None:
             return Demonstration(answer, True, kind)
+    return None
 
 
 def demonstrate(
-    example: Example, flip: float, label_noise: float, rng: np.random.Generator
+    example: Example,
+    flip: float,
+    label_noise: float,
+    rng: np.random.Generator,
+    kinds: Sequence[str] = DEFAULT_KINDS,
 ) -> Demonstration:
-    """The demonstrated answer: corrupted iff flip < label_noise (flip ~ U[0, 1))."""
+    """The demonstrated answer: corrupted iff flip < label_noise (flip ~ U[0, 1)) and some
+    kind in `kinds` is possible for the example."""
     if flip < label_noise:
-        return random_corruption(example, rng)
+        shown = random_corruption(example, rng, kinds)
+        if shown is not None:
+            return shown
     return Demonstration(example.answer, False, "")
 
 
@@ -195,6 +250,16 @@ class _Spec:
     seed: int
     seq_len: int
     counts: tuple[tuple[str, int], ...]  # (split, examples per family)
+    noise_kinds: tuple[str, ...] = DEFAULT_KINDS  # in NOISE_KINDS order
+
+
+def _hashed_spec(spec: _Spec) -> dict[str, Any]:
+    """The spec as hashed: noise_kinds only when not the default, so datasets built before
+    the knob existed keep their names."""
+    out = dataclasses.asdict(spec)
+    if spec.noise_kinds == DEFAULT_KINDS:
+        del out["noise_kinds"]
+    return out
 
 
 def _generate_split(spec: _Spec, split: str, count: int) -> list[dict[str, Any]]:
@@ -207,7 +272,7 @@ def _generate_split(spec: _Spec, split: str, count: int) -> list[dict[str, Any]]
         for index in range(count):
             difficulty = sample_difficulty(example_rng, *spec.difficulty)
             example = tasks.sample_example(name, example_rng, difficulty)
-            shown = demonstrate(example, flips[index], noise, corrupt_rng)
+            shown = demonstrate(example, flips[index], noise, corrupt_rng, spec.noise_kinds)
             tasks.check_fits(example, spec.seq_len)
             tasks.check_fits(dataclasses.replace(example, answer=shown.answer), spec.seq_len)
             records.append(
@@ -281,8 +346,9 @@ class TasksInfo:
         config_hash: sha256 hex of all arguments plus the task-suite fingerprint.
         data_dir: TFDS data_dir the dataset was written under.
         builder_dir: the prepared dataset directory.
-        families, examples_per_family, difficulty (lo, hi), label_noise, seed,
-            seq_len, splits (name -> fraction): the arguments.
+        families, examples_per_family, difficulty (lo, hi), label_noise,
+            noise_kinds (in NOISE_KINDS order), seed, seq_len,
+            splits (name -> fraction): the arguments.
         num_examples: records per split.
         num_corrupted: corrupted records per split (0 outside 'train').
         reused: True if the dataset already existed and was not rebuilt.
@@ -296,6 +362,7 @@ class TasksInfo:
     examples_per_family: int
     difficulty: tuple[int, int]
     label_noise: float
+    noise_kinds: tuple[str, ...]
     seed: int
     seq_len: int
     splits: Mapping[str, float]
@@ -320,6 +387,7 @@ def build_instruction_tasks(
     seed: int,
     seq_len: int,
     splits: Mapping[str, float] = DEFAULT_SPLITS,
+    noise_kinds: Sequence[str] = DEFAULT_KINDS,
 ) -> TasksInfo:
     """Builds the `instruction_tasks` dataset for these knobs, or reuses it if present.
 
@@ -332,24 +400,27 @@ def build_instruction_tasks(
         seed: non-negative int.
         seq_len: every example must fit [BOS] prompt [SEP] answer [EOS] in seq_len + 1.
         splits: split name -> fraction of examples_per_family.
+        noise_kinds: the corruption kinds a corrupted example draws from (see module
+            docstring); their order does not matter.
 
     Returns:
         TasksInfo describing the prepared dataset.
 
     Raises:
         TaskError: unknown or repeated family, or an example longer than seq_len.
-        ValueError: a knob out of range.
+        ValueError: a knob out of range, or an unknown or repeated noise kind.
     """
     names = check_families(families)
+    kinds = check_noise_kinds(noise_kinds)
     if not 0.0 <= label_noise <= 1.0:
         raise ValueError(f"label_noise must lie in [0, 1], got {label_noise}")
     if seed < 0 or seq_len < 1:
         raise ValueError(f"seed must be >= 0 and seq_len >= 1, got {seed}, {seq_len}")
     counts = split_counts(examples_per_family, splits, "examples_per_family")
     spec = _Spec(names, int(examples_per_family), difficulty_range(difficulty),
-                 float(label_noise), int(seed), int(seq_len), tuple(counts.items()))
+                 float(label_noise), int(seed), int(seq_len), tuple(counts.items()), kinds)
     hash_hex = config_hash(
-        {"spec": dataclasses.asdict(spec), "suite": suite_fingerprint(names), "version": 1}
+        {"spec": _hashed_spec(spec), "suite": suite_fingerprint(names), "version": 1}
     )
     records = {split: _generate_split(spec, split, count) for split, count in counts.items()}
 
@@ -375,6 +446,7 @@ def build_instruction_tasks(
         examples_per_family=spec.examples_per_family,
         difficulty=spec.difficulty,
         label_noise=spec.label_noise,
+        noise_kinds=spec.noise_kinds,
         seed=spec.seed,
         seq_len=spec.seq_len,
         splits=dict(splits),
