@@ -146,7 +146,7 @@ def ours(cfg, host_batches, num_steps):
     mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
     state, state_sh = train.create_sharded_state(
         model, optimizer, jax.random.key(0), SEQ_LEN, models.PARTITION_RULES, mesh)
-    step_fn, _ = train.compile_steps(model, optimizer, objectives.get("mle"), state_sh, mesh)
+    step_fn, _ = train.compile_steps(model, optimizer, objectives.build("mle"), state_sh, mesh)
     batches = [sharding.shard_batch(b, mesh) for b in host_batches]
 
     def step(state, batch):

@@ -12,7 +12,7 @@ cores), `words` (one family, stopped early: an SFT policy with headroom for RLHF
 
 import ml_collections
 
-from configs import models, optimizers, tasks
+from configs import models, objectives, optimizers, tasks
 
 # Five families a small model learns from scratch in about 2 minutes on 2 CPU cores: three
 # counts of items (words, list numbers, digits), a count of vowels, and a divisibility
@@ -50,7 +50,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.variant = arg
     config.seed = 0
-    config.objective = "mle"
+    config.objective = objectives.objective_config("mle")
     config.init_from = ""  # A pre-training workdir; empty: random initialisation.
 
     config.model = models.model_config(v["model"], max_len=v["seq_len"])

@@ -9,7 +9,7 @@ e.g. `--config.optimizer.lr=3e-4 --config.mesh.shape.model=2`.
 
 import ml_collections
 
-from configs import models, optimizers, tasks
+from configs import models, objectives, optimizers, tasks
 
 VARIANTS = {
     # model, seq_len, global batch, steps, lr, warm-up, log/eval/checkpoint every, corpus glob
@@ -33,7 +33,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.variant = arg
     config.seed = 0
-    config.objective = "mle"
+    config.objective = objectives.objective_config("mle")
 
     config.model = models.model_config(v["model"], max_len=v["seq_len"])
 

@@ -110,7 +110,7 @@ def run(config, workdir: str) -> dict:
     # Model, optimizer, sharded state and steps.
     model = model_lib.build(model_cfg)
     optimizer = train.make_optimizer(config.optimizer, tc.num_steps)
-    objective = objectives.get(config.objective)
+    objective = objectives.build(config.objective)
     state, state_sh = train.create_sharded_state(
         model, optimizer, jax.random.key(config.seed), seq_len, config.sharding.rules, mesh)
     init_step = None
@@ -120,10 +120,12 @@ def run(config, workdir: str) -> dict:
         params, init_step = initial_params(config, abstract)
         state = state._replace(params=params, opt_state=jax.jit(
             optimizer.init, out_shardings=state_sh.opt_state)(params))
+    # The reference of an objective that reads one is the initial model.
+    theta = train.step_theta(objective, state.params)
     train_step, eval_step = train.compile_steps(model, optimizer, objective, state_sh, mesh)
 
     def evaluate(s) -> dict:
-        out = loop.mean_eval_metrics(eval_step, s, eval_batches, mesh)
+        out = loop.mean_eval_metrics(eval_step, s, eval_batches, mesh, theta)
         scores = evaluation.evaluate(model, s.params, eval_examples, batch_size=batch_size,
                                      max_new_tokens=tc.max_new_tokens)["overall"]
         out.update({f"valid/{k}": v for k, v in scores.items()})
@@ -135,7 +137,7 @@ def run(config, workdir: str) -> dict:
         state_shardings=state_sh, train_step=train_step,
         schedule=train.learning_rate_schedule(config.optimizer, tc.num_steps),
         train_iter=train_iter, seq_len=seq_len, global_batch_size=batch_size,
-        evaluate=evaluate, data_hash=info.config_hash,
+        evaluate=evaluate, data_hash=info.config_hash, theta=theta,
         provenance_extra={"tasks": info.provenance(), "families": list(families),
                           "init_from": config.init_from, "init_step": init_step}))
 

@@ -88,9 +88,11 @@ def run(config, workdir: str) -> dict:
     # Model, optimizer, sharded state and steps.
     model = model_lib.build(model_cfg)
     optimizer = train.make_optimizer(config.optimizer, tc.num_steps)
-    objective = objectives.get(config.objective)
+    objective = objectives.build(config.objective)
     state, state_sh = train.create_sharded_state(
         model, optimizer, jax.random.key(config.seed), seq_len, config.sharding.rules, mesh)
+    # The reference of an objective that reads one is the initial model.
+    theta = train.step_theta(objective, state.params)
     train_step, eval_step = train.compile_steps(model, optimizer, objective, state_sh, mesh)
 
     # Loop: resume, train, evaluate, checkpoint.
@@ -99,7 +101,8 @@ def run(config, workdir: str) -> dict:
         state_shardings=state_sh, train_step=train_step,
         schedule=train.learning_rate_schedule(config.optimizer, tc.num_steps),
         train_iter=train_iter, seq_len=seq_len, global_batch_size=config.data.global_batch_size,
-        evaluate=lambda s: loop.mean_eval_metrics(eval_step, s, eval_batches, mesh),
+        evaluate=lambda s: loop.mean_eval_metrics(eval_step, s, eval_batches, mesh, theta),
+        theta=theta,
         provenance_extra={"corpus": corpus.provenance(), "task_mix_documents": len(mix)},
         data_hash=corpus.corpus_hash))
 

@@ -18,10 +18,8 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from learned_loss import model as model_lib
-from learned_loss import sharding
-
-Objective = Callable[[Any, jax.Array, Mapping[str, jax.Array]], tuple[jax.Array, dict]]
-
+from learned_loss import objectives, sharding
+from learned_loss.objectives import mle
 
 class TrainState(NamedTuple):
     params: Any
@@ -71,14 +69,35 @@ def init_state(model: model_lib.Model, optimizer: optax.GradientTransformation,
 LossFn = Callable[[Any, Mapping[str, jax.Array], Any], tuple[jax.Array, dict]]
 
 
-def objective_loss(model: model_lib.Model, objective: Objective) -> LossFn:
-    """`loss_fn(params, batch, theta)`: the objective on the model's logits of batch['inputs']."""
+def objective_loss(model: model_lib.Model, objective: objectives.Objective) -> LossFn:
+    """`loss_fn(params, batch, theta)`: the objective on the model's logits of batch['inputs'].
+
+    When the objective reads the reference model's log-probabilities, theta is
+    {'objective': its theta, 'reference': the frozen reference params} (`step_theta`).
+    """
 
     def loss_fn(params, batch, theta):
-        out = model.apply(params, batch["inputs"])
-        return objective(theta, out.logits, batch)
+        logits = model.apply(params, batch["inputs"]).logits  # [B, T, V]
+        if objective.needs_reference:
+            theta, reference = theta["objective"], theta["reference"]
+            ref_logits = model.apply(reference, batch["inputs"]).logits
+            ref_lp = mle.token_log_likelihood(ref_logits, batch["targets"])  # [B, T]
+            batch = dict(batch, ref_log_probs=jax.lax.stop_gradient(ref_lp))
+        return objective.loss(theta, logits, batch)
 
     return loss_fn
+
+
+def step_theta(objective: objectives.Objective, reference_params: Any = None) -> Any:
+    """What the train step takes as theta for `objective`: its theta, plus a copy of the
+    reference params (never the state's own buffers, which the step donates) when it needs them.
+    """
+    if not objective.needs_reference:
+        return objective.theta
+    if reference_params is None:
+        raise ValueError(f"objective {objective.name!r} reads a reference model; pass the "
+                         f"reference params (e.g. the initial params of the run)")
+    return {"objective": objective.theta, "reference": jax.tree.map(jnp.copy, reference_params)}
 
 
 def apply_gradients(state: TrainState, grads: Any,
@@ -95,7 +114,9 @@ def apply_gradients(state: TrainState, grads: Any,
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], theta: Any, *,
                optimizer: optax.GradientTransformation, loss_fn: LossFn
                ) -> tuple[TrainState, dict]:
-    """One optimizer step on `loss_fn`. batch: e.g. {'inputs': [B, T], 'targets': [B, T], ...}."""
+    """One optimizer step on `loss_fn`. batch: e.g. {'inputs': [B, T], 'targets': [B, T], ...};
+    the loss also sees batch['step'] ([] int32: the steps taken before this one)."""
+    batch = dict(batch, step=state.step)  # Step-dependent objectives (e.g. a warm-up) read it.
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, theta)
     state, norms = apply_gradients(state, grads, optimizer)
     return state, dict(metrics, **norms)
@@ -117,7 +138,7 @@ def state_shardings(state: TrainState, optimizer: optax.GradientTransformation,
 
 
 def compile_steps(model: model_lib.Model, optimizer: optax.GradientTransformation,
-                  objective: Objective | None, state_sh: TrainState, mesh: jax.sharding.Mesh,
+                  objective: objectives.Objective | None, state_sh: TrainState, mesh: jax.sharding.Mesh,
                   loss_fn: LossFn | None = None):
     """The jitted train and eval steps with explicit shardings; the train step donates state.
 

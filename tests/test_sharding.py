@@ -86,7 +86,7 @@ def test_rules_drop_axes_missing_from_the_mesh():
 def _losses(mesh_shape, steps=20, devices=None):
     config, model, optimizer, mesh, state, state_sh = _state_and_shardings(
         mesh_shape, devices=devices)
-    step_fn, _ = train.compile_steps(model, optimizer, objectives.get("mle"), state_sh, mesh)
+    step_fn, _ = train.compile_steps(model, optimizer, objectives.build("mle"), state_sh, mesh)
     rng = np.random.default_rng(0)
     losses = []
     for _ in range(steps):

@@ -1,16 +1,66 @@
 """Training objectives, chosen by name from the config.
 
-Each objective is a pure function `loss(theta, logits, batch) -> (loss, metrics)`; theta holds
-the objective's own parameters (empty for MLE).
+An objective's loss is a pure function `loss(theta, logits, batch) -> (loss, metrics)`; theta
+holds the objective's own parameters (empty for MLE and loss truncation; the network of a
+learned objective). `build(cfg)` turns the config's `objective` section (or a bare name) into an
+`Objective`: the loss with its settings bound, and its theta (loaded from a meta-training
+artifact for a learned objective with a `path`).
 """
 
-from learned_loss.objectives import mle
+from __future__ import annotations
 
-OBJECTIVES = {"mle": mle.loss}
+import functools
+from typing import Any, Callable, Mapping, NamedTuple
+
+from learned_loss.objectives import artifact, learned, loss_truncation, mle
+
+# The objectives of pre-training and fine-tuning: losses on the model's logits.
+TOKEN_OBJECTIVES = ("mle", "loss_truncation", "learned_token_loss")
+
+# Settings of each objective when the config leaves them out (configs/objectives.py holds the
+# same defaults as overridable fields).
+DEFAULTS = {"path": "", "features": learned.TOKEN_FEATURES, "hidden": 32,
+            "drop_fraction": 0.3, "warmup_steps": 100}
 
 
-def get(name: str):
-    """The objective function registered under `name`."""
-    if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}")
-    return OBJECTIVES[name]
+class Objective(NamedTuple):
+    name: str
+    loss: Callable[[Any, Any, Mapping[str, Any]], tuple[Any, dict]]
+    theta: Any  # () when the objective has no parameters.
+    # True when the loss reads batch['ref_log_probs'] (the frozen reference model's
+    # log-probabilities of the targets): the train step then passes theta as
+    # {'objective': theta, 'reference': reference params}.
+    needs_reference: bool = False
+
+
+def build(cfg: str | Mapping[str, Any]) -> Objective:
+    """The objective named by `cfg` (a name, or a section with `name` and its settings).
+
+    Raises:
+      ValueError: an unknown name.
+      artifact.ArtifactError: a learned objective's `path` holds no readable artifact.
+    """
+    cfg = {"name": cfg} if isinstance(cfg, str) else dict(cfg)
+    name = cfg["name"]
+    settings = {k: cfg.get(k, v) for k, v in DEFAULTS.items()}
+    if name == "mle":
+        return Objective(name, mle.loss, ())
+    if name == "loss_truncation":
+        fn = functools.partial(loss_truncation.loss, drop_fraction=settings["drop_fraction"],
+                               warmup_steps=settings["warmup_steps"])
+        return Objective(name, fn, ())
+    if name == "learned_token_loss":
+        if settings["path"]:
+            art = artifact.load(settings["path"], expected_name=name)
+            theta, features = art.theta, tuple(art.settings["features"])
+        else:
+            features = learned.check_features(settings["features"], learned.TOKEN_FEATURES)
+            theta = learned.init_token_loss(_init_key(), features, settings["hidden"])
+        fn = functools.partial(learned.token_loss, features=features)
+        return Objective(name, fn, theta, needs_reference="ref_log_prob" in features)
+    raise ValueError(f"unknown objective {name!r}; choose one of {TOKEN_OBJECTIVES}")
+
+
+def _init_key():
+    import jax  # Deferred: importing the registry should not initialise a backend.
+    return jax.random.key(0)

@@ -1,0 +1,229 @@
+"""Learned objectives: a token loss, a preference loss and a reward network with parameters theta.
+
+Each one is a small network whose parameters the outer loop (`learned_loss.meta`) learns. Each
+has a documented initialisation at which it is exactly the hand-designed loss it generalises, so
+meta-training warm-starts from MLE or DPO and a learned objective can only move away from them
+when that helps the meta-objective.
+
+Learned token loss (after ML3, Bechtle et al. 2021, "Meta learning via learned loss", and
+Meta-Weight-Net, Shu et al. 2019): per target token t of example b, features x_{b,t} (all held
+out of the gradient) go through an MLP g_theta to a weight
+
+    w_{b,t} = 2 sigmoid(g_theta(x_{b,t}))  in (0, 2)       (non-negative by construction)
+    loss = sum_{b,t} m_{b,t} w_{b,t} (-log p(y_{b,t})) / sum_{b,t} m_{b,t}
+
+with m the target mask. The output layer of g starts at zero, so every w is 1 and the loss, its
+value and its gradient, is exactly MLE's. Features (`TOKEN_FEATURES`), each scaled to O(1):
+  log_prob      log p(y_t) / 5, clipped to [-4, 0]
+  entropy       H(p(. | y_<t)) / log V, in [0, 1]
+  max_log_prob  log max_v p(v) / 5, clipped to [-4, 0]
+  position      the token's index within its answer / the answer's length, in [0, 1)
+  ref_log_prob  log p_ref(y_t) / 5 under the frozen reference model, clipped to [-4, 0]
+  length        log(1 + answer length) / 4
+  answer_log_prob  the mean of log_prob over the example's answer tokens (the example-level
+                signal a soft loss truncation needs; Kang and Hashimoto 2020)
+`ref_log_prob` costs one more forward pass of the reference per step; it is only computed when
+the objective's features include it.
+
+Learned preference loss (after DiscoPOP, Lu et al. 2024, "Discovering preference optimization
+algorithms with and for large language models"): with x = beta * delta (dpo.py's delta),
+
+    f_theta(x) = -log sigmoid(x) + h_theta(x / 4),      loss = mean over pairs of f_theta(x)
+
+h an MLP whose output layer starts at zero, so f is DPO's loss at initialisation.
+
+Learned reward network (the reward the RL inner loop maximises): on top of a frozen reward
+model's score s and the completion's length n and end flag e,
+
+    r_theta = s + k_theta([s / 4, log(1 + n) / 4, e])
+
+k an MLP whose output layer starts at zero, so r is the reward model's score at initialisation.
+The outer loop (evolution strategies: sampling is not differentiable) moves theta so that a
+policy trained on r_theta scores well under the gold metric.
+
+Networks are plain dicts of arrays {'w0' [F, H], 'b0' [H], 'w1' [H], 'b1' []}: one tanh hidden
+layer, small enough for evolution strategies, differentiable for truncated backprop.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from learned_loss.objectives import mle
+
+TOKEN_FEATURES = ("log_prob", "entropy", "max_log_prob", "position", "ref_log_prob", "length",
+                  "answer_log_prob")
+LOG_PROB_SCALE = 5.0
+PREFERENCE_INPUT_SCALE = 4.0
+REWARD_FEATURES = ("score", "length", "finished")
+
+Params = Mapping[str, jax.Array]
+
+
+# ---- the network ------------------------------------------------------------------------------
+
+
+def init_mlp(key: jax.Array, num_features: int, hidden: int, input_scale: float = 1.0) -> dict:
+    """A one-hidden-layer MLP whose output layer is zero (so its output is 0 everywhere).
+
+    The first layer is LeCun-normal times `input_scale`; theta is float32 throughout.
+    """
+    if num_features < 1 or hidden < 1:
+        raise ValueError(f"an MLP needs at least one feature and one hidden unit, got "
+                         f"{num_features} features and {hidden} hidden")
+    w0 = jax.random.normal(key, (num_features, hidden), jnp.float32)
+    return {"w0": w0 * (input_scale / math.sqrt(num_features)),
+            "b0": jnp.zeros((hidden,), jnp.float32),
+            "w1": jnp.zeros((hidden,), jnp.float32),
+            "b1": jnp.zeros((), jnp.float32)}
+
+
+def mlp(theta: Params, x: jax.Array) -> jax.Array:
+    """x: [..., F] -> [...]: w1 . tanh(x w0 + b0) + b1."""
+    hidden = jnp.tanh(x @ theta["w0"] + theta["b0"])  # [..., H]
+    return hidden @ theta["w1"] + theta["b1"]
+
+
+def check_features(features: Sequence[str], known: Sequence[str]) -> tuple[str, ...]:
+    """`features` as a tuple; an unknown or repeated name is a ValueError naming the valid ones."""
+    features = tuple(features)
+    unknown = [f for f in features if f not in known]
+    if unknown or len(set(features)) != len(features) or not features:
+        raise ValueError(f"features must be distinct names among {known}, got {features}")
+    return features
+
+
+# ---- learned token loss -----------------------------------------------------------------------
+
+
+def answer_positions(mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """mask [B, T] -> (index of each target within its row's masked span [B, T], span length
+    [B, 1]). Unmasked positions get index 0."""
+    index = jnp.cumsum(mask, axis=1) - 1.0  # [B, T]
+    return jnp.where(mask > 0, index, 0.0), mask.sum(axis=1, keepdims=True)
+
+
+def token_features(logits: jax.Array, batch: Mapping[str, jax.Array],
+                   features: Sequence[str]) -> jax.Array:
+    """The per-token features of the learned token loss, held out of the gradient.
+
+    logits: [B, T, V]; batch: 'targets' [B, T], optional 'mask' [B, T] and (when `features`
+    holds 'ref_log_prob') 'ref_log_probs' [B, T]. Returns [B, T, len(features)] float32.
+    """
+    logits = jax.lax.stop_gradient(logits.astype(jnp.float32))
+    log_probs = jax.nn.log_softmax(logits, axis=-1)  # [B, T, V]
+    mask = mle.target_mask(batch)  # [B, T]
+    target_lp = jnp.take_along_axis(log_probs, batch["targets"][..., None], axis=-1)[..., 0]
+
+    def scaled(lp):  # [B, T] log-probabilities -> [-4, 0]
+        return jnp.clip(lp / LOG_PROB_SCALE, -4.0, 0.0)
+
+    index, length = answer_positions(mask)
+    columns = {}
+    for name in features:
+        if name == "log_prob":
+            columns[name] = scaled(target_lp)
+        elif name == "entropy":
+            entropy = -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)  # [B, T]
+            columns[name] = entropy / math.log(logits.shape[-1])
+        elif name == "max_log_prob":
+            columns[name] = scaled(log_probs.max(axis=-1))
+        elif name == "position":
+            columns[name] = index / jnp.maximum(length, 1.0)
+        elif name == "ref_log_prob":
+            if "ref_log_probs" not in batch:
+                raise ValueError("the 'ref_log_prob' feature needs batch['ref_log_probs'] (the "
+                                 "reference model's log-probabilities of the targets)")
+            columns[name] = scaled(jax.lax.stop_gradient(batch["ref_log_probs"]))
+        elif name == "length":
+            columns[name] = jnp.broadcast_to(jnp.log1p(length) / 4.0, mask.shape)
+        elif name == "answer_log_prob":
+            mean = (scaled(target_lp) * mask).sum(1, keepdims=True) / jnp.maximum(length, 1.0)
+            columns[name] = jnp.broadcast_to(mean, mask.shape)
+        else:
+            raise ValueError(f"unknown token feature {name!r}; choose among {TOKEN_FEATURES}")
+    return jnp.stack([columns[name] for name in features], axis=-1)  # [B, T, F]
+
+
+def init_token_loss(key: jax.Array, features: Sequence[str] = TOKEN_FEATURES,
+                    hidden: int = 32) -> dict:
+    """Theta of the learned token loss at its MLE initialisation (every weight 1)."""
+    features = check_features(features, TOKEN_FEATURES)
+    return init_mlp(key, len(features), hidden)
+
+
+def token_weights(theta: Params, logits: jax.Array, batch: Mapping[str, jax.Array],
+                  features: Sequence[str]) -> jax.Array:
+    """[B, T] weights 2 sigmoid(g_theta(x)) in (0, 2) (1 at the MLE initialisation)."""
+    x = token_features(logits, batch, features)  # [B, T, F]
+    return 2.0 * jax.nn.sigmoid(mlp(theta, x))
+
+
+def token_loss(theta: Params, logits: jax.Array, batch: Mapping[str, jax.Array], *,
+               features: Sequence[str] = TOKEN_FEATURES):
+    """The learned token loss (module docstring); theta from `init_token_loss` or meta-training.
+
+    logits: [B, T, V]; batch: 'targets' [B, T], optional 'mask' [B, T], 'ref_log_probs' [B, T].
+    Returns (loss [], metrics {loss, nll, accuracy, tokens, mean_weight, weight_std}).
+    """
+    mask = mle.target_mask(batch)  # [B, T]
+    tokens = jnp.maximum(mask.sum(), 1.0)
+    weights = token_weights(theta, logits, batch, features)  # [B, T]
+    nll = -mle.token_log_likelihood(logits, batch["targets"])  # [B, T]
+    total = (weights * nll * mask).sum() / tokens
+    correct = (jnp.argmax(logits, axis=-1) == batch["targets"]).astype(jnp.float32)
+    mean_weight = (weights * mask).sum() / tokens
+    weight_var = (jnp.square(weights - mean_weight) * mask).sum() / tokens
+    metrics = {"loss": total, "nll": (nll * mask).sum() / tokens,
+               "accuracy": (correct * mask).sum() / tokens, "tokens": mask.sum(),
+               "mean_weight": mean_weight, "weight_std": jnp.sqrt(weight_var)}
+    return total, metrics
+
+
+# ---- learned preference loss ------------------------------------------------------------------
+
+
+def init_preference_loss(key: jax.Array, hidden: int = 16) -> dict:
+    """Theta of the learned preference loss at its DPO initialisation (h = 0)."""
+    return init_mlp(key, 1, hidden, input_scale=2.0)
+
+
+def preference_curve(theta: Params, x: jax.Array) -> jax.Array:
+    """f_theta(x) = -log sigmoid(x) + h_theta(x / 4), elementwise on x = beta * delta."""
+    h = mlp(theta, (x / PREFERENCE_INPUT_SCALE)[..., None])
+    return -jax.nn.log_sigmoid(x) + h
+
+
+def preference_loss(theta: Params, policy_chosen_logps: jax.Array,
+                    policy_rejected_logps: jax.Array, ref_chosen_logps: jax.Array,
+                    ref_rejected_logps: jax.Array, beta: float = 0.1):
+    """Mean over the B pairs of f_theta(beta * delta); every log-prob array is [B].
+
+    Returns (loss [], metrics {loss, reward_margin, accuracy}) like `dpo.loss`.
+    """
+    delta = ((policy_chosen_logps - ref_chosen_logps)
+             - (policy_rejected_logps - ref_rejected_logps))  # [B]
+    total = jnp.mean(preference_curve(theta, beta * delta))
+    margin = beta * jax.lax.stop_gradient(delta)  # [B]
+    return total, {"loss": total, "reward_margin": margin.mean(),
+                   "accuracy": (margin > 0).astype(jnp.float32).mean()}
+
+
+# ---- learned reward ---------------------------------------------------------------------------
+
+
+def init_reward(key: jax.Array, hidden: int = 16) -> dict:
+    """Theta of the learned reward at its initialisation (the reward model's score)."""
+    return init_mlp(key, len(REWARD_FEATURES), hidden)
+
+
+def reward(theta: Params, score: jax.Array, length: jax.Array, finished: jax.Array) -> jax.Array:
+    """r_theta [N] from the frozen reward model's score [N], the completion length [N] (tokens)
+    and whether it ended with EOS [N]."""
+    x = jnp.stack([score / 4.0, jnp.log1p(length.astype(jnp.float32)) / 4.0,
+                   finished.astype(jnp.float32)], axis=-1)  # [N, 3]
+    return score + mlp(theta, x)

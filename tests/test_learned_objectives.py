@@ -1,0 +1,198 @@
+"""The learned objectives: exact at their initialisation, features, artifacts, config selection."""
+
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from configs import objectives as objective_configs
+from learned_loss import model as model_lib
+from learned_loss import objectives, train
+from learned_loss.objectives import artifact, dpo, learned, mle
+
+
+def _batch(key, b=3, t=6, v=11):
+    k1, k2 = jax.random.split(key)
+    logits = jax.random.normal(k1, (b, t, v)) * 2.0
+    targets = jax.random.randint(k2, (b, t), 0, v)
+    mask = jnp.array([[0, 0, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0]], jnp.float32)
+    ref = jax.random.normal(key, (b, t)) - 3.0
+    return logits, {"targets": targets, "mask": mask, "ref_log_probs": ref}
+
+
+def test_token_loss_at_init_is_mle_value_and_gradient():
+    logits, batch = _batch(jax.random.key(0))
+    theta = learned.init_token_loss(jax.random.key(1))
+    value, metrics = learned.token_loss(theta, logits, batch)
+    mle_value, _ = mle.loss((), logits, batch)
+    np.testing.assert_allclose(value, mle_value, rtol=1e-6)
+    np.testing.assert_allclose(metrics["mean_weight"], 1.0, rtol=1e-6)
+    g = jax.grad(lambda l: learned.token_loss(theta, l, batch)[0])(logits)
+    g_mle = jax.grad(lambda l: mle.loss((), l, batch)[0])(logits)
+    np.testing.assert_allclose(g, g_mle, atol=1e-7)
+
+
+def test_token_loss_gradient_is_weighted_cross_entropy():
+    """Features are held out of the gradient: d loss / d logits = sum w * d nll / d logits."""
+    logits, batch = _batch(jax.random.key(2))
+    theta = learned.init_token_loss(jax.random.key(3))
+    theta = dict(theta, w1=jnp.linspace(-2.0, 2.0, theta["w1"].shape[0]), b1=jnp.array(0.3))
+    weights = learned.token_weights(theta, logits, batch, learned.TOKEN_FEATURES)
+    assert float(jnp.min(weights)) > 0.0 and float(jnp.max(weights)) < 2.0
+    assert float(jnp.std(weights[batch["mask"] > 0])) > 1e-3
+
+    def weighted_nll(l):
+        nll = -mle.token_log_likelihood(l, batch["targets"])
+        return (weights * nll * batch["mask"]).sum() / batch["mask"].sum()
+
+    g = jax.grad(lambda l: learned.token_loss(theta, l, batch)[0])(logits)
+    np.testing.assert_allclose(g, jax.grad(weighted_nll)(logits), atol=1e-6)
+
+
+def test_token_features_by_hand():
+    v = 4
+    logits = jnp.log(jnp.array([[[0.5, 0.25, 0.125, 0.125]] * 4]))  # [1, 4, 4]
+    batch = {"targets": jnp.array([[0, 1, 2, 0]]), "mask": jnp.array([[0.0, 1, 1, 1]]),
+             "ref_log_probs": jnp.full((1, 4), -10.0)}
+    x = learned.token_features(logits, batch, learned.TOKEN_FEATURES)
+    col = {name: x[0, :, i] for i, name in enumerate(learned.TOKEN_FEATURES)}
+    np.testing.assert_allclose(col["log_prob"], np.log([0.5, 0.25, 0.125, 0.5]) / 5, rtol=1e-5)
+    entropy = -(0.5 * math.log(0.5) + 0.25 * math.log(0.25) + 2 * 0.125 * math.log(0.125))
+    np.testing.assert_allclose(col["entropy"], entropy / math.log(v), rtol=1e-5)
+    np.testing.assert_allclose(col["max_log_prob"], math.log(0.5) / 5, rtol=1e-5)
+    np.testing.assert_allclose(col["position"], [0, 0, 1 / 3, 2 / 3], atol=1e-6)
+    np.testing.assert_allclose(col["ref_log_prob"], -2.0)
+    np.testing.assert_allclose(col["length"], math.log(4) / 4, rtol=1e-6)
+    mean = np.mean(np.log([0.25, 0.125, 0.5]) / 5)
+    np.testing.assert_allclose(col["answer_log_prob"], mean, rtol=1e-5)
+
+
+def test_token_loss_feature_subsets_and_errors():
+    logits, batch = _batch(jax.random.key(4))
+    del batch["ref_log_probs"]
+    theta = learned.init_token_loss(jax.random.key(0), ("log_prob", "position"), hidden=4)
+    assert theta["w0"].shape == (2, 4)
+    value, _ = jax.jit(lambda t, l: learned.token_loss(t, l, batch,
+                                                       features=("log_prob", "position")))(
+        theta, logits)
+    np.testing.assert_allclose(value, mle.loss((), logits, batch)[0], rtol=1e-6)
+    with pytest.raises(ValueError, match="ref_log_probs"):
+        learned.token_loss(learned.init_token_loss(jax.random.key(0)), logits, batch)
+    with pytest.raises(ValueError, match="features must be distinct"):
+        learned.init_token_loss(jax.random.key(0), ("log_prob", "nope"))
+
+
+def test_preference_loss_at_init_is_dpo():
+    key = jax.random.split(jax.random.key(5), 4)
+    logps = [jax.random.normal(k, (7,)) * 3 for k in key]
+    theta = learned.init_preference_loss(jax.random.key(6))
+    ours = lambda *a: learned.preference_loss(theta, *a, beta=0.2)[0]
+    theirs = lambda *a: dpo.loss(*a, beta=0.2)[0]
+    np.testing.assert_allclose(ours(*logps), theirs(*logps), rtol=1e-6)
+    for i in range(4):
+        np.testing.assert_allclose(jax.grad(ours, argnums=i)(*logps),
+                                   jax.grad(theirs, argnums=i)(*logps), atol=1e-7)
+    moved = dict(theta, w1=jnp.ones_like(theta["w1"]))
+    assert abs(float(learned.preference_loss(moved, *logps)[0] - theirs(*logps))) > 1e-3
+    x = jnp.linspace(-5, 5, 11)
+    np.testing.assert_allclose(learned.preference_curve(theta, x), -jax.nn.log_sigmoid(x),
+                               rtol=1e-6)
+
+
+def test_reward_at_init_is_the_reward_model_score():
+    theta = learned.init_reward(jax.random.key(7))
+    score = jnp.array([0.5, -1.0, 2.0])
+    length, finished = jnp.array([3, 9, 1]), jnp.array([True, False, True])
+    np.testing.assert_allclose(learned.reward(theta, score, length, finished), score)
+    moved = dict(theta, b1=jnp.array(0.25))
+    np.testing.assert_allclose(learned.reward(moved, score, length, finished), score + 0.25)
+
+
+def test_build_names_and_errors(tmp_path):
+    assert objectives.build("mle").theta == ()
+    assert not objectives.build("mle").needs_reference
+    built = objectives.build(objective_configs.objective_config("learned_token_loss"))
+    assert built.needs_reference and built.theta["w0"].shape == (7, 32)
+    with pytest.raises(ValueError, match="unknown objective 'nope'"):
+        objectives.build("nope")
+    with pytest.raises(artifact.ArtifactError, match="no learned-objective artifact"):
+        objectives.build({"name": "learned_token_loss", "path": str(tmp_path / "missing")})
+
+
+def test_artifact_round_trip_corruption_and_name(tmp_path):
+    path = str(tmp_path / "artifact")
+    theta = dict(learned.init_token_loss(jax.random.key(0), ("log_prob",), hidden=3),
+                 b1=jnp.array(0.7))
+    artifact.save(path, "learned_token_loss", theta, {"features": ["log_prob"], "hidden": 3},
+                  {"seed": 0}, {"git": "abc"})
+    built = objectives.build({"name": "learned_token_loss", "path": path})
+    assert not built.needs_reference
+    np.testing.assert_allclose(built.theta["b1"], 0.7, rtol=1e-6)
+    assert artifact.load(path).config == {"seed": 0}
+    with pytest.raises(artifact.ArtifactError, match="not 'other'"):
+        artifact.load(path, expected_name="other")
+    # A second save replaces the first completely; no temporary folder is left behind.
+    artifact.save(path, "learned_token_loss", dict(theta, b1=jnp.array(-1.0)),
+                  {"features": ["log_prob"], "hidden": 3}, {"seed": 1})
+    assert float(artifact.load(path).theta["b1"]) == -1.0
+    assert sorted(os.listdir(tmp_path)) == ["artifact"]
+    with open(os.path.join(path, artifact.THETA), "r+b") as f:
+        f.seek(40)
+        f.write(b"\x00\x01\x02")
+    with pytest.raises(artifact.ArtifactError, match="corrupt artifact"):
+        artifact.load(path)
+
+
+def test_reference_log_probs_come_from_the_reference_params():
+    cfg = model_lib.ModelConfig(vocab_size=16, d_model=16, num_layers=1, num_heads=2, d_ff=32,
+                                max_len=8)
+    model = model_lib.build(cfg)
+    inputs = jnp.array([[1, 2, 3, 4, 5, 6]])
+    params = model.init(jax.random.key(0), inputs)
+    reference = model.init(jax.random.key(1), inputs)
+    batch = {"inputs": inputs, "targets": jnp.roll(inputs, -1, axis=1),
+             "mask": jnp.array([[0.0, 0, 1, 1, 1, 0]])}
+    seen = {}
+
+    def spy(theta, logits, b):
+        seen.update(b)
+        return mle.loss(theta, logits, b)
+
+    objective = objectives.Objective("spy", spy, (), needs_reference=True)
+    loss_fn = train.objective_loss(model, objective)
+    theta = train.step_theta(objective, reference)
+    loss_fn(params, batch, theta)
+    expected = mle.token_log_likelihood(model.apply(reference, inputs).logits, batch["targets"])
+    np.testing.assert_allclose(seen["ref_log_probs"], expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="reference params"):
+        train.step_theta(objective)
+
+
+def test_objective_flag_takes_a_name_then_fields(tmp_path):
+    config_file = tmp_path / "c.py"
+    config_file.write_text(
+        "import ml_collections\n"
+        "from configs import objectives\n"
+        "def get_config():\n"
+        "    c = ml_collections.ConfigDict()\n"
+        "    c.objective = objectives.objective_config()\n"
+        "    return c\n")
+    def parse(*overrides):
+        argv = ["prog", f"--config={config_file}", *overrides]
+        values = flags.FlagValues()
+        config_flags.DEFINE_config_file("config", flag_values=values, lock_config=True,
+                                        sys_argv=argv)
+        values(argv)
+        return values.config
+
+    cfg = parse("--config.objective=learned_token_loss", "--config.objective.path=/artifact")
+    assert (cfg.objective.name, cfg.objective.path, cfg.objective.hidden) == (
+        "learned_token_loss", "/artifact", 32)
+    assert parse().objective.name == "mle"
+    with pytest.raises(flags.IllegalFlagValueError, match="unknown objective 'bogus'"):
+        parse("--config.objective=bogus")
