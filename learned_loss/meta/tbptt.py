@@ -59,7 +59,8 @@ def tbptt(problem: base.InnerProblem, schedule: base.TruncationSchedule, *, num_
         steps = jnp.where(finite, state.step + k, state.horizon)  # Diverged: restart next call.
         state = base.Particles(inner, steps, state.horizon)
         metrics = {"meta_loss": jnp.sum(jnp.where(finite, losses, 0.0) * weights),
-                   "diverged": 1.0 - count / num_particles, "resets": reset.mean()}
+                   "diverged": (num_particles - count) / num_particles,
+                   "resets": reset.mean()}
         return grad, state, metrics
 
     return base.Estimator(init, estimate)
