@@ -19,7 +19,7 @@ THIRD_PARTY = {
     "tensorflow_datasets": "tensorflow-datasets", "absl": "absl-py",
     "ml_collections": "ml-collections", "orbax": "orbax-checkpoint", "grain": "grain",
     "numpy": "numpy", "scipy": "scipy", "matplotlib": "matplotlib", "pytest": "pytest",
-    "importlib_resources": "importlib_resources",
+    "importlib_resources": "importlib_resources", "evosax": "evosax",
 }
 OWN_PACKAGES = ("learned_loss", "configs", "experiments", "tests", "benchmarks")
 

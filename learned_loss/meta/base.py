@@ -171,7 +171,8 @@ def antithetic_differences(plus: jax.Array, minus: jax.Array, shaping: str,
 
     shaping: 'rank' (centered ranks over all 2P losses), 'zscore', or 'none' (raw losses, a
     non-finite one replaced by the worst finite loss). `clip > 0` clips the raw or z-scored
-    differences to [-clip, clip]; ranks are bounded already.
+    differences to [-clip, clip]; ranks are bounded already. A pair with both losses non-finite
+    contributes 0.
     """
     both = jnp.concatenate([plus, minus])  # [2P]
     if shaping == "rank":
@@ -186,6 +187,8 @@ def antithetic_differences(plus: jax.Array, minus: jax.Array, shaping: str,
         raise ValueError(f"fitness shaping must be 'rank', 'zscore' or 'none', got {shaping!r}")
     n = plus.shape[0]
     diff = (shaped[:n] - shaped[n:]) / 2.0  # [P]
+    # A pair whose members both failed says nothing about the direction.
+    diff = jnp.where(jnp.isfinite(plus) | jnp.isfinite(minus), diff, 0.0)
     if clip > 0 and shaping != "rank":
         diff = jnp.clip(diff, -clip, clip)
     return diff

@@ -1,0 +1,112 @@
+"""Meta-training a learned token loss on noisy demonstrations (experiments/meta_train.py).
+
+  python -m experiments.meta_train --config=configs/meta_train.py:tiny --workdir=/tmp/meta
+  python -m experiments.finetune --config=configs/finetune.py:tiny \
+      --config.objective=learned_token_loss --config.objective.path=/tmp/meta/artifact
+
+Offline mode: many short inner runs (fine-tuning a fresh model on `tasks.families` with label
+noise) score theta by the clean answer log-likelihood of held-out inputs; the outer loop learns
+theta with `estimator.name` (tbptt, es, pes or full_es); the result is WORKDIR/artifact. Online
+mode (Meta-Weight-Net): one model is trained for `online.num_steps`, theta updated before each
+step by TBPTT over `online.lookahead` look-ahead steps on a clean validation batch.
+
+Families: `tasks.families` (the inner runs' tasks) and `meta_valid.families` (outer validation:
+fresh inner runs on other tasks under the current theta) are both drawn from the task suite's
+training splits; held-out families are never used. Variants: `smoke` (seconds, for tests),
+`tiny` (the noisy-demonstration setting: 8 families, nano model, 30% swapped answers).
+"""
+
+import ml_collections
+
+from configs import models, objectives, tasks
+
+# Eight meta-train families a small model learns from scratch within a few hundred steps: four
+# with numeric answers (off-by-one noise applies) and four string ones of several characters.
+NOISY_FAMILIES = ("uppercase", "wrap_brackets", "first_char", "reverse_list", "list_length",
+                  "count_vowels", "list_max", "digit_sum")
+# Outer validation (the meta_valid split): theta is never trained on these.
+META_VALID_FAMILIES = ("count_words", "swapcase", "subtract", "duplicate_chars")
+
+VARIANTS = {
+    # model, seq_len, batch, examples/family, estimator, population, K, horizons, outer steps.
+    "smoke": dict(model="nano", seq_len=64, batch=8, examples=40, families=NOISY_FAMILIES[:2],
+                  valid_families=META_VALID_FAMILIES[:1], estimator="tbptt", population=2,
+                  unroll=2, horizon=(4, 8), steps=4, log=1, eval=2, ckpt=2, eval_horizon=4,
+                  sanity_steps=3, online_steps=6),
+    "tiny": dict(model="nano", seq_len=64, batch=32, examples=500, families=NOISY_FAMILIES,
+                 valid_families=META_VALID_FAMILIES, estimator="tbptt", population=2,
+                 unroll=5, horizon=(50, 400), steps=300, log=10, eval=50, ckpt=50,
+                 eval_horizon=300, sanity_steps=20, online_steps=1500),
+}
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+    if arg not in VARIANTS:
+        raise ValueError(f"unknown variant {arg!r} of configs/meta_train.py; choose one of "
+                         f"{sorted(VARIANTS)}")
+    v = VARIANTS[arg]
+    config = ml_collections.ConfigDict()
+    config.variant = arg
+    config.seed = 0
+    config.mode = "offline"  # or "online"
+    config.objective = objectives.objective_config("learned_token_loss")
+
+    config.model = models.model_config(v["model"], max_len=v["seq_len"])
+
+    config.tasks = tasks.task_config()
+    config.tasks.families = v["families"]
+    config.tasks.examples_per_family = v["examples"]
+    config.tasks.label_noise = 0.3
+    config.tasks.noise_kinds = ("other_answer",)
+
+    config.meta_valid = ml_collections.ConfigDict()
+    config.meta_valid.families = v["valid_families"]
+    # Inner steps of each outer-validation run (from scratch, under the current theta).
+    config.meta_valid.horizon = v["eval_horizon"]
+
+    config.data = ml_collections.ConfigDict()
+    config.data.data_dir = ""  # Empty: $LEARNED_LOSS_DATA_DIR or ~/.cache/learned_loss/tfds.
+    config.data.seq_len = v["seq_len"]
+    config.data.valid_fraction = 0.2
+
+    config.inner = ml_collections.ConfigDict()
+    config.inner.lr = 3e-3
+    config.inner.batch_size = v["batch"]
+    config.inner.valid_batch_size = v["batch"]
+    config.inner.init_from = ""  # A pre-training workdir; empty: a fresh initialisation per run.
+
+    config.estimator = ml_collections.ConfigDict()
+    config.estimator.name = v["estimator"]  # tbptt, es, pes or full_es
+    config.estimator.population = v["population"]  # particles (tbptt) or antithetic pairs
+    config.estimator.unroll_length = v["unroll"]  # K inner steps per outer step
+    config.estimator.min_horizon, config.estimator.max_horizon = v["horizon"]
+    config.estimator.remat = True
+    config.estimator.sigma = 0.01  # ES / PES perturbation scale
+    config.estimator.shaping = "rank"  # es: rank, zscore or none
+    config.estimator.clip = 0.0  # es / pes: clip of loss differences (0: none)
+    config.estimator.strategy = "open_es"  # full_es: open_es, snes or cma_es
+
+    config.outer = ml_collections.ConfigDict()
+    config.outer.lr = 3e-3
+    config.outer.grad_clip = 1.0
+    config.outer.num_steps = v["steps"]
+    config.outer.log_every = v["log"]
+    config.outer.eval_every = v["eval"]
+    config.outer.checkpoint_every = v["ckpt"]
+    config.outer.keep_checkpoints = 2
+    # Every candidate theta must lower the clean loss in a fresh run of this many steps.
+    config.outer.sanity_steps = v["sanity_steps"]
+
+    config.online = ml_collections.ConfigDict()
+    config.online.num_steps = v["online_steps"]
+    config.online.lookahead = 1
+    config.online.log_every = v["log"]
+    config.online.checkpoint_every = v["ckpt"]
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.prompts_per_family = 32
+    config.eval.max_new_tokens = 16
+
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.shape = {"pop": 1, "data": -1}
+    return config

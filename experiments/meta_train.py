@@ -1,0 +1,43 @@
+"""Meta-trains a learned token loss (offline) or trains a model with online meta-weighting.
+
+  python -m experiments.meta_train --config=configs/meta_train.py:tiny --workdir=/tmp/meta
+  python -m experiments.meta_train --config=configs/meta_train.py:tiny --workdir=/tmp/online \
+      --config.mode=online
+  python -m experiments.finetune --config=configs/finetune.py:tiny \
+      --config.objective=learned_token_loss --config.objective.path=/tmp/meta/artifact
+
+`--config.estimator.name` picks the meta-gradient estimator (tbptt, es, pes, full_es). Re-running
+with the same workdir resumes from the newest outer checkpoint; the artifact is written when the
+run finishes. See learned_loss/meta/run.py for the workdir's contents and the metrics.
+"""
+
+from __future__ import annotations
+
+import time
+
+from absl import flags, logging
+from ml_collections import config_flags
+
+from learned_loss import checkpoint as checkpoint_lib
+from learned_loss import cli, sharding
+from learned_loss.data import tasks
+from learned_loss.meta import run as meta_run
+from learned_loss.objectives import artifact
+
+_CONFIG = config_flags.DEFINE_config_file("config", None,
+                                          "Config file (configs/meta_train.py:VARIANT).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and the artifact go.")
+
+
+def main(argv):
+    config = _CONFIG.value
+    cli.check_run_flags(argv, config, _WORKDIR.value, "configs/meta_train.py:tiny")
+    start = time.time()
+    last = meta_run.run(config, _WORKDIR.value)
+    logging.info("done in %.1fs: %s", time.time() - start, last)
+
+
+if __name__ == "__main__":
+    cli.run(main, user_errors=(tasks.TaskError, sharding.ShardingError, artifact.ArtifactError,
+                               checkpoint_lib.CheckpointMismatchError))

@@ -1,0 +1,141 @@
+"""The inner problem of meta-training: fine-tuning a language model with an objective theta.
+
+An inner run trains a model on (possibly noisy) demonstrations with the objective's loss under
+theta, by a differentiable optimizer (adam with eps_root > 0); its meta-loss is the answer-token
+negative log-likelihood (MLE) of the current model on clean held-out examples. Everything is a
+pure function of arrays, so the estimators can differentiate through it (TBPTT) and vmap it over
+a population (ES, PES).
+
+Demonstrations live on device as stacked arrays (`Demonstrations`, rows [N, T]); each inner step
+draws a batch of rows uniformly with replacement from its key. The meta-validation batch is drawn
+the same way from the clean rows.
+
+Inner state: {'params', 'opt_state', 'step' [] int32, and 'reference' (the run's initial params)
+when the objective reads a reference model}.
+
+Shapes: N rows, B batch, T sequence length.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from learned_loss import model as model_lib
+from learned_loss import objectives as objectives_lib
+from learned_loss.data import instruction_tasks, tasks
+from learned_loss.meta import base
+from learned_loss.objectives import mle
+
+KEYS = ("inputs", "targets", "mask")
+
+
+class Demonstrations(NamedTuple):
+    """Encoded examples stacked on a leading axis."""
+
+    inputs: np.ndarray  # [N, T] int32
+    targets: np.ndarray  # [N, T] int32
+    mask: np.ndarray  # [N, T] float32: answer tokens and the EOS
+    corrupted: np.ndarray  # [N] bool: the demonstrated answer is not the gold one
+
+    def __len__(self) -> int:
+        return self.inputs.shape[0]
+
+    def batch(self) -> dict[str, np.ndarray]:
+        return {k: getattr(self, k) for k in KEYS}
+
+
+def encode_records(records: Sequence[Mapping[str, Any]], seq_len: int) -> Demonstrations:
+    """Instruction-task records (instruction_tasks.load_split rows) as stacked arrays, in the
+    order (family, index) so that the result does not depend on TFDS's write order."""
+    examples = [(instruction_tasks.decode_record(r), r) for r in records]
+    examples.sort(key=lambda e: (e[0]["family"], e[0]["index"]))
+    rows = [tasks.encode_example(instruction_tasks.to_example(r), seq_len) for _, r in examples]
+    if not rows:
+        raise ValueError("no demonstrations to encode")
+    return Demonstrations(
+        inputs=np.stack([r["inputs"] for r in rows]).astype(np.int32),
+        targets=np.stack([r["targets"] for r in rows]).astype(np.int32),
+        mask=np.stack([r["mask"] for r in rows]).astype(np.float32),
+        corrupted=np.array([bool(d["corrupted"]) for d, _ in examples]))
+
+
+def concatenate(parts: Sequence[Demonstrations]) -> Demonstrations:
+    return Demonstrations(*[np.concatenate([getattr(p, f) for p in parts])
+                            for f in Demonstrations._fields])
+
+
+def draw(rows: Mapping[str, jax.Array], key: jax.Array, batch_size: int) -> dict[str, jax.Array]:
+    """A batch [B, T] of rows drawn uniformly with replacement."""
+    n = rows["inputs"].shape[0]
+    index = jax.random.randint(key, (batch_size,), 0, n)
+    return {k: jnp.take(rows[k], index, axis=0) for k in KEYS}
+
+
+def answer_nll(model: model_lib.Model, params: Any, batch: Mapping[str, jax.Array]) -> jax.Array:
+    """[] mean negative log-likelihood of the answer tokens (MLE's loss)."""
+    logits = model.apply(params, batch["inputs"]).logits
+    return mle.loss((), logits, batch)[0]
+
+
+def inner_loss_fn(model: model_lib.Model, objective: objectives_lib.Objective) -> Callable:
+    """loss(params, batch, theta, reference) -> (loss, metrics) of `objective` on the model."""
+
+    def loss(params, batch, theta, reference):
+        logits = model.apply(params, batch["inputs"]).logits  # [B, T, V]
+        if objective.needs_reference:
+            ref_logits = model.apply(reference, batch["inputs"]).logits
+            ref_lp = mle.token_log_likelihood(ref_logits, batch["targets"])  # [B, T]
+            batch = dict(batch, ref_log_probs=jax.lax.stop_gradient(ref_lp))
+        return objective.loss(theta, logits, batch)
+
+    return loss
+
+
+def lm_problem(model: model_lib.Model, optimizer: optax.GradientTransformation,
+               objective: objectives_lib.Objective, train_rows: Demonstrations,
+               valid_rows: Demonstrations, *, batch_size: int, valid_batch_size: int,
+               seq_len: int, init_params: Any = None) -> base.InnerProblem:
+    """Fine-tuning on `train_rows` with `objective` (theta), scored on clean `valid_rows`.
+
+    init_params: the parameters every inner run starts from (e.g. a pre-trained checkpoint);
+    None: a fresh random initialisation from each run's key.
+    """
+    train = {k: jnp.asarray(v) for k, v in train_rows.batch().items()}
+    valid = {k: jnp.asarray(v) for k, v in valid_rows.batch().items()}
+    loss = inner_loss_fn(model, objective)
+
+    def init(key):
+        if init_params is None:
+            params = model.init(key, jnp.zeros((1, seq_len), jnp.int32))
+        else:
+            params = jax.tree.map(jnp.asarray, init_params)
+        inner = {"params": params, "opt_state": optimizer.init(params),
+                 "step": jnp.zeros((), jnp.int32)}
+        if objective.needs_reference:
+            inner["reference"] = params
+        return inner
+
+    def step(theta, inner, key):
+        batch = dict(draw(train, key, batch_size), step=inner["step"])
+        grads = jax.grad(lambda p: loss(p, batch, theta, inner.get("reference"))[0])(
+            inner["params"])
+        updates, opt_state = optimizer.update(grads, inner["opt_state"], inner["params"])
+        return dict(inner, params=optax.apply_updates(inner["params"], updates),
+                    opt_state=opt_state, step=inner["step"] + 1)
+
+    def meta_loss(inner, key):
+        return answer_nll(model, inner["params"], draw(valid, key, valid_batch_size))
+
+    return base.InnerProblem(init=init, step=step, meta_loss=meta_loss)
+
+
+def inner_optimizer(lr: float, *, b1: float = 0.9, b2: float = 0.99,
+                    grad_clip: float = 1.0) -> optax.GradientTransformation:
+    """Clipped adam with a constant rate, differentiable (eps_root > 0) for TBPTT."""
+    return optax.chain(optax.clip_by_global_norm(grad_clip),
+                       optax.adam(lr, b1=b1, b2=b2, eps=1e-8, eps_root=1e-8))

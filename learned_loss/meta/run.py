@@ -1,0 +1,289 @@
+"""A meta-training run (experiments/meta_train.py): data, inner problem, outer loop, artifact.
+
+Offline (`run_offline`): outer steps of the configured estimator over truncated inner runs on the
+training families' noisy demonstrations, each candidate screened by a sanity run on clean
+demonstrations, meta-validated every `eval_every` steps by a fresh inner run on the meta-valid
+families, checkpointed whole (bitwise resume), and written as an artifact that fine-tuning loads
+(`--config.objective=learned_token_loss --config.objective.path=WORKDIR/artifact`).
+
+Online (`run_online`): one model trained with Meta-Weight-Net-style alternation
+(`outer.online_step`); its theta is written as an artifact too, and the trained model is scored
+by greedy exact match on held-out inputs (`online_eval.json`).
+
+Workdir: checkpoints/, metrics.jsonl (+ TensorBoard), provenance.jsonl, artifact/ and, online,
+online_eval.json. Metrics: meta_loss, grad_norm, diverged (fraction of inner runs that produced
+NaN/inf), skipped (non-finite meta-gradients), rejected (candidates failing the sanity check),
+meta_valid/nll (and meta_valid/mle_nll, the same run under MLE), sanity/before, sanity/after.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+
+from learned_loss import checkpoint as checkpoint_lib
+from learned_loss import cli, evaluation, loop, metrics, objectives, provenance, sharding
+from learned_loss import model as model_lib
+from learned_loss.data import instruction_tasks, paths, tasks
+from learned_loss.meta import base, lm_problem, outer
+from learned_loss.objectives import artifact
+
+ARTIFACT = "artifact"
+
+
+def task_families(families: Sequence[str], task_cfg) -> tuple[str, ...]:
+    """`families` checked against the task suite (held-out families are refused)."""
+    if not families:
+        raise cli.UserError("no families configured; set --config.tasks.families")
+    return tasks.training_families(
+        tuple(families), task_cfg.train_split, seed=task_cfg.split_seed,
+        meta_valid_fraction=task_cfg.meta_valid_fraction,
+        heldout_fraction=task_cfg.heldout_fraction)
+
+
+def build_rows(config, families: Sequence[str], *, label_noise: float | None = None
+               ) -> tuple[lm_problem.Demonstrations, lm_problem.Demonstrations, Any]:
+    """(noisy train rows, clean validation rows, TasksInfo) of `families`."""
+    t = config.tasks
+    noise = t.label_noise if label_noise is None else label_noise
+    info = instruction_tasks.build_instruction_tasks(
+        paths.data_dir(config.data.data_dir), families=tuple(families),
+        examples_per_family=t.examples_per_family,
+        difficulty=instruction_tasks.difficulty_range(t.difficulty), label_noise=noise,
+        seed=t.seed, seq_len=config.data.seq_len, noise_kinds=tuple(t.noise_kinds),
+        splits={"train": 1.0 - config.data.valid_fraction,
+                "validation": config.data.valid_fraction})
+    seq_len = config.data.seq_len
+    train = lm_problem.encode_records(instruction_tasks.load_split(info, "train"), seq_len)
+    valid = lm_problem.encode_records(instruction_tasks.load_split(info, "validation"), seq_len)
+    return train, valid, info
+
+
+def eval_examples(info, per_family: int) -> list[tasks.Example]:
+    """Up to `per_family` clean validation examples of each family (held-out inputs)."""
+    records = instruction_tasks.load_split(info, "validation")
+    chosen: dict[str, list] = {}
+    for i in range(len(records)):
+        record = instruction_tasks.decode_record(records[i])
+        chosen.setdefault(record["family"], []).append(record)
+    out = []
+    for family in sorted(chosen):
+        rows = sorted(chosen[family], key=lambda r: r["index"])[:per_family]
+        out.extend(instruction_tasks.to_example(r, gold=True) for r in rows)
+    return out
+
+
+def initial_params(config, model: model_lib.Model):
+    """The params every inner run starts from: config.inner.init_from's newest checkpoint, or
+    None (a fresh initialisation per run)."""
+    if not config.inner.init_from:
+        return None
+    source = checkpoint_lib.Checkpointer(config.inner.init_from, read_only=True)
+    abstract = jax.eval_shape(model.init, jax.random.key(0),
+                              jnp.zeros((1, config.data.seq_len), jnp.int32))
+    restored = source.restore_latest({"params": abstract}, model_config=config.model.to_dict())
+    if restored is None:
+        raise cli.UserError(f"inner.init_from={config.inner.init_from!r} holds no readable "
+                            f"checkpoint; point it at a finished pre-training workdir")
+    return restored.state["params"]
+
+
+class Setup:
+    """What both modes share: model, objective, inner problems and evaluation examples."""
+
+    def __init__(self, config):
+        self.config = config
+        if config.objective.name != "learned_token_loss":
+            raise cli.UserError(f"meta-training learns a learned_token_loss; got "
+                                f"objective={config.objective.name!r}")
+        mesh_shape = dict(config.mesh.shape)
+        self.mesh = sharding.make_mesh(mesh_shape)
+        self.pop_mesh = self.mesh if self.mesh.shape.get("pop", 1) > 1 else None
+        self.model_cfg = model_lib.ModelConfig(**{
+            k: v for k, v in config.model.to_dict().items() if k != "variant"})
+        self.model = model_lib.build(self.model_cfg)
+        self.objective = objectives.build(config.objective)
+        # What rebuilds the loss from the artifact (a warm start keeps its artifact's settings).
+        if config.objective.path:
+            self.settings = artifact.load(config.objective.path).settings
+        else:
+            self.settings = {"features": list(config.objective.features),
+                             "hidden": int(config.objective.hidden)}
+        self.optimizer = lm_problem.inner_optimizer(config.inner.lr)
+        families = task_families(config.tasks.families, config.tasks)
+        valid_families = task_families(config.meta_valid.families, config.tasks)
+        self.train_rows, self.valid_rows, self.info = build_rows(config, families)
+        self.mv_train, self.mv_valid, self.mv_info = build_rows(config, valid_families)
+        self.init_params = initial_params(config, self.model)
+        self.problem = self.make_problem(self.train_rows, self.valid_rows)
+        # The sanity check trains on clean demonstrations (the held-out inputs).
+        self.clean_problem = self.make_problem(self.valid_rows, self.valid_rows)
+        self.valid_problem = self.make_problem(self.mv_train, self.mv_valid)
+        self.families, self.valid_families = families, valid_families
+
+    def make_problem(self, train_rows, valid_rows) -> base.InnerProblem:
+        c = self.config
+        return lm_problem.lm_problem(
+            self.model, self.optimizer, self.objective, train_rows, valid_rows,
+            batch_size=c.inner.batch_size, valid_batch_size=c.inner.valid_batch_size,
+            seq_len=c.data.seq_len, init_params=self.init_params)
+
+    def provenance(self, mode: str, start: int) -> dict:
+        return provenance.collect(self.config, corpus_hash=self.info.config_hash, mesh=self.mesh,
+                                  extra={"mode": mode, "resumed_from_step": start,
+                                         "families": list(self.families),
+                                         "meta_valid_families": list(self.valid_families),
+                                         "tasks": self.info.provenance(),
+                                         "meta_valid_tasks": self.mv_info.provenance()})
+
+    def save_artifact(self, workdir: str, theta: Any, extra: dict) -> str:
+        path = os.path.join(workdir, ARTIFACT)
+        artifact.save(path, "learned_token_loss", jax.device_get(theta), self.settings,
+                      self.config.to_dict(), dict(extra, provenance=self.provenance("", 0)))
+        return path
+
+
+def _validation_run(problem: base.InnerProblem, horizon: int):
+    """(theta, key) -> meta-loss after a fresh inner run of `horizon` steps."""
+
+    def run(theta, key):
+        init_key, run_key = jax.random.split(key)
+        return base.unroll(problem, theta, problem.init(init_key), run_key, horizon)[1]
+
+    return jax.jit(run)
+
+
+def run_offline(config, workdir: str) -> dict[str, float]:
+    """Meta-trains theta to `outer.num_steps`, resuming from the workdir. Returns the last
+    metrics."""
+    s = Setup(config)
+    oc = config.outer
+    estimator = outer.make_estimator(config.estimator, s.problem, s.pop_mesh)
+    optimizer = outer.make_optimizer(oc)
+    theta0 = s.objective.theta
+    state = outer.init(estimator, optimizer, theta0, jax.random.key(config.seed))
+    step_fn = jax.jit(outer.outer_step(estimator, optimizer))
+    sanity = jax.jit(outer.sanity_check(s.clean_problem, oc.sanity_steps))
+    validate = _validation_run(s.valid_problem, config.meta_valid.horizon)
+    valid_key = jax.random.key(config.seed + 1)
+
+    ckpt = checkpoint_lib.Checkpointer(workdir, keep=oc.keep_checkpoints, async_save=False)
+    model_dict = config.model.to_dict()
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    restored = ckpt.restore_latest(abstract, model_config=model_dict)
+    start = 0
+    if restored is not None:
+        state, start = restored.state, restored.step
+        logging.info("resumed meta-training from outer step %d in %s", start, workdir)
+    provenance.write(workdir, s.provenance("offline", start))
+    writer = metrics.MetricWriter(workdir, resume_step=start)
+    mle_nll = float(validate(theta0, valid_key))
+    stopper = loop.StopSignal()
+    progress = metrics.Progress(oc.num_steps, start_step=start, log=False)
+    last: dict[str, float] = {}
+    rejected = 0
+    step = start
+    while step < oc.num_steps:
+        candidate, step_metrics = step_fn(state)
+        passed, before, after = sanity(candidate.theta, jax.random.fold_in(valid_key, step))
+        if bool(passed):
+            state = candidate
+        else:  # Keep the old theta and optimizer state; the estimator and step move on.
+            rejected += 1
+            state = candidate._replace(theta=state.theta, opt_state=state.opt_state)
+        step += 1
+        if step % oc.log_every == 0 or step == oc.num_steps:
+            last = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+            last.update({"rejected": float(not bool(passed)), "sanity/before": float(before),
+                         "sanity/after": float(after), "rejected_total": float(rejected)})
+            if step % oc.eval_every == 0 or step == oc.num_steps:
+                last["meta_valid/nll"] = float(validate(state.theta, valid_key))
+                last["meta_valid/mle_nll"] = mle_nll
+            writer.write(step, last)
+            logging.info("%s | meta_loss %.4f | grad_norm %.3g | diverged %.2f%s",
+                         progress.update(step), last["meta_loss"], last["grad_norm"],
+                         last["diverged"],
+                         f" | meta_valid/nll {last['meta_valid/nll']:.4f} (MLE {mle_nll:.4f})"
+                         if "meta_valid/nll" in last else "")
+        stop = stopper.should_stop()
+        if step % oc.checkpoint_every == 0 or step == oc.num_steps or stop:
+            ckpt.save(step, state, {"model": model_dict})
+        if stop:
+            logging.warning("SIGTERM received: saved outer checkpoint %d, stopping", step)
+            break
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+    if step >= oc.num_steps:
+        path = s.save_artifact(workdir, state.theta, {"mode": "offline", "outer_steps": step,
+                                                      "last_metrics": last})
+        logging.info("wrote the learned objective to %s", path)
+    return last
+
+
+def run_online(config, workdir: str) -> dict[str, Any]:
+    """Trains one model with online meta-weighting to `online.num_steps`; scores it by greedy
+    exact match on held-out inputs. Returns the evaluation."""
+    s = Setup(config)
+    oc = config.online
+    optimizer = outer.make_optimizer(config.outer)
+    step_fn = jax.jit(outer.online_step(s.problem, optimizer, lookahead=oc.lookahead,
+                                        remat=config.estimator.remat))
+    key = jax.random.key(config.seed)
+    theta = jax.tree.map(jnp.asarray, s.objective.theta)
+    state = {"theta": theta, "opt_state": optimizer.init(theta),
+             "inner": s.problem.init(jax.random.fold_in(key, 0)),
+             "step": jnp.zeros((), jnp.int32)}
+    ckpt = checkpoint_lib.Checkpointer(workdir, keep=2, async_save=False)
+    model_dict = config.model.to_dict()
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    restored = ckpt.restore_latest(abstract, model_config=model_dict)
+    start = 0
+    if restored is not None:
+        state, start = restored.state, restored.step
+    provenance.write(workdir, s.provenance("online", start))
+    writer = metrics.MetricWriter(workdir, resume_step=start)
+    stopper = loop.StopSignal()
+    step = start
+    while step < oc.num_steps:
+        theta, opt_state, inner, m = step_fn(state["theta"], state["opt_state"], state["inner"],
+                                             jax.random.fold_in(key, step + 1))
+        step += 1
+        state = {"theta": theta, "opt_state": opt_state, "inner": inner,
+                 "step": jnp.asarray(step, jnp.int32)}
+        if step % oc.log_every == 0 or step == oc.num_steps:
+            writer.write(step, {k: float(v) for k, v in jax.device_get(m).items()})
+        stop = stopper.should_stop()
+        if step % oc.checkpoint_every == 0 or step == oc.num_steps or stop:
+            ckpt.save(step, state, {"model": model_dict})
+        if stop:
+            break
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+    if step < oc.num_steps:
+        return {}
+    start_time = time.time()
+    examples = eval_examples(s.info, config.eval.prompts_per_family)
+    result = evaluation.evaluate(s.model, state["inner"]["params"], examples,
+                                 batch_size=config.inner.batch_size,
+                                 max_new_tokens=config.eval.max_new_tokens)
+    result["eval_seconds"] = time.time() - start_time
+    evaluation.write_json(os.path.join(workdir, "online_eval.json"), result)
+    s.save_artifact(workdir, state["theta"], {"mode": "online", "inner_steps": step})
+    return result
+
+
+def run(config, workdir: str):
+    if config.mode == "offline":
+        return run_offline(config, workdir)
+    if config.mode == "online":
+        return run_online(config, workdir)
+    raise cli.UserError(f"mode must be 'offline' or 'online', got {config.mode!r}")
