@@ -52,6 +52,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.objective = objectives.objective_config("learned_token_loss")
 
     config.model = models.model_config(v["model"], max_len=v["seq_len"])
+    if arg == "smoke":  # A one-layer model: seconds to compile, for tests.
+        config.model.update(d_model=32, num_layers=1, num_heads=2, d_ff=64)
 
     config.tasks = tasks.task_config()
     config.tasks.families = v["families"]

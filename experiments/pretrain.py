@@ -23,6 +23,7 @@ from learned_loss import checkpoint as checkpoint_lib
 from learned_loss import cli, distributed, loop, objectives, sharding, train
 from learned_loss import model as model_lib
 from learned_loss.data import instruction_tasks, paths, pipeline, tasks, text_corpus
+from learned_loss.objectives import artifact
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/pretrain.py:VARIANT).",
                                           lock_config=True)
@@ -118,4 +119,4 @@ def main(argv):
 
 if __name__ == "__main__":
     cli.run(main, user_errors=(text_corpus.CorpusError, tasks.TaskError, sharding.ShardingError,
-                               checkpoint_lib.CheckpointMismatchError))
+                               checkpoint_lib.CheckpointMismatchError, artifact.ArtifactError))

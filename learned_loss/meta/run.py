@@ -166,7 +166,10 @@ def run_offline(config, workdir: str) -> dict[str, float]:
     estimator = outer.make_estimator(config.estimator, s.problem, s.pop_mesh)
     optimizer = outer.make_optimizer(oc)
     theta0 = s.objective.theta
-    state = outer.init(estimator, optimizer, theta0, jax.random.key(config.seed))
+    # Committed to one device like a restored checkpoint, so that a resumed run reuses the
+    # same compiled programs.
+    state = jax.device_put(outer.init(estimator, optimizer, theta0, jax.random.key(config.seed)),
+                           jax.devices()[0])
     step_fn = jax.jit(outer.outer_step(estimator, optimizer))
     sanity = jax.jit(outer.sanity_check(s.clean_problem, oc.sanity_steps))
     validate = _validation_run(s.valid_problem, config.meta_valid.horizon)
@@ -237,9 +240,9 @@ def run_online(config, workdir: str) -> dict[str, Any]:
                                         remat=config.estimator.remat))
     key = jax.random.key(config.seed)
     theta = jax.tree.map(jnp.asarray, s.objective.theta)
-    state = {"theta": theta, "opt_state": optimizer.init(theta),
-             "inner": s.problem.init(jax.random.fold_in(key, 0)),
-             "step": jnp.zeros((), jnp.int32)}
+    state = jax.device_put({"theta": theta, "opt_state": optimizer.init(theta),
+                            "inner": s.problem.init(jax.random.fold_in(key, 0)),
+                            "step": jnp.zeros((), jnp.int32)}, jax.devices()[0])
     ckpt = checkpoint_lib.Checkpointer(workdir, keep=2, async_save=False)
     model_dict = config.model.to_dict()
     abstract = jax.tree.map(

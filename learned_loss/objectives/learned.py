@@ -48,7 +48,7 @@ layer, small enough for evolution strategies, differentiable for truncated backp
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp

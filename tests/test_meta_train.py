@@ -1,0 +1,176 @@
+"""Meta-training end to end on the smoke config: offline and online runs, bitwise resume,
+divergence handling on the language-model inner problem, and the artifact driving fine-tuning."""
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import meta_train as meta_configs
+from learned_loss import metrics as metrics_lib
+
+from learned_loss import objectives
+from learned_loss.meta import base, lm_problem, outer, tbptt
+from learned_loss.meta import run as meta_run
+from learned_loss.objectives import artifact, mle
+from tests import runs
+
+
+def _config(data_dir, **outer_overrides):
+    config = meta_configs.get_config("smoke")
+    config.data.data_dir = str(data_dir)
+    config.outer.update(outer_overrides)
+    return config
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("tfds")
+
+
+@pytest.fixture(scope="module")
+def offline(tmp_path_factory, data_dir):
+    workdir = tmp_path_factory.mktemp("meta")
+    last = meta_run.run(_config(data_dir), str(workdir))
+    return workdir, last
+
+
+def test_offline_run_logs_and_writes_an_artifact(offline):
+    workdir, last = offline
+    records = metrics_lib.read_metrics(workdir)
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    for key in ("meta_loss", "grad_norm", "diverged", "skipped", "rejected", "sanity/before",
+                "sanity/after"):
+        assert all(np.isfinite(r[key]) for r in records), key
+    evals = [r for r in records if "meta_valid/nll" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    assert all(r["diverged"] == 0.0 for r in records)
+    art = artifact.load(os.path.join(workdir, "artifact"), expected_name="learned_token_loss")
+    assert art.settings["features"] == list(objectives.DEFAULTS["features"])
+    assert art.config["estimator"]["name"] == "tbptt"
+    assert art.provenance["provenance"]["git_commit"]
+    # Theta moved away from its MLE initialisation (the output layer starts at zero).
+    assert float(np.abs(art.theta["w1"]).max()) > 0.0
+    assert last["meta_valid/mle_nll"] > 0
+
+
+def test_offline_run_resumes_bit_for_bit(offline, tmp_path, data_dir):
+    workdir, _ = offline
+    copy = tmp_path / "resumed"
+    shutil.copytree(workdir, copy)
+    shutil.rmtree(copy / "checkpoints" / "4")
+    shutil.rmtree(copy / "artifact")
+    meta_run.run(_config(data_dir), str(copy))
+    theirs = artifact.load(os.path.join(workdir, "artifact")).theta
+    ours = artifact.load(os.path.join(copy, "artifact")).theta
+    for name in theirs:
+        np.testing.assert_array_equal(ours[name], theirs[name])
+    assert ([r["meta_loss"] for r in metrics_lib.read_metrics(copy)]
+            == [r["meta_loss"] for r in metrics_lib.read_metrics(workdir)])
+
+
+def test_online_run_trains_and_scores_a_model(tmp_path, data_dir):
+    config = _config(data_dir)
+    config.mode = "online"
+    result = meta_run.run(config, str(tmp_path))
+    assert 0.0 <= result["overall"]["exact_match"] <= 1.0
+    assert result["num_examples"] > 0
+    with open(tmp_path / "online_eval.json") as f:
+        assert json.load(f)["overall"] == result["overall"]
+    records = metrics_lib.read_metrics(tmp_path)
+    assert records[-1]["step"] == config.online.num_steps
+    assert all(np.isfinite(r["meta_loss"]) for r in records)
+    assert artifact.load(str(tmp_path / "artifact")).name == "learned_token_loss"
+
+
+def _tiny_problem(objective, optimizer, data_dir):
+    config = _config(data_dir)
+    setup = meta_run.Setup(config)
+    return lm_problem.lm_problem(setup.model, optimizer, objective, setup.train_rows,
+                                 setup.valid_rows, batch_size=4, valid_batch_size=8,
+                                 seq_len=config.data.seq_len)
+
+
+def test_tbptt_through_adam_matches_finite_differences(data_dir):
+    objective = objectives.build({"name": "learned_token_loss", "features": ["log_prob",
+                                                                            "position"],
+                                  "hidden": 4})
+    problem = _tiny_problem(objective, lm_problem.inner_optimizer(1e-2), data_dir)
+    key = jax.random.key(0)
+    theta = dict(objective.theta, w1=jnp.array([0.5, -0.3, 0.2, 0.1]), b1=jnp.array(0.1))
+    inner = problem.init(key)
+    loss = lambda t: base.unroll(problem, t, inner, key, 3)[1]
+    grad = jax.jit(jax.grad(loss))(theta)
+    direction = jax.tree.map(lambda x: jax.random.normal(jax.random.key(1), x.shape), theta)
+    eps = 1e-2
+    plus = jax.tree.map(lambda t, d: t + eps * d, theta, direction)
+    minus = jax.tree.map(lambda t, d: t - eps * d, theta, direction)
+    numeric = (float(jax.jit(loss)(plus)) - float(jax.jit(loss)(minus))) / (2 * eps)
+    analytic = sum(float(jnp.sum(g * d)) for g, d in zip(jax.tree.leaves(grad),
+                                                          jax.tree.leaves(direction)))
+    assert abs(analytic) > 1e-4
+    np.testing.assert_allclose(analytic, numeric, rtol=0.05, atol=1e-4)
+
+
+def _explosive():
+    """An objective whose theta scales the loss: under plain SGD a large scale blows the model
+    up (the learned token loss cannot: its weights are bounded by construction)."""
+
+    def loss(theta, logits, batch):
+        value, m = mle.loss((), logits, batch)
+        return value * jnp.exp(theta["log_scale"]), m
+
+    return objectives.Objective("explosive", loss, {"log_scale": jnp.array(0.0)})
+
+
+def test_inner_runs_that_blow_up_are_failures_not_crashes(data_dir):
+    problem = _tiny_problem(_explosive(), optax.sgd(1.0), data_dir)
+    schedule = base.TruncationSchedule(3, 6, 6)
+    blown = {"log_scale": jnp.array(12.0)}
+    fine = {"log_scale": jnp.array(-3.0)}
+    # One outer step from a theta whose inner runs all blow up: every run is counted as
+    # diverged and restarts, and the outer loop takes no non-finite step.
+    estimator = tbptt.tbptt(problem, schedule, num_particles=2, remat=False)
+    opt = optax.adam(0.1)
+    state = outer.init(estimator, opt, blown, jax.random.key(2))
+    state, m = jax.jit(outer.outer_step(estimator, opt))(state)
+    assert float(m["diverged"]) == 1.0
+    assert np.isfinite(float(m["grad_norm"])) and np.isfinite(float(state.theta["log_scale"]))
+    assert np.all(np.asarray(state.estimator.step) == np.asarray(state.estimator.horizon))
+    # The sanity check rejects a candidate whose fresh run blows up and accepts one that learns.
+    check = jax.jit(outer.sanity_check(problem, 3))
+    assert not bool(check(blown, jax.random.key(3))[0])
+    assert bool(check(fine, jax.random.key(3))[0])
+
+
+def test_learned_objective_artifact_drives_finetuning(offline, tmp_path):
+    workdir, _ = offline
+    done = runs.run("experiments.finetune", tmp_path / "sft", "configs/finetune.py:smoke",
+                    "--config.objective=learned_token_loss",
+                    f"--config.objective.path={workdir}/artifact")
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = runs.metrics(tmp_path / "sft")
+    assert all(0.0 < r["mean_weight"] < 2.0 for r in records)
+    assert all(np.isfinite(r["nll"]) for r in records)
+    missing = runs.run("experiments.finetune", tmp_path / "bad", "configs/finetune.py:smoke",
+                       "--config.objective=learned_token_loss",
+                       f"--config.objective.path={tmp_path}/nowhere")
+    assert missing.returncode == 2
+    assert "no learned-objective artifact" in missing.stderr
+
+
+def test_meta_train_user_errors(tmp_path, data_dir):
+    wrong = runs.run("experiments.meta_train", tmp_path / "a", "configs/meta_train.py:smoke",
+                     "--config.objective=mle", f"--config.data.data_dir={data_dir}")
+    assert wrong.returncode == 2 and "learned_token_loss" in wrong.stderr
+    heldout = runs.run("experiments.meta_train", tmp_path / "b", "configs/meta_train.py:smoke",
+                       "--config.tasks.families=('lowercase',)",
+                       f"--config.data.data_dir={data_dir}")
+    assert heldout.returncode == 2 and "held-out" in heldout.stderr
+    assert not os.path.exists(tmp_path / "a" / "artifact")
+
