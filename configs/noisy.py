@@ -1,0 +1,89 @@
+"""Fine-tuning from noisy demonstrations: MLE, its controls, loss truncation and the learned
+token loss (offline and online), over noise kinds and seeds (experiments/noisy_demonstrations.py).
+
+  python -m experiments.noisy_demonstrations --config=configs/noisy.py:tiny --workdir=/tmp/noisy \
+      --config.learned.artifacts.default=/tmp/meta/artifact
+
+`family_sets.train` are families the learned objective was meta-trained on (configs/meta_train.py
+NOISY_FAMILIES): scored on held-out inputs; `family_sets.transfer` are meta-train-split families
+that meta-training never saw. Each noise kind corrupts a fraction `rho` of the training
+demonstrations with the given corruption kinds; swapped answers (`other_answer`) are given away by
+a high loss, `off_by_one` (numeric answers) and `dropped_last_char` are systematic corruptions
+that are not. `transfer.model` (4x the parameters) is trained with the objective learned with
+`model`.
+"""
+
+import ml_collections
+
+from configs import models, tasks
+from learned_loss.meta import comparison
+
+TRAIN_FAMILIES = ("uppercase", "wrap_brackets", "list_length", "count_vowels")
+TRANSFER_FAMILIES = ("wrap_quotes", "to_binary", "count_char", "modulo")
+NOISES = {
+    "swap30": dict(kinds=("other_answer",), rho=0.3),
+    "swap50": dict(kinds=("other_answer",), rho=0.5),
+    "off_by_one": dict(kinds=("off_by_one",), rho=0.3),
+    "dropped_last_char": dict(kinds=("dropped_last_char",), rho=0.3),
+}
+
+VARIANTS = {
+    "smoke": dict(steps=6, seeds=2, examples=20, noises=("swap30",), sets=("train",),
+                  methods=comparison.METHODS, transfer_noises=(), per_family=4),
+    "tiny": dict(steps=800, seeds=5, examples=500, noises=tuple(NOISES),
+                 sets=("train", "transfer"), methods=comparison.METHODS,
+                 transfer_noises=("swap30",), per_family=50),
+}
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+    if arg not in VARIANTS:
+        raise ValueError(f"unknown variant {arg!r} of configs/noisy.py; choose one of "
+                         f"{sorted(VARIANTS)}")
+    v = VARIANTS[arg]
+    seq_len = 48
+    config = ml_collections.ConfigDict()
+    config.variant = arg
+    all_sets = {"train": TRAIN_FAMILIES, "transfer": TRANSFER_FAMILIES}
+    config.family_sets = {k: all_sets[k] for k in v["sets"]}
+    config.noises = {k: NOISES[k] for k in v["noises"]}
+    config.methods = v["methods"]
+    config.seeds = v["seeds"]
+    config.steps = v["steps"]
+    config.lr = 3e-3
+    config.batch_size = 32
+
+    config.model = models.model_config("nano", max_len=seq_len)
+    if arg == "smoke":
+        config.model.update(d_model=32, num_layers=1, num_heads=2, d_ff=64)
+    config.transfer = ml_collections.ConfigDict()
+    # mini: 3.6x nano's parameters (0.43M against 0.12M).
+    config.transfer.model = models.model_config("mini", max_len=seq_len)
+    config.transfer.methods = ("mle", "loss_truncation", "learned_offline")
+    config.transfer.noises = v["transfer_noises"]
+
+    config.tasks = tasks.task_config()
+    config.tasks.examples_per_family = v["examples"]
+    config.data = ml_collections.ConfigDict()
+    config.data.data_dir = ""
+    config.data.seq_len = seq_len
+    config.data.splits = {"train": 0.7, "validation": 0.1, "test": 0.2}
+
+    config.loss_truncation = ml_collections.ConfigDict()
+    config.loss_truncation.drop_fraction = 0.3
+    config.loss_truncation.warmup_steps = v["steps"] // 5
+
+    config.learned = ml_collections.ConfigDict()
+    # Meta-training artifacts by noise name, or 'default' for every noise kind.
+    config.learned.artifacts = {"default": ""}
+    config.learned.lookahead = 1
+    config.learned.online_features = ("log_prob", "entropy", "max_log_prob", "position",
+                                      "length", "answer_log_prob")
+    config.learned.hidden = 32
+    config.learned.online_outer = ml_collections.ConfigDict({"lr": 3e-3, "grad_clip": 1.0})
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.per_family = v["per_family"]
+    config.eval.batch_size = 100
+    config.eval.max_new_tokens = 12
+    return config

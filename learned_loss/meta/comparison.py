@@ -1,0 +1,277 @@
+"""Fine-tuning from noisy demonstrations: objectives compared cell by cell, over seeds.
+
+A cell is (family set, noise, method, model, seed). Each trains a fresh model on the family
+set's noisy train split with the method, then scores greedy exact match and the graded score on
+the set's clean `test` split (inputs no run, and no meta-training, ever saw), plus the answer
+negative log-likelihood there. Family sets: `train` (the families the learned objective was
+meta-trained on: held-out inputs) and `transfer` (families meta-training never saw: held-out
+families for the objective).
+
+Methods (all with the same inner optimizer and batch):
+  mle               maximum likelihood on the noisy demonstrations
+  mle_clean_valid   MLE with the clean validation examples (what the meta-learned methods see
+                    as their meta-objective) added to the training data
+  mle_2x            MLE with twice the step budget
+  loss_truncation   Kang and Hashimoto 2020 (objectives/loss_truncation.py)
+  learned_offline   the learned token loss of a meta-training artifact, frozen
+  learned_online    Meta-Weight-Net-style online meta-weighting on the clean validation examples
+
+Each cell's result is a JSON file under WORKDIR/cells/ written atomically: a re-run skips
+finished cells. `summarize` gives per (set, noise, method, model) the mean and a 95% Student-t
+confidence interval over seeds, and the paired difference from MLE (same seeds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, Iterable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import stats
+
+from learned_loss import evaluation, objectives
+from learned_loss import model as model_lib
+from learned_loss.data import instruction_tasks, paths, tasks
+from learned_loss.meta import base, lm_problem, outer
+
+METHODS = ("mle", "mle_clean_valid", "mle_2x", "loss_truncation", "learned_offline",
+           "learned_online")
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    family_set: str
+    noise: str
+    method: str
+    model: str
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.family_set}-{self.noise}-{self.method}-{self.model}-s{self.seed}"
+
+
+def grid(config) -> list[Cell]:
+    """Every cell of the config, in the order they run (cheap methods first)."""
+    cells = []
+    for family_set in config.family_sets:
+        for noise in config.noises:
+            for seed in range(config.seeds):
+                for method in config.methods:
+                    cells.append(Cell(family_set, noise, method, config.model.variant, seed))
+    for noise in config.transfer.noises:
+        for seed in range(config.seeds):
+            for method in config.transfer.methods:
+                cells.append(Cell("train", noise, method, config.transfer.model.variant, seed))
+    return cells
+
+
+@dataclasses.dataclass
+class Data:
+    train: lm_problem.Demonstrations  # noisy
+    valid: lm_problem.Demonstrations  # clean: the meta-objective of the learned methods
+    test_rows: lm_problem.Demonstrations  # clean held-out inputs
+    test_examples: list
+    info: Any
+
+
+def build_data(config, family_set: str, noise: str) -> Data:
+    """The demonstrations of one (family set, noise kind)."""
+    families = tuple(config.family_sets[family_set])
+    spec = config.noises[noise]
+    t = config.tasks
+    info = instruction_tasks.build_instruction_tasks(
+        paths.data_dir(config.data.data_dir), families=tasks.training_families(
+            families, t.train_split, seed=t.split_seed,
+            meta_valid_fraction=t.meta_valid_fraction, heldout_fraction=t.heldout_fraction),
+        examples_per_family=t.examples_per_family,
+        difficulty=instruction_tasks.difficulty_range(t.difficulty),
+        label_noise=float(spec.rho), seed=t.seed, seq_len=config.data.seq_len,
+        noise_kinds=tuple(spec.kinds), splits=dict(config.data.splits))
+    seq_len = config.data.seq_len
+    rows = {split: lm_problem.encode_records(instruction_tasks.load_split(info, split), seq_len)
+            for split in ("train", "validation", "test")}
+    test = instruction_tasks.load_split(info, "test")
+    examples = sorted((instruction_tasks.to_example(test[i], gold=True)
+                       for i in range(len(test))), key=lambda e: (e.family, e.prompt))
+    per_family: dict[str, list] = {}
+    for e in examples:
+        per_family.setdefault(e.family, []).append(e)
+    chosen = [e for f in sorted(per_family) for e in per_family[f][:config.eval.per_family]]
+    return Data(rows["train"], rows["validation"], rows["test"], chosen, info)
+
+
+def model_of(cfg) -> model_lib.Model:
+    return model_lib.build(model_lib.ModelConfig(
+        **{k: v for k, v in cfg.to_dict().items() if k != "variant"}))
+
+
+def method_objective(config, method: str, noise: str) -> tuple[objectives.Objective, str]:
+    """(objective, where its theta came from) of a method."""
+    if method in ("mle", "mle_clean_valid", "mle_2x"):
+        return objectives.build("mle"), ""
+    if method == "loss_truncation":
+        lt = config.loss_truncation
+        return objectives.build({"name": "loss_truncation", "drop_fraction": lt.drop_fraction,
+                                 "warmup_steps": lt.warmup_steps}), ""
+    if method == "learned_offline":
+        paths_by_noise = dict(config.learned.artifacts)
+        path = paths_by_noise.get(noise) or paths_by_noise.get("default", "")
+        if not path:
+            raise ValueError(f"learned_offline needs learned.artifacts[{noise!r}] or ['default']:"
+                             f" a meta-training artifact (experiments/meta_train.py)")
+        return objectives.build({"name": "learned_token_loss", "path": path}), path
+    if method == "learned_online":
+        return objectives.build({"name": "learned_token_loss",
+                                 "features": tuple(config.learned.online_features),
+                                 "hidden": config.learned.hidden}), "online"
+    raise ValueError(f"unknown method {method!r}; choose among {METHODS}")
+
+
+def train_cell(config, cell: Cell, data: Data) -> tuple[Any, dict]:
+    """Trains the cell's model. Returns (params, facts about the run)."""
+    model_cfg = config.model if cell.model == config.model.variant else config.transfer.model
+    model = model_of(model_cfg)
+    objective, source = method_objective(config, cell.method, cell.noise)
+    train_rows = data.train
+    if cell.method == "mle_clean_valid":
+        train_rows = lm_problem.concatenate([data.train, data.valid])
+    steps = config.steps * (2 if cell.method == "mle_2x" else 1)
+    optimizer = lm_problem.inner_optimizer(config.lr)
+    problem = lm_problem.lm_problem(model, optimizer, objective, train_rows, data.valid,
+                                    batch_size=config.batch_size,
+                                    valid_batch_size=config.batch_size,
+                                    seq_len=config.data.seq_len)
+    key = jax.random.key(cell.seed)
+    init_key, run_key = jax.random.split(key)
+    if cell.method == "learned_online":
+        opt = outer.make_optimizer(config.learned.online_outer)
+        step = outer.online_step(problem, opt, lookahead=config.learned.lookahead)
+
+        def run(theta, key):
+            inner = problem.init(init_key)
+
+            def body(carry, k):
+                theta, opt_state, inner = carry
+                theta, opt_state, inner, m = step(theta, opt_state, inner, k)
+                return (theta, opt_state, inner), m["skipped"]
+
+            (theta, _, inner), skipped = jax.lax.scan(
+                body, (theta, opt.init(theta), inner), jax.random.split(key, steps))
+            return inner, theta, skipped.sum()
+
+        inner, theta, skipped = jax.jit(run)(jax.tree.map(jnp.asarray, objective.theta),
+                                             run_key)
+        facts = {"online_skipped": float(skipped)}
+    else:
+        run = jax.jit(lambda theta, k: base.unroll(problem, theta, problem.init(init_key), k,
+                                                   steps)[0])
+        inner = run(jax.tree.map(jnp.asarray, objective.theta), run_key)
+        facts = {}
+    facts.update(steps=steps, theta_source=source, train_rows=len(train_rows),
+                 corrupted_rows=int(train_rows.corrupted.sum()),
+                 params=model_lib.param_count(inner["params"]))
+    return (model, inner["params"]), facts
+
+
+def score(config, model, params, data: Data) -> dict:
+    """Greedy exact match and graded score on the clean test prompts, and the test NLL."""
+    result = evaluation.evaluate(model, params, data.test_examples,
+                                 batch_size=config.eval.batch_size,
+                                 max_new_tokens=config.eval.max_new_tokens)
+    rows = {k: jnp.asarray(v) for k, v in data.test_rows.batch().items()}
+    nll = float(jax.jit(lambda p: lm_problem.answer_nll(model, p, rows))(params))
+    return {"exact_match": result["overall"]["exact_match"],
+            "graded": result["overall"]["graded"], "test_nll": nll,
+            "families": {f: v["exact_match"] for f, v in result["families"].items()}}
+
+
+def run_cells(config, workdir: str, cells: Sequence[Cell], log=print) -> list[dict]:
+    """Runs every unfinished cell (grouped by data), writing WORKDIR/cells/KEY.json."""
+    os.makedirs(os.path.join(workdir, "cells"), exist_ok=True)
+    data_cache: dict[tuple[str, str], Data] = {}
+    results, start = [], time.time()
+    todo = [c for c in cells if not os.path.exists(_cell_path(workdir, c))]
+    for i, cell in enumerate(cells):
+        path = _cell_path(workdir, cell)
+        if os.path.exists(path):
+            with open(path) as f:
+                results.append(json.load(f))
+            continue
+        if (cell.family_set, cell.noise) not in data_cache:
+            data_cache[(cell.family_set, cell.noise)] = build_data(config, cell.family_set,
+                                                                    cell.noise)
+        data = data_cache[(cell.family_set, cell.noise)]
+        t0 = time.time()
+        (model, params), facts = train_cell(config, cell, data)
+        result = dict(dataclasses.asdict(cell), **score(config, model, params, data), **facts,
+                      seconds=time.time() - t0, data_hash=data.info.config_hash)
+        evaluation.write_json(path, result)
+        results.append(result)
+        done = todo.index(cell) + 1
+        eta = (time.time() - start) / done * (len(todo) - done)
+        log(f"[{done}/{len(todo)}] {cell.key}: exact match {result['exact_match']:.3f} "
+            f"({result['seconds']:.0f}s, ETA {eta / 60:.0f} min)")
+    return results
+
+
+def _cell_path(workdir: str, cell: Cell) -> str:
+    return os.path.join(workdir, "cells", cell.key + ".json")
+
+
+def mean_ci(values: Sequence[float], level: float = 0.95) -> dict:
+    """Mean and the Student-t confidence interval half-width (0 with one value)."""
+    x = np.asarray(values, np.float64)
+    n = len(x)
+    half = 0.0
+    if n > 1:
+        half = float(stats.t.ppf(0.5 + level / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
+    return {"mean": float(x.mean()), "ci95": half, "n": n}
+
+
+def summarize(results: Iterable[Mapping[str, Any]], metric: str = "exact_match") -> list[dict]:
+    """Rows per (family set, noise, model, method): mean +- 95% CI of `metric` over seeds and
+    the paired difference from MLE of the same seeds."""
+    groups: dict[tuple, dict[int, float]] = {}
+    for r in results:
+        groups.setdefault((r["family_set"], r["noise"], r["model"], r["method"]), {})[
+            r["seed"]] = r[metric]
+    rows = []
+    for (family_set, noise, model, method), by_seed in sorted(groups.items()):
+        row = {"family_set": family_set, "noise": noise, "model": model, "method": method,
+               **mean_ci(list(by_seed.values()))}
+        base_ = groups.get((family_set, noise, model, "mle"), {})
+        common = sorted(set(base_) & set(by_seed))
+        if method != "mle" and common:
+            diff = mean_ci([by_seed[s] - base_[s] for s in common])
+            row.update(vs_mle=diff["mean"], vs_mle_ci95=diff["ci95"])
+        rows.append(row)
+    return rows
+
+
+def write_summary(workdir: str, results: Sequence[Mapping[str, Any]]) -> dict:
+    """WORKDIR/summary.json and summary.md: exact match and test NLL tables."""
+    summary = {m: summarize(results, m) for m in ("exact_match", "graded", "test_nll")}
+    evaluation.write_json(os.path.join(workdir, "summary.json"), summary)
+    text = "".join(f"## {m}\n\n{markdown(rows, m)}\n" for m, rows in summary.items())
+    tmp = os.path.join(workdir, "summary.md.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, os.path.join(workdir, "summary.md"))
+    return summary
+
+
+def markdown(rows: Sequence[Mapping[str, Any]], metric: str) -> str:
+    lines = [f"| set | noise | model | method | {metric} (95% CI) | vs MLE (paired) | seeds |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        vs = (f"{r['vs_mle']:+.3f} ± {r['vs_mle_ci95']:.3f}" if "vs_mle" in r else "")
+        lines.append(f"| {r['family_set']} | {r['noise']} | {r['model']} | {r['method']} | "
+                     f"{r['mean']:.3f} ± {r['ci95']:.3f} | {vs} | {r['n']} |")
+    return "\n".join(lines) + "\n"
