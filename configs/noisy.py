@@ -76,11 +76,20 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.learned = ml_collections.ConfigDict()
     # Meta-training artifacts by noise name, or 'default' for every noise kind.
     config.learned.artifacts = {"default": ""}
+    # Closed forms fitted to them (experiments/interpret_objective.py), for learned_closed_form.
+    config.learned.closed_forms = {"default": ""}
     config.learned.lookahead = 1
     config.learned.online_features = ("log_prob", "entropy", "max_log_prob", "position",
                                       "length", "answer_log_prob")
     config.learned.hidden = 32
     config.learned.online_outer = ml_collections.ConfigDict({"lr": 3e-3, "grad_clip": 1.0})
+
+    # experiments/interpret_objective.py: the features are read off a model trained this many
+    # steps with the learned loss on this (family set, noise).
+    config.interpret = ml_collections.ConfigDict()
+    config.interpret.family_set = "train"
+    config.interpret.noise = v["noises"][0]
+    config.interpret.steps = v["steps"] // 2
 
     config.eval = ml_collections.ConfigDict()
     config.eval.per_family = v["per_family"]

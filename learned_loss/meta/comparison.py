@@ -15,6 +15,7 @@ Methods (all with the same inner optimizer and batch):
   loss_truncation   Kang and Hashimoto 2020 (objectives/loss_truncation.py)
   learned_offline   the learned token loss of a meta-training artifact, frozen
   learned_online    Meta-Weight-Net-style online meta-weighting on the clean validation examples
+  learned_closed_form  a closed form fitted to learned_offline's network (interpret.py), frozen
 
 Each cell's result is a JSON file under WORKDIR/cells/ written atomically: a re-run skips
 finished cells. `summarize` gives per (set, noise, method, model) the mean and a 95% Student-t
@@ -42,6 +43,8 @@ from learned_loss.meta import base, lm_problem, outer
 
 METHODS = ("mle", "mle_clean_valid", "mle_2x", "loss_truncation", "learned_offline",
            "learned_online")
+# Also available: the closed form fitted to the offline artifact (learned_loss/meta/interpret.py).
+EXTRA_METHODS = ("learned_closed_form",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,22 +123,25 @@ def method_objective(config, method: str, noise: str) -> tuple[objectives.Object
         lt = config.loss_truncation
         return objectives.build({"name": "loss_truncation", "drop_fraction": lt.drop_fraction,
                                  "warmup_steps": lt.warmup_steps}), ""
-    if method == "learned_offline":
-        paths_by_noise = dict(config.learned.artifacts)
+    if method in ("learned_offline", "learned_closed_form"):
+        field = "artifacts" if method == "learned_offline" else "closed_forms"
+        paths_by_noise = dict(config.learned[field])
         path = paths_by_noise.get(noise) or paths_by_noise.get("default", "")
         if not path:
-            raise ValueError(f"learned_offline needs learned.artifacts[{noise!r}] or ['default']:"
-                             f" a meta-training artifact (experiments/meta_train.py)")
+            raise ValueError(f"{method} needs learned.{field}[{noise!r}] or ['default']: "
+                             f"an artifact of experiments/meta_train.py (artifacts) or of "
+                             f"experiments/interpret_objective.py (closed_forms)")
         return objectives.build({"name": "learned_token_loss", "path": path}), path
     if method == "learned_online":
         return objectives.build({"name": "learned_token_loss",
                                  "features": tuple(config.learned.online_features),
                                  "hidden": config.learned.hidden}), "online"
-    raise ValueError(f"unknown method {method!r}; choose among {METHODS}")
+    raise ValueError(f"unknown method {method!r}; choose among {METHODS + EXTRA_METHODS}")
 
 
 def train_cell(config, cell: Cell, data: Data) -> tuple[Any, dict]:
-    """Trains the cell's model. Returns (params, facts about the run)."""
+    """Trains the cell's model. Returns ((model, final inner state {'params', ...,
+    'reference' when the objective reads one}), facts about the run)."""
     model_cfg = config.model if cell.model == config.model.variant else config.transfer.model
     model = model_of(model_cfg)
     objective, source = method_objective(config, cell.method, cell.noise)
@@ -177,7 +183,7 @@ def train_cell(config, cell: Cell, data: Data) -> tuple[Any, dict]:
     facts.update(steps=steps, theta_source=source, train_rows=len(train_rows),
                  corrupted_rows=int(train_rows.corrupted.sum()),
                  params=model_lib.param_count(inner["params"]))
-    return (model, inner["params"]), facts
+    return (model, inner), facts
 
 
 def score(config, model, params, data: Data) -> dict:
@@ -209,8 +215,9 @@ def run_cells(config, workdir: str, cells: Sequence[Cell], log=print) -> list[di
                                                                     cell.noise)
         data = data_cache[(cell.family_set, cell.noise)]
         t0 = time.time()
-        (model, params), facts = train_cell(config, cell, data)
-        result = dict(dataclasses.asdict(cell), **score(config, model, params, data), **facts,
+        (model, inner), facts = train_cell(config, cell, data)
+        result = dict(dataclasses.asdict(cell), **score(config, model, inner["params"], data),
+                      **facts,
                       seconds=time.time() - t0, data_hash=data.info.config_hash)
         evaluation.write_json(path, result)
         results.append(result)

@@ -52,7 +52,13 @@ def build(cfg: str | Mapping[str, Any]) -> Objective:
     if name == "learned_token_loss":
         if settings["path"]:
             art = artifact.load(settings["path"], expected_name=name)
-            theta, features = art.theta, tuple(art.settings["features"])
+            theta = art.theta
+            if "closed_form" in art.settings:  # A symbolic fit of a learned loss.
+                form = art.settings["closed_form"]
+                fn = functools.partial(learned.closed_form_loss, form=form)
+                return Objective(name, fn, theta,
+                                 needs_reference="ref_log_prob" in learned.CLOSED_FORMS[form])
+            features = tuple(art.settings["features"])
         else:
             features = learned.check_features(settings["features"], learned.TOKEN_FEATURES)
             theta = learned.init_token_loss(_init_key(), features, settings["hidden"])

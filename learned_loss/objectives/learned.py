@@ -170,9 +170,15 @@ def token_loss(theta: Params, logits: jax.Array, batch: Mapping[str, jax.Array],
     logits: [B, T, V]; batch: 'targets' [B, T], optional 'mask' [B, T], 'ref_log_probs' [B, T].
     Returns (loss [], metrics {loss, nll, accuracy, tokens, mean_weight, weight_std}).
     """
+    return weighted_nll(token_weights(theta, logits, batch, features), logits, batch)
+
+
+def weighted_nll(weights: jax.Array, logits: jax.Array, batch: Mapping[str, jax.Array]):
+    """sum m w (-log p(y)) / sum m for weights [B, T] that are functions of stop-gradient
+    features (so the gradient is the weighted cross-entropy's). Returns (loss [], metrics) like
+    `token_loss`."""
     mask = mle.target_mask(batch)  # [B, T]
     tokens = jnp.maximum(mask.sum(), 1.0)
-    weights = token_weights(theta, logits, batch, features)  # [B, T]
     nll = -mle.token_log_likelihood(logits, batch["targets"])  # [B, T]
     total = (weights * nll * mask).sum() / tokens
     correct = (jnp.argmax(logits, axis=-1) == batch["targets"]).astype(jnp.float32)
@@ -182,6 +188,39 @@ def token_loss(theta: Params, logits: jax.Array, batch: Mapping[str, jax.Array],
                "accuracy": (correct * mask).sum() / tokens, "tokens": mask.sum(),
                "mean_weight": mean_weight, "weight_std": jnp.sqrt(weight_var)}
     return total, metrics
+
+
+# ---- closed forms of the learned token loss ----------------------------------------------------
+
+# Logistic-linear weights w = 2 sigmoid(bias + coef . x) over a few features: the symbolic
+# candidates fitted to a meta-trained network (learned_loss/meta/interpret.py). `bias` alone is a
+# constant weight; a negative coefficient on answer_log_prob is a soft loss truncation.
+CLOSED_FORMS = {
+    "constant": (),
+    "token": ("log_prob",),
+    "answer": ("answer_log_prob",),
+    "token_answer": ("log_prob", "answer_log_prob"),
+    "token_answer_position": ("log_prob", "answer_log_prob", "position"),
+}
+
+
+def closed_form_weights(theta: Params, x: jax.Array) -> jax.Array:
+    """w = 2 sigmoid(theta['bias'] + x . theta['coef']); x: [..., K] -> [...]."""
+    return 2.0 * jax.nn.sigmoid(theta["bias"] + x @ theta["coef"])
+
+
+def closed_form_loss(theta: Params, logits: jax.Array, batch: Mapping[str, jax.Array], *,
+                     form: str):
+    """The token loss with closed-form weights (`CLOSED_FORMS[form]`). Returns like
+    `token_loss`."""
+    if form not in CLOSED_FORMS:
+        raise ValueError(f"unknown closed form {form!r}; choose among {sorted(CLOSED_FORMS)}")
+    features = CLOSED_FORMS[form]
+    if features:
+        x = token_features(logits, batch, features)  # [B, T, K]
+    else:
+        x = jnp.zeros(batch["targets"].shape + (0,), jnp.float32)
+    return weighted_nll(closed_form_weights(theta, x), logits, batch)
 
 
 # ---- learned preference loss ------------------------------------------------------------------

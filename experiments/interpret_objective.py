@@ -1,0 +1,73 @@
+"""Plots what a learned token loss learned and fits closed forms to it.
+
+  python -m experiments.interpret_objective --config=configs/noisy.py:tiny --workdir=/tmp/why \
+      --config.learned.artifacts.default=/tmp/meta/artifact
+
+Trains a model `interpret.steps` steps with the learned loss on the noisy demonstrations of
+(`interpret.family_set`, `interpret.noise`), reads every answer token's features off it, and
+writes WORKDIR/token_loss.png (the weight against its main features, clean and corrupted examples
+apart), WORKDIR/fits.json (each closed form's parameters, MSE and R^2) and WORKDIR/closed_form
+(the chosen fit as an artifact: pass it as --config.learned.closed_forms.default to
+experiments/noisy_demonstrations.py with the method learned_closed_form).
+"""
+
+from __future__ import annotations
+
+import os
+
+
+import numpy as np
+from absl import flags, logging
+from ml_collections import config_flags
+
+from learned_loss import cli, evaluation, provenance
+from learned_loss.data import tasks
+from learned_loss.meta import comparison, interpret
+from learned_loss.objectives import artifact
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/noisy.py:VARIANT).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where the plots, fits and closed form go.")
+
+
+def main(argv):
+    config = _CONFIG.value
+    cli.check_run_flags(argv, config, _WORKDIR.value, "configs/noisy.py:tiny")
+    workdir = _WORKDIR.value
+    os.makedirs(workdir, exist_ok=True)
+    ic = config.interpret
+    try:
+        objective, path = comparison.method_objective(config, "learned_offline", ic.noise)
+    except ValueError as e:
+        raise cli.UserError(str(e)) from None
+    features = artifact.load(path).settings["features"]
+    data = comparison.build_data(config, ic.family_set, ic.noise)
+    with config.unlocked():
+        config.steps = ic.steps
+    cell = comparison.Cell(ic.family_set, ic.noise, "learned_offline", config.model.variant, 0)
+    (model, inner), _ = comparison.train_cell(config, cell, data)
+    table = interpret.token_table(model, inner["params"], data.train, features,
+                                  reference=inner.get("reference"))
+    weights = interpret.network_weights(objective.theta, table, features)
+    fits = interpret.fit_closed_forms(table, weights)
+    chosen = interpret.choose(fits)
+    interpret.save_closed_form(os.path.join(workdir, "closed_form"), chosen, path)
+    interpret.plot_token_loss(table, weights, chosen, os.path.join(workdir, "token_loss.png"))
+    corrupted = table["corrupted"]
+    summary = {"artifact": path, "fits": fits, "chosen": chosen["form"],
+               "tokens": int(len(weights)),
+               "mean_weight_clean": float(np.mean(weights[~corrupted])),
+               "mean_weight_corrupted": float(np.mean(weights[corrupted]))
+               if corrupted.any() else None}
+    evaluation.write_json(os.path.join(workdir, "fits.json"), summary)
+    provenance.write(workdir, provenance.collect(config, extra={"artifact": path}))
+    for fit in fits:
+        logging.info("%-22s R^2 %.3f  mse %.4g  %s", fit["form"], fit["r2"], fit["mse"],
+                     fit["theta"])
+    logging.info("mean weight: clean %.3f, corrupted %s; chosen closed form: %s",
+                 summary["mean_weight_clean"], summary["mean_weight_corrupted"], chosen["form"])
+
+
+
+if __name__ == "__main__":
+    cli.run(main, user_errors=(tasks.TaskError, artifact.ArtifactError))
