@@ -99,15 +99,23 @@ def inner_loss_fn(model: model_lib.Model, objective: objectives_lib.Objective) -
 def lm_problem(model: model_lib.Model, optimizer: optax.GradientTransformation,
                objective: objectives_lib.Objective, train_rows: Demonstrations,
                valid_rows: Demonstrations, *, batch_size: int, valid_batch_size: int,
-               seq_len: int, init_params: Any = None) -> base.InnerProblem:
+               seq_len: int, init_params: Any = None, mesh=None) -> base.InnerProblem:
     """Fine-tuning on `train_rows` with `objective` (theta), scored on clean `valid_rows`.
 
     init_params: the parameters every inner run starts from (e.g. a pre-trained checkpoint);
     None: a fresh random initialisation from each run's key.
+    mesh: when it has a `data` axis, each inner batch is split over it (under a population
+    vmap with `spmd_axis_name='pop'` the rows then shard over `pop` x `data`).
     """
     train = {k: jnp.asarray(v) for k, v in train_rows.batch().items()}
     valid = {k: jnp.asarray(v) for k, v in valid_rows.batch().items()}
     loss = inner_loss_fn(model, objective)
+
+    def shard(batch):
+        if mesh is None or mesh.shape.get("data", 1) == 1:
+            return batch
+        rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+        return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, rows), batch)
 
     def init(key):
         if init_params is None:
@@ -121,7 +129,7 @@ def lm_problem(model: model_lib.Model, optimizer: optax.GradientTransformation,
         return inner
 
     def step(theta, inner, key):
-        batch = dict(draw(train, key, batch_size), step=inner["step"])
+        batch = dict(shard(draw(train, key, batch_size)), step=inner["step"])
         grads = jax.grad(lambda p: loss(p, batch, theta, inner.get("reference"))[0])(
             inner["params"])
         updates, opt_state = optimizer.update(grads, inner["opt_state"], inner["params"])
@@ -129,7 +137,7 @@ def lm_problem(model: model_lib.Model, optimizer: optax.GradientTransformation,
                     opt_state=opt_state, step=inner["step"] + 1)
 
     def meta_loss(inner, key):
-        return answer_nll(model, inner["params"], draw(valid, key, valid_batch_size))
+        return answer_nll(model, inner["params"], shard(draw(valid, key, valid_batch_size)))
 
     return base.InnerProblem(init=init, step=step, meta_loss=meta_loss)
 

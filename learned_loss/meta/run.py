@@ -104,6 +104,8 @@ class Setup:
         mesh_shape = dict(config.mesh.shape)
         self.mesh = sharding.make_mesh(mesh_shape)
         self.pop_mesh = self.mesh if self.mesh.shape.get("pop", 1) > 1 else None
+        self.data_mesh = self.mesh if self.mesh.shape.get("data", 1) > 1 else None
+        self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         self.model_cfg = model_lib.ModelConfig(**{
             k: v for k, v in config.model.to_dict().items() if k != "variant"})
         self.model = model_lib.build(self.model_cfg)
@@ -131,7 +133,7 @@ class Setup:
         return lm_problem.lm_problem(
             self.model, self.optimizer, self.objective, train_rows, valid_rows,
             batch_size=c.inner.batch_size, valid_batch_size=c.inner.valid_batch_size,
-            seq_len=c.data.seq_len, init_params=self.init_params)
+            seq_len=c.data.seq_len, init_params=self.init_params, mesh=self.data_mesh)
 
     def provenance(self, mode: str, start: int) -> dict:
         return provenance.collect(self.config, corpus_hash=self.info.config_hash, mesh=self.mesh,
@@ -166,10 +168,10 @@ def run_offline(config, workdir: str) -> dict[str, float]:
     estimator = outer.make_estimator(config.estimator, s.problem, s.pop_mesh)
     optimizer = outer.make_optimizer(oc)
     theta0 = s.objective.theta
-    # Committed to one device like a restored checkpoint, so that a resumed run reuses the
-    # same compiled programs.
+    # Replicated over the mesh, as a restored checkpoint is, so that a resumed run reuses the
+    # same compiled programs (the population and batch axes are split inside the step).
     state = jax.device_put(outer.init(estimator, optimizer, theta0, jax.random.key(config.seed)),
-                           jax.devices()[0])
+                           s.replicated)
     step_fn = jax.jit(outer.outer_step(estimator, optimizer))
     sanity = jax.jit(outer.sanity_check(s.clean_problem, oc.sanity_steps))
     validate = _validation_run(s.valid_problem, config.meta_valid.horizon)
@@ -242,7 +244,7 @@ def run_online(config, workdir: str) -> dict[str, Any]:
     theta = jax.tree.map(jnp.asarray, s.objective.theta)
     state = jax.device_put({"theta": theta, "opt_state": optimizer.init(theta),
                             "inner": s.problem.init(jax.random.fold_in(key, 0)),
-                            "step": jnp.zeros((), jnp.int32)}, jax.devices()[0])
+                            "step": jnp.zeros((), jnp.int32)}, s.replicated)
     ckpt = checkpoint_lib.Checkpointer(workdir, keep=2, async_save=False)
     model_dict = config.model.to_dict()
     abstract = jax.tree.map(
