@@ -122,8 +122,12 @@ def get_config(arg: str = "easy") -> ml_collections.ConfigDict:
     config.dpo = ml_collections.ConfigDict()
     config.dpo.global_batch_size = v["dpo_batch"]
     config.dpo.beta = 0.1
-    config.dpo.loss_type = "sigmoid"  # Or 'ipo'.
+    config.dpo.loss_type = "sigmoid"  # Or 'ipo', or 'learned' (the preference loss below).
     config.dpo.label_smoothing = 0.0
+    # loss_type='learned': a `learned_preference_loss` artifact (a meta-trained f_theta of
+    # beta * delta, learned_loss/objectives/learned.py); empty means its initialisation, which
+    # is exactly DPO's loss.
+    config.dpo.learned_path = ""
     config.dpo.optimizer = optimizers.adamw(3e-4, 10, weight_decay=0.0)
     config.dpo.optimizer.min_lr_ratio = 1.0
     config.dpo.train = _train_section(v["dpo_steps"], v["log"], v["eval"])

@@ -4,8 +4,8 @@ The losses themselves live in `learned_loss.objectives` (pure functions on array
 wires them to the model:
 
   reward_loss_fn   Bradley-Terry on the scalar head read at each completion's EOS.
-  dpo_loss_fn      DPO / IPO on summed (IPO: averaged) completion log-probabilities against a
-                   frozen reference passed as theta.
+  dpo_loss_fn      DPO / IPO / a learned preference loss on summed (IPO: averaged) completion
+                   log-probabilities against a frozen reference passed as theta.
   rl_step          one on-policy iteration: sample K completions per prompt, score them with the
                    reward model, compute advantages (PPO: per-token KL penalty + GAE + whitening;
                    RLOO: leave-one-out; GRPO: group-normalised), then `epochs` passes over
@@ -28,7 +28,7 @@ import optax
 from learned_loss import model as model_lib
 from learned_loss import rollout as rollout_lib
 from learned_loss import train
-from learned_loss.objectives import dpo, grpo, kl, masked, ppo, reward_model, rloo
+from learned_loss.objectives import dpo, grpo, kl, learned, masked, ppo, reward_model, rloo
 
 ALGORITHMS = ("ppo", "rloo", "grpo")
 
@@ -83,11 +83,25 @@ def completion_log_prob(model: model_lib.Model, params: Any, tokens, prompt_leng
 
 
 def dpo_loss_fn(model: model_lib.Model, *, beta: float = dpo.BETA, loss_type: str = "sigmoid",
-                label_smoothing: float = 0.0) -> train.LossFn:
-    """DPO (or IPO) of the policy against the reference parameters passed as theta.
+                label_smoothing: float = 0.0,
+                preference_theta: Mapping[str, Any] | None = None) -> train.LossFn:
+    """DPO (or IPO, or a learned preference loss) of the policy against the reference
+    parameters passed as theta.
 
     IPO compares per-token average log-probabilities, as trl does; DPO compares sums.
+    loss_type="learned": `learned.preference_loss(preference_theta, ...)` on sums, the mean of
+    f(beta * delta) with f the learned curve (DiscoPOP-style, Lu et al. 2024; exactly DPO at
+    `learned.init_preference_loss`). preference_theta (a dict of arrays) is closed over and not
+    trained; the metrics are DPO's (its loss as `dpo_loss`) with `loss` the learned one.
     """
+    if loss_type == "learned":
+        if preference_theta is None:
+            raise ValueError("loss_type='learned' needs preference_theta (the learned preference "
+                             "loss's parameters)")
+        if label_smoothing:
+            raise ValueError(f"label_smoothing={label_smoothing} is conservative DPO's; the "
+                             f"learned preference loss takes none")
+        preference_theta = {k: jnp.asarray(v, jnp.float32) for k, v in preference_theta.items()}
     average = loss_type == "ipo"
 
     def loss_fn(params, batch, theta):
@@ -96,9 +110,14 @@ def dpo_loss_fn(model: model_lib.Model, *, beta: float = dpo.BETA, loss_type: st
                                        batch[f"{side}_length"], average=average)
 
         reference = jax.lax.stop_gradient(theta)
-        return dpo.loss(log_probs(params, "chosen"), log_probs(params, "rejected"),
-                        log_probs(reference, "chosen"), log_probs(reference, "rejected"),
-                        beta=beta, loss_type=loss_type, label_smoothing=label_smoothing)
+        logps = (log_probs(params, "chosen"), log_probs(params, "rejected"),
+                 log_probs(reference, "chosen"), log_probs(reference, "rejected"))  # 4 x [B]
+        if loss_type != "learned":
+            return dpo.loss(*logps, beta=beta, loss_type=loss_type,
+                            label_smoothing=label_smoothing)
+        _, metrics = dpo.loss(*logps, beta=beta)
+        total, _ = learned.preference_loss(preference_theta, *logps, beta=beta)
+        return total, dict(metrics, loss=total, dpo_loss=metrics["loss"])
 
     return loss_fn
 

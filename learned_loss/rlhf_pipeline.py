@@ -7,7 +7,7 @@ one is not redone):
                       labelled by the simulated labeler (`learned_loss.data.preference_pairs`)
   reward_model/       the SFT Transformer with a scalar head, trained with Bradley-Terry
   ppo/ rloo/ grpo/    on-policy RL against the reward model (`learned_loss.rlhf.rl_step`)
-  dpo/                DPO on the same pairs
+  dpo/                DPO on the same pairs (or IPO, or a learned preference loss: config.dpo)
   overoptimization.json   best-of-n (n = 1 .. best_of_n.samples) and the RL runs along training:
                       gold and proxy gains against d = sqrt(KL), the fits of Gao et al. 2022,
                       and the length analysis.
@@ -39,6 +39,7 @@ from learned_loss import preferences, provenance, rlhf, rlhf_data, sampling, sha
 from learned_loss import metrics as metrics_lib
 from learned_loss import model as model_lib
 from learned_loss.data import instruction_tasks, paths, pipeline, preference_pairs, tasks
+from learned_loss.objectives import artifact, learned
 
 
 # ---- set-up ---------------------------------------------------------------------------------
@@ -59,8 +60,27 @@ def _check_config(config) -> None:
     if not config.sft_from:
         raise cli.UserError("config.sft_from is required: pass --config.sft_from=<a fine-tuning "
                             "workdir> (experiments.finetune)")
-    if config.dpo.loss_type not in ("sigmoid", "ipo"):
-        raise cli.UserError(f"dpo.loss_type={config.dpo.loss_type!r}: use 'sigmoid' or 'ipo'")
+    if config.dpo.loss_type not in ("sigmoid", "ipo", "learned"):
+        raise cli.UserError(f"dpo.loss_type={config.dpo.loss_type!r}: use 'sigmoid', 'ipo' or "
+                            f"'learned' (with dpo.learned_path)")
+    if config.dpo.loss_type == "learned" and config.dpo.label_smoothing:
+        raise cli.UserError("dpo.label_smoothing is for loss_type='sigmoid' (cDPO); set it to 0 "
+                            "with loss_type='learned'")
+
+
+def preference_theta(config) -> dict | None:
+    """Theta of the learned preference loss DPO trains with (dpo.loss_type='learned'): the
+    artifact at dpo.learned_path, or, when it is empty, the initialisation at which the loss is
+    DPO's; None for the other loss types. Raises artifact.ArtifactError for a bad path."""
+    d = config.dpo
+    if d.loss_type != "learned":
+        return None
+    if not d.learned_path:
+        return learned.init_preference_loss(jax.random.key(0))
+    try:
+        return artifact.load(d.learned_path, expected_name="learned_preference_loss").theta
+    except artifact.ArtifactError as e:
+        raise artifact.ArtifactError(f"dpo.learned_path: {e}") from e
 
 
 def _families(config, sft_config) -> tuple[str, ...]:
@@ -352,7 +372,10 @@ def train_rl(config, algorithm: str, sft, families, mesh, reference, reward, eva
                                        "settings": settings.__dict__}))
 
 
-def train_dpo(config, sft, info, mesh, reference, evaluator, workdir: str) -> dict:
+def train_dpo(config, sft, info, mesh, reference, evaluator, workdir: str,
+              preference: dict | None = None) -> dict:
+    """DPO (dpo.loss_type) on the train pairs; `preference` is the learned loss's theta
+    (`preference_theta`) when the loss type is 'learned'."""
     d = config.dpo
     seq_len = config.preferences.seq_len
     sharding.check_batch_divides(d.global_batch_size, mesh)
@@ -362,7 +385,7 @@ def train_dpo(config, sft, info, mesh, reference, evaluator, workdir: str) -> di
                                          seq_len)
     eval_batches = _pair_batches(valid_pairs, d.global_batch_size, d.train.eval_batches)
     loss_fn = rlhf.dpo_loss_fn(stage.model, beta=d.beta, loss_type=d.loss_type,
-                               label_smoothing=d.label_smoothing)
+                               label_smoothing=d.label_smoothing, preference_theta=preference)
     train_step, eval_step = train.compile_steps(stage.model, stage.optimizer, None,
                                                 stage.state_sh, mesh, loss_fn=loss_fn)
 
@@ -455,6 +478,8 @@ def length_analysis(before: dict, after: dict, buckets: int) -> dict:
 
 def run(config, workdir: str) -> dict:
     _check_config(config)
+    # Read before the long stages, so that a bad dpo.learned_path fails at once.
+    preference = preference_theta(config) if "dpo" in algorithms(config) else None
     start = time.time()
     sft = policy.load(config.sft_from)
     mesh = sharding.make_mesh(config.mesh.shape)
@@ -476,7 +501,7 @@ def run(config, workdir: str) -> dict:
         stage_dir = os.path.join(workdir, algorithm)
         if algorithm == "dpo":
             finals[algorithm] = train_dpo(config, sft, info, mesh, reference, evaluator,
-                                          stage_dir)
+                                          stage_dir, preference)
         else:
             finals[algorithm] = train_rl(config, algorithm, sft, families, mesh, reference,
                                          reward, evaluator, stage_dir)
