@@ -72,6 +72,10 @@ def test_offline_run_resumes_bit_for_bit(offline, tmp_path, data_dir):
         np.testing.assert_array_equal(ours[name], theirs[name])
     assert ([r["meta_loss"] for r in metrics_lib.read_metrics(copy)]
             == [r["meta_loss"] for r in metrics_lib.read_metrics(workdir)])
+    # A finished run started again keeps its artifact untouched.
+    stamp = os.path.getmtime(copy / "artifact" / artifact.RECORD)
+    assert meta_run.run(_config(data_dir), str(copy)) == {}
+    assert os.path.getmtime(copy / "artifact" / artifact.RECORD) == stamp
 
 
 def test_online_run_trains_and_scores_a_model(tmp_path, data_dir):

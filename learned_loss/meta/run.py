@@ -186,6 +186,10 @@ def run_offline(config, workdir: str) -> dict[str, float]:
     if restored is not None:
         state, start = restored.state, restored.step
         logging.info("resumed meta-training from outer step %d in %s", start, workdir)
+    if start >= oc.num_steps and os.path.isdir(os.path.join(workdir, ARTIFACT)):
+        logging.info("meta-training in %s is finished; its artifact is kept as it is", workdir)
+        ckpt.close()
+        return {}
     provenance.write(workdir, s.provenance("offline", start))
     writer = metrics.MetricWriter(workdir, resume_step=start)
     mle_nll = float(validate(theta0, valid_key))
