@@ -150,6 +150,19 @@ class Setup:
         return path
 
 
+def _resume(workdir: str, state: Any, model_dict: dict, keep: int):
+    """(checkpointer, state, step): the newest good checkpoint's state in `state`'s shardings,
+    or `state` itself at step 0."""
+    ckpt = checkpoint_lib.Checkpointer(workdir, keep=keep, async_save=False)
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    restored = ckpt.restore_latest(abstract, model_config=model_dict)
+    if restored is None:
+        return ckpt, state, 0
+    logging.info("resumed from step %d in %s", restored.step, workdir)
+    return ckpt, restored.state, restored.step
+
+
 def _validation_run(problem: base.InnerProblem, horizon: int):
     """(theta, key) -> meta-loss after a fresh inner run of `horizon` steps."""
 
@@ -177,15 +190,8 @@ def run_offline(config, workdir: str) -> dict[str, float]:
     validate = _validation_run(s.valid_problem, config.meta_valid.horizon)
     valid_key = jax.random.key(config.seed + 1)
 
-    ckpt = checkpoint_lib.Checkpointer(workdir, keep=oc.keep_checkpoints, async_save=False)
     model_dict = config.model.to_dict()
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-    restored = ckpt.restore_latest(abstract, model_config=model_dict)
-    start = 0
-    if restored is not None:
-        state, start = restored.state, restored.step
-        logging.info("resumed meta-training from outer step %d in %s", start, workdir)
+    ckpt, state, start = _resume(workdir, state, model_dict, oc.keep_checkpoints)
     if start >= oc.num_steps and os.path.isdir(os.path.join(workdir, ARTIFACT)):
         logging.info("meta-training in %s is finished; its artifact is kept as it is", workdir)
         ckpt.close()
@@ -249,14 +255,8 @@ def run_online(config, workdir: str) -> dict[str, Any]:
     state = jax.device_put({"theta": theta, "opt_state": optimizer.init(theta),
                             "inner": s.problem.init(jax.random.fold_in(key, 0)),
                             "step": jnp.zeros((), jnp.int32)}, s.replicated)
-    ckpt = checkpoint_lib.Checkpointer(workdir, keep=2, async_save=False)
     model_dict = config.model.to_dict()
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-    restored = ckpt.restore_latest(abstract, model_config=model_dict)
-    start = 0
-    if restored is not None:
-        state, start = restored.state, restored.step
+    ckpt, state, start = _resume(workdir, state, model_dict, keep=2)
     provenance.write(workdir, s.provenance("online", start))
     writer = metrics.MetricWriter(workdir, resume_step=start)
     stopper = loop.StopSignal()
