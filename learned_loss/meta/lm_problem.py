@@ -18,7 +18,7 @@ Shapes: N rows, B batch, T sequence length.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +27,7 @@ import optax
 
 from learned_loss import model as model_lib
 from learned_loss import objectives as objectives_lib
+from learned_loss import train as train_lib
 from learned_loss.data import instruction_tasks, tasks
 from learned_loss.meta import base
 from learned_loss.objectives import mle
@@ -82,20 +83,6 @@ def answer_nll(model: model_lib.Model, params: Any, batch: Mapping[str, jax.Arra
     return mle.loss((), logits, batch)[0]
 
 
-def inner_loss_fn(model: model_lib.Model, objective: objectives_lib.Objective) -> Callable:
-    """loss(params, batch, theta, reference) -> (loss, metrics) of `objective` on the model."""
-
-    def loss(params, batch, theta, reference):
-        logits = model.apply(params, batch["inputs"]).logits  # [B, T, V]
-        if objective.needs_reference:
-            ref_logits = model.apply(reference, batch["inputs"]).logits
-            ref_lp = mle.token_log_likelihood(ref_logits, batch["targets"])  # [B, T]
-            batch = dict(batch, ref_log_probs=jax.lax.stop_gradient(ref_lp))
-        return objective.loss(theta, logits, batch)
-
-    return loss
-
-
 def lm_problem(model: model_lib.Model, optimizer: optax.GradientTransformation,
                objective: objectives_lib.Objective, train_rows: Demonstrations,
                valid_rows: Demonstrations, *, batch_size: int, valid_batch_size: int,
@@ -109,7 +96,7 @@ def lm_problem(model: model_lib.Model, optimizer: optax.GradientTransformation,
     """
     train = {k: jnp.asarray(v) for k, v in train_rows.batch().items()}
     valid = {k: jnp.asarray(v) for k, v in valid_rows.batch().items()}
-    loss = inner_loss_fn(model, objective)
+    loss = train_lib.objective_loss(model, objective)
 
     def shard(batch):
         if mesh is None or mesh.shape.get("data", 1) == 1:
@@ -130,8 +117,9 @@ def lm_problem(model: model_lib.Model, optimizer: optax.GradientTransformation,
 
     def step(theta, inner, key):
         batch = dict(shard(draw(train, key, batch_size)), step=inner["step"])
-        grads = jax.grad(lambda p: loss(p, batch, theta, inner.get("reference"))[0])(
-            inner["params"])
+        if objective.needs_reference:  # train.objective_loss's theta for such objectives.
+            theta = {"objective": theta, "reference": inner["reference"]}
+        grads = jax.grad(lambda p: loss(p, batch, theta)[0])(inner["params"])
         updates, opt_state = optimizer.update(grads, inner["opt_state"], inner["params"])
         return dict(inner, params=optax.apply_updates(inner["params"], updates),
                     opt_state=opt_state, step=inner["step"] + 1)

@@ -20,8 +20,6 @@ the next call; `metrics['diverged']` is their fraction.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
@@ -69,11 +67,3 @@ def tbptt(problem: base.InnerProblem, schedule: base.TruncationSchedule, *, num_
 def _expand(mask, x):
     return mask.reshape(mask.shape + (1,) * (x.ndim - 1))
 
-
-def exact_unrolled_gradient(problem: base.InnerProblem, theta, inner, key, num_steps: int,
-                            remat: bool = False):
-    """d L(unroll_T(theta, inner)) / d theta for one run from `inner`: TBPTT with K = T, the
-    exact meta-gradient of a whole run (what the tests and benchmarks compare against)."""
-    fn = functools.partial(base.unroll, problem, inner=inner, key=key, num_steps=num_steps,
-                           remat=remat)
-    return jax.grad(lambda t: fn(t)[1])(theta)
