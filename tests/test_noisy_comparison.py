@@ -1,5 +1,6 @@
 """The noisy-demonstration comparison: cells, resume, and a summary that matches the cells."""
 
+import dataclasses
 import json
 import os
 
@@ -66,3 +67,22 @@ def test_cells_run_resume_and_summarize(tmp_path):
     with pytest.raises(ValueError, match="learned.artifacts"):
         config.learned.artifacts = {"default": ""}
         comparison.method_objective(config, "learned_offline", "swap30")
+
+
+def test_seeds_trained_together_match_seeds_trained_alone(tmp_path):
+    config = noisy.get_config("smoke")
+    config.data.data_dir = str(tmp_path / "tfds")
+    data = comparison.build_data(config, "train", "swap30")
+    cells = [c for c in comparison.grid(config) if c.method == "loss_truncation"]
+    assert [c.seed for c in cells] == [0, 1]
+    _, inners, facts = comparison.train_cells(config, cells, data)
+    assert facts["seeds_vmapped"] == 2
+    (_, alone), _ = comparison.train_cell(config, cells[1], data)
+    together = jax.tree.leaves(inners[1]["params"])
+    for a, b in zip(together, jax.tree.leaves(alone["params"])):
+        np.testing.assert_allclose(a, b, atol=2e-5)
+    # Different seeds give different models.
+    assert not np.allclose(together[0], jax.tree.leaves(inners[0]["params"])[0])
+    with pytest.raises(ValueError, match="differ only in seed"):
+        comparison.train_cells(config, [cells[0], dataclasses.replace(cells[1], method="mle")],
+                               data)

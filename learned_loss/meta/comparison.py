@@ -139,51 +139,64 @@ def method_objective(config, method: str, noise: str) -> tuple[objectives.Object
     raise ValueError(f"unknown method {method!r}; choose among {METHODS + EXTRA_METHODS}")
 
 
-def train_cell(config, cell: Cell, data: Data) -> tuple[Any, dict]:
-    """Trains the cell's model. Returns ((model, final inner state {'params', ...,
-    'reference' when the objective reads one}), facts about the run)."""
-    model_cfg = config.model if cell.model == config.model.variant else config.transfer.model
+def train_cells(config, cells: Sequence[Cell], data: Data) -> tuple[Any, list[Any], dict]:
+    """Trains the models of `cells`, which differ only in their seed, as one program vmapped
+    over the seeds (each seed its own initialisation, batches and, online, theta).
+
+    Returns (model, per-cell final inner states {'params', ..., 'reference' when the objective
+    reads one}, facts shared by the cells). Online, facts['online_skipped'] is per cell.
+    """
+    first = cells[0]
+    if any(dataclasses.replace(c, seed=first.seed) != first for c in cells):
+        raise ValueError(f"cells of one group must differ only in seed: {cells}")
+    model_cfg = config.model if first.model == config.model.variant else config.transfer.model
     model = model_of(model_cfg)
-    objective, source = method_objective(config, cell.method, cell.noise)
+    objective, source = method_objective(config, first.method, first.noise)
     train_rows = data.train
-    if cell.method == "mle_clean_valid":
+    if first.method == "mle_clean_valid":
         train_rows = lm_problem.concatenate([data.train, data.valid])
-    steps = config.steps * (2 if cell.method == "mle_2x" else 1)
+    steps = config.steps * (2 if first.method == "mle_2x" else 1)
     optimizer = lm_problem.inner_optimizer(config.lr)
     problem = lm_problem.lm_problem(model, optimizer, objective, train_rows, data.valid,
                                     batch_size=config.batch_size,
                                     valid_batch_size=config.batch_size,
                                     seq_len=config.data.seq_len)
-    key = jax.random.key(cell.seed)
-    init_key, run_key = jax.random.split(key)
-    if cell.method == "learned_online":
+    keys = jnp.stack([jax.random.split(jax.random.key(c.seed)) for c in cells])  # [S, 2]
+    theta = jax.tree.map(jnp.asarray, objective.theta)
+    if first.method == "learned_online":
         opt = outer.make_optimizer(config.learned.online_outer)
         step = outer.online_step(problem, opt, lookahead=config.learned.lookahead)
 
-        def run(theta, key):
-            inner = problem.init(init_key)
-
+        def run(theta, init_key, run_key):
             def body(carry, k):
                 theta, opt_state, inner = carry
                 theta, opt_state, inner, m = step(theta, opt_state, inner, k)
                 return (theta, opt_state, inner), m["skipped"]
 
-            (theta, _, inner), skipped = jax.lax.scan(
-                body, (theta, opt.init(theta), inner), jax.random.split(key, steps))
-            return inner, theta, skipped.sum()
-
-        inner, theta, skipped = jax.jit(run)(jax.tree.map(jnp.asarray, objective.theta),
-                                             run_key)
-        facts = {"online_skipped": float(skipped)}
+            carry = (theta, opt.init(theta), problem.init(init_key))
+            (_, _, inner), skipped = jax.lax.scan(body, carry, jax.random.split(run_key, steps))
+            return inner, skipped.sum()
     else:
-        run = jax.jit(lambda theta, k: base.unroll(problem, theta, problem.init(init_key), k,
-                                                   steps)[0])
-        inner = run(jax.tree.map(jnp.asarray, objective.theta), run_key)
-        facts = {}
-    facts.update(steps=steps, theta_source=source, train_rows=len(train_rows),
-                 corrupted_rows=int(train_rows.corrupted.sum()),
-                 params=model_lib.param_count(inner["params"]))
-    return (model, inner), facts
+        def run(theta, init_key, run_key):
+            return base.unroll(problem, theta, problem.init(init_key), run_key, steps)[0], 0.0
+
+    inner, skipped = jax.jit(jax.vmap(run, in_axes=(None, 0, 0)))(theta, keys[:, 0], keys[:, 1])
+    inners = [jax.tree.map(lambda x, i=i: x[i], inner) for i in range(len(cells))]
+    facts = {"steps": steps, "theta_source": source, "train_rows": len(train_rows),
+             "corrupted_rows": int(train_rows.corrupted.sum()),
+             "params": model_lib.param_count(inners[0]["params"]),
+             "seeds_vmapped": len(cells)}
+    if first.method == "learned_online":
+        facts["online_skipped"] = [float(s) for s in np.asarray(skipped)]
+    return model, inners, facts
+
+
+def train_cell(config, cell: Cell, data: Data) -> tuple[Any, dict]:
+    """One cell (`train_cells` of one seed). Returns ((model, final inner state), facts)."""
+    model, inners, facts = train_cells(config, [cell], data)
+    if "online_skipped" in facts:
+        facts["online_skipped"] = facts["online_skipped"][0]
+    return (model, inners[0]), facts
 
 
 def score(config, model, params, data: Data) -> dict:
@@ -199,33 +212,46 @@ def score(config, model, params, data: Data) -> dict:
 
 
 def run_cells(config, workdir: str, cells: Sequence[Cell], log=print) -> list[dict]:
-    """Runs every unfinished cell (grouped by data), writing WORKDIR/cells/KEY.json."""
+    """Runs every unfinished cell, writing WORKDIR/cells/KEY.json. The unfinished seeds of one
+    (family set, noise, method, model) train together (`train_cells`); a cell's `seconds` is
+    its share of that group's wall time."""
     os.makedirs(os.path.join(workdir, "cells"), exist_ok=True)
     data_cache: dict[tuple[str, str], Data] = {}
-    results, start = [], time.time()
-    todo = [c for c in cells if not os.path.exists(_cell_path(workdir, c))]
-    for i, cell in enumerate(cells):
-        path = _cell_path(workdir, cell)
-        if os.path.exists(path):
-            with open(path) as f:
-                results.append(json.load(f))
-            continue
-        if (cell.family_set, cell.noise) not in data_cache:
-            data_cache[(cell.family_set, cell.noise)] = build_data(config, cell.family_set,
-                                                                    cell.noise)
-        data = data_cache[(cell.family_set, cell.noise)]
+    done: dict[str, dict] = {}
+    for cell in cells:
+        if os.path.exists(_cell_path(workdir, cell)):
+            with open(_cell_path(workdir, cell)) as f:
+                done[cell.key] = json.load(f)
+    groups: dict[tuple, list[Cell]] = {}
+    for cell in cells:
+        if cell.key not in done:
+            groups.setdefault((cell.family_set, cell.noise, cell.method, cell.model), []
+                              ).append(cell)
+    todo = sum(len(g) for g in groups.values())
+    start, finished = time.time(), 0
+    for (family_set, noise, _, _), group in groups.items():
+        if (family_set, noise) not in data_cache:
+            data_cache[(family_set, noise)] = build_data(config, family_set, noise)
+        data = data_cache[(family_set, noise)]
         t0 = time.time()
-        (model, inner), facts = train_cell(config, cell, data)
-        result = dict(dataclasses.asdict(cell), **score(config, model, inner["params"], data),
-                      **facts,
-                      seconds=time.time() - t0, data_hash=data.info.config_hash)
-        evaluation.write_json(path, result)
-        results.append(result)
-        done = todo.index(cell) + 1
-        eta = (time.time() - start) / done * (len(todo) - done)
-        log(f"[{done}/{len(todo)}] {cell.key}: exact match {result['exact_match']:.3f} "
-            f"({result['seconds']:.0f}s, ETA {eta / 60:.0f} min)")
-    return results
+        model, inners, facts = train_cells(config, group, data)
+        for i, (cell, inner) in enumerate(zip(group, inners)):
+            cell_facts = dict(facts)
+            if "online_skipped" in facts:
+                cell_facts["online_skipped"] = facts["online_skipped"][i]
+            result = dict(dataclasses.asdict(cell), **score(config, model, inner["params"], data),
+                          **cell_facts, data_hash=data.info.config_hash)
+            done[cell.key] = result
+        seconds = (time.time() - t0) / len(group)
+        for cell in group:
+            done[cell.key]["seconds"] = seconds
+            evaluation.write_json(_cell_path(workdir, cell), done[cell.key])
+        finished += len(group)
+        eta = (time.time() - start) / finished * (todo - finished)
+        scores = ", ".join(f"{done[c.key]['exact_match']:.3f}" for c in group)
+        log(f"[{finished}/{todo}] {group[0].key} x{len(group)} seeds: exact match {scores} "
+            f"({seconds:.0f}s a cell, ETA {eta / 60:.0f} min)")
+    return [done[c.key] for c in cells]
 
 
 def _cell_path(workdir: str, cell: Cell) -> str:
