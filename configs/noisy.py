@@ -59,7 +59,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     if arg == "smoke":
         config.model.update(d_model=32, num_layers=1, num_heads=2, d_ff=64)
     config.transfer = ml_collections.ConfigDict()
-    # mini: 3.6x nano's parameters (0.43M against 0.12M).
+    # mini: 4x nano's non-embedding parameters (0.40M against 0.10M; 3.7x in all).
     config.transfer.model = models.model_config("mini", max_len=seq_len)
     config.transfer.methods = ("mle", "loss_truncation", "learned_offline")
     config.transfer.noises = v["transfer_noises"]
