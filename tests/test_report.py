@@ -1,0 +1,113 @@
+"""Reports: statistics against scipy, tables that match the cells, byte-identical regeneration,
+self-contained HTML, and a failed regeneration that leaves the old report."""
+
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from learned_loss import report
+
+OBJECTIVES = {"mle": 0.50, "dpo": 0.55, "learned_token_loss": 0.60}
+
+
+def _cell(objective, noise, seed, em):
+    return {"objective": objective, "noise": noise, "seed": seed,
+            "metrics": {"exact_match": em, "graded": em + 0.1, "kl": 0.2 * seed,
+                        "length": 3.0},
+            "compute": {"seconds": 10.0 + seed, "tokens": 1000},
+            "families": {"add": em, "parity": 1.0 - em},
+            "curve": [{"step": 0, "exact_match": 0.0}, {"step": 10, "exact_match": em}]}
+
+
+def write_workdir(path, noise="swap30", seeds=3):
+    os.makedirs(path / "cells", exist_ok=True)
+    rng = np.random.default_rng(0)
+    cells = []
+    for objective, base in OBJECTIVES.items():
+        for seed in range(seeds):
+            cell = _cell(objective, noise, seed, float(base + 0.05 * rng.standard_normal()))
+            cells.append(cell)
+            with open(path / "cells" / f"{noise}-{objective}-s{seed}.json", "w") as f:
+                json.dump(cell, f)
+    os.makedirs(path / "meta" / "token_tbptt", exist_ok=True)
+    with open(path / "meta" / "token_tbptt" / "metrics.jsonl", "w") as f:
+        for step in range(3):
+            f.write(json.dumps({"step": step, "meta_loss": 1.0 - 0.1 * step}) + "\n")
+    over = {"best_of_n": {"d": [0.0, 0.5, 1.0, 1.5], "gold": [0.5, 0.6, 0.62, 0.6],
+                          "proxy": [0.0, 0.4, 0.7, 0.9],
+                          "fit_gold": {"alpha": 0.4, "beta": 0.2, "r2": 0.9},
+                          "fit_proxy": {"alpha": 0.8, "beta": 0.1, "r2": 0.95}}, "rl": {}}
+    with open(path / "overoptimization.json", "w") as f:
+        json.dump(over, f)
+    with open(path / "provenance.json", "w") as f:
+        json.dump({"starts": [{"git_commit": "abc123", "git_dirty": False,
+                               "config": {"seeds": seeds}, "versions": {"jax": "0.4"},
+                               "mesh": {"data": 8}, "devices": {"kind": "cpu"},
+                               "extra": {"data_hashes": {"tasks": "h1"}}}]}, f)
+    return cells
+
+
+def test_statistics_match_scipy():
+    x = [0.5, 0.7, 0.6, 0.65]
+    mean, half = report.mean_ci(x)
+    lo, hi = stats.t.interval(0.95, len(x) - 1, loc=np.mean(x), scale=stats.sem(x))
+    assert mean == pytest.approx(np.mean(x)) and half == pytest.approx((hi - lo) / 2)
+    assert report.mean_ci([0.3]) == (0.3, 0.0)
+    a, b = {0: 0.6, 1: 0.7, 2: 0.65, 5: 0.1}, {0: 0.5, 1: 0.55, 2: 0.6}
+    p = report.paired(a, b)
+    assert p["n"] == 3 and p["mean"] == pytest.approx(np.mean([0.1, 0.15, 0.05]))
+    assert p["p"] == pytest.approx(stats.ttest_rel([0.6, 0.7, 0.65], [0.5, 0.55, 0.6]).pvalue)
+    # Identical differences: no test (nan), not a division by zero.
+    assert np.isnan(report.paired({0: 1.0, 1: 2.0}, {0: 0.5, 1: 1.5})["p"])
+
+
+def test_report_table_matches_cells(tmp_path):
+    cells = write_workdir(tmp_path)
+    report.write(str(tmp_path))
+    md = (tmp_path / "report.md").read_text()
+    for objective in OBJECTIVES:
+        ems = [c["metrics"]["exact_match"] for c in cells if c["objective"] == objective]
+        mean, half = report.mean_ci(ems)
+        row = next(line for line in md.splitlines() if f"| swap30 | {objective} |" in line)
+        assert f"{mean:.3f} ± {half:.3f}" in row
+        if objective != "mle":
+            mle = {c["seed"]: c["metrics"]["exact_match"] for c in cells if c["objective"] == "mle"}
+            own = {c["seed"]: c["metrics"]["exact_match"] for c in cells
+                   if c["objective"] == objective}
+            assert f"{report.paired(own, mle)['mean']:+.3f}" in row
+    assert "abc123 (dirty: False)" in md and '"tasks": "h1"' in md
+    assert "cell swap30/dpo/seed 2: 12.0 s" in md
+    for name in ("learning_curves.png", "meta_training.png", "overoptimization.png",
+                 "families.png"):
+        assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_regeneration_is_byte_identical_and_self_contained(tmp_path):
+    write_workdir(tmp_path)
+    report.write(str(tmp_path))
+    first = {n: (tmp_path / n).read_bytes() for n in ("report.md", "report.html")}
+    report.write(str(tmp_path))
+    assert {n: (tmp_path / n).read_bytes() for n in first} == first
+    page = first["report.html"].decode()
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 4
+    assert not re.search(r'(src|href)="(https?:)?//', page)
+    assert "http" not in page
+
+
+def test_bad_inputs_keep_the_old_report(tmp_path):
+    with pytest.raises(report.ReportError, match="no cells"):
+        report.write(str(tmp_path))
+    write_workdir(tmp_path)
+    report.write(str(tmp_path))
+    old = (tmp_path / "report.html").read_bytes()
+    (tmp_path / "cells" / "swap30-mle-s0.json").write_text("{torn")
+    with pytest.raises(report.ReportError, match="not valid JSON"):
+        report.write(str(tmp_path))
+    assert (tmp_path / "report.html").read_bytes() == old
+    (tmp_path / "cells" / "swap30-mle-s0.json").write_text('{"objective": "mle"}')
+    with pytest.raises(report.ReportError, match="lacks"):
+        report.write(str(tmp_path))
