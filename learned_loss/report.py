@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from learned_loss import metrics as metrics_lib  # noqa: E402
-from learned_loss import overoptimization  # noqa: E402
+from learned_loss import overoptimization, sweep  # noqa: E402
 
 # (key in a cell's `metrics` or `compute`, column title, printed digits).
 COLUMNS = (("exact_match", "exact match", 3), ("graded", "graded", 3), ("kl", "KL to ref", 3),
@@ -392,3 +392,64 @@ def write(workdir: str) -> dict[str, str]:
     _write_atomic(os.path.join(workdir, REPORT_HTML), page)
     return {"markdown": os.path.join(workdir, REPORT_MD),
             "html": os.path.join(workdir, REPORT_HTML)}
+
+
+# ---- sweeps ----------------------------------------------------------------------------------
+
+
+def sweep_tables(points: Sequence[Mapping[str, Any]], cells_by_point: Mapping[str, list[dict]]
+                 ) -> list[tuple[str, list[str], list[list[str]]]]:
+    """One table per swept key: a row per value, a column per objective with the mean ± 95%
+    CI of exact match over every cell (seeds, noises and other keys' values) at that value."""
+    objectives = sorted({c["objective"] for cells in cells_by_point.values() for c in cells})
+    keys = sorted({k for p in points for k in p["overrides"]})
+    tables = []
+    for key in keys:
+        by_value: dict[str, list[dict]] = {}
+        for p in points:
+            if key in p["overrides"] and p["name"] in cells_by_point:
+                by_value.setdefault(json.dumps(p["overrides"][key]), []).extend(
+                    cells_by_point[p["name"]])
+        body = [[v] + [_fmt(mean_ci([value(c, "exact_match") for c in cells
+                                     if c["objective"] == o]), 3) for o in objectives]
+                for v, cells in sorted(by_value.items())]
+        tables.append((key, [key] + objectives, body))
+    return tables
+
+
+def write_sweep(root: str) -> dict[str, str]:
+    """ROOT/report.md and report.html of a sweep (experiments/sweep.py): a table per swept
+    hyper-parameter and the failed points with their exit codes."""
+    records = sweep.read_records(root)
+    if not records:
+        raise ReportError(f"{root}/{sweep.SWEEP_FILE} lists no points; run experiments/sweep.py "
+                          f"with --workdir={root} first")
+    points = [records[k] for k in sorted(records)]
+    cells_by_point = {}
+    for p in points:
+        if p["status"] == "done":
+            cells_by_point[p["name"]] = load(os.path.join(root, "points", p["name"])).cells
+    failed = [p for p in points if p["status"] != "done"]
+    md = ["# Sweep", "", f"{len(points)} points, {len(failed)} failed. Held-out exact match, "
+          "mean ± 95% t-interval over every cell at each value.", ""]
+    page = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8"><title>Sweep</title>',
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+            "td,th{border:1px solid #bbb;padding:.25em .5em}</style></head><body>",
+            f"<h1>Sweep</h1><p>{len(points)} points, {len(failed)} failed.</p>"]
+    for key, header, body in sweep_tables(points, cells_by_point):
+        md += [f"## {key}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        md += ["| " + " | ".join(r) + " |" for r in body] + [""]
+        page += [f"<h2>{html.escape(key)}</h2><table><tr>"
+                 + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
+        page += ["<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r) + "</tr>"
+                 for r in body] + ["</table>"]
+    if failed:
+        md += ["## Failed points", ""]
+        md += [f"- {p['name']}: exit {p.get('returncode')}" for p in failed] + [""]
+        page += ["<h2>Failed points</h2><ul>"]
+        page += [f"<li>{html.escape(p['name'])}: exit {p.get('returncode')}</li>" for p in failed]
+        page += ["</ul>"]
+    page += ["</body></html>", ""]
+    _write_atomic(os.path.join(root, REPORT_MD), "\n".join(md).encode())
+    _write_atomic(os.path.join(root, REPORT_HTML), "\n".join(page).encode())
+    return {"markdown": os.path.join(root, REPORT_MD), "html": os.path.join(root, REPORT_HTML)}

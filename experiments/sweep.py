@@ -1,0 +1,50 @@
+"""Runs every point of a config's `get_sweep()`, each in its own workdir (learned_loss/sweep.py).
+
+  python -m experiments.sweep --config=configs/compare.py:tiny --workdir=ROOT [--parallel=2]
+  python -m experiments.sweep --config=configs/pretrain.py:tiny --entry=experiments.pretrain \
+      --workdir=ROOT --launcher=print > commands.txt   # one line per point, for a scheduler
+
+Locally the points run one after another or `--parallel` at a time; finished points are skipped
+on a re-run, and a failed point is recorded in ROOT/sweep.json without stopping the others (the
+run then exits non-zero). `python -m experiments.report --workdir=ROOT` aggregates the sweep.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import flags, logging
+
+from learned_loss import cli, sweep
+
+_CONFIG = flags.DEFINE_string("config", None, "Config file and variant, FILE:ARG, defining "
+                              "get_sweep().")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Sweep root: ROOT/points/NAME per point.")
+_ENTRY = flags.DEFINE_string("entry", "experiments.compare_objectives",
+                             "Module each point runs with python -m.")
+_PARALLEL = flags.DEFINE_integer("parallel", 1, "Points run at once (local launcher).")
+_LAUNCHER = flags.DEFINE_enum("launcher", "local", ["local", "print"],
+                              "local: run the points here; print: write their command lines.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise cli.UserError(f"unexpected arguments {argv[1:]}; overrides belong in get_sweep()")
+    if not _CONFIG.value or not _WORKDIR.value:
+        raise cli.UserError("--config=FILE:ARG and --workdir=ROOT are required")
+    points = sweep.points(_CONFIG.value, _WORKDIR.value, _ENTRY.value)
+    if _LAUNCHER.value == "print":
+        sys.stdout.write(sweep.print_commands(points))
+        return
+    records = sweep.run(points, _WORKDIR.value, _PARALLEL.value, log=logging.info)
+    failed = sorted(n for n, r in records.items() if r["status"] == "failed")
+    if failed:
+        for name in failed:
+            logging.error("point %s failed (exit %s); log tail:\n%s", name,
+                          records[name]["returncode"], records[name].get("log_tail", ""))
+        cli.fail(f"{len(failed)} of {len(records)} points failed: {failed}; see "
+                 f"{_WORKDIR.value}/sweep.json")
+
+
+if __name__ == "__main__":
+    cli.run(main, user_errors=(sweep.SweepError,))

@@ -1,0 +1,26 @@
+"""A stand-in entry point for sweep tests: writes one compare cell per objective into
+--workdir from its --config.lr and --config.seeds overrides; --config.lr=fail exits 3."""
+
+import json
+import os
+import sys
+
+
+def main(argv):
+    args = dict(a[2:].split("=", 1) for a in argv if a.startswith("--"))
+    if args.get("config.lr") == "fail":
+        print("lr must be a number", file=sys.stderr)
+        sys.exit(3)
+    lr = float(args["config.lr"])
+    workdir = args["workdir"]
+    os.makedirs(os.path.join(workdir, "cells"), exist_ok=True)
+    for objective, offset in (("mle", 0.0), ("learned_token_loss", 0.1)):
+        for seed in range(int(args.get("config.seeds", "2"))):
+            cell = {"objective": objective, "noise": "swap30", "seed": seed,
+                    "metrics": {"exact_match": lr / 10 + offset + 0.01 * seed}}
+            with open(os.path.join(workdir, "cells", f"{objective}-{seed}.json"), "w") as f:
+                json.dump(cell, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,90 @@
+"""Sweeps: products and zips of overrides, one process per point, a failed point that does not
+stop the others, skipped finished points, the printed launcher, and the aggregated report."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from learned_loss import report, sweep
+
+CONFIG = '''
+from learned_loss import sweep
+
+def get_config(arg="tiny"):
+    raise AssertionError("the sweep reads get_sweep only")
+
+def get_sweep(arg="tiny"):
+    return sweep.product(lr=[1.0, 2.0], seeds=[2]) + [{"lr": "fail", "seeds": 2}]
+'''
+
+
+def test_product_and_zipped():
+    assert sweep.product(a=[1, 2], b=["x"]) == [{"a": 1, "b": "x"}, {"a": 2, "b": "x"}]
+    assert sweep.zipped(a=[1, 2], b=[3, 4]) == [{"a": 1, "b": 3}, {"a": 2, "b": 4}]
+    with pytest.raises(sweep.SweepError, match="differ in length"):
+        sweep.zipped(a=[1, 2], b=[3])
+    assert sweep.flag_value(("mle", "dpo")) == "('mle', 'dpo')"
+    assert sweep.point_name(3, {"lr": 0.001, "m": ("a", "b")}) == "003-lr=0.001,m=__a_,__b__"
+
+
+def test_missing_get_sweep_is_a_clear_error(tmp_path):
+    path = tmp_path / "c.py"
+    path.write_text("def get_config():\n    return None\n")
+    with pytest.raises(sweep.SweepError, match="defines no get_sweep"):
+        sweep.load_sweep(f"{path}:tiny")
+
+
+def test_failed_point_does_not_stop_the_others(tmp_path):
+    config = tmp_path / "sweepcfg.py"
+    config.write_text(CONFIG)
+    root = str(tmp_path / "root")
+    points = sweep.points(f"{config}:tiny", root, "tests.sweep_entry")
+    assert len(points) == 3 and "--config.lr=fail" in points[2].command
+    records = sweep.run(points, root, parallel=2, log=lambda _: None)
+    assert [records[p.name]["status"] for p in points] == ["done", "done", "failed"]
+    assert records[points[2].name]["returncode"] == 3
+    assert "lr must be a number" in records[points[2].name]["log_tail"]
+    with open(os.path.join(root, "sweep.json")) as f:
+        assert len(json.load(f)["points"]) == 3
+    # A re-run skips the finished points and retries only the failed one.
+    done_log = os.path.join(root, "points", points[0].name, "log.txt")
+    stamp = os.path.getmtime(done_log)
+    logs = []
+    sweep.run(points, root, log=logs.append)
+    assert os.path.getmtime(done_log) == stamp
+    assert sum("skipped" in line for line in logs) == 2
+    # The aggregated report: a table per swept key, the failure listed.
+    report.write_sweep(root)
+    md = open(os.path.join(root, "report.md")).read()
+    assert "## lr" in md and "## seeds" in md and "exit 3" in md
+    mean, half = report.mean_ci([0.2, 0.21])
+    assert f"| 2.0 | {mean + 0.1:.3f} ± {half:.3f} | {mean:.3f} ± {half:.3f} |" in md
+
+
+def test_print_launcher_writes_one_line_per_point(tmp_path):
+    config = tmp_path / "sweepcfg.py"
+    config.write_text(CONFIG)
+    out = subprocess.run([sys.executable, "-m", "experiments.sweep", f"--config={config}:tiny",
+                          f"--workdir={tmp_path / 'root'}", "--entry=tests.sweep_entry",
+                          "--launcher=print"], capture_output=True, text=True, check=True)
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 3 and all("-m tests.sweep_entry" in line for line in lines)
+    assert not os.path.exists(tmp_path / "root" / "points")
+
+
+def test_sweep_cli_exits_non_zero_when_a_point_fails(tmp_path):
+    config = tmp_path / "sweepcfg.py"
+    config.write_text(CONFIG)
+    out = subprocess.run([sys.executable, "-m", "experiments.sweep", f"--config={config}:tiny",
+                          f"--workdir={tmp_path / 'root'}", "--entry=tests.sweep_entry",
+                          "--parallel=2"], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "1 of 3 points failed" in out.stderr
+    assert os.path.exists(tmp_path / "root" / "points" / "001-lr=2.0,seeds=2" / "DONE")
+    out = subprocess.run([sys.executable, "-m", "experiments.report",
+                          f"--workdir={tmp_path / 'root'}"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "Failed points" in (tmp_path / "root" / "report.md").read_text()
