@@ -24,8 +24,8 @@ TRAIN_FAMILIES = meta_train.NOISY_FAMILIES
 TRANSFER_FAMILIES = ("count_digits", "from_binary", "is_palindrome", "repeat_string")
 NOISES = {
     "swap30": dict(kinds=("other_answer",), rho=0.3),
-    "swap50": dict(kinds=("other_answer",), rho=0.5),
     "off_by_one": dict(kinds=("off_by_one",), rho=0.3),
+    "swap50": dict(kinds=("other_answer",), rho=0.5),
     "dropped_last_char": dict(kinds=("dropped_last_char",), rho=0.3),
 }
 

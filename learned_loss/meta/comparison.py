@@ -61,10 +61,10 @@ class Cell:
 
 
 def grid(config) -> list[Cell]:
-    """Every cell of the config, in the order they run (cheap methods first)."""
+    """Every cell of the config, in the order they run: by noise kind, then family set."""
     cells = []
-    for family_set in config.family_sets:
-        for noise in config.noises:
+    for noise in config.noises:
+        for family_set in config.family_sets:
             for seed in range(config.seeds):
                 for method in config.methods:
                     cells.append(Cell(family_set, noise, method, config.model.variant, seed))
