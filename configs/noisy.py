@@ -49,6 +49,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     all_sets = {"train": TRAIN_FAMILIES, "transfer": TRANSFER_FAMILIES}
     config.family_sets = {k: all_sets[k] for k in v["sets"]}
     config.noises = {k: NOISES[k] for k in v["noises"]}
+    # The noise kinds to run, in this order (a ConfigDict iterates its keys sorted).
+    config.noise_order = tuple(v["noises"])
     config.methods = v["methods"]
     config.seeds = v["seeds"]
     config.steps = v["steps"]

@@ -86,3 +86,12 @@ def test_seeds_trained_together_match_seeds_trained_alone(tmp_path):
     with pytest.raises(ValueError, match="differ only in seed"):
         comparison.train_cells(config, [cells[0], dataclasses.replace(cells[1], method="mle")],
                                data)
+
+
+def test_grid_follows_the_noise_order():
+    config = noisy.get_config("tiny")
+    config.seeds, config.methods, config.transfer.noises = 1, ("mle",), ()
+    assert [c.noise for c in comparison.grid(config)][::2] == list(config.noise_order)
+    config.noise_order = ("swap30", "swap70")
+    with pytest.raises(ValueError, match="swap70"):
+        comparison.grid(config)

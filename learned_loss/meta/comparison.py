@@ -61,9 +61,14 @@ class Cell:
 
 
 def grid(config) -> list[Cell]:
-    """Every cell of the config, in the order they run: by noise kind, then family set."""
+    """Every cell of the config, in the order they run: noise kind by noise kind
+    (`config.noise_order`), both family sets each."""
+    unknown = [n for n in config.noise_order if n not in config.noises]
+    if unknown:
+        raise ValueError(f"noise_order names {unknown}, which are not in config.noises "
+                         f"{sorted(config.noises)}; add them there or drop them from the order")
     cells = []
-    for noise in config.noises:
+    for noise in config.noise_order:
         for family_set in config.family_sets:
             for seed in range(config.seeds):
                 for method in config.methods:
