@@ -114,6 +114,11 @@ def get_config(arg: str = "easy") -> ml_collections.ConfigDict:
     config.rl.lam = 0.95
     config.rl.whiten_advantages = True
     config.rl.grpo_beta = 0.04
+    # What PPO / RLOO / GRPO maximise: the reward model's score, or 'learned': the meta-trained
+    # r_theta(score, length, EOS) of the `learned_reward` artifact at learned_reward_path
+    # (WORKDIR/artifact of experiments/meta_train_reward.py).
+    config.rl.reward = "reward_model"
+    config.rl.learned_reward_path = ""
     config.rl.optimizer = optimizers.adamw(1e-4, 5, weight_decay=0.0)
     config.rl.optimizer.min_lr_ratio = 1.0  # A constant rate after warm-up.
     config.rl.train = _train_section(v["rl_steps"], v["log"], v["eval"])

@@ -7,7 +7,8 @@ wires them to the model:
   dpo_loss_fn      DPO / IPO / a learned preference loss on summed (IPO: averaged) completion
                    log-probabilities against a frozen reference passed as theta.
   rl_step          one on-policy iteration: sample K completions per prompt, score them with the
-                   reward model, compute advantages (PPO: per-token KL penalty + GAE + whitening;
+                   reward model (or the learned reward r_theta on top of it, `shaped_scores`),
+                   compute advantages (PPO: per-token KL penalty + GAE + whitening;
                    RLOO: leave-one-out; GRPO: group-normalised), then `epochs` passes over
                    `minibatches` minibatches of clipped-surrogate updates. One jitted program.
   sample_and_score the policy's samples with their proxy score, KL to the reference and length.
@@ -188,6 +189,23 @@ def _minibatch_loss(params, data, *, model, s: RLSettings):
                      beta=s.grpo_beta, clip_eps=s.clip_range)
 
 
+def shaped_scores(theta: Mapping[str, Any], proxy: jax.Array, rollout: rollout_lib.Rollout,
+                  missing_eos_penalty: float) -> tuple[jax.Array, jax.Array]:
+    """(reward [R] before the missing-EOS penalty, score [R] after it) of rollouts whose reward
+    model scored `proxy` [R].
+
+    The reward is the reward model's score, or, when theta holds 'learned_reward', the learned
+    reward r_theta(score, length, finished) of `learned.reward` (length: completion tokens
+    before the EOS, as the 'length' metric counts them), which equals the score at
+    `learned.init_reward`. The missing-EOS penalty (trl's) applies to either.
+    """
+    reward = proxy
+    if "learned_reward" in theta:
+        length = rollout.lengths - rollout.finished.astype(jnp.int32)  # [R]
+        reward = learned.reward(theta["learned_reward"], proxy, length, rollout.finished)
+    return reward, ppo.apply_missing_eos_penalty(reward, rollout.finished, missing_eos_penalty)
+
+
 def rl_step(state: train.TrainState, batch: Mapping[str, jax.Array], theta: Mapping[str, Any],
             *, model: model_lib.Model, reference_model: model_lib.Model,
             reward_model_: model_lib.Model, optimizer: optax.GradientTransformation,
@@ -195,7 +213,9 @@ def rl_step(state: train.TrainState, batch: Mapping[str, jax.Array], theta: Mapp
     """One on-policy iteration. Returns (state, metrics, (completions [R, C], finished [R])).
 
     batch: {'prompts': [B, P], 'prompt_lengths': [B], 'kl_coef': [B], ...};
-    theta: {'reference': reference params, 'reward': reward-model params} (frozen).
+    theta: {'reference': reference params, 'reward': reward-model params} (frozen), and
+    optionally 'learned_reward': the learned reward's theta (`shaped_scores`; then the metrics
+    also hold 'learned_reward', the mean r_theta).
     """
     s = settings
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), 0x5EED)
@@ -209,7 +229,7 @@ def rl_step(state: train.TrainState, batch: Mapping[str, jax.Array], theta: Mapp
     ref_logp = rollout_lib.log_probs(
         reference_model.apply(theta["reference"], ro.sequences).logits, ro)
     proxy = rollout_lib.score(reward_model_, theta["reward"], ro)  # [R]
-    scores = ppo.apply_missing_eos_penalty(proxy, ro.finished, s.missing_eos_penalty)
+    reward, scores = shaped_scores(theta, proxy, ro, s.missing_eos_penalty)  # [R] each
     kl_coef = batch["kl_coef"][0]
     advantages, returns = _advantages(s, scores, old_logp, old_values, ref_logp, ro.mask,
                                       kl_coef)
@@ -247,6 +267,8 @@ def rl_step(state: train.TrainState, batch: Mapping[str, jax.Array], theta: Mapp
         "finished": ro.finished.astype(jnp.float32).mean(),
         "advantage_std": jnp.std(advantages),
     })
+    if "learned_reward" in theta:
+        metrics["learned_reward"] = reward.mean()
     return state, metrics, (ro.completions, ro.finished)
 
 

@@ -63,6 +63,9 @@ def _check_config(config) -> None:
     if config.dpo.loss_type not in ("sigmoid", "ipo", "learned"):
         raise cli.UserError(f"dpo.loss_type={config.dpo.loss_type!r}: use 'sigmoid', 'ipo' or "
                             f"'learned' (with dpo.learned_path)")
+    if config.rl.get("reward", "reward_model") not in ("reward_model", "learned"):
+        raise cli.UserError(f"rl.reward={config.rl.reward!r}: use 'reward_model' or 'learned' "
+                            f"(with rl.learned_reward_path)")
     if config.dpo.loss_type == "learned" and config.dpo.label_smoothing:
         raise cli.UserError("dpo.label_smoothing is for loss_type='sigmoid' (cDPO); set it to 0 "
                             "with loss_type='learned'")
@@ -83,7 +86,32 @@ def preference_theta(config) -> dict | None:
         raise artifact.ArtifactError(f"dpo.learned_path: {e}") from e
 
 
-def _families(config, sft_config) -> tuple[str, ...]:
+def reward_theta(config) -> dict | None:
+    """Theta of the learned reward r_theta that PPO / RLOO / GRPO maximise
+    (rl.reward='learned'): the `learned_reward` artifact at rl.learned_reward_path; None with
+    rl.reward='reward_model' (the raw reward-model score). Raises artifact.ArtifactError for a
+    missing, corrupt or mismatched artifact."""
+    r = config.rl
+    if r.get("reward", "reward_model") != "learned":
+        return None
+    if not r.get("learned_reward_path", ""):
+        raise cli.UserError("rl.reward='learned' needs rl.learned_reward_path: point it at "
+                            "WORKDIR/artifact of a finished experiments.meta_train_reward run "
+                            "(or use rl.reward='reward_model')")
+    path = r.learned_reward_path
+    try:
+        found = artifact.load(path, expected_name=learned.REWARD_ARTIFACT)
+        return learned.check_reward_theta(found.theta)
+    except artifact.ArtifactError as e:
+        raise artifact.ArtifactError(f"rl.learned_reward_path: {e}") from e
+    except ValueError as e:
+        raise artifact.ArtifactError(f"rl.learned_reward_path: the artifact at {path!r} is not "
+                                     f"a learned reward: {e}") from e
+
+
+def task_families(config, sft_config) -> tuple[str, ...]:
+    """The RL and preference families: config.tasks.families, or the SFT run's, checked
+    against the split (held-out families are refused)."""
     split = sft_config.get("tasks") or config.tasks
     families = tuple(config.tasks.families) or tuple(split.get("families", ()))
     return tasks.training_families(families, config.tasks.train_split,
@@ -163,7 +191,7 @@ class Stage:
             self.optimizer.init, out_shardings=self.state_sh.opt_state)(params))
 
 
-def _place(params: Any, sft_config, mesh) -> Any:
+def place_frozen(params: Any, sft_config, mesh) -> Any:
     """Frozen params (reference, reward model) placed by the partition rules."""
     specs = sharding.param_specs(params, sft_config.sharding.rules, mesh)
     return jax.device_put(jax.device_get(params), sharding.named(mesh, specs))
@@ -243,7 +271,7 @@ def train_reward_model(config, sft, info, mesh, workdir: str):
         data_hash=info.config_hash, provenance_extra={"preferences": info.provenance()}))
     params, step = policy.restore_params(workdir, stage.config, stage.model)
     logging.info("reward model at step %d: %s", step, last)
-    return stage.model, _place(params, sft.config, mesh)
+    return stage.model, place_frozen(params, sft.config, mesh)
 
 
 # ---- evaluation shared by every run ---------------------------------------------------------
@@ -312,7 +340,7 @@ class Evaluator:
 # ---- stage 3: on-policy RL and DPO ----------------------------------------------------------
 
 
-def _rl_settings(config, algorithm: str) -> rlhf.RLSettings:
+def rl_settings(config, algorithm: str) -> rlhf.RLSettings:
     r = config.rl
     return rlhf.RLSettings(
         algorithm=algorithm, samples_per_prompt=r.samples_per_prompt,
@@ -324,10 +352,12 @@ def _rl_settings(config, algorithm: str) -> rlhf.RLSettings:
 
 
 def train_rl(config, algorithm: str, sft, families, mesh, reference, reward, evaluator,
-             workdir: str) -> dict:
+             workdir: str, learned_reward: dict | None = None) -> dict:
+    """PPO / RLOO / GRPO against the reward model, or against r_theta on top of it when
+    `learned_reward` (`reward_theta`) is given."""
     r = config.rl
     try:
-        settings = _rl_settings(config, algorithm)
+        settings = rl_settings(config, algorithm)
     except ValueError as e:
         raise cli.UserError(f"rl: {e}") from None
     sharding.check_batch_divides(r.global_batch_size, mesh)
@@ -349,6 +379,8 @@ def train_rl(config, algorithm: str, sft, families, mesh, reference, reward, eva
         in_shardings=(stage.state_sh, batch_sh, None),
         out_shardings=(stage.state_sh, replicated, replicated), donate_argnums=(0,))
     theta = {"reference": reference[1], "reward": reward[1]}
+    if learned_reward is not None:
+        theta["learned_reward"] = jax.device_put(learned_reward, replicated)
     rows = r.global_batch_size * r.samples_per_prompt
 
     def train_step(state, batch, theta_):
@@ -369,7 +401,9 @@ def train_rl(config, algorithm: str, sft, families, mesh, reference, reward, eva
         train_iter=source, seq_len=sft.config.data.seq_len,
         global_batch_size=rows, evaluate=lambda s: evaluator(stage.model, s.params),
         theta=theta, provenance_extra={"algorithm": algorithm, "families": list(families),
-                                       "settings": settings.__dict__}))
+                                       "settings": settings.__dict__,
+                                       "reward": "learned" if learned_reward is not None
+                                       else "reward_model"}))
 
 
 def train_dpo(config, sft, info, mesh, reference, evaluator, workdir: str,
@@ -480,10 +514,11 @@ def run(config, workdir: str) -> dict:
     _check_config(config)
     # Read before the long stages, so that a bad dpo.learned_path fails at once.
     preference = preference_theta(config) if "dpo" in algorithms(config) else None
+    learned_reward = reward_theta(config)
     start = time.time()
     sft = policy.load(config.sft_from)
     mesh = sharding.make_mesh(config.mesh.shape)
-    families = _families(config, sft.config)
+    families = task_families(config, sft.config)
     width = prompt_width(config)
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
@@ -492,7 +527,7 @@ def run(config, workdir: str) -> dict:
 
     info = build_preferences(config, sft, families, workdir)
     reward = train_reward_model(config, sft, info, mesh, os.path.join(workdir, "reward_model"))
-    reference = (sft.model, _place(sft.params, sft.config, mesh))
+    reference = (sft.model, place_frozen(sft.params, sft.config, mesh))
     evaluator = Evaluator(config, families, reference=reference, reward=reward, width=width,
                           prompts_per_family=config.eval.prompts_per_family,
                           samples_per_prompt=config.eval.samples_per_prompt, seed_offset=1)
@@ -504,7 +539,7 @@ def run(config, workdir: str) -> dict:
                                           stage_dir, preference)
         else:
             finals[algorithm] = train_rl(config, algorithm, sft, families, mesh, reference,
-                                         reward, evaluator, stage_dir)
+                                         reward, evaluator, stage_dir, learned_reward)
 
     # Over-optimization: the SFT policy is every run's d = 0.
     before = evaluator.samples_of(sft.model, reference[1])

@@ -60,6 +60,7 @@ TOKEN_FEATURES = ("log_prob", "entropy", "max_log_prob", "position", "ref_log_pr
 LOG_PROB_SCALE = 5.0
 PREFERENCE_INPUT_SCALE = 4.0
 REWARD_FEATURES = ("score", "length", "finished")
+REWARD_ARTIFACT = "learned_reward"  # The artifact name of a meta-trained r_theta.
 
 Params = Mapping[str, jax.Array]
 
@@ -266,3 +267,20 @@ def reward(theta: Params, score: jax.Array, length: jax.Array, finished: jax.Arr
     x = jnp.stack([score / 4.0, jnp.log1p(length.astype(jnp.float32)) / 4.0,
                    finished.astype(jnp.float32)], axis=-1)  # [N, 3]
     return score + mlp(theta, x)
+
+
+def check_reward_theta(theta: Mapping[str, object]) -> dict:
+    """theta of the learned reward as float32 arrays, after checking its keys and shapes
+    ({'w0' [3, H], 'b0' [H], 'w1' [H], 'b1' []}); a ValueError names what is wrong."""
+    expected = {"w0", "b0", "w1", "b1"}
+    if set(theta) != expected:
+        raise ValueError(f"a learned reward's theta has the arrays {sorted(expected)}, got "
+                         f"{sorted(theta)}")
+    out = {k: jnp.asarray(v, jnp.float32) for k, v in theta.items()}
+    hidden = out["b0"].shape[0] if out["b0"].ndim == 1 else -1
+    shapes = {"w0": (len(REWARD_FEATURES), hidden), "b0": (hidden,), "w1": (hidden,), "b1": ()}
+    wrong = {k: out[k].shape for k in shapes if out[k].shape != shapes[k]}
+    if hidden < 1 or wrong:
+        raise ValueError(f"a learned reward's theta has shapes w0 [3, H], b0 [H], w1 [H], b1 []; "
+                         f"got {({k: v.shape for k, v in out.items()})}")
+    return out

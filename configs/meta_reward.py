@@ -1,0 +1,101 @@
+"""Meta-training a learned reward r_theta for RL (experiments/meta_train_reward.py).
+
+  python -m experiments.finetune --config=configs/finetune.py:words --workdir=/tmp/sft
+  python -m experiments.meta_train_reward --config=configs/meta_reward.py:tiny \
+      --workdir=/tmp/meta_reward --config.rlhf.sft_from=/tmp/sft
+  python -m experiments.rlhf --config=configs/rlhf.py:words --workdir=/tmp/rlhf_learned \
+      --config.sft_from=/tmp/sft --config.algorithms=rloo --config.rl.reward=learned \
+      --config.rl.learned_reward_path=/tmp/meta_reward/artifact \
+      --config.preferences.length_bias=1.0 --config.preferences.length_scale=8
+
+The reward model comes from the RLHF pipeline's own stages (`config.rlhf`, a configs/rlhf.py
+config; run in WORKDIR/rlhf, or reused from `rlhf_workdir`, e.g. a finished experiments.rlhf
+workdir with the same preference and reward-model settings). Each inner run fine-tunes the SFT
+policy with `inner.algorithm` (RLOO) for `inner.horizon` steps on r_theta = reward-model score +
+k_theta(score, length, EOS); its fitness is the gold graded score of the final policy's samples
+on held-out prompts; Open-ES (antithetic pairs, centered ranks) moves theta, with adam on the ES
+gradient. Variants: `smoke` (seconds, for tests; configs/finetune.py:smoke as the SFT policy),
+`tiny` (count_words from configs/finetune.py:words, a labeler biased towards length as in the
+README's RLHF runs; about 15 minutes on 2 CPU cores).
+"""
+
+import ml_collections
+
+from configs import optimizers, rlhf
+
+VARIANTS = {
+    # rlhf variant, reward-model steps, RL prompts per step, K, epochs, horizon, population,
+    # sigma, outer lr, outer steps, fitness / validation prompts per family and samples.
+    "smoke": dict(rlhf="smoke", rm_steps=8, rl_batch=4, k=2, epochs=1, horizon=2,
+                  population=2, sigma=0.5, lr=0.1, steps=2, eval=2, ckpt=1,
+                  fitness=(2, 2), valid=(2, 2)),
+    "tiny": dict(rlhf="words", rm_steps=150, rl_batch=8, k=4, epochs=2, horizon=15,
+                 population=8, sigma=1.0, lr=0.3, steps=8, eval=4, ckpt=2,
+                 fitness=(48, 2), valid=(64, 2)),
+}
+
+
+def _prompts(prompts_per_family: int, samples_per_prompt: int) -> ml_collections.ConfigDict:
+    out = ml_collections.ConfigDict()
+    out.prompts_per_family = prompts_per_family
+    out.samples_per_prompt = samples_per_prompt
+    return out
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+    if arg not in VARIANTS:
+        raise ValueError(f"unknown variant {arg!r} of configs/meta_reward.py; choose one of "
+                         f"{sorted(VARIANTS)}")
+    v = VARIANTS[arg]
+    config = ml_collections.ConfigDict()
+    config.variant = arg
+    config.seed = 0
+
+    # The RLHF pipeline's settings: SFT policy (rlhf.sft_from, required), labeler, reward model,
+    # and the RL step of the inner runs (rlhf.rl: batch, K, epochs, KL coefficient, optimizer).
+    config.rlhf = rlhf.get_config(v["rlhf"])
+    config.rlhf.algorithms = ("rloo",)
+    config.rlhf.reward_model.train.num_steps = v["rm_steps"]
+    config.rlhf.reward_model.train.eval_every = v["rm_steps"]
+    config.rlhf.reward_model.train.checkpoint_every = v["rm_steps"]
+    config.rlhf.rl.global_batch_size = v["rl_batch"]
+    config.rlhf.rl.samples_per_prompt = v["k"]
+    config.rlhf.rl.epochs = v["epochs"]
+    config.rlhf.rl.minibatches = 1
+    if arg == "smoke":  # Two inner steps that move the policy: members then score apart.
+        config.rlhf.rl.optimizer = optimizers.adamw(1e-2, 0, weight_decay=0.0)
+        config.rlhf.rl.optimizer.min_lr_ratio = 1.0
+    if arg == "tiny":  # The README's length-biased labeler: RL on its reward model hacks it.
+        config.rlhf.preferences.length_bias = 1.0
+        config.rlhf.preferences.length_scale = 8.0
+    # An RLHF workdir whose preference pairs and reward model to reuse (the same settings);
+    # empty: WORKDIR/rlhf.
+    config.rlhf_workdir = ""
+
+    config.reward = ml_collections.ConfigDict()
+    config.reward.hidden = 4  # k_theta's hidden units: 3 * 4 + 4 + 4 + 1 = 21 parameters.
+
+    config.inner = ml_collections.ConfigDict()
+    config.inner.algorithm = "rloo"  # or ppo, grpo
+    config.inner.horizon = v["horizon"]  # RL steps of every inner run (full horizon).
+
+    # Held-out prompts whose samples' gold score is each member's fitness, and the fixed ones
+    # of the meta-validation runs (theta against the reward model's score).
+    config.fitness = _prompts(*v["fitness"])
+    config.meta_valid = _prompts(*v["valid"])
+
+    config.estimator = ml_collections.ConfigDict()
+    config.estimator.strategy = "open_es"  # or snes, cma_es
+    config.estimator.population = v["population"]  # antithetic pairs: even
+    # k_theta's output is w1 . tanh(...): a unit-scale sigma lets one perturbation move the
+    # reward by as much as the reward model's spread between samples (about 0.1-1).
+    config.estimator.sigma = v["sigma"]
+
+    config.outer = ml_collections.ConfigDict()
+    config.outer.lr = v["lr"]  # adam on the ES gradient
+    config.outer.grad_clip = 10.0
+    config.outer.num_steps = v["steps"]
+    config.outer.eval_every = v["eval"]  # Every step logs the population's figures.
+    config.outer.checkpoint_every = v["ckpt"]
+    config.outer.keep_checkpoints = 2
+    return config

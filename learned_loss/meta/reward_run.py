@@ -1,0 +1,259 @@
+"""A learned-reward meta-training run (experiments/meta_train_reward.py).
+
+Stages, in the workdir W (a re-run resumes; finished stages are not redone):
+  W/rlhf/ (or config.rlhf_workdir)   the RLHF pipeline's own stages, reused as they are:
+                      preferences.json (pairs of the SFT policy's samples, labelled by the noisy,
+                      possibly length-biased labeler) and reward_model/ (`rlhf_pipeline`)
+  W/checkpoints/      the outer state (theta, adam state, evosax state, step, rng) every
+                      `outer.checkpoint_every` steps: a resumed run repeats the same numbers
+  W/metrics.jsonl     per outer step: fitness/mean_gold and fitness/best_gold (the members' gold
+                      graded scores), fitness/mean_proxy, fitness/mean_length, diverged, sigma,
+                      grad_norm; every `outer.eval_every` steps the meta-validation run under
+                      theta (valid/gold, valid/proxy, valid/length, valid/kl) beside the same run
+                      under the reward model's score (theta_init: valid_rm/...)
+  W/provenance.json   config, versions, mesh, the SFT and reward-model workdirs, per start
+  W/final.json        at the end: the meta-validation policies trained on r_theta and on the
+                      reward model (gold, proxy, length, KL), the SFT policy, and the wall time
+  W/artifact/         the `learned_reward` artifact (theta, its hidden size, the config), written
+                      atomically once the last outer step is done; a finished run started again
+                      leaves it untouched, and a failed run never writes it
+
+Outer loop: full-horizon ES with host-side fitness (`host_es`, Open-ES by default, Salimans et
+al. 2017) on the inner problem of `reward_problem` (RL of the SFT policy under r_theta, scored
+by the gold metric of its samples on held-out prompts). Step s trains every member on the
+prompts of stream position s H with one shared key; meta-validation always uses the same
+prompts (position VALID_POSITION), key and held-out evaluation prompts, so its numbers compare
+across steps and against the reward-model baseline.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from learned_loss import checkpoint as checkpoint_lib
+from learned_loss import cli, evaluation, loop, metrics, policy, provenance, rlhf, rlhf_data
+from learned_loss import rlhf_pipeline, sharding, train
+from learned_loss.data import instruction_tasks
+from learned_loss.meta import host_es, outer, reward_problem
+from learned_loss.objectives import artifact, learned
+
+ARTIFACT = "artifact"
+FINAL = "final.json"
+# Stream position of the meta-validation run's prompts: far past any outer step's.
+VALID_POSITION = 10_000_000
+# Seed offsets of the evaluators' prompt streams (rlhf_pipeline uses 1 and 2 for its own).
+FITNESS_SEED_OFFSET, VALID_SEED_OFFSET, TRAIN_SEED_OFFSET = 3, 4, 5
+SUMMARY_KEYS = ("gold_graded", "gold_exact_match", "proxy", "length", "finished", "kl")
+
+
+def check_config(config) -> None:
+    """Clear errors for settings the run cannot use."""
+    if not config.rlhf.sft_from:
+        raise cli.UserError("config.rlhf.sft_from is required: pass --config.rlhf.sft_from=<a "
+                            "fine-tuning workdir> (experiments.finetune, e.g. "
+                            "configs/finetune.py:words)")
+    if config.inner.algorithm not in rlhf.ALGORITHMS:
+        raise cli.UserError(f"inner.algorithm={config.inner.algorithm!r}: choose one of "
+                            f"{list(rlhf.ALGORITHMS)}")
+    if config.inner.horizon < 1 or config.outer.num_steps < 1:
+        raise cli.UserError("inner.horizon and outer.num_steps must be >= 1")
+    if config.rlhf.rl.kl_target > 0:
+        raise cli.UserError("the inner RL runs use a fixed KL coefficient: set "
+                            "rlhf.rl.kl_target=0")
+    p, strategy = config.estimator.population, config.estimator.strategy
+    if strategy == "open_es" and (p < 2 or p % 2):
+        raise cli.UserError(f"estimator.population={p}: antithetic Open-ES needs an even "
+                            f"population >= 2")
+
+
+class Setup:
+    """The SFT policy, the reward model (trained or reused by the RLHF pipeline), the inner
+    problem and its evaluators."""
+
+    def __init__(self, config, workdir: str):
+        rc = config.rlhf
+        self.config = config
+        self.sft = policy.load(rc.sft_from)
+        self.mesh = sharding.make_mesh(rc.mesh.shape)
+        self.families = rlhf_pipeline.task_families(rc, self.sft.config)
+        self.stage_dir = config.rlhf_workdir or os.path.join(workdir, "rlhf")
+        os.makedirs(self.stage_dir, exist_ok=True)
+        self.info = rlhf_pipeline.build_preferences(rc, self.sft, self.families, self.stage_dir)
+        self.reward = rlhf_pipeline.train_reward_model(
+            rc, self.sft, self.info, self.mesh, os.path.join(self.stage_dir, "reward_model"))
+        self.reference = (self.sft.model, rlhf_pipeline.place_frozen(
+            self.sft.params, self.sft.config, self.mesh))
+
+        ic = config.inner
+        try:
+            settings = rlhf_pipeline.rl_settings(rc, ic.algorithm)
+        except ValueError as e:
+            raise cli.UserError(f"rlhf.rl: {e}") from None
+        model, optimizer, init_state = self._initial_state(
+            ic.algorithm, ic.horizon * rc.rl.epochs * rc.rl.minibatches)
+        width = rlhf_pipeline.prompt_width(rc)
+        stream = rlhf_data.PromptStream(
+            self.families, difficulty=instruction_tasks.difficulty_range(rc.tasks.difficulty),
+            seed=config.seed + TRAIN_SEED_OFFSET, global_batch_size=rc.rl.global_batch_size,
+            width=width, kl_coef=rc.rl.kl_coef)
+
+        def evaluator(section, offset):
+            return rlhf_pipeline.Evaluator(
+                rc, self.families, reference=self.reference, reward=self.reward, width=width,
+                prompts_per_family=section.prompts_per_family,
+                samples_per_prompt=section.samples_per_prompt, seed_offset=offset)
+
+        self.valid_evaluator = evaluator(config.meta_valid, VALID_SEED_OFFSET)
+        self.problem = reward_problem.RewardProblem(
+            model=model, optimizer=optimizer, init_state=init_state,
+            reference=self.reference, reward=self.reward, settings=settings, stream=stream,
+            horizon=ic.horizon, evaluator=evaluator(config.fitness, FITNESS_SEED_OFFSET))
+
+    def _initial_state(self, algorithm: str, updates: int):
+        """(model, optimizer, TrainState) every inner run starts from: the SFT policy with a
+        fresh optimizer state (PPO: the pipeline's stage, whose policy has a fresh value
+        head)."""
+        rc = self.config.rlhf
+        if algorithm == "ppo":
+            stage = rlhf_pipeline.Stage(rc, self.sft, self.mesh, "rl", True,
+                                        rc.rl.global_batch_size, updates)
+            return stage.model, stage.optimizer, stage.state
+        optimizer = train.make_optimizer(rc.rl.optimizer, updates)
+        params = self.reference[1]  # Shared: the inner runs never donate their state.
+        state = train.TrainState(params=params, opt_state=jax.jit(optimizer.init)(params),
+                                 step=jnp.zeros((), jnp.int32),
+                                 rng=jax.random.key_data(jax.random.key(self.config.seed)))
+        return self.sft.model, optimizer, state
+
+    def provenance(self, start: int) -> dict:
+        return provenance.collect(self.config, mesh=self.mesh, extra={
+            "resumed_from_step": start, "families": list(self.families),
+            "sft": {"workdir": self.sft.workdir, "step": self.sft.step},
+            "rlhf_workdir": self.stage_dir, "preferences": self.info.provenance()})
+
+    def validate(self, theta: Any, key: jax.Array) -> dict[str, float]:
+        """The meta-validation run under theta (at `learned.init_reward`, exactly the reward
+        model's score; one compiled inner run serves both)."""
+        out = self.problem.run(theta, key, VALID_POSITION, evaluator=self.valid_evaluator)
+        return {k: out.summary.get(k, float("nan")) for k in SUMMARY_KEYS + ("diverged",)}
+
+
+def _resume(workdir: str, state: Any, model_dict: dict, keep: int):
+    """(checkpointer, state, step): the newest good outer checkpoint, or `state` at step 0."""
+    ckpt = checkpoint_lib.Checkpointer(workdir, keep=keep, async_save=False)
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    restored = ckpt.restore_latest(abstract, model_config=model_dict)
+    if restored is None:
+        return ckpt, state, 0
+    logging.info("resumed the outer loop from step %d in %s", restored.step, workdir)
+    return ckpt, restored.state, restored.step
+
+
+def finished(config, workdir: str) -> bool:
+    """Whether the workdir holds the artifact and an outer checkpoint at outer.num_steps or
+    later (then a re-run leaves everything as it is, and skips the set-up)."""
+    if not os.path.isdir(os.path.join(workdir, ARTIFACT)):
+        return False
+    ckpt = checkpoint_lib.Checkpointer(workdir, read_only=True)
+    steps = ckpt.steps()
+    ckpt.close()
+    return bool(steps) and steps[-1] >= config.outer.num_steps
+
+
+def _population_metrics(outcomes: list[reward_problem.Outcome]) -> dict[str, float]:
+    """Means over the members that did not diverge, and the best gold."""
+    ok = [o.summary for o in outcomes if np.isfinite(o.loss)]
+    if not ok:
+        return {}
+    mean = lambda k: float(np.mean([s[k] for s in ok]))
+    return {"fitness/mean_gold": mean("gold_graded"),
+            "fitness/best_gold": float(max(s["gold_graded"] for s in ok)),
+            "fitness/mean_proxy": mean("proxy"), "fitness/mean_length": mean("length"),
+            "fitness/mean_kl": mean("kl")}
+
+
+def run(config, workdir: str) -> dict[str, Any]:
+    """Meta-trains r_theta to `outer.num_steps`, resuming from the workdir. Returns the final
+    comparison (final.json's contents; {} when stopped early or already finished)."""
+    check_config(config)
+    start_time = time.time()
+    if finished(config, workdir):
+        logging.info("meta-training in %s is finished; its artifact is kept as it is", workdir)
+        return {}
+    os.makedirs(workdir, exist_ok=True)
+    s = Setup(config, workdir)
+    oc, ec = config.outer, config.estimator
+    theta0 = learned.init_reward(jax.random.key(config.seed), hidden=config.reward.hidden)
+    es = host_es.host_es(theta0, population=ec.population, strategy=ec.strategy,
+                         sigma=ec.sigma)
+    optimizer = outer.make_optimizer(oc)
+    state = host_es.init_state(es, optimizer, theta0, jax.random.key(config.seed))
+    step_fn = host_es.outer_step_fn(es, optimizer)
+    # What the outer state's shapes depend on: a checkpoint of another is refused.
+    model_dict = {"objective": learned.REWARD_ARTIFACT, "hidden": int(config.reward.hidden),
+                  "strategy": ec.strategy}
+    ckpt, state, start = _resume(workdir, state, model_dict, oc.keep_checkpoints)
+    provenance.write(workdir, s.provenance(start))
+    writer = metrics.MetricWriter(workdir, resume_step=start)
+    valid_key = jax.random.key(config.seed + 1)
+    baseline = s.validate(theta0, valid_key)  # The same run on the reward model's score.
+    stopper = loop.StopSignal()
+    progress = metrics.Progress(oc.num_steps, start_step=start, log=False)
+    step = start
+    last_valid = None  # The validation run under the newest theta, once there is one.
+    while step < oc.num_steps:
+        outcomes: list[reward_problem.Outcome] = []
+        position = step * config.inner.horizon
+
+        def meta_loss(theta, key):
+            outcomes.append(s.problem.run(theta, key, position))
+            return outcomes[-1].loss
+
+        state, step_metrics, _ = step_fn(state, meta_loss)
+        step += 1
+        record = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+        record.update(_population_metrics(outcomes))
+        last_valid = None
+        if step % oc.eval_every == 0 or step == oc.num_steps:
+            last_valid = s.validate(state.theta, valid_key)
+            record.update({f"valid/{k}": v for k, v in last_valid.items()})
+            record.update({f"valid_rm/{k}": v for k, v in baseline.items()})
+        writer.write(step, record)
+        logging.info("%s | gold mean %.3f best %.3f | length %.2f | diverged %.2f%s",
+                     progress.update(step), record.get("fitness/mean_gold", float("nan")),
+                     record.get("fitness/best_gold", float("nan")),
+                     record.get("fitness/mean_length", float("nan")), record["diverged"],
+                     f" | valid gold {record['valid/gold_graded']:.3f} (RM "
+                     f"{baseline['gold_graded']:.3f})" if "valid/gold_graded" in record else "")
+        stop = stopper.should_stop()
+        if step % oc.checkpoint_every == 0 or step == oc.num_steps or stop:
+            ckpt.save(step, state, {"model": model_dict})
+        if stop:
+            logging.warning("SIGTERM received: saved outer checkpoint %d, stopping", step)
+            break
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+    if step < oc.num_steps:
+        return {}
+    theta = jax.device_get(state.theta)
+    final = {"learned_reward": last_valid or s.validate(theta, valid_key),
+             "reward_model": baseline,
+             "sft": s.problem.evaluate(s.reference[1], s.valid_evaluator),
+             "outer_steps": step, "wall_time_s": time.time() - start_time}
+    evaluation.write_json(os.path.join(workdir, FINAL), final)
+    artifact.save(os.path.join(workdir, ARTIFACT), learned.REWARD_ARTIFACT, theta,
+                  {"features": list(learned.REWARD_FEATURES), "hidden": int(config.reward.hidden)},
+                  config.to_dict(), dict(s.provenance(start), final=final))
+    logging.info("wrote the learned reward to %s: gold %.3f on r_theta vs %.3f on the reward "
+                 "model", os.path.join(workdir, ARTIFACT), final["learned_reward"]["gold_graded"],
+                 baseline["gold_graded"])
+    return final

@@ -1,0 +1,163 @@
+"""experiments.meta_train_reward end to end (configs/meta_reward.py:smoke): the RLHF pipeline's
+preference and reward-model stages, full-horizon ES over RLOO inner runs scored by the gold
+metric, outer checkpoints, metrics, final.json and the `learned_reward` artifact; a run cut short
+resumes to the same numbers, and a finished run started again leaves its artifact alone.
+
+The SFT policy is a one-layer model saved as a fine-tuning workdir would be (untrained: the
+smoke run checks the machinery, not what it learns), so that the test spends its time on the
+meta-training run itself.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import finetune as finetune_configs
+from configs import meta_reward
+from learned_loss import checkpoint as checkpoint_lib
+from learned_loss import cli, provenance, rlhf_pipeline, train
+from learned_loss import model as model_lib
+from learned_loss.data import tokenizer
+from learned_loss.meta import reward_run
+from learned_loss.objectives import artifact, learned
+from tests import runs
+
+STEPS = 2
+
+
+def _digit_policy(params):
+    """params of a model that writes short random numbers: the final norm's offset adds
+    w[0] = (-30 off the digits, +1.2 on EOS) to every position's logits, beside the random
+    init's context-dependent part. The count families' gold scorers give such numbers partial
+    credit, so members of the population score differently, and a reward model (initialised
+    from these params) reads features that vary with the sequence."""
+    params = jax.tree.map(np.asarray, params)
+    norm = next(k for k in params if k.endswith("final_norm"))
+    unembed = next(k for k in params if k.endswith("unembed"))
+    params[norm]["offset"] = np.eye(1, params[norm]["offset"].size, dtype=np.float32)[0]
+    w = params[unembed]["w"].copy()  # [D, V]
+    w[0] = -30.0
+    w[0, ord("0"):ord("9") + 1] = 0.0
+    w[0, tokenizer.EOS] = 1.2
+    params[unembed]["w"] = w
+    return jax.tree.map(jnp.asarray, params)
+
+
+def _sft_workdir(path) -> str:
+    """A fine-tuning workdir (provenance.json and a checkpoint) of a small policy that writes
+    short random numbers."""
+    config = finetune_configs.get_config("smoke")
+    model_cfg = model_lib.ModelConfig(vocab_size=260, d_model=16, num_layers=1, num_heads=2,
+                                      d_ff=32, max_len=64, init_scale=0.3, tie_embeddings=False)
+    config.model = ml_collections.ConfigDict(dataclasses.asdict(model_cfg))
+    model = model_lib.build(model_cfg)
+    optimizer = train.make_optimizer(config.optimizer, config.train.num_steps)
+    state = jax.jit(lambda key: train.init_state(model, optimizer, key, config.data.seq_len))(
+        jax.random.key(0))
+    state = state._replace(params=_digit_policy(state.params))
+    ckpt = checkpoint_lib.Checkpointer(str(path), async_save=False)
+    ckpt.save(1, state, {"model": config.model.to_dict()})
+    ckpt.close()
+    provenance.write(str(path), provenance.collect(config))
+    return str(path)
+
+
+def _run(workdir, sft, data_dir, *overrides):
+    return runs.run("experiments.meta_train_reward", workdir, "configs/meta_reward.py:smoke",
+                    f"--config.rlhf.sft_from={sft}", f"--config.rlhf.data.data_dir={data_dir}",
+                    *overrides, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """(workdir, sft, data_dir) of a finished smoke run of STEPS outer steps."""
+    data_dir = tmp_path_factory.mktemp("tfds")
+    sft = _sft_workdir(tmp_path_factory.mktemp("sft"))
+    workdir = tmp_path_factory.mktemp("meta_reward")
+    done = _run(workdir, sft, data_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return workdir, sft, data_dir
+
+
+def test_run_writes_metrics_final_comparison_and_a_loadable_artifact(finished):
+    workdir, _, _ = finished
+    records = runs.metrics(workdir)
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    for record in records:
+        assert record["diverged"] == 0.0 and np.isfinite(record["grad_norm"])
+        assert 0.0 <= record["fitness/mean_gold"] <= record["fitness/best_gold"] <= 1.0
+    # The last step's validation run under theta beside the same run on the reward model's
+    # score (eval_every = STEPS).
+    assert "valid/gold_graded" not in records[0]
+    assert {"valid/gold_graded", "valid/length", "valid_rm/gold_graded",
+            "valid_rm/proxy"} <= set(records[-1])
+    with open(workdir / reward_run.FINAL, encoding="utf-8") as f:
+        final = json.load(f)
+    assert final["outer_steps"] == STEPS
+    assert final["reward_model"]["gold_graded"] == records[-1]["valid_rm/gold_graded"]
+    assert final["learned_reward"]["gold_graded"] == records[-1]["valid/gold_graded"]
+    saved = artifact.load(str(workdir / "artifact"), expected_name=learned.REWARD_ARTIFACT)
+    theta = learned.check_reward_theta(saved.theta)
+    assert saved.settings["hidden"] == 4 and theta["w0"].shape == (3, 4)
+    assert saved.config["outer"]["num_steps"] == STEPS
+    # ES moved theta off the initialisation (where r_theta is the reward model's score).
+    assert float(jnp.abs(theta["w1"]).max()) > 0.0
+    # The RLHF pipeline's own stages were used and kept in the workdir.
+    assert os.path.isdir(workdir / "rlhf" / "reward_model" / "checkpoints")
+    config = meta_reward.get_config("smoke")
+    config.rlhf.rl.reward = "learned"
+    config.rlhf.rl.learned_reward_path = str(workdir / "artifact")
+    loaded = rlhf_pipeline.reward_theta(config.rlhf)
+    jax.tree.map(np.testing.assert_array_equal, loaded, theta)
+
+
+def test_a_run_cut_short_resumes_to_the_same_numbers(finished, tmp_path):
+    workdir, sft, data_dir = finished
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy)
+    # As if the run had stopped after outer step 1: no later checkpoint, no artifact.
+    shutil.rmtree(copy / "artifact")
+    shutil.rmtree(copy / "checkpoints" / str(STEPS))
+    done = _run(copy, sft, data_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert provenance.read(str(copy))[-1]["extra"]["resumed_from_step"] == STEPS - 1
+    assert runs.metrics(copy) == runs.metrics(workdir)
+    first = artifact.load(str(workdir / "artifact")).theta
+    again = artifact.load(str(copy / "artifact")).theta
+    jax.tree.map(np.testing.assert_array_equal, again, first)
+
+
+def test_a_finished_run_started_again_keeps_its_artifact(finished):
+    workdir, sft, data_dir = finished
+    theta_file = workdir / "artifact" / artifact.THETA
+    before = (theta_file.read_bytes(), os.stat(theta_file).st_mtime_ns)
+    done = _run(workdir, sft, data_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "is finished" in done.stderr
+    assert (theta_file.read_bytes(), os.stat(theta_file).st_mtime_ns) == before
+    assert len(runs.metrics(workdir)) == STEPS
+
+
+def test_bad_inputs_are_user_errors(tmp_path):
+    result = runs.run("experiments.meta_train_reward", tmp_path / "a",
+                      "configs/meta_reward.py:smoke")
+    assert result.returncode != 0
+    assert "config.rlhf.sft_from is required" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not os.path.exists(tmp_path / "a" / "artifact")
+    config = meta_reward.get_config("smoke")
+    config.rlhf.sft_from = "/somewhere"
+    config.estimator.population = 3
+    with pytest.raises(cli.UserError, match="even population"):
+        reward_run.check_config(config)
+    config.estimator.population = 2
+    config.inner.algorithm = "a2c"
+    with pytest.raises(cli.UserError, match="inner.algorithm='a2c'"):
+        reward_run.check_config(config)
