@@ -1,7 +1,9 @@
-"""Plots what a learned token loss learned and fits closed forms to it.
+"""Plots what a learned token loss (or preference loss) learned and fits closed forms to it.
 
   python -m experiments.interpret_objective --config=configs/noisy.py:tiny --workdir=/tmp/why \
       --config.learned.artifacts.default=/tmp/meta/artifact
+  python -m experiments.interpret_objective --config=configs/meta_preference.py:tiny \
+      --workdir=/tmp/mpref_why --config.interpret.artifact=/tmp/mpref/artifact
 
 Trains a model `interpret.steps` steps with the learned loss on the noisy demonstrations of
 (`interpret.family_set`, `interpret.noise`), reads every answer token's features off it, and
@@ -9,6 +11,12 @@ writes WORKDIR/token_loss.png (the weight against its main features, clean and c
 apart), WORKDIR/fits.json (each closed form's parameters, MSE and R^2) and WORKDIR/closed_form
 (the chosen fit as an artifact: pass it as --config.learned.closed_forms.default to
 experiments/noisy_demonstrations.py with the method learned_closed_form).
+
+With a preference config (configs/meta_preference.py), `preference_run.interpret` runs the
+artifact's f_theta in a fresh inner run on the training families and writes
+WORKDIR/preference_loss.png (f_theta against DPO's loss over the margins seen), WORKDIR/fits.json
+(each closed form of `learned.PREFERENCE_FORMS`, its R^2) and WORKDIR/closed_form (the chosen fit,
+a learned_preference_loss artifact: pass it as --config.dpo.learned_path to experiments/rlhf.py).
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from ml_collections import config_flags
 
 from learned_loss import cli, evaluation, provenance
 from learned_loss.data import tasks
-from learned_loss.meta import comparison, interpret
+from learned_loss.meta import comparison, interpret, preference_run
 from learned_loss.objectives import artifact
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/noisy.py:VARIANT).",
@@ -34,6 +42,13 @@ def main(argv):
     config = _CONFIG.value
     cli.check_run_flags(argv, config, _WORKDIR.value, "configs/noisy.py:tiny")
     workdir = _WORKDIR.value
+    if "preferences" in config:  # configs/meta_preference.py: a learned preference loss.
+        summary = preference_run.interpret(config, workdir)
+        for fit in summary["fits"]:
+            logging.info("%-20s R^2 %.5f  mse %.4g  %s", fit["form"], fit["r2"], fit["mse"],
+                         {k: round(fit["params"][k], 4) for k in fit["free"]})
+        logging.info("chosen closed form: %s (R^2 %.5f)", summary["chosen"], summary["r2"])
+        return
     os.makedirs(workdir, exist_ok=True)
     ic = config.interpret
     try:

@@ -7,7 +7,12 @@ candidate of `learned.CLOSED_FORMS` (w = 2 sigmoid(bias + coef . x)) is fitted t
 squares (scipy.optimize.least_squares). The best fit is written as an artifact that fine-tuning
 loads like the network itself, so a comparison can measure how much of the gain it keeps.
 
-For the learned preference loss, f_theta(x) is plotted against DPO's -log sigmoid(x).
+For the learned preference loss, f_theta(x) is plotted against DPO's -log sigmoid(x) (Rafailov
+et al. 2023) over x = beta * delta, beside the margins an inner run under theta visits, and each
+candidate of `learned.PREFERENCE_FORMS` (a tempered DPO, cDPO / robust DPO's linear term, an
+IPO-like square, DiscoPOP's log-ratio modulated mixture; Lu et al. 2024) is fitted to f_theta at
+those margins by least squares. The chosen fit is a `learned_preference_loss` artifact that DPO
+loads like the network (`--config.dpo.learned_path`).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from scipy import optimize  # noqa: E402
+from scipy import optimize, special  # noqa: E402
 
 from learned_loss.meta import lm_problem  # noqa: E402
 from learned_loss.objectives import artifact, learned, mle  # noqa: E402
@@ -139,18 +144,103 @@ def plot_token_loss(table: Mapping[str, np.ndarray], weights: np.ndarray,
     return path
 
 
-def plot_preference_loss(theta: Mapping[str, Any], path: str, beta_delta_max: float = 10.0
-                         ) -> str:
-    """f_theta(x) and DPO's -log sigmoid(x) over x = beta * delta."""
-    x = np.linspace(-beta_delta_max, beta_delta_max, 401)
+def plot_preference_loss(theta: Mapping[str, Any], path: str, beta_delta_max: float = 10.0,
+                         margins: np.ndarray | None = None,
+                         fit: Mapping[str, Any] | None = None) -> str:
+    """f_theta(x) and DPO's -log sigmoid(x) over x = beta * delta; with `margins` [N], their
+    histogram (the range is then theirs, widened by a quarter), with `fit`, its closed form."""
+    if margins is not None and len(margins):
+        lo, hi = float(np.min(margins)), float(np.max(margins))
+        pad = 0.25 * max(hi - lo, 1.0)
+        x = np.linspace(lo - pad, hi + pad, 401)
+    else:
+        x = np.linspace(-beta_delta_max, beta_delta_max, 401)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(x, np.asarray(learned.preference_curve(theta, jnp.asarray(x))), label="learned f")
     ax.plot(x, np.asarray(-jax.nn.log_sigmoid(jnp.asarray(x))), ls="--", label="DPO")
+    if fit is not None:
+        ax.plot(x, closed_form_values(fit["params"], x), ls=":",
+                label=f"closed form {fit['form']} (R^2 {fit['r2']:.4f})")
+    if margins is not None and len(margins):
+        counts = ax.twinx()
+        counts.hist(margins, bins=40, color="tab:gray", alpha=0.25)
+        counts.set_ylabel("pairs (margins of the inner run)")
     ax.set_xlabel("beta * delta (log-ratio margin)")
     ax.set_ylabel("loss")
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
 
+
+# ---- the learned preference loss ---------------------------------------------------------------
+
+
+def preference_values(theta: Mapping[str, Any], x: np.ndarray) -> np.ndarray:
+    """[N] f_theta at the margins x [N] (the network or a closed form), as float64."""
+    return np.asarray(learned.preference_curve(theta, jnp.asarray(x, jnp.float32)), np.float64)
+
+
+def closed_form_values(params: Mapping[str, float], x: np.ndarray) -> np.ndarray:
+    """[N] `learned.closed_form_preference_curve` in float64 numpy (for scipy's fit)."""
+    z = params["a"] * x + params["b"]
+    log_gate = special.log_expit(x * np.exp(-params["log_t"]))
+    exponential = params["w"] * np.exp(np.minimum(log_gate - z, 30.0))
+    logistic = (1.0 - params["w"] * np.exp(log_gate)) * -special.log_expit(z)
+    return logistic + exponential + params["c"] * x + params["q"] * x ** 2 + params["d"]
+
+
+def fit_preference_forms(x: np.ndarray, values: np.ndarray) -> list[dict]:
+    """Least-squares fit of each `learned.PREFERENCE_FORMS` candidate to f values [N] at the
+    margins x [N] (each margin weighs once, so the fit follows where the inner run goes).
+
+    Returns [{form, params (every parameter, the fixed ones at their DPO values), free, mse,
+    r2}], sorted by mean squared error.
+    """
+    x, values = np.asarray(x, np.float64), np.asarray(values, np.float64)
+    total = float(np.var(values)) or 1e-12
+    fits = []
+    for form, free in learned.PREFERENCE_FORMS.items():
+        best = None
+        for start in _starts(free):
+            def params_of(p, free=free, start=start):
+                return dict(start, **dict(zip(free, p)))
+
+            solution = optimize.least_squares(
+                lambda p, params_of=params_of: closed_form_values(params_of(p), x) - values,
+                np.array([start[k] for k in free]), x_scale="jac")
+            if best is None or solution.cost < best[0].cost:
+                best = (solution, params_of(solution.x))
+        mse = float(np.mean(best[0].fun ** 2))
+        fits.append({"form": form, "params": {k: float(v) for k, v in best[1].items()},
+                     "free": list(free), "mse": mse, "r2": 1.0 - mse / total})
+    return sorted(fits, key=lambda f: f["mse"])
+
+
+def _starts(free: Sequence[str]) -> list[dict]:
+    """Starting points of a form's fit: DPO's parameters; a gated form (its fit has local
+    minima in the gate's temperature) from a half-open gate at three temperatures."""
+    start = dict(learned.PREFERENCE_FORM_INIT)
+    if "w" not in free:
+        return [start]
+    # The gate's gradient vanishes at w = 0.
+    return [dict(start, w=0.5, log_t=log_t) for log_t in (-1.0, 0.0, 1.0)]
+
+
+def choose_preference_form(fits: Sequence[Mapping[str, Any]],
+                           tolerance: float = 0.005) -> Mapping[str, Any]:
+    """The form with the fewest free parameters whose R^2 is within `tolerance` of the best."""
+    best = max(f["r2"] for f in fits)
+    good = [f for f in fits if f["r2"] >= best - tolerance]
+    return min(good, key=lambda f: (len(f["free"]), -f["r2"]))
+
+
+def save_preference_closed_form(path: str, fit: Mapping[str, Any], source: str,
+                                settings: Mapping[str, Any] | None = None) -> None:
+    """The fit as a learned_preference_loss artifact (`learned.preference_curve` reads a theta
+    of closed-form parameters)."""
+    theta = {k: np.float32(v) for k, v in fit["params"].items()}
+    artifact.save(path, "learned_preference_loss", theta,
+                  dict(settings or {}, closed_form=fit["form"]), {"fitted_to": source},
+                  {"fit": dict(fit)})

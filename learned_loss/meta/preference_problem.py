@@ -35,7 +35,10 @@ inner step nearly invariant to a rescaling of f, so theta cannot win by merely r
 size.
 
 Pairs live on device as stacked arrays (`PairRows`, rows [N, W]); each inner step and each
-meta-loss draws a batch of rows uniformly with replacement from its key (as `lm_problem.draw`).
+meta-loss draws a batch of rows uniformly with replacement from its key (as `lm_problem.draw`),
+split over the mesh's `data` axis when a mesh is given. Label noise beyond the labeler's own:
+`flip_labels` swaps a seeded fraction of the pairs (symmetric flips, the noise model of cDPO and
+robust DPO).
 
 Inner state: {'params' (the policy), 'opt_state', 'step' [] int32}; every run starts at the
 reference parameters, which the problem closes over.
@@ -123,6 +126,25 @@ def gold_ordered(rows: PairRows) -> PairRows:
                     gold_order=np.abs(rows.gold_order[keep]))
 
 
+def flip_labels(rows: PairRows, rate: float, seed: int) -> PairRows:
+    """`rows` with each label swapped (chosen <-> rejected, gold_order negated) independently with
+    probability `rate`, drawn from `seed` (the same rows, rate and seed give the same flips)."""
+    if not 0.0 <= rate < 0.5:
+        raise ValueError(f"a flip rate must lie in [0, 0.5) (at 0.5 labels carry no signal), "
+                         f"got {rate}")
+    flip = np.random.default_rng([seed, len(rows)]).random(len(rows)) < rate  # [N]
+
+    def pick(a, b):  # [N, ...]: b where the label flips, a elsewhere.
+        return np.where(flip.reshape(flip.shape + (1,) * (a.ndim - 1)), b, a)
+
+    return PairRows(chosen=pick(rows.chosen, rows.rejected),
+                    rejected=pick(rows.rejected, rows.chosen),
+                    chosen_length=pick(rows.chosen_length, rows.rejected_length),
+                    rejected_length=pick(rows.rejected_length, rows.chosen_length),
+                    prompt_length=rows.prompt_length,
+                    gold_order=np.where(flip, -rows.gold_order, rows.gold_order))
+
+
 def draw(rows: Mapping[str, jax.Array], key: jax.Array, batch_size: int) -> dict[str, jax.Array]:
     """A batch of B pairs drawn uniformly with replacement ({'chosen': [B, W], ...})."""
     n = rows["chosen"].shape[0]
@@ -142,19 +164,48 @@ def pair_log_probs(model: model_lib.Model, params: Any,
     return log_p[:half], log_p[half:]
 
 
+def margins(model: model_lib.Model, params: Any, reference_params: Any,
+            rows: Mapping[str, jax.Array], beta: float = dpo.BETA) -> jax.Array:
+    """[N] beta * delta of every pair of `rows` (as ordered there): the inputs x of f_theta."""
+    chosen, rejected = pair_log_probs(model, params, rows)  # [N] each
+    ref_chosen, ref_rejected = pair_log_probs(model, reference_params, rows)  # [N] each
+    return beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
+
+
+def gold_scores(model: model_lib.Model, params: Any, reference_params: Any,
+                rows: Mapping[str, jax.Array], beta: float = dpo.BETA) -> dict[str, jax.Array]:
+    """DPO's loss and the preference accuracy (the fraction of pairs with beta delta > 0) of
+    `params` on every pair of `rows` (gold-ordered: `gold_ordered(...).batch()`), at once.
+
+    Returns {'loss': [], 'accuracy': []}.
+    """
+    x = margins(model, params, reference_params, rows, beta)  # [N]
+    return {"loss": jnp.mean(-jax.nn.log_sigmoid(x)),
+            "accuracy": jnp.mean((x > 0).astype(jnp.float32))}
+
+
 def preference_problem(model: model_lib.Model, optimizer: optax.GradientTransformation,
                        train_rows: PairRows, valid_rows: PairRows, *, reference_params: Any,
-                       batch_size: int, valid_batch_size: int,
-                       beta: float = dpo.BETA) -> base.InnerProblem:
+                       batch_size: int, valid_batch_size: int, beta: float = dpo.BETA,
+                       mesh=None) -> base.InnerProblem:
     """Training the policy on the labelled `train_rows` with the preference loss theta, scored
     by DPO's loss on the gold-ordered `valid_rows` (module docstring).
 
     reference_params: the SFT policy: where every run starts, and the frozen reference.
     optimizer: differentiable for TBPTT (`lm_problem.inner_optimizer`).
+    mesh: when it has a `data` axis, each inner and meta-loss batch of pairs is split over it
+    (under a population vmap with `spmd_axis_name='pop'` the pairs then shard over `pop` x
+    `data`), as in `lm_problem.lm_problem`.
     """
     train = {k: jnp.asarray(v) for k, v in train_rows.batch().items()}
     valid = {k: jnp.asarray(v) for k, v in gold_ordered(valid_rows).batch().items()}
     reference = jax.tree.map(jnp.asarray, reference_params)
+
+    def shard(batch):
+        if mesh is None or mesh.shape.get("data", 1) == 1:
+            return batch
+        rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+        return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, rows), batch)
 
     def reference_log_probs(batch):
         return jax.lax.stop_gradient(pair_log_probs(model, reference, batch))
@@ -165,7 +216,7 @@ def preference_problem(model: model_lib.Model, optimizer: optax.GradientTransfor
                 "step": jnp.zeros((), jnp.int32)}
 
     def step(theta, inner, key):
-        batch = draw(train, key, batch_size)
+        batch = shard(draw(train, key, batch_size))
         ref_chosen, ref_rejected = reference_log_probs(batch)  # [B] each
 
         def loss(params):
@@ -179,7 +230,7 @@ def preference_problem(model: model_lib.Model, optimizer: optax.GradientTransfor
                     opt_state=opt_state, step=inner["step"] + 1)
 
     def meta_loss(inner, key):
-        batch = draw(valid, key, valid_batch_size)
+        batch = shard(draw(valid, key, valid_batch_size))
         chosen, rejected = pair_log_probs(model, inner["params"], batch)
         return dpo.loss(chosen, rejected, *reference_log_probs(batch), beta=beta)[0]
 

@@ -14,6 +14,10 @@ Workdir: checkpoints/, metrics.jsonl (+ TensorBoard), provenance.jsonl, artifact
 online_eval.json. Metrics: meta_loss, grad_norm, diverged (fraction of inner runs that produced
 NaN/inf), skipped (non-finite meta-gradients), rejected (candidates failing the sanity check),
 meta_valid/nll (and meta_valid/mle_nll, the same run under MLE), sanity/before, sanity/after.
+
+The objective's half of an offline run (data, inner problems, meta-validation, artifact) is a
+setup: `Setup` here for learned_token_loss, `preference_run.PreferenceSetup` for
+learned_preference_loss (configs/meta_preference.py), which passes its own to `run_offline`.
 """
 
 from __future__ import annotations
@@ -96,11 +100,18 @@ def initial_params(config, model: model_lib.Model):
 class Setup:
     """What both modes share: model, objective, inner problems and evaluation examples."""
 
+    baseline = "mle"  # Meta-validation also runs theta's initialisation, which is MLE.
+
     def __init__(self, config):
         self.config = config
         if config.objective.name != "learned_token_loss":
-            raise cli.UserError(f"meta-training learns a learned_token_loss; got "
+            raise cli.UserError(f"meta-training learns a learned_token_loss (or, with "
+                                f"configs/meta_preference.py, a learned_preference_loss); got "
                                 f"objective={config.objective.name!r}")
+        if "preferences" in config:
+            raise cli.UserError("this config (configs/meta_preference.py) meta-trains the "
+                                "learned_preference_loss; meta-train learned_token_loss with "
+                                "--config=configs/meta_train.py:tiny")
         mesh_shape = dict(config.mesh.shape)
         self.mesh = sharding.make_mesh(mesh_shape)
         self.pop_mesh = self.mesh if self.mesh.shape.get("pop", 1) > 1 else None
@@ -110,6 +121,7 @@ class Setup:
             k: v for k, v in config.model.to_dict().items() if k != "variant"})
         self.model = model_lib.build(self.model_cfg)
         self.objective = objectives.build(config.objective)
+        self.theta0 = self.objective.theta
         # What rebuilds the loss from the artifact (a warm start keeps its artifact's settings).
         if config.objective.path:
             self.settings = artifact.load(config.objective.path).settings
@@ -134,6 +146,12 @@ class Setup:
             self.model, self.optimizer, self.objective, train_rows, valid_rows,
             batch_size=c.inner.batch_size, valid_batch_size=c.inner.valid_batch_size,
             seq_len=c.data.seq_len, init_params=self.init_params, mesh=self.data_mesh)
+
+    def validator(self):
+        """(theta, key) -> {'nll'}: the clean answer NLL on the meta-valid families after a fresh
+        inner run of meta_valid.horizon steps."""
+        run = _validation_run(self.valid_problem, self.config.meta_valid.horizon)
+        return lambda theta, key: {"nll": float(run(theta, key))}
 
     def provenance(self, mode: str, start: int) -> dict:
         return provenance.collect(self.config, corpus_hash=self.info.config_hash, mesh=self.mesh,
@@ -173,21 +191,21 @@ def _validation_run(problem: base.InnerProblem, horizon: int):
     return jax.jit(run)
 
 
-def run_offline(config, workdir: str) -> dict[str, float]:
+def run_offline(config, workdir: str, setup=None) -> dict[str, float]:
     """Meta-trains theta to `outer.num_steps`, resuming from the workdir. Returns the last
-    metrics."""
-    s = Setup(config)
+    metrics. setup: the objective's half (default: `Setup(config)`, the token loss)."""
+    s = Setup(config) if setup is None else setup
     oc = config.outer
     estimator = outer.make_estimator(config.estimator, s.problem, s.pop_mesh)
     optimizer = outer.make_optimizer(oc)
-    theta0 = s.objective.theta
+    theta0 = s.theta0
     # Replicated over the mesh, as a restored checkpoint is, so that a resumed run reuses the
     # same compiled programs (the population and batch axes are split inside the step).
     state = jax.device_put(outer.init(estimator, optimizer, theta0, jax.random.key(config.seed)),
                            s.replicated)
     step_fn = jax.jit(outer.outer_step(estimator, optimizer))
     sanity = jax.jit(outer.sanity_check(s.clean_problem, oc.sanity_steps))
-    validate = _validation_run(s.valid_problem, config.meta_valid.horizon)
+    validate = s.validator()
     valid_key = jax.random.key(config.seed + 1)
 
     model_dict = config.model.to_dict()
@@ -198,7 +216,8 @@ def run_offline(config, workdir: str) -> dict[str, float]:
         return {}
     provenance.write(workdir, s.provenance("offline", start))
     writer = metrics.MetricWriter(workdir, resume_step=start)
-    mle_nll = float(validate(theta0, valid_key))
+    # The same validation under theta's initialisation (MLE or DPO), for comparison.
+    baseline = {f"meta_valid/{s.baseline}_{k}": v for k, v in validate(theta0, valid_key).items()}
     stopper = loop.StopSignal()
     progress = metrics.Progress(oc.num_steps, start_step=start, log=False)
     last: dict[str, float] = {}
@@ -218,14 +237,14 @@ def run_offline(config, workdir: str) -> dict[str, float]:
             last.update({"rejected": float(not bool(passed)), "sanity/before": float(before),
                          "sanity/after": float(after), "rejected_total": float(rejected)})
             if step % oc.eval_every == 0 or step == oc.num_steps:
-                last["meta_valid/nll"] = float(validate(state.theta, valid_key))
-                last["meta_valid/mle_nll"] = mle_nll
+                last.update({f"meta_valid/{k}": v
+                             for k, v in validate(state.theta, valid_key).items()})
+                last.update(baseline)
             writer.write(step, last)
             logging.info("%s | meta_loss %.4f | grad_norm %.3g | diverged %.2f%s",
                          progress.update(step), last["meta_loss"], last["grad_norm"],
-                         last["diverged"],
-                         f" | meta_valid/nll {last['meta_valid/nll']:.4f} (MLE {mle_nll:.4f})"
-                         if "meta_valid/nll" in last else "")
+                         last["diverged"], "".join(f" | {k} {v:.4f}" for k, v in last.items()
+                                                   if k.startswith("meta_valid/")))
         stop = stopper.should_stop()
         if step % oc.checkpoint_every == 0 or step == oc.num_steps or stop:
             ckpt.save(step, state, {"model": model_dict})

@@ -233,9 +233,46 @@ def init_preference_loss(key: jax.Array, hidden: int = 16) -> dict:
 
 
 def preference_curve(theta: Params, x: jax.Array) -> jax.Array:
-    """f_theta(x) = -log sigmoid(x) + h_theta(x / 4), elementwise on x = beta * delta."""
+    """f_theta(x) = -log sigmoid(x) + h_theta(x / 4), elementwise on x = beta * delta; a theta
+    without the network's arrays is a closed form (`closed_form_preference_curve`)."""
+    if "w0" not in theta:
+        return closed_form_preference_curve(theta, x)
     h = mlp(theta, (x / PREFERENCE_INPUT_SCALE)[..., None])
     return -jax.nn.log_sigmoid(x) + h
+
+
+# Closed forms of the learned preference loss: restrictions of one family (the candidates fitted
+# to a meta-trained curve by learned_loss/meta/interpret.py), with z = a x + b,
+#
+#   f(x) = (1 - m(x)) (-log sigmoid(z)) + m(x) exp(-z) + c x + q x^2 + d,
+#   m(x) = w sigmoid(x / t),  t = exp(log_t).
+#
+# Each form frees the parameters it names; the others stay at PREFERENCE_FORM_INIT, where f is
+# DPO's loss. 'dpo_linear' holds conservative DPO (c = eps: -log sigmoid(x) + eps x is cDPO's
+# label smoothing, Mitchell 2023) and robust DPO (c = -eps / (1 - 2 eps), Chowdhury et al.
+# 2024); 'dpo_quadratic' adds IPO's square; 'log_ratio_modulated' is DiscoPOP's discovered loss
+# (Lu et al. 2024: a sigmoid gate of the margin mixes the logistic and the exponential loss).
+PREFERENCE_FORMS = {
+    "dpo_affine": ("a", "b", "d"),
+    "dpo_linear": ("a", "b", "c", "d"),
+    "dpo_quadratic": ("a", "b", "q", "d"),
+    "log_ratio_modulated": ("a", "b", "w", "log_t", "d"),
+}
+PREFERENCE_FORM_INIT = {"a": 1.0, "b": 0.0, "c": 0.0, "q": 0.0, "d": 0.0, "w": 0.0, "log_t": 0.0}
+
+
+def closed_form_preference_curve(theta: Params, x: jax.Array) -> jax.Array:
+    """The closed form above, elementwise on x; theta holds every PREFERENCE_FORM_INIT key."""
+    missing = sorted(set(PREFERENCE_FORM_INIT) - set(theta))
+    if missing:
+        raise ValueError(f"a closed-form preference loss needs the parameters "
+                         f"{sorted(PREFERENCE_FORM_INIT)}; missing {missing}")
+    z = theta["a"] * x + theta["b"]
+    log_gate = jax.nn.log_sigmoid(x * jnp.exp(-theta["log_t"]))
+    # m exp(-z) as w exp(log sigmoid(x / t) - z), capped so that a steep fit stays finite.
+    exponential = theta["w"] * jnp.exp(jnp.minimum(log_gate - z, 30.0))
+    logistic = (1.0 - theta["w"] * jnp.exp(log_gate)) * -jax.nn.log_sigmoid(z)
+    return logistic + exponential + theta["c"] * x + theta["q"] * jnp.square(x) + theta["d"]
 
 
 def preference_loss(theta: Params, policy_chosen_logps: jax.Array,
