@@ -37,8 +37,8 @@ CONFIG = model_lib.ModelConfig(vocab_size=260, d_model=16, num_layers=1, num_hea
 def two_token_policy(a3: float, a_eos: float):
     """(model, params): every position emits '3' w.p. sigmoid(a3 - a_eos), else EOS."""
     model = model_lib.build(CONFIG)
-    params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
-    params = jax.tree.map(np.asarray, params)
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
+    params = jax.tree.map(np.array, params)  # writable host copies
     norm = next(k for k in params if k.endswith("final_norm"))
     unembed = next(k for k in params if k.endswith("unembed"))
     params[norm]["scale"] = np.zeros_like(params[norm]["scale"])  # x -> offset, everywhere

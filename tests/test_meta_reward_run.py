@@ -38,7 +38,7 @@ def _digit_policy(params):
     init's context-dependent part. The count families' gold scorers give such numbers partial
     credit, so members of the population score differently, and a reward model (initialised
     from these params) reads features that vary with the sequence."""
-    params = jax.tree.map(np.asarray, params)
+    params = jax.tree.map(np.array, params)  # writable host copies
     norm = next(k for k in params if k.endswith("final_norm"))
     unembed = next(k for k in params if k.endswith("unembed"))
     params[norm]["offset"] = np.eye(1, params[norm]["offset"].size, dtype=np.float32)[0]
