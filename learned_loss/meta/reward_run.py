@@ -19,11 +19,11 @@ Stages, in the workdir W (a re-run resumes; finished stages are not redone):
                       leaves it untouched, and a failed run never writes it
 
 Outer loop: full-horizon ES with host-side fitness (`host_es`, Open-ES by default, Salimans et
-al. 2017) on the inner problem of `reward_problem` (RL of the SFT policy under r_theta, scored
-by the gold metric of its samples on held-out prompts). Step s trains every member on the
-prompts of stream position s H with one shared key; meta-validation always uses the same
-prompts (position VALID_POSITION), key and held-out evaluation prompts, so its numbers compare
-across steps and against the reward-model baseline.
+al. 2017; sgd or adam on its step) on the inner problem of `reward_problem` (RL of the SFT policy
+under r_theta, scored by the gold metric of its samples on held-out prompts). Step s trains every
+member on the prompts of stream position s H with one shared key; meta-validation always uses
+the same prompts (position VALID_POSITION), key and held-out evaluation prompts, so its numbers
+compare across steps and against the reward-model baseline.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from absl import logging
 
 from learned_loss import checkpoint as checkpoint_lib
@@ -157,6 +158,17 @@ def _resume(workdir: str, state: Any, model_dict: dict, keep: int):
     return ckpt, restored.state, restored.step
 
 
+def outer_optimizer(oc) -> optax.GradientTransformation:
+    """The optimizer of theta on the ES step: outer.optimizer 'sgd' (a step proportional to
+    the estimate, so that coordinates with no signal only random-walk) or 'adam' (each
+    coordinate moves about lr per step, signal or not), after clipping the global norm."""
+    if oc.optimizer == "adam":
+        return outer.make_optimizer(oc)
+    if oc.optimizer == "sgd":
+        return optax.chain(optax.clip_by_global_norm(float(oc.grad_clip)), optax.sgd(oc.lr))
+    raise cli.UserError(f"outer.optimizer={oc.optimizer!r}: use 'sgd' or 'adam'")
+
+
 def finished(config, workdir: str) -> bool:
     """Whether the workdir holds the artifact and an outer checkpoint at outer.num_steps or
     later (then a re-run leaves everything as it is, and skips the set-up)."""
@@ -194,7 +206,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     theta0 = learned.init_reward(jax.random.key(config.seed), hidden=config.reward.hidden)
     es = host_es.host_es(theta0, population=ec.population, strategy=ec.strategy,
                          sigma=ec.sigma)
-    optimizer = outer.make_optimizer(oc)
+    optimizer = outer_optimizer(oc)
     state = host_es.init_state(es, optimizer, theta0, jax.random.key(config.seed))
     step_fn = host_es.outer_step_fn(es, optimizer)
     # What the outer state's shapes depend on: a checkpoint of another is refused.
