@@ -161,3 +161,6 @@ def test_bad_inputs_are_user_errors(tmp_path):
     config.inner.algorithm = "a2c"
     with pytest.raises(cli.UserError, match="inner.algorithm='a2c'"):
         reward_run.check_config(config)
+    config.outer.optimizer = "rmsprop"
+    with pytest.raises(cli.UserError, match="use 'sgd' or 'adam'"):
+        reward_run.outer_optimizer(config.outer)
