@@ -16,7 +16,7 @@ from configs import meta_train as meta_train_configs
 from configs import rlhf as rlhf_configs
 from learned_loss import cli, rlhf, rlhf_pipeline
 from learned_loss import metrics as metrics_lib
-from learned_loss.meta import interpret, preference_problem, preference_run
+from learned_loss.meta import base, interpret, preference_problem, preference_run
 from learned_loss.meta import run as meta_run
 from learned_loss.objectives import artifact, learned
 from tests import runs
@@ -95,6 +95,27 @@ def test_artifact_loads_into_dpo_with_the_saved_loss(offline, setup):
                                rtol=1e-5)
     dpo_value = float(jnp.mean(-jax.nn.log_sigmoid(x)))
     assert abs(value - dpo_value) > 1e-4  # The learned curve, not DPO's.
+
+
+def test_pairs_split_over_the_data_axis_match_one_device(setup):
+    if jax.device_count() < 2:
+        pytest.skip("needs several devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)")
+    assert setup.data_mesh is not None and setup.data_mesh.shape["data"] == jax.device_count()
+    c = setup.config
+    plain = preference_problem.preference_problem(
+        setup.model, setup.optimizer, setup.train_rows, setup.valid_rows,
+        reference_params=setup.reference, batch_size=c.inner.batch_size,
+        valid_batch_size=c.inner.valid_batch_size, beta=c.inner.beta)
+    theta = _linear_theta(0.2)
+    results = []
+    for problem in (plain, setup.problem):
+        run = jax.jit(lambda t, k, problem=problem: base.unroll(problem, t, problem.init(k), k, 2))
+        inner, loss = run(theta, jax.random.key(5))
+        results.append((inner["params"], float(loss)))
+    assert results[0][1] != pytest.approx(np.log(2.0))  # The policy moved off the reference.
+    np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(results[0][0]), jax.tree.leaves(results[1][0])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_resume_is_bitwise(offline, tmp_path, data_dir):
