@@ -116,8 +116,7 @@ def build_data(config, family_set: str, noise: str) -> Data:
 
 
 def model_of(cfg) -> model_lib.Model:
-    return model_lib.build(model_lib.ModelConfig(
-        **{k: v for k, v in cfg.to_dict().items() if k != "variant"}))
+    return model_lib.build(model_lib.ModelConfig.from_config(cfg))
 
 
 def method_objective(config, method: str, noise: str) -> tuple[objectives.Objective, str]:

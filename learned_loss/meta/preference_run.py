@@ -146,8 +146,7 @@ class PreferenceSetup:
         self.pop_mesh = self.mesh if self.mesh.shape.get("pop", 1) > 1 else None
         self.data_mesh = self.mesh if self.mesh.shape.get("data", 1) > 1 else None
         self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-        self.model_cfg = model_lib.ModelConfig(**{
-            k: v for k, v in config.model.to_dict().items() if k != "variant"})
+        self.model_cfg = model_lib.ModelConfig.from_config(config.model)
         self.model = model_lib.build(self.model_cfg)
         self.theta0, self.settings = initial_theta(config)
         families = run_lib.task_families(config.tasks.families, config.tasks)
