@@ -48,6 +48,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.variant = arg
     all_sets = {"train": TRAIN_FAMILIES, "transfer": TRANSFER_FAMILIES}
     config.family_sets = {k: all_sets[k] for k in v["sets"]}
+    # The family sets to run, in this order (e.g. '("train",)' for held-out inputs only).
+    config.set_order = tuple(v["sets"])
     config.noises = {k: NOISES[k] for k in v["noises"]}
     # The noise kinds to run, in this order (a ConfigDict iterates its keys sorted).
     config.noise_order = tuple(v["noises"])

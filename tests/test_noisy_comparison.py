@@ -95,3 +95,13 @@ def test_grid_follows_the_noise_order():
     config.noise_order = ("swap30", "swap70")
     with pytest.raises(ValueError, match="swap70"):
         comparison.grid(config)
+
+
+def test_grid_runs_only_the_family_sets_of_the_set_order():
+    config = noisy.get_config("tiny")
+    config.seeds, config.methods, config.transfer.noises = 1, ("mle",), ()
+    config.set_order = ("transfer",)
+    assert {c.family_set for c in comparison.grid(config)} == {"transfer"}
+    config.set_order = ("train", "heldout")
+    with pytest.raises(ValueError, match="heldout"):
+        comparison.grid(config)

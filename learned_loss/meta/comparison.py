@@ -62,14 +62,18 @@ class Cell:
 
 def grid(config) -> list[Cell]:
     """Every cell of the config, in the order they run: noise kind by noise kind
-    (`config.noise_order`), both family sets each."""
+    (`config.noise_order`), each over the family sets of `config.set_order`."""
     unknown = [n for n in config.noise_order if n not in config.noises]
     if unknown:
         raise ValueError(f"noise_order names {unknown}, which are not in config.noises "
                          f"{sorted(config.noises)}; add them there or drop them from the order")
+    unknown = [s for s in config.set_order if s not in config.family_sets]
+    if unknown:
+        raise ValueError(f"set_order names {unknown}, which are not in config.family_sets "
+                         f"{sorted(config.family_sets)}; add them there or drop them from the order")
     cells = []
     for noise in config.noise_order:
-        for family_set in config.family_sets:
+        for family_set in config.set_order:
             for seed in range(config.seeds):
                 for method in config.methods:
                     cells.append(Cell(family_set, noise, method, config.model.variant, seed))
