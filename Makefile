@@ -9,7 +9,7 @@ WORKDIR ?= workdirs/demo
 # (most of a test's time is a single-threaded subprocess start or compile).
 TEST_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=8
 
-.PHONY: setup test demo bench clean
+.PHONY: setup chromium test demo bench clean
 
 $(STAMP): setup.cfg pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,15 @@ $(STAMP): setup.cfg pyproject.toml requirements.lock
 
 setup: $(STAMP)
 
-test: $(STAMP)
+# tests/test_report_browser.py opens report.html in headless Chromium (Debian's `chromium`);
+# installed here when it is not on PATH (as root, as in CI). $CHROMIUM names another binary.
+CHROMIUM ?= chromium
+chromium:
+	@command -v $(CHROMIUM) >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -q --no-install-recommends chromium; } || \
+	    { echo "make: chromium is missing and apt-get could not install it" >&2; exit 1; }
+
+test: $(STAMP) chromium
 	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist loadfile tests
 
 demo: $(STAMP)

@@ -3,6 +3,11 @@
   python -m experiments.report --workdir=W      # a compare run (experiments/compare_objectives)
   python -m experiments.report --workdir=ROOT   # a sweep (experiments/sweep): one table per
                                                 # swept hyper-parameter
+  python -m experiments.report --workdir=W --screenshot   # also W/report.png (headless Chromium)
+
+With --screenshot the page is opened offline in Chromium (learned_loss/browser.py), the window
+is kept as WORKDIR/report.png, and an image that does not decode or a reference outside the
+page is logged as a warning.
 
 Nothing is trained or scored again; the same workdir gives byte-identical files.
 """
@@ -13,9 +18,12 @@ import os
 
 from absl import flags, logging
 
-from learned_loss import cli, report, sweep
+from learned_loss import browser, cli, report, sweep
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A compare workdir or a sweep root.")
+_SCREENSHOT = flags.DEFINE_bool("screenshot", False, "Also open report.html in headless "
+                                "Chromium, keep WORKDIR/report.png and log what is not inline.")
+SCREENSHOT = "report.png"
 
 
 def main(argv):
@@ -28,7 +36,13 @@ def main(argv):
     else:
         paths = report.write(_WORKDIR.value)
     logging.info("wrote %s and %s", paths["markdown"], paths["html"])
+    if _SCREENSHOT.value:
+        png = os.path.join(_WORKDIR.value, SCREENSHOT)
+        rendering = browser.render(paths["html"], screenshot=png)
+        for problem in browser.problems(paths["html"], rendering):
+            logging.warning("report.html: %s", problem)
+        logging.info("wrote %s (%d images)", png, len(rendering.images))
 
 
 if __name__ == "__main__":
-    cli.run(main, user_errors=(report.ReportError,))
+    cli.run(main, user_errors=(report.ReportError, browser.BrowserError))
