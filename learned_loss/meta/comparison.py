@@ -147,9 +147,17 @@ def method_objective(config, method: str, noise: str) -> tuple[objectives.Object
     raise ValueError(f"unknown method {method!r}; choose among {METHODS + EXTRA_METHODS}")
 
 
-def train_cells(config, cells: Sequence[Cell], data: Data) -> tuple[Any, list[Any], dict]:
+def train_cells(config, cells: Sequence[Cell], data: Data, *, init_params: Any = None,
+                segments: int = 1, on_segment=None) -> tuple[Any, list[Any], dict]:
     """Trains the models of `cells`, which differ only in their seed, as one program vmapped
     over the seeds (each seed its own initialisation, batches and, online, theta).
+
+    init_params: the parameters every seed starts from (a pre-trained checkpoint; its model
+    must be `config.model`); None: a fresh initialisation from each seed's key.
+    segments: the run is cut into this many equal spans of steps, and after each one but the
+    last `on_segment(step, model, inners)` is called with the per-cell inner states (for
+    learning curves). Segments draw their own keys, so a run in several differs from a run in
+    one.
 
     Returns (model, per-cell final inner states {'params', ..., 'reference' when the objective
     reads one}, facts shared by the cells). Online, facts['online_skipped'] is per cell.
@@ -168,34 +176,59 @@ def train_cells(config, cells: Sequence[Cell], data: Data) -> tuple[Any, list[An
     problem = lm_problem.lm_problem(model, optimizer, objective, train_rows, data.valid,
                                     batch_size=config.batch_size,
                                     valid_batch_size=config.batch_size,
-                                    seq_len=config.data.seq_len)
+                                    seq_len=config.data.seq_len, init_params=init_params)
     keys = jnp.stack([jax.random.split(jax.random.key(c.seed)) for c in cells])  # [S, 2]
     theta = jax.tree.map(jnp.asarray, objective.theta)
-    if first.method == "learned_online":
+    online = first.method == "learned_online"
+    if online:
         opt = outer.make_optimizer(config.learned.online_outer)
         step = outer.online_step(problem, opt, lookahead=config.learned.lookahead)
 
-        def run(theta, init_key, run_key):
+        def init(theta, init_key):
+            return theta, opt.init(theta), problem.init(init_key), jnp.zeros(())
+
+        def advance(carry, run_key, n):
             def body(carry, k):
                 theta, opt_state, inner = carry
                 theta, opt_state, inner, m = step(theta, opt_state, inner, k)
                 return (theta, opt_state, inner), m["skipped"]
 
-            carry = (theta, opt.init(theta), problem.init(init_key))
-            (_, _, inner), skipped = jax.lax.scan(body, carry, jax.random.split(run_key, steps))
-            return inner, skipped.sum()
+            theta, opt_state, inner, skipped = carry
+            (theta, opt_state, inner), s = jax.lax.scan(
+                body, (theta, opt_state, inner), jax.random.split(run_key, n))
+            return theta, opt_state, inner, skipped + s.sum()
     else:
-        def run(theta, init_key, run_key):
-            return base.unroll(problem, theta, problem.init(init_key), run_key, steps)[0], 0.0
+        def init(theta, init_key):
+            return theta, problem.init(init_key)
 
-    inner, skipped = jax.jit(jax.vmap(run, in_axes=(None, 0, 0)))(theta, keys[:, 0], keys[:, 1])
+        def advance(carry, run_key, n):
+            theta, inner = carry
+            return theta, base.unroll(problem, theta, inner, run_key, n)[0]
+
+    bounds = [round(steps * i / segments) for i in range(segments + 1)]
+    if segments == 1:
+        def whole(theta, init_key, run_key):
+            return advance(init(theta, init_key), run_key, steps)
+
+        carry = jax.jit(jax.vmap(whole, in_axes=(None, 0, 0)))(theta, keys[:, 0], keys[:, 1])
+    else:
+        seg_keys = jax.vmap(lambda k: jax.random.split(k, segments))(keys[:, 1])  # [S, G]
+        carry = jax.jit(jax.vmap(init, in_axes=(None, 0)))(theta, keys[:, 0])
+        span = jax.jit(jax.vmap(advance, in_axes=(0, 0, None)), static_argnums=2)
+        for g in range(segments):
+            carry = span(carry, seg_keys[:, g], bounds[g + 1] - bounds[g])
+            if on_segment is not None and g < segments - 1:
+                inner = carry[2] if online else carry[1]
+                on_segment(bounds[g + 1], model,
+                           [jax.tree.map(lambda x, i=i: x[i], inner) for i in range(len(cells))])
+    inner = carry[2] if online else carry[1]
     inners = [jax.tree.map(lambda x, i=i: x[i], inner) for i in range(len(cells))]
     facts = {"steps": steps, "theta_source": source, "train_rows": len(train_rows),
              "corrupted_rows": int(train_rows.corrupted.sum()),
              "params": model_lib.param_count(inners[0]["params"]),
              "seeds_vmapped": len(cells)}
-    if first.method == "learned_online":
-        facts["online_skipped"] = [float(s) for s in np.asarray(skipped)]
+    if online:
+        facts["online_skipped"] = [float(s) for s in np.asarray(carry[3])]
     return model, inners, facts
 
 

@@ -1,0 +1,136 @@
+"""The main job: objectives compared end to end (experiments/compare_objectives.py).
+
+  python -m experiments.compare_objectives --config=configs/compare.py:tiny --workdir=/tmp/cmp
+
+One pre-training run (cached under `cache_dir`, keyed by the hash of `pretrain`), then for
+each objective x noise kind x seed a fine-tuning run from that checkpoint with the same step
+budget, scored on the clean test split of `families` (held-out inputs of families that no
+learned objective was meta-trained on), then the report.
+
+Objectives (`objectives`, run in this order):
+  token level, trained on the noisy demonstrations (learned_loss/meta/comparison.py):
+    mle, mle_clean_valid (MLE plus the clean validation examples), mle_2x (twice the steps),
+    loss_truncation, learned_tbptt and learned_es (the learned token loss meta-trained offline
+    with TBPTT or antithetic ES: `meta.<name>`, or the artifact at `artifacts.<name>`),
+    learned_online (Meta-Weight-Net-style, on the clean validation examples).
+  RLHF, from the MLE model of the same noise kind and seed as the SFT policy
+  (learned_loss/rlhf_pipeline.py, settings in `rlhf`):
+    ppo, rloo, dpo, learned_preference (DPO with the meta-trained preference loss),
+    learned_reward (RLOO on the meta-trained r_theta).
+
+Variants: `smoke` (seconds; tests: mle and loss_truncation), `tiny` (`make demo`: mle,
+mle_clean_valid, loss_truncation and learned_tbptt; 3 seeds, 30% swapped answers), `paper`
+(every objective, four noise kinds, 5 seeds).
+"""
+
+import ml_collections
+
+from configs import meta_preference, meta_reward, meta_train, models, noisy, pretrain, rlhf
+from configs import tasks
+
+TOKEN_OBJECTIVES = ("mle", "mle_clean_valid", "mle_2x", "loss_truncation", "learned_tbptt",
+                    "learned_es", "learned_online")
+RLHF_OBJECTIVES = ("ppo", "rloo", "dpo", "learned_preference", "learned_reward")
+OBJECTIVES = TOKEN_OBJECTIVES + RLHF_OBJECTIVES
+# Objectives whose theta is meta-trained before the grid (unless `artifacts.<name>` is set).
+META_TRAINED = ("learned_tbptt", "learned_es", "learned_preference", "learned_reward")
+
+VARIANTS = {
+    # objectives, noise kinds, seeds, fine-tuning steps, examples per family, families,
+    # pre-training steps, meta-training variant and outer steps, RLHF variant, curve points.
+    "smoke": dict(objectives=("mle", "loss_truncation"),
+                  noises=("swap30",), seeds=2, steps=8, examples=24,
+                  families=noisy.TRANSFER_FAMILIES[:2], pretrain_steps=6, meta="smoke",
+                  meta_steps=2, rlhf="smoke", per_family=6, curve=2),
+    "tiny": dict(objectives=("mle", "mle_clean_valid", "loss_truncation", "learned_tbptt"),
+                 noises=("swap30",), seeds=3, steps=300, examples=300,
+                 families=noisy.TRANSFER_FAMILIES, pretrain_steps=200, meta="tiny",
+                 meta_steps=10, rlhf="smoke", per_family=25, curve=3),
+    "paper": dict(objectives=OBJECTIVES, noises=tuple(noisy.NOISES), seeds=5, steps=800,
+                  examples=500, families=noisy.TRANSFER_FAMILIES, pretrain_steps=600,
+                  meta="tiny", meta_steps=150, rlhf="easy", per_family=50, curve=4),
+}
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+    if arg not in VARIANTS:
+        raise ValueError(f"unknown variant {arg!r} of configs/compare.py; choose one of "
+                         f"{sorted(VARIANTS)}")
+    v = VARIANTS[arg]
+    seq_len = 48
+    config = ml_collections.ConfigDict()
+    config.variant = arg
+    config.objectives = v["objectives"]
+    config.seeds = v["seeds"]
+    config.noises = {k: noisy.NOISES[k] for k in v["noises"]}
+    # The noise kinds to run, in this order (a ConfigDict iterates its keys sorted).
+    config.noise_order = tuple(v["noises"])
+    config.families = v["families"]
+
+    # Fine-tuning: every objective starts from the pre-trained model and takes `steps` steps
+    # (mle_2x twice; the RLHF objectives take theirs after the MLE model's).
+    config.steps = v["steps"]
+    config.lr = 3e-3
+    config.batch_size = 32
+    config.model = models.model_config("nano", max_len=seq_len)
+    if arg == "smoke":
+        config.model.update(d_model=32, num_layers=1, num_heads=2, d_ff=64)
+
+    config.tasks = tasks.task_config()
+    config.tasks.examples_per_family = v["examples"]
+    config.data = ml_collections.ConfigDict()
+    config.data.data_dir = ""  # Empty: $LEARNED_LOSS_DATA_DIR or ~/.cache/learned_loss/tfds.
+    config.data.seq_len = seq_len
+    config.data.splits = {"train": 0.7, "validation": 0.1, "test": 0.2}
+
+    config.loss_truncation = ml_collections.ConfigDict()
+    config.loss_truncation.drop_fraction = 0.3
+    config.loss_truncation.warmup_steps = v["steps"] // 5
+    config.learned = ml_collections.ConfigDict()
+    config.learned.lookahead = 1
+    config.learned.online_features = ("log_prob", "entropy", "max_log_prob", "position",
+                                      "length", "answer_log_prob")
+    config.learned.hidden = 32
+    config.learned.online_outer = ml_collections.ConfigDict({"lr": 3e-3, "grad_clip": 1.0})
+
+    # Pre-training (a configs/pretrain.py config; its model must be `model`). Its checkpoint
+    # is kept in CACHE/pretrain-HASH and reused by every compare run with the same settings.
+    config.cache_dir = ""  # Empty: $LEARNED_LOSS_CACHE or ~/.cache/learned_loss.
+    config.pretrain = pretrain.get_config("smoke" if arg == "smoke" else "tiny")
+    config.pretrain.model = models.model_config("nano", max_len=seq_len)
+    config.pretrain.model.update(config.model.to_dict())
+    config.pretrain.data.seq_len = seq_len
+    config.pretrain.train.num_steps = v["pretrain_steps"]
+    config.pretrain.train.eval_every = v["pretrain_steps"]
+    config.pretrain.train.checkpoint_every = v["pretrain_steps"]
+    config.pretrain.optimizer.warmup_steps = min(config.pretrain.optimizer.warmup_steps,
+                                                 v["pretrain_steps"] // 5)
+
+    # Meta-training of the learned objectives, each in WORKDIR/meta/NAME, skipped when
+    # artifacts.NAME names a finished artifact instead.
+    config.artifacts = {name: "" for name in META_TRAINED}
+    config.meta = ml_collections.ConfigDict()
+    for name, estimator in (("learned_tbptt", "tbptt"), ("learned_es", "es")):
+        m = meta_train.get_config(v["meta"])
+        m.estimator.name = estimator
+        m.outer.num_steps = v["meta_steps"]
+        m.outer.eval_every = m.outer.checkpoint_every = v["meta_steps"]
+        m.outer.log_every = 1
+        config.meta[name] = m
+    config.meta.learned_preference = meta_preference.get_config(v["meta"])
+    config.meta.learned_reward = meta_reward.get_config(v["meta"])
+
+    # RLHF objectives (a configs/rlhf.py config; sft_from, families, seed and the algorithm
+    # are set per cell).
+    config.rlhf = rlhf.get_config(v["rlhf"])
+    config.rlhf.tasks.families = v["families"]
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.per_family = v["per_family"]
+    config.eval.batch_size = 100
+    config.eval.max_new_tokens = 12
+    config.eval.curve_points = v["curve"]  # Evaluations along each token-level run.
+
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.shape = {"data": -1, "model": 1}
+    return config

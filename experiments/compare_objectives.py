@@ -1,0 +1,35 @@
+"""The main job: compare objectives end to end and write the report (learned_loss/compare.py).
+
+  python -m experiments.compare_objectives --config=configs/compare.py:tiny --workdir=/tmp/cmp
+
+Pre-trains (or reuses the cached pre-training of the same config), meta-trains the learned
+objectives the grid needs, fine-tunes every objective x noise kind x seed from the pre-trained
+model with the same budget, scores each on held-out inputs of families no objective was
+meta-trained on, and writes WORKDIR/report.md and WORKDIR/report.html. A re-run with the same
+workdir resumes: finished cells, meta-training runs and the cached pre-training are kept.
+"""
+
+from __future__ import annotations
+
+from absl import flags, logging
+from ml_collections import config_flags
+
+from learned_loss import cli, compare, pretraining, report
+from learned_loss.data import tasks
+from learned_loss.objectives import artifact
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/compare.py:VARIANT).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where the cells, meta-training runs and the "
+                               "report go.")
+
+
+def main(argv):
+    config = _CONFIG.value
+    cli.check_run_flags(argv, config, _WORKDIR.value, "configs/compare.py:tiny")
+    paths = compare.run(config, _WORKDIR.value, pretraining.run)
+    logging.info("wrote %s and %s", paths["markdown"], paths["html"])
+
+
+if __name__ == "__main__":
+    cli.run(main, user_errors=(tasks.TaskError, artifact.ArtifactError, report.ReportError))

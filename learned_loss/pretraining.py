@@ -1,0 +1,94 @@
+"""MLE pre-training of the Transformer LM on a local text corpus (experiments/pretrain.py runs
+it from the command line; learned_loss/compare.py runs it into its cache).
+
+`run(config, workdir)` trains a configs/pretrain.py config to `train.num_steps`, resuming from
+the workdir's newest good checkpoint. The sections follow the run: mesh, data, model, state,
+checkpoint, loop.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from learned_loss import distributed, loop, objectives, train
+from learned_loss import model as model_lib
+from learned_loss.data import instruction_tasks, paths, pipeline, tasks, text_corpus
+
+
+def prepare_corpus(config) -> text_corpus.CorpusInfo:
+    """Builds the corpus on process 0 first, so that hosts sharing a data_dir never race."""
+    text_dir = config.data.text_dir or text_corpus.default_text_dir()
+
+    def build():
+        return text_corpus.build_text_corpus(text_dir, paths.data_dir(config.data.data_dir),
+                                             pattern=config.data.pattern,
+                                             valid_fraction=config.data.valid_fraction)
+
+    return distributed.first_on_process_zero(build, "text corpus built")
+
+
+def task_documents(config) -> list[dict]:
+    """`data.task_mix_per_family` task examples of each training family, as corpus documents.
+
+    Families come from `tasks.training_families`, which refuses held-out ones.
+    """
+    per_family = config.data.task_mix_per_family
+    if not per_family:
+        return []
+    t = config.tasks
+    families = tasks.training_families(
+        tuple(t.families), t.train_split, seed=t.split_seed,
+        meta_valid_fraction=t.meta_valid_fraction, heldout_fraction=t.heldout_fraction)
+    low, high = instruction_tasks.difficulty_range(t.difficulty)
+    docs = []
+    for index, family in enumerate(families):
+        rng = np.random.default_rng([t.seed, index, 104729])
+        for i in range(per_family):
+            difficulty = instruction_tasks.sample_difficulty(rng, low, high)
+            example = tasks.sample_example(family, rng, difficulty)
+            docs.append({"path": f"tasks/{family}/{i:07d}", "text": tasks.task_text(example)})
+    return docs
+
+
+def run(config, workdir: str) -> dict:
+    """Trains to `config.train.num_steps`, resuming from the workdir. Returns the last metrics."""
+    tc = config.train
+    # Mesh.
+    mesh, model_cfg = loop.mesh_and_model(config)
+    seq_len = config.data.seq_len
+
+    # Data.
+    corpus = prepare_corpus(config)
+    train_source = text_corpus.load_split(corpus, "train")
+    mix = task_documents(config)
+    if mix:
+        train_source = [train_source[i] for i in range(len(train_source))] + mix
+    train_iter = pipeline.make_lm_iterator(
+        train_source, seq_len=seq_len,
+        global_batch_size=config.data.global_batch_size, seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count())
+    eval_batches = pipeline.make_eval_batches(
+        text_corpus.load_split(corpus, "validation"), seq_len=seq_len,
+        batch_size=config.data.global_batch_size, max_batches=tc.eval_batches)
+
+    # Model, optimizer, sharded state and steps.
+    model = model_lib.build(model_cfg)
+    optimizer = train.make_optimizer(config.optimizer, tc.num_steps)
+    objective = objectives.build(config.objective)
+    state, state_sh = train.create_sharded_state(
+        model, optimizer, jax.random.key(config.seed), seq_len, config.sharding.rules, mesh)
+    # The reference of an objective that reads one is the initial model.
+    theta = train.step_theta(objective, state.params)
+    train_step, eval_step = train.compile_steps(model, optimizer, objective, state_sh, mesh)
+
+    # Loop: resume, train, evaluate, checkpoint.
+    return loop.run(loop.Run(
+        config=config, workdir=workdir, mesh=mesh, model_config=model_cfg, state=state,
+        state_shardings=state_sh, train_step=train_step,
+        schedule=train.learning_rate_schedule(config.optimizer, tc.num_steps),
+        train_iter=train_iter, seq_len=seq_len, global_batch_size=config.data.global_batch_size,
+        evaluate=lambda s: loop.mean_eval_metrics(eval_step, s, eval_batches, mesh, theta),
+        theta=theta,
+        provenance_extra={"corpus": corpus.provenance(), "task_mix_documents": len(mix)},
+        data_hash=corpus.corpus_hash))
