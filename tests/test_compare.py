@@ -1,0 +1,185 @@
+"""The compare run end to end: cells scored alike from one cached pre-training, a report that
+matches the cells, resume without recomputing, clear refusals of bad configs."""
+
+import json
+import os
+import subprocess
+
+import jax
+import numpy as np
+import pytest
+
+from configs import compare as compare_config
+from learned_loss import cli, compare
+from learned_loss.meta import comparison
+from tests import runs
+
+MODULE = "experiments.compare_objectives"
+CONFIG = "configs/compare.py:smoke"
+
+
+def _run(workdir, cache, *overrides, timeout=900):
+    env = runs.env(1, LEARNED_LOSS_CACHE=str(cache))
+    return subprocess.run(runs.command(MODULE, workdir, CONFIG, *overrides), cwd=runs.ROOT,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _cells(workdir):
+    out = {}
+    for name in sorted(os.listdir(os.path.join(workdir, "cells"))):
+        with open(os.path.join(workdir, "cells", name)) as f:
+            out[name[:-len(".json")]] = json.load(f)
+    return out
+
+
+def _table(markdown):
+    """{(noise, objective): [cells of the report's first table]}."""
+    rows = {}
+    for line in markdown.splitlines():
+        parts = [p.strip() for p in line.strip().strip("|").split("|")]
+        if len(parts) == 10 and parts[0] not in ("noise", "---"):
+            rows[(parts[0], parts[1])] = parts[2:]
+        if line.startswith("## Per family"):
+            break
+    return rows
+
+
+def test_smoke_compare_cells_report_and_resume(tmp_path):
+    workdir, cache = tmp_path / "w", tmp_path / "cache"
+    first = _run(workdir, cache)
+    assert first.returncode == 0, first.stderr[-3000:]
+    config = compare_config.get_config("smoke")
+    cells = _cells(workdir)
+    assert sorted(cells) == [f"{o}-swap30-s{s}" for o in ("loss_truncation", "mle")
+                             for s in (0, 1)]
+    steps, points = config.steps, config.eval.curve_points
+    for cell in cells.values():
+        m = cell["metrics"]
+        assert 0.0 <= m["exact_match"] <= m["graded"] + 1e-9 <= 1.0 + 1e-9
+        assert np.isfinite(m["kl"]) and m["length"] >= 0 and m["test_nll"] > 0
+        assert set(cell["families"]) == set(config.families)
+        # Curve: the pre-trained model, each segment, the end; the first point is shared.
+        assert [p["step"] for p in cell["curve"]] == [steps * i // points
+                                                      for i in range(points + 1)]
+        assert cell["curve"][-1]["exact_match"] == m["exact_match"]
+        assert cell["compute"]["tokens"] == steps * config.batch_size * config.data.seq_len
+    assert len({c["curve"][0]["exact_match"] for c in cells.values()}) == 1
+
+    # The report's table is the cells' mean over seeds.
+    rows = _table((workdir / "report.md").read_text())
+    for objective in ("mle", "loss_truncation"):
+        ems = [cells[f"{objective}-swap30-s{s}"]["metrics"]["exact_match"] for s in (0, 1)]
+        kls = [cells[f"{objective}-swap30-s{s}"]["metrics"]["kl"] for s in (0, 1)]
+        row = rows[("swap30", objective)]
+        assert row[0].startswith(f"{np.mean(ems):.3f} ± ")
+        assert row[2].startswith(f"{np.mean(kls):.3f} ± ")
+        assert row[-1] == "2"
+    assert (workdir / "report.html").exists()
+
+    # The pre-training is cached under its config hash, recorded in the provenance.
+    pre = cache / f"pretrain-{compare.config_hash(config.pretrain)}"
+    assert compare.finished(str(pre), config.pretrain.train.num_steps)
+    with open(workdir / "provenance.json") as f:
+        start = json.load(f)["starts"][-1]
+    assert start["extra"]["pretrain"]["config_hash"] == compare.config_hash(config.pretrain)
+    assert set(start["extra"]["data_hashes"]) == {"swap30"}
+
+    # A re-run recomputes nothing; a removed cell is recomputed alone, with the same numbers.
+    stamps = {k: os.path.getmtime(workdir / "cells" / f"{k}.json") for k in cells}
+    os.remove(workdir / "cells" / "mle-swap30-s1.json")
+    second = _run(workdir, cache)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "reusing the pre-trained checkpoint" in second.stderr
+    assert "4 cells (3 done)" in second.stderr
+    again = _cells(workdir)
+    for key, stamp in stamps.items():
+        if key != "mle-swap30-s1":
+            assert os.path.getmtime(workdir / "cells" / f"{key}.json") == stamp
+    old, new = cells["mle-swap30-s1"], again["mle-swap30-s1"]
+    assert new["metrics"]["exact_match"] == old["metrics"]["exact_match"]
+    assert new["metrics"]["test_nll"] == pytest.approx(old["metrics"]["test_nll"], abs=1e-4)
+    assert new["families"] == old["families"]
+
+
+def test_bad_configs_are_refused_before_any_training(tmp_path):
+    config = compare_config.get_config("smoke")
+    config.objectives = ("mle", "sft_magic")
+    with pytest.raises(cli.UserError, match="sft_magic.*choose among"):
+        compare.check(config)
+    config = compare_config.get_config("smoke")
+    config.objectives = ("dpo",)
+    with pytest.raises(cli.UserError, match="add 'mle'"):
+        compare.check(config)
+    config = compare_config.get_config("smoke")
+    config.pretrain.model.num_layers = 3
+    with pytest.raises(cli.UserError, match="pretrain.model differs"):
+        compare.check(config)
+    config = compare_config.get_config("smoke")
+    config.objectives = ("mle", "learned_tbptt")
+    config.artifacts.learned_tbptt = str(tmp_path / "nowhere")
+    with pytest.raises(cli.UserError, match="artifacts.learned_tbptt"):
+        compare.check(config)
+    # From the command line: a non-zero exit, the problem named, nothing written.
+    result = _run(tmp_path / "w", tmp_path / "cache", "--config.noise_order=('swap99',)")
+    assert result.returncode != 0
+    assert "swap99" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "w" / "cells").exists()
+
+
+def test_progress_line_counts_cells_and_estimates_the_rest(tmp_path):
+    os.makedirs(tmp_path / "cells")
+    (tmp_path / "cells" / "mle-swap30-s0.json").write_text("{}")
+    now = [0.0]
+    grid = compare.Grid(str(tmp_path), ["mle-swap30-s0", "mle-swap30-s1", "dpo-swap30-s0",
+                                        "dpo-swap30-s1"], clock=lambda: now[0])
+    assert grid.progress() == "[#####...............] 1/4 cells"
+    now[0] = 60.0
+    grid.record("mle-swap30-s1", {"objective": "mle"})
+    # One cell in 60 s, two left: 2 minutes.
+    assert grid.progress() == "[##########..........] 2/4 cells | ETA 2.0 min"
+    assert os.path.exists(grid.path("mle-swap30-s1"))
+
+
+def test_rlhf_cells_get_their_learned_settings(tmp_path):
+    config = compare_config.get_config("smoke")
+    artifacts = {"learned_preference": "/p", "learned_reward": "/r"}
+    r = compare.rlhf_config(config, "learned_preference", "swap30", 3, str(tmp_path), artifacts)
+    assert r.algorithms == ("dpo",) and r.dpo.loss_type == "learned"
+    assert r.dpo.learned_path == "/p" and r.seed == 3
+    assert r.sft_from == compare.sft_dir(str(tmp_path), "swap30", 3)
+    r = compare.rlhf_config(config, "learned_reward", "swap30", 0, str(tmp_path), artifacts)
+    assert r.algorithms == ("rloo",) and r.rl.reward == "learned"
+    assert r.rl.learned_reward_path == "/r"
+    assert tuple(r.tasks.families) == tuple(config.families)
+    ppo = compare.rlhf_config(config, "ppo", "swap30", 0, str(tmp_path), artifacts)
+    assert ppo.rl.reward == "reward_model" and ppo.dpo.loss_type == "sigmoid"
+    pairs = 2 * ppo.preferences.seq_len
+    reward_model = ppo.reward_model.train.num_steps * ppo.reward_model.global_batch_size * pairs
+    assert compare.rlhf_tokens(ppo, "dpo") == reward_model + (
+        ppo.dpo.train.num_steps * ppo.dpo.global_batch_size * pairs)
+    assert compare.rlhf_tokens(ppo, "ppo") == reward_model + (
+        ppo.rl.train.num_steps * ppo.rl.global_batch_size * ppo.rl.samples_per_prompt
+        * ppo.preferences.seq_len)
+
+
+def test_train_cells_from_given_parameters_in_segments():
+    config = compare.noisy_view(compare_config.get_config("smoke"))
+    config.steps = 4
+    data = comparison.build_data(config, compare.FAMILY_SET, "swap30")
+    cells = [comparison.Cell(compare.FAMILY_SET, "swap30", "mle", config.model.variant, s)
+             for s in (0, 1)]
+    model = comparison.model_of(config.model)
+    start = model.init(jax.random.key(42), np.zeros((1, config.data.seq_len), np.int32))
+    seen = []
+    _, inners, _ = comparison.train_cells(
+        config, cells, data, init_params=start, segments=2,
+        on_segment=lambda step, m, inner: seen.append((step, len(inner))))
+    assert seen == [(2, 2)]
+    # Both seeds started from `start`: after 4 small steps they are still close to it, far
+    # closer than a fresh initialisation is.
+    fresh = model.init(jax.random.key(0), np.zeros((1, config.data.seq_len), np.int32))
+    leaf = lambda p: np.concatenate([np.ravel(x) for x in jax.tree.leaves(p)])
+    for inner in inners:
+        moved = np.linalg.norm(leaf(inner["params"]) - leaf(start))
+        assert moved < 0.5 * np.linalg.norm(leaf(fresh) - leaf(start))
+    assert not np.allclose(leaf(inners[0]["params"]), leaf(inners[1]["params"]))
