@@ -1,4 +1,5 @@
-# Quick start: `make demo` (pre-training on the tiny config) and `make test`.
+# Quick start: `make demo` (the objective comparison on the tiny config, with its report) and
+# `make test`.
 # Both create and fill the virtualenv on first use; later calls reuse it.
 PYTHON ?= python3
 VENV ?= .venv
@@ -31,7 +32,7 @@ test: $(STAMP) chromium
 	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist loadfile tests
 
 demo: $(STAMP)
-	$(PY) -m experiments.pretrain --config=configs/pretrain.py:tiny --workdir=$(WORKDIR)
+	$(PY) -m experiments.compare_objectives --config=configs/compare.py:tiny --workdir=$(WORKDIR)
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_step.py

@@ -43,9 +43,9 @@ VARIANTS = {
                   families=noisy.TRANSFER_FAMILIES[:2], pretrain_steps=6, meta="smoke",
                   meta_steps=2, rlhf="smoke", per_family=6, curve=2),
     "tiny": dict(objectives=("mle", "mle_clean_valid", "loss_truncation", "learned_tbptt"),
-                 noises=("swap30",), seeds=3, steps=300, examples=300,
+                 noises=("swap30",), seeds=3, steps=200, examples=300,
                  families=noisy.TRANSFER_FAMILIES, pretrain_steps=200, meta="tiny",
-                 meta_steps=10, rlhf="smoke", per_family=25, curve=3),
+                 meta_steps=8, rlhf="smoke", per_family=20, curve=2),
     "paper": dict(objectives=OBJECTIVES, noises=tuple(noisy.NOISES), seeds=5, steps=800,
                   examples=500, families=noisy.TRANSFER_FAMILIES, pretrain_steps=600,
                   meta="tiny", meta_steps=150, rlhf="easy", per_family=50, curve=4),
@@ -110,12 +110,23 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     # artifacts.NAME names a finished artifact instead.
     config.artifacts = {name: "" for name in META_TRAINED}
     config.meta = ml_collections.ConfigDict()
+    # The token losses are meta-trained for fine-tuning the pre-trained model: their inner
+    # runs start from its checkpoint (inner.init_from, set by the run).
     for name, estimator in (("learned_tbptt", "tbptt"), ("learned_es", "es")):
         m = meta_train.get_config(v["meta"])
+        m.model = models.model_config("nano", max_len=seq_len)
+        m.model.update(config.model.to_dict())
+        m.data.seq_len = seq_len
         m.estimator.name = estimator
         m.outer.num_steps = v["meta_steps"]
         m.outer.eval_every = m.outer.checkpoint_every = v["meta_steps"]
         m.outer.log_every = 1
+        if arg == "tiny":  # Short inner runs: the demo's budget.
+            m.estimator.min_horizon, m.estimator.max_horizon = 20, 60
+            m.meta_valid.families = m.meta_valid.families[:2]
+            m.meta_valid.horizon = 60
+            m.tasks.examples_per_family = 300
+            m.outer.sanity_steps = 10
         config.meta[name] = m
     config.meta.learned_preference = meta_preference.get_config(v["meta"])
     config.meta.learned_reward = meta_reward.get_config(v["meta"])

@@ -136,9 +136,11 @@ def artifact_path(config, workdir: str, name: str) -> str:
     return config.artifacts.get(name, "") or os.path.join(workdir, "meta", name, "artifact")
 
 
-def meta_train(config, workdir: str, name: str, sft_dir: str = "") -> str:
+def meta_train(config, workdir: str, name: str, pretrained_dir: str = "",
+               sft_dir: str = "") -> str:
     """Meta-trains objective `name` in WORKDIR/meta/NAME unless its artifact exists; returns
-    the artifact's path."""
+    the artifact's path. The token losses' inner runs start from `pretrained_dir`; the learned
+    reward's RL runs from the SFT policy in `sft_dir`."""
     from learned_loss.meta import preference_run, reward_run, run as token_run
 
     path = artifact_path(config, workdir, name)
@@ -148,6 +150,7 @@ def meta_train(config, workdir: str, name: str, sft_dir: str = "") -> str:
     cfg = _copy(config.meta[name])
     logging.info("meta-training %s in %s", name, meta_dir)
     if name in ("learned_tbptt", "learned_es"):
+        cfg.inner.init_from = pretrained_dir
         token_run.run(cfg, meta_dir)
     elif name == "learned_preference":
         preference_run.run(cfg, meta_dir)
@@ -174,6 +177,9 @@ def noisy_view(config, artifact: str = "") -> ml_collections.ConfigDict:
     return view
 
 
+_answer_nll = jax.jit(lm_problem.answer_nll, static_argnums=0)
+
+
 def score(config, model, params, reference_params, data: comparison.Data, seed: int) -> dict:
     """The cell's metrics and per-family exact match on the clean test split."""
     result = evaluation.evaluate(model, params, data.test_examples,
@@ -182,7 +188,7 @@ def score(config, model, params, reference_params, data: comparison.Data, seed: 
                                  reference_params=reference_params,
                                  rng=jax.random.key(seed))
     rows = {k: jnp.asarray(v) for k, v in data.test_rows.batch().items()}
-    nll = float(jax.jit(lambda p: lm_problem.answer_nll(model, p, rows))(params))
+    nll = float(_answer_nll(model, params, rows))
     o = result["overall"]
     return {"metrics": {"exact_match": o["exact_match"], "graded": o["graded"],
                         "kl": o["kl_to_reference"], "length": o["length"], "test_nll": nll},
@@ -282,6 +288,9 @@ class Grid:
         self._clock = clock
         self._start = clock()
 
+    def restart_clock(self) -> None:
+        self._start = self._clock()
+
     def path(self, key: str) -> str:
         return os.path.join(self.workdir, "cells", f"{key}.json")
 
@@ -333,11 +342,12 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any], log=loggi
         "data_hashes": {n: d.info.config_hash for n, d in data.items()},
         "cells": grid.total}))
 
-    artifacts = {name: meta_train(config, workdir, name)
+    artifacts = {name: meta_train(config, workdir, name, pre.workdir)
                  for name in ("learned_tbptt", "learned_es", "learned_preference")
                  if name in objectives}
 
     # Token-level objectives: one vmapped group per (objective, noise).
+    grid.restart_clock()  # The ETA counts cells only, not pre- and meta-training.
     step0: dict[str, float] = {}
     for noise in config.noise_order:
         for objective in token:
@@ -356,7 +366,7 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any], log=loggi
     if "learned_reward" in objectives:
         first = config.noise_order[0]
         artifacts["learned_reward"] = meta_train(config, workdir, "learned_reward",
-                                                 sft_dir(workdir, first, 0))
+                                                 sft_dir=sft_dir(workdir, first, 0))
     for noise in config.noise_order:
         for objective in rlhf_objs:
             for seed in seeds:

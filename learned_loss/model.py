@@ -30,6 +30,7 @@ Heads and the MLP hidden units sit on their own axes so that a PartitionSpec can
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Mapping, NamedTuple, Optional
 
@@ -361,8 +362,11 @@ class Model(NamedTuple):
     apply: Any  # (params, tokens [B, T], cache=None) -> Output
 
 
+@functools.lru_cache(maxsize=64)
 def build(cfg: ModelConfig) -> Model:
-    """Transforms the haiku module into a pair of pure functions."""
+    """Transforms the haiku module into a pair of pure functions. The same config gives the
+    same Model object, so that programs jitted with the model as a static argument (sampling,
+    evaluation) compile once per architecture, not once per build."""
 
     def forward(tokens, cache=None):
         return Transformer(cfg)(tokens, cache)

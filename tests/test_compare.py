@@ -183,3 +183,26 @@ def test_train_cells_from_given_parameters_in_segments():
         moved = np.linalg.norm(leaf(inner["params"]) - leaf(start))
         assert moved < 0.5 * np.linalg.norm(leaf(fresh) - leaf(start))
     assert not np.allclose(leaf(inners[0]["params"]), leaf(inners[1]["params"]))
+
+
+def test_kept_sft_policy_reads_back_and_starts_meta_training_inner_runs(tmp_path):
+    from learned_loss import policy
+    from learned_loss.meta import run as meta_run
+
+    config = compare_config.get_config("smoke")
+    model = comparison.model_of(config.model)
+    params = model.init(jax.random.key(7), np.zeros((1, config.data.seq_len), np.int32))
+    path = compare.sft_dir(str(tmp_path), "swap30", 0)
+    compare.write_sft(config, path, config.model, params, step=8)
+    loaded = policy.load(path)
+    assert loaded.step == 8
+    for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)
+    meta = compare._copy(config.meta.learned_tbptt)
+    meta.inner.init_from = path
+    start = meta_run.initial_params(meta, model)
+    for a, b in zip(jax.tree.leaves(start), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)
+    meta.model.num_layers = 2
+    with pytest.raises(cli.UserError, match="different model"):
+        meta_run.initial_params(meta, model)

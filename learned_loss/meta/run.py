@@ -31,7 +31,8 @@ import jax.numpy as jnp
 from absl import logging
 
 from learned_loss import checkpoint as checkpoint_lib
-from learned_loss import cli, evaluation, loop, metrics, objectives, provenance, sharding
+from learned_loss import cli, evaluation, loop, metrics, objectives, policy, provenance
+from learned_loss import sharding
 from learned_loss import model as model_lib
 from learned_loss.data import instruction_tasks, paths, tasks
 from learned_loss.meta import base, lm_problem, outer
@@ -83,18 +84,17 @@ def eval_examples(info, per_family: int) -> list[tasks.Example]:
 
 
 def initial_params(config, model: model_lib.Model):
-    """The params every inner run starts from: config.inner.init_from's newest checkpoint, or
-    None (a fresh initialisation per run)."""
+    """The params every inner run starts from: the newest checkpoint of config.inner.init_from
+    (a pre-training or fine-tuning workdir of the same model), or None (a fresh initialisation
+    per run)."""
     if not config.inner.init_from:
         return None
-    source = checkpoint_lib.Checkpointer(config.inner.init_from, read_only=True)
-    abstract = jax.eval_shape(model.init, jax.random.key(0),
-                              jnp.zeros((1, config.data.seq_len), jnp.int32))
-    restored = source.restore_latest({"params": abstract}, model_config=config.model.to_dict())
-    if restored is None:
-        raise cli.UserError(f"inner.init_from={config.inner.init_from!r} holds no readable "
-                            f"checkpoint; point it at a finished pre-training workdir")
-    return restored.state["params"]
+    source = policy.load(config.inner.init_from)
+    theirs = model_lib.ModelConfig.from_config(source.config.model)
+    if theirs != model_lib.ModelConfig.from_config(config.model):
+        raise cli.UserError(f"inner.init_from={config.inner.init_from!r} holds a different model "
+                            f"({theirs}); set config.model to it or start from another run")
+    return source.params
 
 
 class Setup:
