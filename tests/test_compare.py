@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import compare as compare_config
-from learned_loss import cli, compare
+from learned_loss import browser, cli, compare
 from learned_loss.meta import comparison
 from tests import runs
 
@@ -74,7 +74,13 @@ def test_smoke_compare_cells_report_and_resume(tmp_path):
         assert row[0].startswith(f"{np.mean(ems):.3f} ± ")
         assert row[2].startswith(f"{np.mean(kls):.3f} ± ")
         assert row[-1] == "2"
-    assert (workdir / "report.html").exists()
+    # The report opens offline in headless Chromium: every plot decodes, nothing outside.
+    html, png = str(workdir / "report.html"), str(workdir / "report.png")
+    rendering = browser.render(html, screenshot=png)
+    assert browser.problems(html, rendering) == []
+    assert len(rendering.images) == len(os.listdir(workdir / "plots")) == 2  # families, curves
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
     # The pre-training is cached under its config hash, recorded in the provenance.
     pre = cache / f"pretrain-{compare.config_hash(config.pretrain)}"
@@ -206,3 +212,31 @@ def test_kept_sft_policy_reads_back_and_starts_meta_training_inner_runs(tmp_path
     meta.model.num_layers = 2
     with pytest.raises(cli.UserError, match="different model"):
         meta_run.initial_params(meta, model)
+
+
+def test_learned_and_rlhf_objectives_through_the_compare(tmp_path):
+    """ES meta-training in the run, online meta-weighting, and DPO from the kept MLE model."""
+    workdir = tmp_path / "w"
+    result = _run(workdir, tmp_path / "cache", "--config.seeds=1",
+                  "--config.objectives=('mle','learned_es','learned_online','dpo')")
+    assert result.returncode == 0, result.stderr[-3000:]
+    cells = _cells(workdir)
+    assert sorted(cells) == ["dpo-swap30-s0", "learned_es-swap30-s0", "learned_online-swap30-s0",
+                             "mle-swap30-s0"]
+    es = cells["learned_es-swap30-s0"]
+    assert es["facts"]["artifact"] == str(workdir / "meta" / "learned_es" / "artifact")
+    assert os.path.isdir(es["facts"]["artifact"])
+    assert (workdir / "meta" / "learned_es" / "metrics.jsonl").exists()
+    online = cells["learned_online-swap30-s0"]
+    assert online["compute"]["tokens"] == 2 * cells["mle-swap30-s0"]["compute"]["tokens"]
+    dpo, mle = cells["dpo-swap30-s0"], cells["mle-swap30-s0"]
+    assert dpo["facts"]["sft_from"] == str(workdir / "sft" / "swap30-s0")
+    assert dpo["compute"]["tokens"] > mle["compute"]["tokens"]
+    # DPO's curve continues MLE's (its SFT) past the fine-tuning budget.
+    assert dpo["curve"][:len(mle["curve"])] == mle["curve"]
+    assert dpo["curve"][-1]["step"] > mle["curve"][-1]["step"]
+    # DPO moved the policy away from its SFT model: the scores differ or the KL does.
+    assert (dpo["metrics"]["kl"], dpo["metrics"]["test_nll"]) != (mle["metrics"]["kl"],
+                                                                 mle["metrics"]["test_nll"])
+    report = (workdir / "report.md").read_text()
+    assert "meta_training.png" in report and "| swap30 | dpo |" in report
