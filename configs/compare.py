@@ -27,6 +27,7 @@ import ml_collections
 
 from configs import meta_preference, meta_reward, meta_train, models, noisy, pretrain, rlhf
 from configs import tasks
+from learned_loss import sweep
 
 TOKEN_OBJECTIVES = ("mle", "mle_clean_valid", "mle_2x", "loss_truncation", "learned_tbptt",
                     "learned_es", "learned_online")
@@ -145,3 +146,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.mesh = ml_collections.ConfigDict()
     config.mesh.shape = {"data": -1, "model": 1}
     return config
+
+
+def get_sweep(arg: str = "tiny") -> list[dict]:
+    """`experiments/sweep.py` points: the fine-tuning rate against the fraction of swapped
+    answers (does a learned objective's edge over MLE grow with the noise?)."""
+    del arg  # The same points for every variant.
+    return sweep.product(**{"lr": (1e-3, 3e-3), "noises.swap30.rho": (0.1, 0.3, 0.5)})

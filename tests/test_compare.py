@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import compare as compare_config
-from learned_loss import browser, cli, compare
+from learned_loss import browser, cli, compare, sweep
 from learned_loss.meta import comparison
 from tests import runs
 
@@ -240,3 +240,16 @@ def test_learned_and_rlhf_objectives_through_the_compare(tmp_path):
                                                                  mle["metrics"]["test_nll"])
     report = (workdir / "report.md").read_text()
     assert "meta_training.png" in report and "| swap30 | dpo |" in report
+
+
+def test_compare_sweep_points_name_real_config_keys():
+    points = sweep.load_sweep("configs/compare.py:tiny")
+    assert len(points) == 6 and len({json.dumps(p, sort_keys=True) for p in points}) == 6
+    config = compare_config.get_config("tiny")
+    for point in points:
+        for key, value in point.items():
+            section = config
+            *parents, leaf = key.split(".")
+            for part in parents:
+                section = section[part]
+            assert leaf in section and isinstance(value, type(section[leaf]))
