@@ -20,6 +20,7 @@ atomically; a re-run skips the cells that exist.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -116,16 +117,24 @@ def finished(workdir: str, num_steps: int) -> bool:
 
 
 def pretrained(config, pretrain_run: Callable[[Any, str], Any]) -> policy.Policy:
-    """The pre-trained policy: trained into the cache unless a finished run is there."""
+    """The pre-trained policy: trained into the cache unless a finished run is there. A lock
+    file beside the cache entry lets parallel runs (a sweep's points) share it: one trains,
+    the others wait and reuse it."""
     path = pretrain_dir(config)
-    if finished(path, config.pretrain.train.num_steps):
-        logging.info("reusing the pre-trained checkpoint in %s", path)
-    else:
-        logging.info("pre-training into %s", path)
-        pretrain_run(config.pretrain, path)
-        if not finished(path, config.pretrain.train.num_steps):
-            raise cli.UserError(f"pre-training in {path} stopped before step "
-                                f"{config.pretrain.train.num_steps}; re-run to resume it")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if finished(path, config.pretrain.train.num_steps):
+                logging.info("reusing the pre-trained checkpoint in %s", path)
+            else:
+                logging.info("pre-training into %s", path)
+                pretrain_run(config.pretrain, path)
+                if not finished(path, config.pretrain.train.num_steps):
+                    raise cli.UserError(f"pre-training in {path} stopped before step "
+                                        f"{config.pretrain.train.num_steps}; re-run to resume it")
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
     return policy.load(path)
 
 

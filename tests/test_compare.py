@@ -4,6 +4,8 @@ matches the cells, resume without recomputing, clear refusals of bad configs."""
 import json
 import os
 import subprocess
+import time
+from concurrent import futures
 
 import jax
 import numpy as np
@@ -253,3 +255,22 @@ def test_compare_sweep_points_name_real_config_keys():
             for part in parents:
                 section = section[part]
             assert leaf in section and isinstance(value, type(section[leaf]))
+
+
+def test_parallel_runs_share_one_pretraining(tmp_path):
+    config = compare_config.get_config("smoke")
+    config.cache_dir = str(tmp_path)
+    steps = config.pretrain.train.num_steps
+    calls = []
+
+    def fake_pretrain(pretrain_config, path):  # Writes a finished run, slowly.
+        calls.append(path)
+        time.sleep(1.0)
+        model = comparison.model_of(config.model)
+        params = model.init(jax.random.key(1), np.zeros((1, config.data.seq_len), np.int32))
+        compare.write_sft(config, path, config.model, params, pretrain_config.train.num_steps)
+
+    with futures.ThreadPoolExecutor(2) as pool:
+        loaded = list(pool.map(lambda _: compare.pretrained(config, fake_pretrain), range(2)))
+    assert calls == [compare.pretrain_dir(config)]
+    assert [p.step for p in loaded] == [steps, steps]
