@@ -437,7 +437,9 @@ def _rlhf_cell(config, workdir, grid, objective, noise, seed, data, pre, artifac
     algorithm = RLHF[objective]
     stage = os.path.join(run_dir, algorithm)
     final = policy.load(stage)
-    scored = score(config, final.model, final.params, pre.params, data, seed)
+    # The policy without PPO's value head: the pre-trained model's modules only.
+    params = {k: v for k, v in final.params.items() if k in pre.params}
+    scored = score(config, pre.model, params, pre.params, data, seed)
     over = os.path.join(workdir, "overoptimization.json")
     if algorithm != "dpo" and not os.path.exists(over):  # The report's plot: the first RL run.
         evaluation.write_json(over, result)

@@ -46,6 +46,9 @@ COLUMNS = (("exact_match", "exact match", 3), ("graded", "graded", 3), ("kl", "K
            ("length", "length", 2), ("seconds", "seconds", 0), ("tokens", "tokens", 0))
 BASELINE = "mle"
 REPORT_MD, REPORT_HTML, PLOTS = "report.md", "report.html", "plots"
+SCOPE = "Scored on clean held-out inputs of families no learned objective was meta-trained on."
+STATISTICS = ("Mean ± 95% t-interval over seeds; paired difference from MLE over the same "
+              "seeds (two-sided paired t-test).")
 
 
 class ReportError(ValueError):
@@ -231,7 +234,7 @@ def plot_overoptimization(over: Mapping[str, Any]) -> bytes:
             gain = np.asarray(run[which], np.float64) - float(run[which][0])
             line, = ax.plot(d, gain, ".", label=name)
             fit = run.get(f"fit_{which}")
-            if fit:
+            if fit and "alpha" in fit:  # A failed fit is {'error': why}: the points only.
                 grid = np.linspace(1e-3, max(d.max(), 1e-3), 100)
                 ax.plot(grid, form(grid, fit["alpha"], fit["beta"]), color=line.get_color(),
                         lw=1, label=f"{name} fit (R^2 {fit['r2']:.2f})")
@@ -326,8 +329,7 @@ def _config_text(inputs: Inputs) -> str:
 def markdown(inputs: Inputs, images: Sequence[str]) -> str:
     header, body = table(summary_rows(inputs.cells))
     lines = ["# Objectives compared", "",
-             "Held-out families, mean ± 95% t-interval over seeds; paired difference from MLE "
-             "over the same seeds (two-sided paired t-test).", "",
+             f"{SCOPE} {STATISTICS}", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in body]
     families, rows = family_rows(inputs.cells)
@@ -356,8 +358,7 @@ def render_html(inputs: Inputs, images: Mapping[str, bytes]) -> str:
              "td,th{border:1px solid #bbb;padding:.25em .5em;text-align:right}"
              "img{max-width:100%}pre{font-size:.75em;background:#f4f4f4;padding:1em}",
              "</style></head><body>", "<h1>Objectives compared</h1>",
-             "<p>Held-out families, mean ± 95% t-interval over seeds; paired difference from MLE "
-             "over the same seeds (two-sided paired t-test).</p>",
+             f"<p>{esc(SCOPE)} {esc(STATISTICS)}</p>",
              "<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>"]
     parts += ["<tr>" + "".join(f"<td>{esc(v)}</td>" for v in row) + "</tr>" for row in body]
     parts.append("</table>")

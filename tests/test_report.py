@@ -71,3 +71,19 @@ def test_bad_inputs_keep_the_old_report(tmp_path):
     (tmp_path / "cells" / "swap30-mle-s0.json").write_text('{"objective": "mle"}')
     with pytest.raises(report.ReportError, match="lacks"):
         report.write(str(tmp_path))
+
+
+def test_overoptimization_with_a_failed_fit_plots_its_points(tmp_path):
+    import json
+    write_workdir(tmp_path)
+    path = tmp_path / "overoptimization.json"
+    over = json.loads(path.read_text())
+    over["best_of_n"]["fit_gold"] = {"error": "fewer than 3 distinct d"}
+    path.write_text(json.dumps(over))
+    report.write(str(tmp_path))
+    with_error = (tmp_path / "plots" / "overoptimization.png").read_bytes()
+    over["best_of_n"].pop("fit_gold")
+    path.write_text(json.dumps(over))
+    report.write(str(tmp_path))
+    # The failed fit draws nothing: the same plot as without a fit.
+    assert (tmp_path / "plots" / "overoptimization.png").read_bytes() == with_error
