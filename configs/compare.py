@@ -26,7 +26,6 @@ mle_clean_valid, loss_truncation and learned_tbptt; 3 seeds, 30% swapped answers
 import ml_collections
 
 from configs import meta_preference, meta_reward, meta_train, models, noisy, pretrain, rlhf
-from configs import tasks
 from learned_loss import sweep
 
 TOKEN_OBJECTIVES = ("mle", "mle_clean_valid", "mle_2x", "loss_truncation", "learned_tbptt",
@@ -70,29 +69,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
     # Fine-tuning: every objective starts from the pre-trained model and takes `steps` steps
     # (mle_2x twice; the RLHF objectives take theirs after the MLE model's).
-    config.steps = v["steps"]
-    config.lr = 3e-3
-    config.batch_size = 32
-    config.model = models.model_config("nano", max_len=seq_len)
-    if arg == "smoke":
-        config.model.update(d_model=32, num_layers=1, num_heads=2, d_ff=64)
-
-    config.tasks = tasks.task_config()
-    config.tasks.examples_per_family = v["examples"]
-    config.data = ml_collections.ConfigDict()
-    config.data.data_dir = ""  # Empty: $LEARNED_LOSS_DATA_DIR or ~/.cache/learned_loss/tfds.
-    config.data.seq_len = seq_len
-    config.data.splits = {"train": 0.7, "validation": 0.1, "test": 0.2}
-
-    config.loss_truncation = ml_collections.ConfigDict()
-    config.loss_truncation.drop_fraction = 0.3
-    config.loss_truncation.warmup_steps = v["steps"] // 5
-    config.learned = ml_collections.ConfigDict()
-    config.learned.lookahead = 1
-    config.learned.online_features = ("log_prob", "entropy", "max_log_prob", "position",
-                                      "length", "answer_log_prob")
-    config.learned.hidden = 32
-    config.learned.online_outer = ml_collections.ConfigDict({"lr": 3e-3, "grad_clip": 1.0})
+    noisy.fine_tuning(config, arg, steps=v["steps"], examples=v["examples"], seq_len=seq_len)
 
     # Pre-training (a configs/pretrain.py config; its model must be `model`). Its checkpoint
     # is kept in CACHE/pretrain-HASH and reused by every compare run with the same settings.

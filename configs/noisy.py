@@ -55,40 +55,16 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.noise_order = tuple(v["noises"])
     config.methods = v["methods"]
     config.seeds = v["seeds"]
-    config.steps = v["steps"]
-    config.lr = 3e-3
-    config.batch_size = 32
-
-    config.model = models.model_config("nano", max_len=seq_len)
-    if arg == "smoke":
-        config.model.update(d_model=32, num_layers=1, num_heads=2, d_ff=64)
+    fine_tuning(config, arg, steps=v["steps"], examples=v["examples"], seq_len=seq_len)
     config.transfer = ml_collections.ConfigDict()
     # mini: 4x nano's non-embedding parameters (0.40M against 0.10M; 3.7x in all).
     config.transfer.model = models.model_config("mini", max_len=seq_len)
     config.transfer.methods = ("mle", "loss_truncation", "learned_offline")
     config.transfer.noises = v["transfer_noises"]
-
-    config.tasks = tasks.task_config()
-    config.tasks.examples_per_family = v["examples"]
-    config.data = ml_collections.ConfigDict()
-    config.data.data_dir = ""
-    config.data.seq_len = seq_len
-    config.data.splits = {"train": 0.7, "validation": 0.1, "test": 0.2}
-
-    config.loss_truncation = ml_collections.ConfigDict()
-    config.loss_truncation.drop_fraction = 0.3
-    config.loss_truncation.warmup_steps = v["steps"] // 5
-
-    config.learned = ml_collections.ConfigDict()
     # Meta-training artifacts by noise name, or 'default' for every noise kind.
     config.learned.artifacts = {"default": ""}
     # Closed forms fitted to them (experiments/interpret_objective.py), for learned_closed_form.
     config.learned.closed_forms = {"default": ""}
-    config.learned.lookahead = 1
-    config.learned.online_features = ("log_prob", "entropy", "max_log_prob", "position",
-                                      "length", "answer_log_prob")
-    config.learned.hidden = 32
-    config.learned.online_outer = ml_collections.ConfigDict({"lr": 3e-3, "grad_clip": 1.0})
 
     # experiments/interpret_objective.py: the features are read off a model trained this many
     # steps with the learned loss on this (family set, noise).
@@ -102,3 +78,32 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.eval.batch_size = 100
     config.eval.max_new_tokens = 12
     return config
+
+
+def fine_tuning(config, arg: str, *, steps: int, examples: int, seq_len: int) -> None:
+    """Adds what learned_loss/meta/comparison.py trains with (shared with configs/compare.py):
+    the budget, the model, tasks and data splits, loss truncation and the online learned loss."""
+    config.steps = steps
+    config.lr = 3e-3
+    config.batch_size = 32
+    config.model = models.model_config("nano", max_len=seq_len)
+    if arg == "smoke":
+        config.model.update(d_model=32, num_layers=1, num_heads=2, d_ff=64)
+
+    config.tasks = tasks.task_config()
+    config.tasks.examples_per_family = examples
+    config.data = ml_collections.ConfigDict()
+    config.data.data_dir = ""  # Empty: $LEARNED_LOSS_DATA_DIR or ~/.cache/learned_loss/tfds.
+    config.data.seq_len = seq_len
+    config.data.splits = {"train": 0.7, "validation": 0.1, "test": 0.2}
+
+    config.loss_truncation = ml_collections.ConfigDict()
+    config.loss_truncation.drop_fraction = 0.3
+    config.loss_truncation.warmup_steps = steps // 5
+
+    config.learned = ml_collections.ConfigDict()
+    config.learned.lookahead = 1
+    config.learned.online_features = ("log_prob", "entropy", "max_log_prob", "position",
+                                      "length", "answer_log_prob")
+    config.learned.hidden = 32
+    config.learned.online_outer = ml_collections.ConfigDict({"lr": 3e-3, "grad_clip": 1.0})
