@@ -37,7 +37,7 @@ from learned_loss import checkpoint as checkpoint_lib
 from learned_loss import cli, evaluation, policy, provenance, report, rlhf_pipeline, train
 from learned_loss import metrics as metrics_lib
 from learned_loss import model as model_lib
-from learned_loss.meta import comparison, lm_problem
+from learned_loss.meta import comparison
 
 TOKEN = {"mle": "mle", "mle_clean_valid": "mle_clean_valid", "mle_2x": "mle_2x",
          "loss_truncation": "loss_truncation", "learned_tbptt": "learned_offline",
@@ -186,22 +186,13 @@ def noisy_view(config, artifact: str = "") -> ml_collections.ConfigDict:
     return view
 
 
-_answer_nll = jax.jit(lm_problem.answer_nll, static_argnums=0)
-
-
 def score(config, model, params, reference_params, data: comparison.Data, seed: int) -> dict:
-    """The cell's metrics and per-family exact match on the clean test split."""
-    result = evaluation.evaluate(model, params, data.test_examples,
-                                 batch_size=config.eval.batch_size,
-                                 max_new_tokens=config.eval.max_new_tokens,
-                                 reference_params=reference_params,
-                                 rng=jax.random.key(seed))
-    rows = {k: jnp.asarray(v) for k, v in data.test_rows.batch().items()}
-    nll = float(_answer_nll(model, params, rows))
-    o = result["overall"]
-    return {"metrics": {"exact_match": o["exact_match"], "graded": o["graded"],
-                        "kl": o["kl_to_reference"], "length": o["length"], "test_nll": nll},
-            "families": {f: v["exact_match"] for f, v in result["families"].items()}}
+    """The cell's metrics (comparison.score, with the KL to the pre-trained model) and its
+    per-family exact match."""
+    scored = comparison.score(config, model, params, data, reference_params=reference_params,
+                              rng=jax.random.key(seed))
+    families = scored.pop("families")
+    return {"metrics": scored, "families": families}
 
 
 def greedy_exact_match(config, model, params, data: comparison.Data) -> float:
@@ -368,7 +359,7 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any], log=loggi
                 continue
             if noise not in step0:
                 step0[noise] = greedy_exact_match(config, pre.model, pre.params, data[noise])
-            _token_group(config, workdir, grid, view, objective, noise, todo, data[noise], pre,
+            _token_group(config, workdir, grid, objective, noise, todo, data[noise], pre,
                          artifacts, step0[noise], bool(rlhf_objs))
             log(f"{grid.progress()} | {objective} on {noise}")
 
@@ -389,11 +380,10 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any], log=loggi
     return report.write(workdir)
 
 
-def _token_group(config, workdir, grid, view, objective, noise, todo, data, pre, artifacts,
+def _token_group(config, workdir, grid, objective, noise, todo, data, pre, artifacts,
                  em0, keep_sft):
     method = TOKEN[objective]
-    cfg = noisy_view(config, artifacts.get(objective, "")) if method == "learned_offline" \
-        else view
+    cfg = noisy_view(config, artifacts.get(objective, ""))
     cells = [comparison.Cell(FAMILY_SET, noise, method, config.model.variant, s) for s in todo]
     curves = {s: [{"step": 0, "exact_match": em0}] for s in todo}
 

@@ -205,6 +205,10 @@ def train_cells(config, cells: Sequence[Cell], data: Data, *, init_params: Any =
             theta, inner = carry
             return theta, base.unroll(problem, theta, inner, run_key, n)[0]
 
+    def per_cell(carry) -> list[Any]:
+        inner = carry[2] if online else carry[1]
+        return [jax.tree.map(lambda x, i=i: x[i], inner) for i in range(len(cells))]
+
     bounds = [round(steps * i / segments) for i in range(segments + 1)]
     if segments == 1:
         def whole(theta, init_key, run_key):
@@ -218,11 +222,8 @@ def train_cells(config, cells: Sequence[Cell], data: Data, *, init_params: Any =
         for g in range(segments):
             carry = span(carry, seg_keys[:, g], bounds[g + 1] - bounds[g])
             if on_segment is not None and g < segments - 1:
-                inner = carry[2] if online else carry[1]
-                on_segment(bounds[g + 1], model,
-                           [jax.tree.map(lambda x, i=i: x[i], inner) for i in range(len(cells))])
-    inner = carry[2] if online else carry[1]
-    inners = [jax.tree.map(lambda x, i=i: x[i], inner) for i in range(len(cells))]
+                on_segment(bounds[g + 1], model, per_cell(carry))
+    inners = per_cell(carry)
     facts = {"steps": steps, "theta_source": source, "train_rows": len(train_rows),
              "corrupted_rows": int(train_rows.corrupted.sum()),
              "params": model_lib.param_count(inners[0]["params"]),
@@ -240,16 +241,26 @@ def train_cell(config, cell: Cell, data: Data) -> tuple[Any, dict]:
     return (model, inners[0]), facts
 
 
-def score(config, model, params, data: Data) -> dict:
-    """Greedy exact match and graded score on the clean test prompts, and the test NLL."""
+_answer_nll = jax.jit(lm_problem.answer_nll, static_argnums=0)
+
+
+def score(config, model, params, data: Data, *, reference_params: Any = None,
+          rng: jax.Array | None = None) -> dict:
+    """Greedy exact match, graded score and completion length on the clean test prompts, and
+    the test NLL; with `reference_params`, also the sequence-level KL to that model ('kl',
+    sampled with `rng`)."""
     result = evaluation.evaluate(model, params, data.test_examples,
                                  batch_size=config.eval.batch_size,
-                                 max_new_tokens=config.eval.max_new_tokens)
+                                 max_new_tokens=config.eval.max_new_tokens,
+                                 reference_params=reference_params, rng=rng)
     rows = {k: jnp.asarray(v) for k, v in data.test_rows.batch().items()}
-    nll = float(jax.jit(lambda p: lm_problem.answer_nll(model, p, rows))(params))
-    return {"exact_match": result["overall"]["exact_match"],
-            "graded": result["overall"]["graded"], "test_nll": nll,
-            "families": {f: v["exact_match"] for f, v in result["families"].items()}}
+    overall = result["overall"]
+    out = {"exact_match": overall["exact_match"], "graded": overall["graded"],
+           "length": overall["length"], "test_nll": float(_answer_nll(model, params, rows)),
+           "families": {f: v["exact_match"] for f, v in result["families"].items()}}
+    if reference_params is not None:
+        out["kl"] = overall["kl_to_reference"]
+    return out
 
 
 def run_cells(config, workdir: str, cells: Sequence[Cell], log=print) -> list[dict]:
