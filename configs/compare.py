@@ -97,7 +97,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         m.data.seq_len = seq_len
         m.estimator.name = estimator
         m.outer.num_steps = v["meta_steps"]
-        m.outer.eval_every = m.outer.checkpoint_every = v["meta_steps"]
+        m.outer.eval_every = v["meta_steps"]
+        m.outer.checkpoint_every = min(v["meta_steps"], 25)  # A stopped run resumes near.
         m.outer.log_every = 1
         if arg == "tiny":  # Short inner runs: the demo's budget.
             m.estimator.min_horizon, m.estimator.max_horizon = 20, 60

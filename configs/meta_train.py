@@ -38,7 +38,20 @@ VARIANTS = {
                  valid_families=META_VALID_FAMILIES, estimator="tbptt", population=2,
                  unroll=5, horizon=(50, 300), steps=150, log=10, eval=50, ckpt=50,
                  eval_horizon=300, sanity_steps=20, online_steps=1500),
+    # Pre-training on the text corpus (data.source='text'): inner runs train the scaling
+    # study's middle model (configs/scaling.py) from scratch; theta is scored by the
+    # validation NLL of every token.
+    "text": dict(model="nano", seq_len=64, batch=32, examples=0, families=(),
+                 valid_families=(), estimator="tbptt", population=2, unroll=5,
+                 horizon=(50, 300), steps=100, log=10, eval=50, ckpt=25, eval_horizon=300,
+                 sanity_steps=20, online_steps=0),
 }
+
+# The learned token loss's inputs on text: no reference model (pre-training starts from a
+# random one) and no answer length (every window has the same).
+TEXT_FEATURES = ("log_prob", "entropy", "max_log_prob", "position", "answer_log_prob")
+# The text variant's model: scaling size s3 of configs/scaling.py.
+TEXT_MODEL = dict(d_model=32, num_layers=2, num_heads=2, d_ff=128)
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
@@ -55,6 +68,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.model = models.model_config(v["model"], max_len=v["seq_len"])
     if arg == "smoke":  # A one-layer model: seconds to compile, for tests.
         config.model.update(d_model=32, num_layers=1, num_heads=2, d_ff=64)
+    if arg == "text":
+        config.model.update(TEXT_MODEL)
+        config.objective.features = TEXT_FEATURES
 
     config.tasks = tasks.task_config()
     config.tasks.families = v["families"]
@@ -71,6 +87,15 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.data.data_dir = ""  # Empty: $LEARNED_LOSS_DATA_DIR or ~/.cache/learned_loss/tfds.
     config.data.seq_len = v["seq_len"]
     config.data.valid_fraction = 0.2
+    # 'tasks': noisy demonstrations of tasks.families; 'text': windows of the text corpus
+    # (text_dir, pattern and corpus_valid_fraction as in configs/pretrain.py), `windows` of
+    # the train split for inner runs and `valid_windows` of the validation split to score them.
+    config.data.source = "text" if arg == "text" else "tasks"
+    config.data.text_dir = ""  # Empty: the Python standard library source of this interpreter.
+    config.data.pattern = "**/*.py"
+    config.data.corpus_valid_fraction = 0.02
+    config.data.windows = 4096
+    config.data.valid_windows = 256
 
     config.inner = ml_collections.ConfigDict()
     config.inner.lr = 3e-3

@@ -16,14 +16,17 @@ from learned_loss import model as model_lib
 from learned_loss.data import instruction_tasks, paths, pipeline, tasks, text_corpus
 
 
-def prepare_corpus(config) -> text_corpus.CorpusInfo:
-    """Builds the corpus on process 0 first, so that hosts sharing a data_dir never race."""
+def prepare_corpus(config, valid_fraction: float | None = None) -> text_corpus.CorpusInfo:
+    """Builds the corpus of `config.data` (text_dir, pattern, data_dir and, unless given,
+    valid_fraction) on process 0 first, so that hosts sharing a data_dir never race."""
     text_dir = config.data.text_dir or text_corpus.default_text_dir()
+    if valid_fraction is None:
+        valid_fraction = config.data.valid_fraction
 
     def build():
         return text_corpus.build_text_corpus(text_dir, paths.data_dir(config.data.data_dir),
                                              pattern=config.data.pattern,
-                                             valid_fraction=config.data.valid_fraction)
+                                             valid_fraction=valid_fraction)
 
     return distributed.first_on_process_zero(build, "text corpus built")
 

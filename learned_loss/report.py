@@ -25,7 +25,6 @@ import base64
 import dataclasses
 import glob
 import html
-import io
 import json
 import math
 import os
@@ -39,7 +38,7 @@ import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from learned_loss import metrics as metrics_lib  # noqa: E402
-from learned_loss import overoptimization, sweep  # noqa: E402
+from learned_loss import overoptimization, study_report, sweep  # noqa: E402
 
 # (key in a cell's `metrics` or `compute`, column title, printed digits).
 COLUMNS = (("exact_match", "exact match", 3), ("graded", "graded", 3), ("kl", "KL to ref", 3),
@@ -61,6 +60,7 @@ class Inputs:
     meta: dict[str, list[dict]]  # meta-training name -> metrics records
     overoptimization: dict | None
     provenance: dict | None
+    sections: list = dataclasses.field(default_factory=list)  # study_report.Section
 
 
 def _read_json(path: str) -> Any:
@@ -80,9 +80,14 @@ def check_cell(cell: Mapping[str, Any], path: str) -> None:
 def load(workdir: str) -> Inputs:
     """Reads the report's inputs from `workdir` (see the module docstring)."""
     paths = sorted(glob.glob(os.path.join(workdir, "cells", "*.json")))
-    if not paths:
-        raise ReportError(f"no cells in {workdir}/cells; run experiments/compare_objectives.py "
-                          f"with --workdir={workdir} first")
+    if not paths and not study_report.study_files(workdir):
+        raise ReportError(f"no cells in {workdir}/cells and no study results; run "
+                          f"experiments/compare_objectives.py (or a study such as "
+                          f"experiments/scaling.py) with --workdir={workdir} first")
+    try:
+        sections = study_report.sections(workdir)
+    except study_report.StudyError as e:
+        raise ReportError(str(e)) from e
     cells = []
     for path in paths:
         cell = _read_json(path)
@@ -95,7 +100,7 @@ def load(workdir: str) -> Inputs:
     over = os.path.join(workdir, "overoptimization.json")
     prov = os.path.join(workdir, "provenance.json")
     return Inputs(cells, meta, _read_json(over) if os.path.exists(over) else None,
-                  _read_json(prov) if os.path.exists(prov) else None)
+                  _read_json(prov) if os.path.exists(prov) else None, sections)
 
 
 # ---- statistics ------------------------------------------------------------------------------
@@ -182,10 +187,7 @@ def mean_curves(cells: Sequence[Mapping[str, Any]], metric: str = "exact_match"
 
 
 def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()
+    return study_report.png(fig)
 
 
 def plot_curves(curves: Mapping[tuple[str, str], tuple[np.ndarray, np.ndarray]],
@@ -275,6 +277,14 @@ def plots(inputs: Inputs) -> dict[str, bytes]:
     return out
 
 
+def all_images(inputs: Inputs) -> dict[str, bytes]:
+    """The comparison's plots and every study section's."""
+    out = plots(inputs) if inputs.cells else {}
+    for section in inputs.sections:
+        out.update(section.images)
+    return out
+
+
 # ---- rendering -------------------------------------------------------------------------------
 
 
@@ -318,6 +328,8 @@ def provenance_lines(inputs: Inputs) -> list[tuple[str, str]]:
     for c in inputs.cells:
         out.append((f"cell {c['noise']}/{c['objective']}/seed {c['seed']}",
                     f"{value(c, 'seconds'):.1f} s"))
+    for section in inputs.sections:
+        out += section.timings
     return out
 
 
@@ -326,46 +338,79 @@ def _config_text(inputs: Inputs) -> str:
     return json.dumps(starts[-1].get("config", {}), indent=1, sort_keys=True) if starts else "{}"
 
 
+def _title(inputs: Inputs) -> str:
+    return "Objectives compared" if inputs.cells else "Studies"
+
+
+def _md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(r) + " |" for r in body])
+
+
 def markdown(inputs: Inputs, images: Sequence[str]) -> str:
-    header, body = table(summary_rows(inputs.cells))
-    lines = ["# Objectives compared", "",
-             f"{SCOPE} {STATISTICS}", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in body]
-    families, rows = family_rows(inputs.cells)
-    if families:
-        lines += ["", "## Per family (exact match)", "",
-                  "| noise | objective | " + " | ".join(families) + " |",
-                  "|" + "---|" * (len(families) + 2)]
-        lines += [f"| {r['noise']} | {r['objective']} | "
-                  + " | ".join(f"{r['families'][f]:.3f}" for f in families) + " |" for r in rows]
-    for name in images:
-        lines += ["", f"![{name}]({PLOTS}/{name})"]
+    lines = [f"# {_title(inputs)}"]
+    if inputs.cells:
+        lines += ["", f"{SCOPE} {STATISTICS}", ""]
+        lines += _md_table(*table(summary_rows(inputs.cells)))
+        families, rows = family_rows(inputs.cells)
+        if families:
+            lines += ["", "## Per family (exact match)", ""]
+            lines += _md_table(["noise", "objective"] + families,
+                               [[r["noise"], r["objective"]]
+                                + [f"{r['families'][f]:.3f}" for f in families] for r in rows])
+        own = {name for s in inputs.sections for name in s.images}
+        for name in images:
+            if name not in own:
+                lines += ["", f"![{name}]({PLOTS}/{name})"]
+    for section in inputs.sections:
+        lines += ["", f"## {section.title}"]
+        for paragraph in section.paragraphs:
+            lines += ["", paragraph]
+        for t in section.tables:
+            lines += [""] + _md_table(t.header, t.rows)
+        for name in sorted(section.images):
+            lines += ["", f"![{name}]({PLOTS}/{name})"]
     lines += ["", "## Provenance", ""]
     lines += [f"- {k}: {v}" for k, v in provenance_lines(inputs)]
     lines += ["", "```json", _config_text(inputs), "```", ""]
     return "\n".join(lines)
 
 
+def _html_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    esc = html.escape
+    return ("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in row) + "</tr>"
+                      for row in body) + "</table>")
+
+
+def _html_img(name: str, png: bytes) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
+
+
 def render_html(inputs: Inputs, images: Mapping[str, bytes]) -> str:
     """One self-contained page: inline CSS, PNGs as data URIs, no external reference."""
     esc = html.escape
-    header, body = table(summary_rows(inputs.cells))
+    title = _title(inputs)
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             "<title>Objectives compared</title><style>",
+             f"<title>{title}</title><style>",
              "body{font-family:sans-serif;margin:2em;max-width:80em}"
              "table{border-collapse:collapse;font-size:.85em}"
              "td,th{border:1px solid #bbb;padding:.25em .5em;text-align:right}"
              "img{max-width:100%}pre{font-size:.75em;background:#f4f4f4;padding:1em}",
-             "</style></head><body>", "<h1>Objectives compared</h1>",
-             f"<p>{esc(SCOPE)} {esc(STATISTICS)}</p>",
-             "<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>"]
-    parts += ["<tr>" + "".join(f"<td>{esc(v)}</td>" for v in row) + "</tr>" for row in body]
-    parts.append("</table>")
-    for name, png in sorted(images.items()):
-        data = base64.b64encode(png).decode("ascii")
-        parts.append(f'<h2>{esc(name[:-4].replace("_", " "))}</h2>'
-                     f'<img alt="{esc(name)}" src="data:image/png;base64,{data}">')
+             "</style></head><body>", f"<h1>{title}</h1>"]
+    own = {name for s in inputs.sections for name in s.images}
+    if inputs.cells:
+        parts += [f"<p>{esc(SCOPE)} {esc(STATISTICS)}</p>",
+                  _html_table(*table(summary_rows(inputs.cells)))]
+        for name, png in sorted(images.items()):
+            if name not in own:
+                parts.append(f'<h2>{esc(name[:-4].replace("_", " "))}</h2>' + _html_img(name, png))
+    for section in inputs.sections:
+        parts.append(f"<h2>{esc(section.title)}</h2>")
+        parts += [f"<p>{esc(p)}</p>" for p in section.paragraphs]
+        parts += [_html_table(t.header, t.rows) for t in section.tables]
+        parts += [_html_img(name, images[name]) for name in sorted(section.images)]
     parts.append("<h2>Provenance</h2><ul>")
     parts += [f"<li>{esc(k)}: {esc(v)}</li>" for k, v in provenance_lines(inputs)]
     parts += ["</ul>", f"<pre>{esc(_config_text(inputs))}</pre>", "</body></html>", ""]
@@ -383,7 +428,7 @@ def write(workdir: str) -> dict[str, str]:
     """Writes WORKDIR/report.md, report.html and plots/*.png from the workdir alone. Each file
     is replaced atomically; on a malformed input nothing is written (the old report stays)."""
     inputs = load(workdir)
-    images = plots(inputs)
+    images = all_images(inputs)
     md = markdown(inputs, sorted(images)).encode()
     page = render_html(inputs, images).encode()
     os.makedirs(os.path.join(workdir, PLOTS), exist_ok=True)

@@ -28,13 +28,15 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import logging
 
 from learned_loss import checkpoint as checkpoint_lib
-from learned_loss import cli, evaluation, loop, metrics, objectives, policy, provenance
+from learned_loss import cli, evaluation, loop, metrics, objectives, policy, pretraining
+from learned_loss import provenance
 from learned_loss import sharding
 from learned_loss import model as model_lib
-from learned_loss.data import instruction_tasks, paths, tasks
+from learned_loss.data import instruction_tasks, paths, pipeline, tasks, text_corpus
 from learned_loss.meta import base, lm_problem, outer
 from learned_loss.objectives import artifact
 
@@ -67,6 +69,38 @@ def build_rows(config, families: Sequence[str], *, label_noise: float | None = N
     train = lm_problem.encode_records(instruction_tasks.load_split(info, "train"), seq_len)
     valid = lm_problem.encode_records(instruction_tasks.load_split(info, "validation"), seq_len)
     return train, valid, info
+
+
+def _text_windows(source, seq_len: int, count: int, offset: float
+                  ) -> lm_problem.Demonstrations:
+    """`count` windows of T = seq_len tokens spread evenly over a corpus split (the first at
+    `offset` of the stride), every target a loss token: [count, T] rows."""
+    windows = pipeline.Windows(pipeline.token_stream(source), seq_len)
+    if windows.num_windows < count:
+        raise cli.UserError(f"the text split holds {windows.num_windows} windows of {seq_len} "
+                            f"tokens, fewer than the {count} asked for; lower "
+                            f"data.windows or data.seq_len, or use a larger corpus")
+    stride = windows.num_windows / count
+    rows = [windows[int((i + offset) * stride)] for i in range(count)]
+    inputs = np.stack([r["inputs"] for r in rows])  # [count, T]
+    targets = np.stack([r["targets"] for r in rows])  # [count, T]
+    return lm_problem.Demonstrations(inputs, targets, np.ones(inputs.shape, np.float32),
+                                     np.zeros((count,), bool))
+
+
+def text_rows(config):
+    """(train rows, validation rows, meta-valid train rows, meta-valid validation rows,
+    CorpusInfo) from the text corpus (data.source='text'): inner runs pre-train on windows of
+    the train split and are scored by the NLL of every token of validation-split windows;
+    meta-validation uses other windows of both splits."""
+    d = config.data
+    corpus = pretraining.prepare_corpus(config, d.corpus_valid_fraction)
+    train = text_corpus.load_split(corpus, "train")
+    valid = text_corpus.load_split(corpus, "validation")
+    n, m = d.windows, d.valid_windows
+    return (_text_windows(train, d.seq_len, n, 0.0), _text_windows(valid, d.seq_len, m, 0.0),
+            _text_windows(train, d.seq_len, n, 0.5), _text_windows(valid, d.seq_len, m, 0.5),
+            corpus)
 
 
 def eval_examples(info, per_family: int) -> list[tasks.Example]:
@@ -128,10 +162,21 @@ class Setup:
             self.settings = {"features": list(config.objective.features),
                              "hidden": int(config.objective.hidden)}
         self.optimizer = lm_problem.inner_optimizer(config.inner.lr)
-        families = task_families(config.tasks.families, config.tasks)
-        valid_families = task_families(config.meta_valid.families, config.tasks)
-        self.train_rows, self.valid_rows, self.info = build_rows(config, families)
-        self.mv_train, self.mv_valid, self.mv_info = build_rows(config, valid_families)
+        if config.data.get("source", "tasks") == "text":
+            if config.mode != "offline":
+                raise cli.UserError("online meta-weighting scores exact match on task "
+                                    "families; with data.source='text' use mode='offline'")
+            rows = text_rows(config)
+            self.train_rows, self.valid_rows, self.mv_train, self.mv_valid, self.info = rows
+            self.mv_info = self.info
+            self.data_hash = self.info.corpus_hash
+            families = valid_families = ()
+        else:
+            families = task_families(config.tasks.families, config.tasks)
+            valid_families = task_families(config.meta_valid.families, config.tasks)
+            self.train_rows, self.valid_rows, self.info = build_rows(config, families)
+            self.mv_train, self.mv_valid, self.mv_info = build_rows(config, valid_families)
+            self.data_hash = self.info.config_hash
         self.init_params = initial_params(config, self.model)
         self.problem = self.make_problem(self.train_rows, self.valid_rows)
         # The sanity check trains on clean demonstrations (the held-out inputs).
@@ -153,10 +198,11 @@ class Setup:
         return lambda theta, key: {"nll": float(run(theta, key))}
 
     def provenance(self, mode: str, start: int) -> dict:
-        return provenance.collect(self.config, corpus_hash=self.info.config_hash, mesh=self.mesh,
+        return provenance.collect(self.config, corpus_hash=self.data_hash, mesh=self.mesh,
                                   extra={"mode": mode, "resumed_from_step": start,
                                          "families": list(self.families),
                                          "meta_valid_families": list(self.valid_families),
+                                         "source": self.config.data.get("source", "tasks"),
                                          "tasks": self.info.provenance(),
                                          "meta_valid_tasks": self.mv_info.provenance()})
 

@@ -1,0 +1,217 @@
+"""Report sections of the studies that test the package's claims (learned_loss/report.py puts
+them after the objective comparison, or alone in a workdir that holds only studies).
+
+Each section is read from one file of the workdir, written by its experiment:
+  scaling.json   experiments/scaling.py (learned_loss/scaling_study.py): validation NLL of
+                 every (objective, size, budget) run, Kaplan and Chinchilla fits per objective.
+
+A `Section` holds a title, paragraphs, tables of strings and PNGs; learned_loss/report.py renders
+it to Markdown and HTML alike. Everything is sorted and printed at fixed precision, so the same
+file gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+SCALING_FILE = "scaling.json"
+
+
+@dataclasses.dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+
+
+@dataclasses.dataclass
+class Section:
+    title: str
+    paragraphs: list[str]
+    tables: list[Table]
+    images: dict[str, bytes]  # file name -> PNG bytes
+    timings: list[tuple[str, str]]  # (run, wall time) for the provenance list
+
+
+class StudyError(ValueError):
+    """A study file in the workdir is malformed."""
+
+
+def png(fig) -> bytes:
+    """The figure as PNG bytes without a timestamp (the same figure gives the same bytes)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _interval(pair: Sequence[float]) -> str:
+    return f"[{pair[0]:.3f}, {pair[1]:.3f}]"
+
+
+def _pct(x: float) -> str:
+    return "–" if x is None or math.isnan(x) else f"{100 * x:.1f}%"
+
+
+# ---- scaling --------------------------------------------------------------------------------
+
+
+def scaling_fit_table(fits: Mapping[str, Mapping[str, Any]]) -> Table:
+    header = ["objective", "Kaplan alpha (95% CI)", "N_c", "R^2", "Kaplan extrapolation error",
+              "Chinchilla E", "A", "B", "alpha (95% CI)", "beta (95% CI)",
+              "Chinchilla extrapolation error"]
+    rows = []
+    for objective in sorted(fits):
+        k = fits[objective]["kaplan"]
+        row = [objective, f"{k['alpha']:.3f} {_interval(k['alpha_interval'])}",
+               f"{k['n_c']:.3g}", f"{k['r2']:.3f}", _pct(k["extrapolation"]["relative_error"])]
+        c = fits[objective].get("chinchilla")
+        if c:
+            ex = c["extrapolation"].get("relative_error", float("nan"))
+            row += [f"{c['e']:.3f}", f"{c['a']:.3g}", f"{c['b']:.3g}",
+                    f"{c['alpha']:.3f} {_interval(c['alpha_interval'])}",
+                    f"{c['beta']:.3f} {_interval(c['beta_interval'])}", _pct(ex)]
+        else:
+            row += ["–"] * 6
+        rows.append(row)
+    return Table(header, rows)
+
+
+def scaling_nll_table(rows: Sequence[Mapping[str, Any]]) -> Table:
+    """One row per (size, tokens): each objective's validation NLL and learned minus MLE."""
+    objectives = sorted({r["objective"] for r in rows})
+    by = {(r["objective"], r["size"], r["tokens"]): r for r in rows}
+    keys = sorted({(r["params"], r["size"], r["tokens"]) for r in rows})
+    header = ["size", "params (non-emb.)", "tokens"] + [f"{o} NLL" for o in objectives]
+    others = [o for o in objectives if o != "mle"] if "mle" in objectives else []
+    header += [f"{o} - mle" for o in others]
+    body = []
+    for params, size, tokens in keys:
+        line = [size, f"{params:,}", f"{tokens:,}"]
+        line += [f"{by[(o, size, tokens)]['valid_nll']:.4f}" if (o, size, tokens) in by else "–"
+                 for o in objectives]
+        for o in others:
+            if (o, size, tokens) in by and ("mle", size, tokens) in by:
+                diff = by[(o, size, tokens)]["valid_nll"] - by[("mle", size, tokens)]["valid_nll"]
+                line.append(f"{diff:+.4f}")
+            else:
+                line.append("–")
+        body.append(line)
+    return Table(header, body)
+
+
+def plot_scaling(study: Mapping[str, Any]) -> bytes:
+    """Left: validation NLL against N at the largest budget, with each Kaplan fit. Right: the
+    learned objective's NLL minus MLE's against N, one line per budget."""
+    rows, fits = study["rows"], study["fits"]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
+    for objective in sorted(fits):
+        top = fits[objective]["kaplan_tokens"]
+        pts = sorted((r["params"], r["valid_nll"]) for r in rows
+                     if r["objective"] == objective and r["tokens"] == top)
+        n = np.array([p[0] for p in pts], np.float64)
+        line = ax.plot(n, [p[1] for p in pts], "o", label=f"{objective} ({top:,} tokens)")[0]
+        k = fits[objective]["kaplan"]
+        grid = np.geomspace(n.min(), n.max(), 50)
+        ax.plot(grid, (k["n_c"] / grid) ** k["alpha"], "-", color=line.get_color(),
+                label=f"{objective}: L = (N_c/N)^{k['alpha']:.3f}")
+    ax.set(xscale="log", yscale="log", xlabel="non-embedding parameters N",
+           ylabel="validation NLL (nats/token)", title="Kaplan fit")
+    ax.legend(fontsize=7)
+    diffs = study.get("advantage", [])
+    for tokens in sorted({d["tokens"] for d in diffs}):
+        pts = sorted((d["params"], d["difference"]) for d in diffs if d["tokens"] == tokens)
+        bx.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"{tokens:,} tokens")
+    bx.axhline(0.0, color="k", lw=0.8)
+    bx.set(xscale="log", xlabel="non-embedding parameters N",
+           ylabel="learned NLL - MLE NLL (below 0: learned better)",
+           title="advantage of the learned objective")
+    if diffs:
+        bx.legend(fontsize=7)
+    fig.tight_layout()
+    return png(fig)
+
+
+def scaling_verdict(study: Mapping[str, Any]) -> str:
+    """Whether the learned objective's advantage grows or shrinks with N at the largest budget
+    (the slope of its NLL difference from MLE against log N)."""
+    diffs = study.get("advantage", [])
+    if not diffs:
+        return "Only MLE was run: no comparison of objectives."
+    top = max(d["tokens"] for d in diffs)
+    pts = sorted((d["params"], d["difference"]) for d in diffs if d["tokens"] == top)
+    if len(pts) < 2:
+        return "Too few sizes to say how the advantage changes with N."
+    slope = float(np.polyfit(np.log10([p[0] for p in pts]), [p[1] for p in pts], 1)[0])
+    mean = float(np.mean([p[1] for p in pts]))
+    if abs(mean) < 5e-5 and abs(slope) < 5e-5:
+        return (f"At {top:,} tokens the learned objective's NLL is within 0.0001 nats of "
+                f"MLE's at every size: no difference to scale.")
+    side = "better" if mean < 0 else "worse"
+    trend = ("its advantage grows" if slope < 0 else "its advantage shrinks") if mean < 0 else (
+        "its deficit shrinks" if slope < 0 else "its deficit grows")
+    return (f"At {top:,} tokens the learned objective is {side} than MLE by "
+            f"{abs(mean):.4f} nats on average over sizes, and {trend} with scale (slope "
+            f"{slope:+.4f} nats per decade of N).")
+
+
+def scaling_section(study: Mapping[str, Any]) -> Section:
+    for key in ("rows", "fits"):
+        if key not in study:
+            raise StudyError(f"{SCALING_FILE} lacks {key!r}; re-run experiments/scaling.py")
+    rows = study["rows"]
+    sizes = sorted({r["params"] for r in rows})
+    paragraphs = [
+        "Pre-training runs from scratch on the text corpus, one per (objective, model size, "
+        "token budget), each with its own warm-up and cosine decay; N is the non-embedding "
+        f"parameter count ({sizes[0]:,} to {sizes[-1]:,}, {sizes[-1] / sizes[0]:.0f}x), the "
+        "loss the mean token NLL of the same validation windows for every run.",
+        "Kaplan et al. 2020: L(N) = (N_c / N)^alpha, least squares in log space on the runs "
+        "of the largest budget. Hoffmann et al. 2022: L(N, D) = E + A / N^alpha + B / D^beta, "
+        "Huber loss (delta 1e-3) on log L, L-BFGS from a grid of starts. Intervals: 95% "
+        "percentile bootstrap over runs. Extrapolation: the fit without the largest model, "
+        "its relative error on that model's loss.",
+        scaling_verdict(study)]
+    timings = [(f"run {r['objective']}-{r['size']}-{r['steps']}", f"{r['seconds']:.1f} s")
+               for r in sorted(rows, key=lambda r: (r["objective"], r["params"], r["tokens"]))]
+    return Section("Scaling laws", paragraphs,
+                   [scaling_fit_table(study["fits"]), scaling_nll_table(rows)],
+                   {"scaling.png": plot_scaling(study)}, timings)
+
+
+# ---- every study ----------------------------------------------------------------------------
+
+# file -> section builder, in report order.
+STUDIES: tuple[tuple[str, Callable[[Mapping[str, Any]], Section]], ...] = (
+    (SCALING_FILE, scaling_section),
+)
+
+
+def study_files(workdir: str) -> list[str]:
+    return [name for name, _ in STUDIES if os.path.exists(os.path.join(workdir, name))]
+
+
+def sections(workdir: str) -> list[Section]:
+    """The sections of every study file in `workdir`, in report order."""
+    out = []
+    for name, build in STUDIES:
+        path = os.path.join(workdir, name)
+        if not os.path.exists(path):
+            continue
+        try:
+            with open(path) as f:
+                study = json.load(f)
+        except json.JSONDecodeError as e:
+            raise StudyError(f"{path} is not valid JSON ({e}); re-run its experiment") from e
+        out.append(build(study))
+    return out
