@@ -4,6 +4,8 @@ them after the objective comparison, or alone in a workdir that holds only studi
 Each section is read from one file of the workdir, written by its experiment:
   scaling.json   experiments/scaling.py (learned_loss/scaling_study.py): validation NLL of
                  every (objective, size, budget) run, Kaplan and Chinchilla fits per objective.
+  diversity.json experiments/task_diversity.py (learned_loss/diversity_study.py): held-out
+                 family scores after fine-tuning on k families at a fixed budget.
 
 A `Section` holds a title, paragraphs, tables of strings and PNGs; learned_loss/report.py renders
 it to Markdown and HTML alike. Everything is sorted and printed at fixed precision, so the same
@@ -26,6 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 SCALING_FILE = "scaling.json"
+DIVERSITY_FILE = "diversity.json"
 
 
 @dataclasses.dataclass
@@ -189,11 +192,94 @@ def scaling_section(study: Mapping[str, Any]) -> Section:
                    {"scaling.png": plot_scaling(study)}, timings)
 
 
+# ---- task diversity -------------------------------------------------------------------------
+
+
+def _ci(pair: Sequence[float]) -> str:
+    mean, half = pair
+    return "–" if mean is None or math.isnan(mean) else f"{mean:.3f} ± {half:.3f}"
+
+
+def diversity_table(summary: Sequence[Mapping[str, Any]]) -> Table:
+    header = ["families", "seeds", "held-out exact match", "held-out graded",
+              "seen exact match", "seen graded"]
+    rows = [[str(r["count"]), str(r["seeds"]), _ci(r["heldout_exact_match"]),
+             _ci(r["heldout_graded"]), _ci(r["seen_exact_match"]), _ci(r["seen_graded"])]
+            for r in summary]
+    return Table(header, rows)
+
+
+def diversity_gains_table(gains: Mapping[str, Mapping[str, Any]]) -> Table:
+    header = ["metric"] + [f"{s['from']} -> {s['to']}" for s in
+                           next(iter(gains.values()))["steps"]] + ["curvature in ln k"]
+    rows = [[f"held-out {metric.replace('_', ' ')} per ln k"]
+            + [f"{s['per_log']:+.4f}" for s in g["steps"]] + [f"{g['curvature']:+.4f}"]
+            for metric, g in sorted(gains.items())]
+    return Table(header, rows)
+
+
+def diversity_verdict(gains: Mapping[str, Any]) -> str:
+    steps = gains["steps"]
+    metric = gains["metric"].replace("heldout_", "held-out ").replace("_", " ")
+    if not steps:
+        return "One count only: no curve."
+    first, last = steps[0], steps[-1]
+    if len(steps) < 2:
+        return (f"On {metric}: {first['per_log']:+.4f} per unit of ln k from {first['from']} "
+                f"to {first['to']} families; more counts are needed to see whether the gains "
+                f"diminish.")
+    trend = ("the gains diminish" if gains["diminishing"] else
+             "the gains do not diminish")
+    return (f"On {metric}, {trend}: {first['per_log']:+.4f} per unit of ln k from "
+            f"{first['from']} to {first['to']} families against {last['per_log']:+.4f} from "
+            f"{last['from']} to {last['to']} (curvature of a quadratic fit in ln k "
+            f"{gains['curvature']:+.4f}; overall slope {gains['slope_per_log']:+.4f}).")
+
+
+def plot_diversity(study: Mapping[str, Any]) -> bytes:
+    summary = study["summary"]
+    ks = [r["count"] for r in summary]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for key, label, style in (("heldout_exact_match", "held-out exact match", "o-"),
+                              ("heldout_graded", "held-out graded", "s-"),
+                              ("seen_exact_match", "seen families, exact match", "^--")):
+        ax.errorbar(ks, [r[key][0] for r in summary], yerr=[r[key][1] for r in summary],
+                    fmt=style, capsize=3, label=label)
+    ax.set(xscale="log", xlabel="training families k (log scale)", ylabel="score",
+           title=f"fixed budget: {study['steps']} steps of {study['batch']} rows")
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return png(fig)
+
+
+def diversity_section(study: Mapping[str, Any]) -> Section:
+    for key in ("cells", "summary", "gains"):
+        if key not in study:
+            raise StudyError(f"diversity.json lacks {key!r}; re-run experiments/task_diversity.py")
+    held = study.get("heldout_families", [])
+    paragraphs = [
+        "Fine-tuning the pre-trained model by MLE on the first k families of a seeded order of "
+        f"the meta-train families, with the same {study['steps']} steps of {study['batch']} "
+        "rows for every k (after Chung et al. 2022, Flan); scored by greedy decoding on the "
+        f"{len(held)} held-out families, which no training path may use, and on fresh inputs "
+        "of the trained families. Mean ± 95% t-interval over seeds (each seed its own family "
+        "order, data and noise).",
+        diversity_verdict(study["gains"]["graded"]),
+        diversity_verdict(study["gains"]["exact_match"])]
+    timings = [(f"cell {c['count']} families seed {c['seed']}", f"{c['seconds']:.1f} s")
+               for c in study["cells"]]
+    return Section("Task diversity", paragraphs,
+                   [diversity_table(study["summary"]), diversity_gains_table(study["gains"])],
+                   {"diversity.png": plot_diversity(study)}, timings)
+
+
 # ---- every study ----------------------------------------------------------------------------
 
 # file -> section builder, in report order.
 STUDIES: tuple[tuple[str, Callable[[Mapping[str, Any]], Section]], ...] = (
     (SCALING_FILE, scaling_section),
+    (DIVERSITY_FILE, diversity_section),
 )
 
 

@@ -32,7 +32,7 @@ def pytest_unconfigure(config):
 
 # The longest files (measured: minutes each), started first so that the two test workers
 # finish together instead of one waiting on the other's last long file.
-LONGEST_FIRST = ("test_compare.py", "test_rlhf_run.py", "test_meta_train.py", "test_sft_easy.py", "test_pretrain.py",
+LONGEST_FIRST = ("test_compare.py", "test_rlhf_run.py", "test_scaling_study.py", "test_meta_train.py", "test_sft_easy.py", "test_pretrain.py",
                  "test_rlhf.py", "test_finetune.py", "test_multihost.py", "test_meta_estimators.py",
                  "test_noisy_comparison.py", "test_full_es.py")
 

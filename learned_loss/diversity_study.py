@@ -1,0 +1,246 @@
+"""The task-diversity study (experiments/task_diversity.py), after Chung et al. 2022 ("Scaling
+instruction-finetuned language models", Flan): does fine-tuning on more task families, at a
+fixed budget, help on families never trained on, and do the gains diminish?
+
+`run(config, workdir)`:
+  1. the pre-trained model (learned_loss/compare.py's cache, keyed by the hash of `pretrain`);
+  2. for each seed, a seeded order of the meta-train families; for each count k in `counts`
+     (0: all of them) the first k families of that order (nested subsets), `rows`
+     demonstrations drawn round-robin over them, and `steps` MLE steps of `batch` rows from the
+     pre-trained parameters: the same budget for every k;
+  3. greedy exact match and graded score on the held-out families (the task suite's `heldout`
+     split, which no training path may use) and on fresh inputs of the trained families;
+  4. WORKDIR/diversity/COUNT-sSEED.json per cell (a re-run skips finished cells) and
+     WORKDIR/diversity.json: the cells, the mean and 95% t-interval per count, and the gains per
+     unit of log(number of families) between successive counts (`gains`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from learned_loss import cli, compare, evaluation, objectives, provenance, report, train
+from learned_loss import model as model_lib
+from learned_loss.data import tasks
+from learned_loss.meta import lm_problem
+
+STUDY_FILE = "diversity.json"
+CELLS = "diversity"
+METRICS = ("exact_match", "graded")
+
+
+def _split_kwargs(t) -> dict:
+    return dict(seed=t.split_seed, meta_valid_fraction=t.meta_valid_fraction,
+                heldout_fraction=t.heldout_fraction)
+
+
+def train_families(config) -> tuple[str, ...]:
+    """The meta-train families (tasks.training_families refuses a held-out one)."""
+    t = config.tasks
+    return tasks.training_families(tuple(t.families), t.train_split, **_split_kwargs(t))
+
+
+def heldout_families(config) -> tuple[str, ...]:
+    return tuple(tasks.families_for("heldout", **_split_kwargs(config.tasks)))
+
+
+def family_order(families: Sequence[str], seed: int) -> tuple[str, ...]:
+    """The families in a seeded order; the first k are seed's subset of size k."""
+    rng = np.random.default_rng([seed, 7727])
+    return tuple(families[i] for i in rng.permutation(len(families)))
+
+
+def resolve_counts(counts: Sequence[int], available: int) -> list[int]:
+    """`counts` with 0 read as every family; each must be in [1, available]."""
+    out = [available if int(k) == 0 else int(k) for k in counts]
+    bad = [k for k in out if not 1 <= k <= available]
+    if bad or not out:
+        raise cli.UserError(f"counts must be between 1 and the {available} training families "
+                            f"(0: all), got {tuple(counts)}")
+    return sorted(set(out))
+
+
+def _fits(example: tasks.Example, seq_len: int, max_new_tokens: int = 0) -> bool:
+    if max_new_tokens:  # A prompt to complete: prompt plus the longest completion.
+        return len(tasks.prompt_tokens(example)) + max_new_tokens <= seq_len
+    return tasks.sequence_length(example) <= seq_len + 1
+
+
+def demonstrations(families: Sequence[str], rows: int, seq_len: int, difficulty: int,
+                   seed: int) -> lm_problem.Demonstrations:
+    """`rows` clean examples drawn round-robin over `families` (family f's i-th example from
+    rng([seed, index of f in the suite, i])); an example longer than seq_len is drawn again."""
+    out, drawn = [], {f: 0 for f in families}
+    names = tasks.family_names()
+    while len(out) < rows:
+        family = families[len(out) % len(families)]
+        for _ in range(100):
+            rng = np.random.default_rng([seed, names.index(family), drawn[family], 4217])
+            drawn[family] += 1
+            example = tasks.sample_example(family, rng, difficulty)
+            if _fits(example, seq_len):
+                break
+        else:
+            raise cli.UserError(f"family {family} has no example within seq_len={seq_len}; "
+                                f"raise data.seq_len or drop it from tasks.families")
+        out.append(tasks.encode_example(example, seq_len))
+    stack = {k: np.stack([r[k] for r in out]) for k in lm_problem.KEYS}
+    return lm_problem.Demonstrations(stack["inputs"], stack["targets"], stack["mask"],
+                                     np.zeros((rows,), bool))
+
+
+def rows_hash(rows: lm_problem.Demonstrations) -> str:
+    h = hashlib.sha256()
+    for k in lm_problem.KEYS:
+        h.update(np.ascontiguousarray(getattr(rows, k)).tobytes())
+    return h.hexdigest()[:16]
+
+
+def eval_examples(families: Sequence[str], config) -> list[tasks.Example]:
+    """`eval.per_family` fixed prompts of each family that fit with the longest completion."""
+    e = config.eval
+    pool = evaluation.sample_examples(families, per_family=4 * e.per_family,
+                                      difficulty=config.tasks.difficulty, seed=e.seed)
+    out, kept = [], {f: 0 for f in families}
+    for example in pool:
+        if kept[example.family] < e.per_family and _fits(example, config.data.seq_len,
+                                                         e.max_new_tokens):
+            kept[example.family] += 1
+            out.append(example)
+    return out
+
+
+def make_trainer(model: model_lib.Model, optimizer: optax.GradientTransformation,
+                 batch_size: int, steps: int) -> Callable:
+    """(params, rows {inputs, targets, mask} [N, T], key) -> params after `steps` MLE steps
+    of `batch_size` rows drawn with replacement: one compiled program for every subset."""
+    loss = train.objective_loss(model, objectives.build("mle"))
+
+    def run(params, rows, key):
+        def body(carry, k):
+            params, opt_state = carry
+            batch = lm_problem.draw(rows, k, batch_size)
+            grads = jax.grad(lambda p: loss(p, batch, ())[0])(params)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), None
+
+        carry = (params, optimizer.init(params))
+        (params, _), _ = jax.lax.scan(body, carry, jax.random.split(key, steps))
+        return params
+
+    return jax.jit(run)
+
+
+# ---- statistics -----------------------------------------------------------------------------
+
+
+def summarise(cells: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """Per count: mean and 95% t-interval over seeds of the held-out and seen metrics."""
+    out = []
+    for count in sorted({c["count"] for c in cells}):
+        mine = [c for c in cells if c["count"] == count]
+        row = {"count": count, "seeds": len(mine)}
+        for split in ("heldout", "seen"):
+            for m in METRICS:
+                row[f"{split}_{m}"] = report.mean_ci([c[split][m] for c in mine])
+        out.append(row)
+    return out
+
+
+def gains(summary: Sequence[Mapping[str, Any]], metric: str = "heldout_graded") -> dict:
+    """The gain in `metric` per unit of ln(number of families) between successive counts, and
+    the curvature of a quadratic fit in ln(k) (negative: the gains diminish)."""
+    ks = np.array([r["count"] for r in summary], np.float64)
+    ys = np.array([r[metric][0] for r in summary], np.float64)
+    steps = [{"from": int(a), "to": int(b), "per_log": float((y1 - y0) / np.log(b / a))}
+             for a, b, y0, y1 in zip(ks[:-1], ks[1:], ys[:-1], ys[1:])]
+    curvature = float(np.polyfit(np.log(ks), ys, 2)[0]) if len(ks) >= 3 else float("nan")
+    slope = float(np.polyfit(np.log(ks), ys, 1)[0]) if len(ks) >= 2 else float("nan")
+    return {"metric": metric, "steps": steps, "slope_per_log": slope, "curvature": curvature,
+            "diminishing": bool(len(steps) >= 2 and steps[-1]["per_log"] < steps[0]["per_log"]
+                                and curvature < 0)}
+
+
+# ---- the run --------------------------------------------------------------------------------
+
+
+def check(config) -> list[int]:
+    """Refuses what the study cannot run; returns the resolved counts."""
+    if config.seeds < 1:
+        raise cli.UserError(f"seeds must be at least 1, got {config.seeds}")
+    if config.steps < 1 or config.rows < config.batch:
+        raise cli.UserError(f"need steps >= 1 and rows >= batch, got steps={config.steps}, "
+                            f"rows={config.rows}, batch={config.batch}")
+    counts = resolve_counts(config.counts, len(train_families(config)))
+    if len(counts) < 2:
+        raise cli.UserError("a diversity study needs at least 2 distinct family counts")
+    return counts
+
+
+def cell_path(workdir: str, count: int, seed: int) -> str:
+    return os.path.join(workdir, CELLS, f"{count:03d}-s{seed}.json")
+
+
+def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any],
+        log: Callable[[str], None] = print) -> dict:
+    """The whole study (module docstring). Returns what diversity.json holds."""
+    counts = check(config)
+    families = train_families(config)
+    heldout = eval_examples(heldout_families(config), config)
+    pre = compare.pretrained(config, pretrain_run)
+    provenance.write(workdir, provenance.collect(config, extra={
+        "pretrain": {"workdir": pre.workdir, "step": pre.step,
+                     "config_hash": compare.config_hash(config.pretrain)},
+        "train_families": list(families), "heldout_families": sorted({e.family for e in heldout}),
+        "counts": counts}))
+    optimizer = train.make_optimizer(config.optimizer, config.steps)
+    trainer = make_trainer(pre.model, optimizer, config.batch, config.steps)
+    e = config.eval
+    cells = []
+    for seed in range(config.seeds):
+        order = family_order(families, seed)
+        for count in counts:
+            path = cell_path(workdir, count, seed)
+            if os.path.exists(path):
+                with open(path) as f:
+                    cells.append(json.load(f))
+                continue
+            subset = order[:count]
+            start = time.time()
+            rows = demonstrations(subset, config.rows, config.data.seq_len,
+                                  config.tasks.difficulty, seed)
+            params = trainer(pre.params, {k: jnp.asarray(v) for k, v in rows.batch().items()},
+                             jax.random.key(seed))
+            scores = {}
+            for split, examples in (("heldout", heldout),
+                                    ("seen", eval_examples(subset[:e.seen_families], config))):
+                result = evaluation.evaluate(pre.model, params, examples,
+                                             batch_size=e.batch_size,
+                                             max_new_tokens=e.max_new_tokens)
+                scores[split] = {**{m: result["overall"][m] for m in METRICS},
+                                 "families": {f: r["exact_match"]
+                                              for f, r in result["families"].items()}}
+            cell = {"count": count, "seed": seed, "families": list(subset), **scores,
+                    "data_hash": rows_hash(rows), "seconds": time.time() - start,
+                    "tokens": config.steps * config.batch * config.data.seq_len}
+            evaluation.write_json(path, cell)
+            cells.append(cell)
+            log(f"diversity: {count} families, seed {seed}: held-out exact match "
+                f"{cell['heldout']['exact_match']:.3f}, graded {cell['heldout']['graded']:.3f}; "
+                f"seen {cell['seen']['exact_match']:.3f} ({cell['seconds']:.0f} s)")
+    summary = summarise(cells)
+    study = {"cells": sorted(cells, key=lambda c: (c["count"], c["seed"])), "summary": summary,
+             "gains": {m: gains(summary, f"heldout_{m}") for m in METRICS},
+             "heldout_families": sorted({x.family for x in heldout}),
+             "steps": config.steps, "batch": config.batch}
+    evaluation.write_json(os.path.join(workdir, STUDY_FILE), study)
+    return study

@@ -1,0 +1,118 @@
+"""The task-diversity study: nested family subsets that never include a held-out family, the same
+budget for every count, the gains-per-log analysis, and a smoke study end to end with resume."""
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+from configs import diversity as diversity_config
+from learned_loss import cli, diversity_study, study_report
+from learned_loss.data import tasks
+from tests import runs
+
+
+def test_subsets_are_nested_seeded_and_never_held_out():
+    config = diversity_config.get_config("tiny")
+    families = diversity_study.train_families(config)
+    heldout = diversity_study.heldout_families(config)
+    assert len(families) >= 30 and not set(families) & set(heldout)
+    a, b = diversity_study.family_order(families, 0), diversity_study.family_order(families, 1)
+    assert sorted(a) == sorted(families) and a != b
+    assert a == diversity_study.family_order(families, 0)
+    assert diversity_study.check(config) == [1, 3, 10, 30, len(families)]
+    assert diversity_study.resolve_counts((3, 0, 3), 52) == [3, 52]
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"counts": (1, 99)}, "between 1 and the"),
+    ({"counts": (3, 3)}, "at least 2 distinct"),
+    ({"rows": 4}, "rows >= batch"),
+    ({"seeds": 0}, "seeds must be"),
+])
+def test_bad_configs_are_refused(override, message):
+    config = diversity_config.get_config("smoke")
+    config.update(override)
+    with pytest.raises(cli.UserError, match=message):
+        diversity_study.check(config)
+
+
+def test_a_held_out_family_cannot_be_trained_on():
+    config = diversity_config.get_config("smoke")
+    config.tasks.families = (diversity_study.heldout_families(config)[0],)
+    with pytest.raises(tasks.TaskError, match="held-out"):
+        diversity_study.train_families(config)
+
+
+def test_demonstrations_round_robin_fit_and_are_deterministic():
+    families = ("uppercase", "list_sum", "to_binary")
+    rows = diversity_study.demonstrations(families, 30, 96, 1, seed=3)
+    again = diversity_study.demonstrations(families, 30, 96, 1, seed=3)
+    other = diversity_study.demonstrations(families, 30, 96, 1, seed=4)
+    assert rows.inputs.shape == (30, 96) and rows.mask.shape == (30, 96)
+    assert diversity_study.rows_hash(rows) == diversity_study.rows_hash(again)
+    assert diversity_study.rows_hash(rows) != diversity_study.rows_hash(other)
+    assert (rows.mask.sum(axis=1) >= 2).all()  # An answer byte and the EOS at least.
+    # Round-robin: row i is of family i mod 3, each family's draws in its own order.
+    alone = diversity_study.demonstrations(("list_sum",), 10, 96, 1, seed=3)
+    np.testing.assert_array_equal(rows.inputs[1::3], alone.inputs)
+    np.testing.assert_array_equal(rows.mask[1::3], alone.mask)
+
+
+def _summary(values):
+    return [{"count": k, "heldout_graded": (v, 0.0)} for k, v in values]
+
+
+def test_gains_per_log_and_diminishing_returns():
+    ks = [1, 3, 10, 30, 52]
+    concave = diversity_study.gains(_summary([(k, 0.1 * np.log(k) - 0.01 * np.log(k) ** 2)
+                                              for k in ks]))
+    assert concave["diminishing"] and concave["curvature"] == pytest.approx(-0.01, abs=1e-9)
+    assert concave["steps"][0]["per_log"] > concave["steps"][-1]["per_log"]
+    linear = diversity_study.gains(_summary([(k, 0.05 * np.log(k)) for k in ks]))
+    assert not linear["diminishing"]
+    assert all(s["per_log"] == pytest.approx(0.05) for s in linear["steps"])
+    assert linear["slope_per_log"] == pytest.approx(0.05)
+    assert "do not diminish" in study_report.diversity_verdict(
+        dict(linear, metric="heldout_graded"))
+    assert "gains diminish" in study_report.diversity_verdict(
+        dict(concave, metric="heldout_graded"))
+
+
+def test_smoke_study_end_to_end_with_report_and_resume(tmp_path):
+    workdir = tmp_path / "w"
+    env = runs.env(1, LEARNED_LOSS_CACHE=str(tmp_path / "cache"))
+    cmd = runs.command("experiments.task_diversity", workdir, "configs/diversity.py:smoke")
+    first = subprocess.run(cmd, cwd=runs.ROOT, env=env, capture_output=True, text=True,
+                           timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    with open(workdir / "diversity.json") as f:
+        study = json.load(f)
+    cells = {(c["count"], c["seed"]): c for c in study["cells"]}
+    assert sorted(cells) == [(1, 0), (3, 0)]
+    # Nested subsets of the same seed, the same token budget.
+    assert cells[(3, 0)]["families"][:1] == cells[(1, 0)]["families"]
+    assert cells[(1, 0)]["tokens"] == cells[(3, 0)]["tokens"]
+    heldout = set(study["heldout_families"])
+    assert heldout and not heldout & set(cells[(3, 0)]["families"])
+    for (count, seed), cell in cells.items():
+        with open(diversity_study.cell_path(str(workdir), count, seed)) as f:
+            assert json.load(f) == cell
+        assert set(cell["heldout"]["families"]) == heldout
+        assert 0.0 <= cell["heldout"]["exact_match"] <= cell["heldout"]["graded"] + 1e-9
+    by = {r["count"]: r for r in study["summary"]}
+    assert by[3]["heldout_graded"][0] == pytest.approx(cells[(3, 0)]["heldout"]["graded"])
+    md = (workdir / "report.md").read_text()
+    assert "## Task diversity" in md
+    assert f"| 3 | 1 | {by[3]['heldout_exact_match'][0]:.3f} ± 0.000 |" in md
+
+    stamps = {p: os.path.getmtime(workdir / "diversity" / p)
+              for p in os.listdir(workdir / "diversity")}
+    second = subprocess.run(cmd, cwd=runs.ROOT, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert {p: os.path.getmtime(workdir / "diversity" / p) for p in stamps} == stamps
+    with open(workdir / "diversity.json") as f:
+        assert json.load(f)["cells"] == study["cells"]
