@@ -6,7 +6,7 @@ fixed budget, help on families never trained on, and do the gains diminish?
   1. the pre-trained model (learned_loss/compare.py's cache, keyed by the hash of `pretrain`);
   2. for each seed, a seeded order of the meta-train families; for each count k in `counts`
      (0: all of them) the first k families of that order (nested subsets), `rows`
-     demonstrations drawn round-robin over them, and `steps` MLE steps of `batch` rows from the
+     demonstrations drawn round-robin over them (lm_problem.sample_demonstrations), and `steps` MLE steps of `batch` rows from the
      pre-trained parameters: the same budget for every k;
   3. greedy exact match and graded score on the held-out families (the task suite's `heldout`
      split, which no training path may use) and on fresh inputs of the trained families;
@@ -17,7 +17,6 @@ fixed budget, help on families never trained on, and do the gains diminish?
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -69,40 +68,9 @@ def resolve_counts(counts: Sequence[int], available: int) -> list[int]:
     return sorted(set(out))
 
 
-def _fits(example: tasks.Example, seq_len: int, max_new_tokens: int = 0) -> bool:
-    if max_new_tokens:  # A prompt to complete: prompt plus the longest completion.
-        return len(tasks.prompt_tokens(example)) + max_new_tokens <= seq_len
-    return tasks.sequence_length(example) <= seq_len + 1
-
-
-def demonstrations(families: Sequence[str], rows: int, seq_len: int, difficulty: int,
-                   seed: int) -> lm_problem.Demonstrations:
-    """`rows` clean examples drawn round-robin over `families` (family f's i-th example from
-    rng([seed, index of f in the suite, i])); an example longer than seq_len is drawn again."""
-    out, drawn = [], {f: 0 for f in families}
-    names = tasks.family_names()
-    while len(out) < rows:
-        family = families[len(out) % len(families)]
-        for _ in range(100):
-            rng = np.random.default_rng([seed, names.index(family), drawn[family], 4217])
-            drawn[family] += 1
-            example = tasks.sample_example(family, rng, difficulty)
-            if _fits(example, seq_len):
-                break
-        else:
-            raise cli.UserError(f"family {family} has no example within seq_len={seq_len}; "
-                                f"raise data.seq_len or drop it from tasks.families")
-        out.append(tasks.encode_example(example, seq_len))
-    stack = {k: np.stack([r[k] for r in out]) for k in lm_problem.KEYS}
-    return lm_problem.Demonstrations(stack["inputs"], stack["targets"], stack["mask"],
-                                     np.zeros((rows,), bool))
-
-
-def rows_hash(rows: lm_problem.Demonstrations) -> str:
-    h = hashlib.sha256()
-    for k in lm_problem.KEYS:
-        h.update(np.ascontiguousarray(getattr(rows, k)).tobytes())
-    return h.hexdigest()[:16]
+def _fits(example: tasks.Example, seq_len: int, max_new_tokens: int) -> bool:
+    """Whether the prompt and the longest completion fit in seq_len tokens."""
+    return len(tasks.prompt_tokens(example)) + max_new_tokens <= seq_len
 
 
 def eval_examples(families: Sequence[str], config) -> list[tasks.Example]:
@@ -216,8 +184,8 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any],
                 continue
             subset = order[:count]
             start = time.time()
-            rows = demonstrations(subset, config.rows, config.data.seq_len,
-                                  config.tasks.difficulty, seed)
+            rows = lm_problem.sample_demonstrations(subset, config.rows, config.data.seq_len,
+                                                    (config.tasks.difficulty,), seed)
             params = trainer(pre.params, {k: jnp.asarray(v) for k, v in rows.batch().items()},
                              jax.random.key(seed))
             scores = {}
@@ -230,7 +198,7 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any],
                                  "families": {f: r["exact_match"]
                                               for f, r in result["families"].items()}}
             cell = {"count": count, "seed": seed, "families": list(subset), **scores,
-                    "data_hash": rows_hash(rows), "seconds": time.time() - start,
+                    "data_hash": lm_problem.rows_hash(rows), "seconds": time.time() - start,
                     "tokens": config.steps * config.batch * config.data.seq_len}
             evaluation.write_json(path, cell)
             cells.append(cell)

@@ -6,6 +6,8 @@ Each section is read from one file of the workdir, written by its experiment:
                  every (objective, size, budget) run, Kaplan and Chinchilla fits per objective.
   diversity.json experiments/task_diversity.py (learned_loss/diversity_study.py): held-out
                  family scores after fine-tuning on k families at a fixed budget.
+  emergence.json experiments/emergence.py (learned_loss/emergence_study.py): exact match,
+                 per-token accuracy and p^L per answer length across sizes and checkpoints.
 
 A `Section` holds a title, paragraphs, tables of strings and PNGs; learned_loss/report.py renders
 it to Markdown and HTML alike. Everything is sorted and printed at fixed precision, so the same
@@ -29,6 +31,7 @@ import numpy as np  # noqa: E402
 
 SCALING_FILE = "scaling.json"
 DIVERSITY_FILE = "diversity.json"
+EMERGENCE_FILE = "emergence.json"
 
 
 @dataclasses.dataclass
@@ -274,12 +277,122 @@ def diversity_section(study: Mapping[str, Any]) -> Section:
                    {"diversity.png": plot_diversity(study)}, timings)
 
 
+# ---- emergence ------------------------------------------------------------------------------
+
+
+def _bucket(b: Mapping[str, Any]) -> str:
+    return f"L {b['low']}-{b['high']}"
+
+
+def _num(x: float, fmt: str) -> str:
+    return "never" if x is None or math.isnan(x) else format(x, fmt)
+
+
+def emergence_jump_table(rows: Sequence[Mapping[str, Any]], axis: str, fmt: str) -> Table:
+    header = ["answer length", f"exact match reaches threshold at {axis}",
+              f"per-token accuracy reaches it at {axis}", "exact match: largest one-step share",
+              "per-token: largest one-step share", "largest gap, exact match vs p^L"]
+    return Table(header, [[_bucket(r), _num(r["jump"], fmt), _num(r["per_token_jump"], fmt),
+                           f"{r['exact_match_step']:.2f}", f"{r['per_token_step']:.2f}",
+                           f"{r['p_to_the_l_max_error']:.3f}"] for r in rows])
+
+
+def emergence_grid_table(sizes: Sequence[Mapping[str, Any]]) -> Table:
+    buckets = sizes[0]["evals"][-1]["buckets"]
+    header = ["size", "params (non-emb.)"] + [f"{_bucket(b)}: p / exact / p^L" for b in buckets]
+    rows = []
+    for s in sizes:
+        last = s["evals"][-1]["buckets"]
+        rows.append([s["size"], f"{s['params']:,}"] + [
+            f"{b['per_token_accuracy']:.3f} / {b['exact_match']:.3f} / "
+            f"{b['predicted_exact_match']:.3f}" for b in last])
+    return Table(header, rows)
+
+
+def emergence_verdict(study: Mapping[str, Any]) -> str:
+    a = study["analysis"]
+    rows = a["across_sizes"]
+    jumps = [r["jump"] for r in rows]
+    shown = ", ".join(f"{_bucket(r)} at N = {_num(r['jump'], ',.0f')}" for r in rows)
+    finite = [j for j in jumps if not math.isnan(j)]
+    moves = (len(finite) >= 2 and all(b >= a_ for a_, b in zip(finite, finite[1:]))
+             and finite[-1] > finite[0])
+    never = sum(math.isnan(j) for j in jumps)
+    em_step = max(r["exact_match_step"] for r in rows)
+    tok_step = max(r["per_token_step"] for r in rows)
+    trend = ("moves to larger models as answers get longer" if moves else
+             "does not move monotonically with the answer length" if len(finite) >= 2 else
+             "is reached by too few buckets to say how it moves with the answer length")
+    tail = f" ({never} bucket(s) never reach it)" if never else ""
+    return (f"Across sizes at the last checkpoint, exact match reaches {a['threshold']} at "
+            f"{shown}: the apparent jump {trend}{tail}. The largest share of a curve's rise "
+            f"that comes in one step between sizes is {em_step:.2f} for exact match and "
+            f"{tok_step:.2f} for per-token accuracy; exact match stays within "
+            f"{max(r['p_to_the_l_max_error'] for r in rows):.3f} of p^L.")
+
+
+def plot_emergence(study: Mapping[str, Any]) -> bytes:
+    sizes = study["sizes"]
+    n = [s["params"] for s in sizes]
+    buckets = sizes[0]["evals"][-1]["buckets"]
+    largest = sizes[-1]
+    steps = [e["step"] for e in largest["evals"]]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for j, b in enumerate(buckets):
+        em = [s["evals"][-1]["buckets"][j]["exact_match"] for s in sizes]
+        pl = [s["evals"][-1]["buckets"][j]["predicted_exact_match"] for s in sizes]
+        p = [s["evals"][-1]["buckets"][j]["per_token_accuracy"] for s in sizes]
+        line = axes[0].plot(n, em, "o-", label=_bucket(b))[0]
+        axes[0].plot(n, pl, ":", color=line.get_color())
+        axes[1].plot(n, p, "o-", color=line.get_color(), label=_bucket(b))
+        axes[2].plot(steps, [e["buckets"][j]["exact_match"] for e in largest["evals"]], "o-",
+                     color=line.get_color(), label=f"{_bucket(b)} exact")
+        axes[2].plot(steps, [e["buckets"][j]["per_token_accuracy"] for e in largest["evals"]],
+                     "--", color=line.get_color())
+    axes[0].set(xscale="log", xlabel="non-embedding parameters N", ylabel="exact match",
+                title="exact match (dotted: p^L)")
+    axes[1].set(xscale="log", xlabel="non-embedding parameters N",
+                ylabel="per-token accuracy p", title="per-token accuracy")
+    axes[2].set(xlabel=f"training step ({largest['size']})", ylabel="score",
+                title="checkpoints (dashed: per-token)")
+    for ax in axes:
+        ax.axhline(study["analysis"]["threshold"], color="k", lw=0.5)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return png(fig)
+
+
+def emergence_section(study: Mapping[str, Any]) -> Section:
+    for key in ("sizes", "analysis"):
+        if key not in study:
+            raise StudyError(f"emergence.json lacks {key!r}; re-run experiments/emergence.py")
+    a = study["analysis"]
+    paragraphs = [
+        "Each size trained from scratch by MLE on "
+        f"{', '.join(study.get('families', []))} (difficulties "
+        f"{', '.join(str(d) for d in study.get('difficulties', []))}), scored at evenly spaced "
+        "checkpoints by teacher forcing on fresh examples: per answer token (and the EOS) "
+        "whether the argmax is right. Exact match is all tokens right (what greedy decoding "
+        "scores); p is the pooled per-token accuracy of the bucket and p^L the mean of p^L_i "
+        "over its examples (Schaeffer et al. 2023). Jumps (Wei et al. 2022) are where a curve "
+        f"first reaches {a['threshold']}, interpolated in log N; a one-step share near 1 "
+        "means the whole rise happens between two neighbouring points.",
+        emergence_verdict(study)]
+    timings = [(f"size {s['size']}", f"{s['seconds']:.1f} s") for s in study["sizes"]]
+    return Section("Emergence and the metric", paragraphs,
+                   [emergence_jump_table(a["across_sizes"], "N", ",.0f"),
+                    emergence_jump_table(a["across_steps"], f"step ({a['largest']})", ".0f"),
+                    emergence_grid_table(study["sizes"])],
+                   {"emergence.png": plot_emergence(study)}, timings)
+
+
 # ---- every study ----------------------------------------------------------------------------
 
 # file -> section builder, in report order.
 STUDIES: tuple[tuple[str, Callable[[Mapping[str, Any]], Section]], ...] = (
     (SCALING_FILE, scaling_section),
     (DIVERSITY_FILE, diversity_section),
+    (EMERGENCE_FILE, emergence_section),
 )
 
 

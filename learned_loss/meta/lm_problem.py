@@ -18,6 +18,7 @@ Shapes: N rows, B batch, T sequence length.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
@@ -63,6 +64,40 @@ def encode_records(records: Sequence[Mapping[str, Any]], seq_len: int) -> Demons
         targets=np.stack([r["targets"] for r in rows]).astype(np.int32),
         mask=np.stack([r["mask"] for r in rows]).astype(np.float32),
         corrupted=np.array([bool(d["corrupted"]) for d, _ in examples]))
+
+
+def sample_demonstrations(families: Sequence[str], rows: int, seq_len: int,
+                          difficulties: Sequence[int], seed: int) -> Demonstrations:
+    """`rows` clean examples drawn in memory, round-robin over `families` and, within each
+    family, cycling over `difficulties`. Family f's i-th draw comes from rng([seed, index of f
+    in the suite, i]), so it does not depend on the other families; an example longer than
+    seq_len is drawn again."""
+    out, drawn = [], {f: 0 for f in families}
+    names = tasks.family_names()
+    while len(out) < rows:
+        family = families[len(out) % len(families)]
+        difficulty = difficulties[(len(out) // len(families)) % len(difficulties)]
+        for _ in range(100):
+            rng = np.random.default_rng([seed, names.index(family), drawn[family], 4217])
+            drawn[family] += 1
+            example = tasks.sample_example(family, rng, difficulty)
+            if tasks.sequence_length(example) <= seq_len + 1:
+                break
+        else:
+            raise tasks.TaskError(f"family {family} at difficulty {difficulty} has no example "
+                                  f"within seq_len={seq_len}; raise seq_len or drop it")
+        out.append(tasks.encode_example(example, seq_len))
+    stack = {k: np.stack([r[k] for r in out]) for k in KEYS}
+    return Demonstrations(stack["inputs"], stack["targets"], stack["mask"],
+                          np.zeros((rows,), bool))
+
+
+def rows_hash(rows: Demonstrations) -> str:
+    """A short sha256 of the rows' arrays: the data hash of in-memory demonstrations."""
+    h = hashlib.sha256()
+    for k in KEYS:
+        h.update(np.ascontiguousarray(getattr(rows, k)).tobytes())
+    return h.hexdigest()[:16]
 
 
 def concatenate(parts: Sequence[Demonstrations]) -> Demonstrations:

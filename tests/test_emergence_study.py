@@ -1,0 +1,118 @@
+"""The emergence study: teacher-forced per-token records, the analysis of jumps against p^L on
+curves with known answers, refusals, and a smoke study end to end with its report and resume."""
+
+import json
+import os
+import types
+
+import jax
+import numpy as np
+import pytest
+
+from configs import emergence as emergence_config
+from learned_loss import cli, emergence_study, study_report
+from learned_loss.meta import lm_problem
+from tests import runs
+
+VOCAB = 16
+
+
+class ShiftModel:
+    """Predicts (input + shift) mod V at every position: params is the shift."""
+
+    def apply(self, params, inputs):
+        return types.SimpleNamespace(logits=jax.nn.one_hot((inputs + params) % VOCAB, VOCAB))
+
+
+def _rows(lengths, seq_len=12):
+    inputs = np.tile(np.arange(seq_len, dtype=np.int32) % VOCAB, (len(lengths), 1))
+    targets = (inputs + 1) % VOCAB
+    mask = np.zeros(inputs.shape, np.float32)
+    for i, n in enumerate(lengths):
+        mask[i, 2:2 + n] = 1.0
+    return lm_problem.Demonstrations(inputs, targets, mask, np.zeros(len(lengths), bool))
+
+
+def test_token_records_follow_the_argmax_under_teacher_forcing():
+    rows = _rows([3, 5, 7])
+    right = emergence_study.token_records(ShiftModel(), 1, rows, batch_size=2)
+    assert [r["length"] for r in right] == [3, 5, 7]
+    assert all(all(r["token_correct"]) for r in right)
+    wrong = emergence_study.token_records(ShiftModel(), 2, rows)
+    assert not any(any(r["token_correct"]) for r in wrong)
+    buckets = emergence_study.bucket_metrics(right + wrong, (3, 6, 8))
+    assert [(b["low"], b["high"], b["count"]) for b in buckets] == [(3, 5, 4), (6, 7, 2)]
+    assert all(b["exact_match"] == 0.5 and b["per_token_accuracy"] == 0.5 for b in buckets)
+
+
+def _synthetic_sizes(p_of_n, lengths=(4, 8, 16)):
+    """Sizes whose buckets have per-token accuracy p(N) and exact match exactly p^L."""
+    out = []
+    for i, n in enumerate(np.geomspace(1e3, 1e6, 7)):
+        p = p_of_n(n)
+        buckets = [{"low": L, "high": L, "count": 100, "per_token_accuracy": p,
+                    "exact_match": p ** L, "predicted_exact_match": p ** L} for L in lengths]
+        evals = [{"step": s, "buckets": [dict(b, per_token_accuracy=b["per_token_accuracy"]
+                                              * s / 3, exact_match=(p * s / 3) ** b["low"],
+                                              predicted_exact_match=(p * s / 3) ** b["low"])
+                                         for b in buckets]} for s in (1, 2, 3)]
+        out.append({"size": f"s{i}", "params": int(n), "evals": evals, "seconds": 1.0})
+    return out
+
+
+def test_the_jump_moves_with_length_while_per_token_accuracy_is_smooth():
+    # p rises linearly in log10 N from 0.5 to 0.98: smooth, no jump.
+    sizes = _synthetic_sizes(lambda n: 0.5 + 0.16 * (np.log10(n) - 3))
+    a = emergence_study.analyse(sizes, threshold=0.5)
+    jumps = [r["jump"] for r in a["across_sizes"]]
+    assert jumps[0] < jumps[1] < jumps[2]  # Longer answers cross later.
+    # p = 0.5^(1/L) at the crossing: L = 8 crosses at p = 0.917, i.e. log10 N = 3 + 2.61.
+    assert np.log10(jumps[1]) == pytest.approx(3 + (0.5 ** (1 / 8) - 0.5) / 0.16, abs=0.05)
+    longest = a["across_sizes"][-1]
+    assert longest["exact_match_step"] > longest["per_token_step"]
+    assert all(r["p_to_the_l_max_error"] < 1e-12 for r in a["across_sizes"])
+    assert a["largest"] == "s6" and len(a["across_steps"]) == 3
+    verdict = study_report.emergence_verdict({"analysis": a})
+    assert "moves to larger models as answers get longer" in verdict
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"size_order": ("s1",)}, "at least 2 model sizes"),
+    ({"size_order": ("s1", "s9")}, "not in sizes"),
+    ({"checkpoints": 3}, "divide steps"),
+    ({"buckets": (6, 3)}, "increasing"),
+])
+def test_bad_configs_are_refused(override, message):
+    config = emergence_config.get_config("smoke")
+    config.update(override)
+    with pytest.raises(cli.UserError, match=message):
+        emergence_study.check(config)
+
+
+def test_smoke_study_end_to_end_with_report_and_resume(tmp_path):
+    workdir = tmp_path / "w"
+    first = runs.run("experiments.emergence", workdir, "configs/emergence.py:smoke", timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    with open(workdir / "emergence.json") as f:
+        study = json.load(f)
+    config = emergence_config.get_config("smoke")
+    assert [s["size"] for s in study["sizes"]] == ["s1", "s2"]
+    for s in study["sizes"]:
+        assert [e["step"] for e in s["evals"]] == [2, 4]
+        for e in s["evals"]:
+            assert sum(b["count"] for b in e["buckets"]) == config.eval_rows
+            for b in e["buckets"]:
+                assert 0.0 <= b["exact_match"] <= b["per_token_accuracy"] + 1e-9
+    md = (workdir / "report.md").read_text()
+    assert "## Emergence and the metric" in md
+    s2 = study["sizes"][1]["evals"][-1]["buckets"][0]
+    assert (f"{s2['per_token_accuracy']:.3f} / {s2['exact_match']:.3f} / "
+            f"{s2['predicted_exact_match']:.3f}") in md
+
+    stamp = os.path.getmtime(workdir / "emergence" / "s1.json")
+    second = runs.run("experiments.emergence", workdir, "configs/emergence.py:smoke",
+                      timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert os.path.getmtime(workdir / "emergence" / "s1.json") == stamp
+    with open(workdir / "emergence.json") as f:
+        assert json.load(f)["sizes"] == study["sizes"]
