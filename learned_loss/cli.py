@@ -71,6 +71,11 @@ def _quiet_libraries(record: std_logging.LogRecord) -> bool:
         part in record.pathname for part in QUIET_BELOW_WARNING)
 
 
+class Preempted(Exception):
+    """SIGTERM arrived between the runs of a job (loop.raise_if_stopped): what finished is
+    saved and a re-run resumes, so `run` logs it and exits 0."""
+
+
 def run(main: Callable[[list[str]], None], user_errors: tuple[type[Exception], ...] = ()) -> None:
     """`absl.app.run(main)` where UserError (and `user_errors`) print one line and exit 2."""
     handled = (UserError,) + tuple(user_errors)
@@ -83,5 +88,7 @@ def run(main: Callable[[list[str]], None], user_errors: tuple[type[Exception], .
             main(argv)
         except handled as e:
             fail(str(e))
+        except Preempted as e:  # Saved and resumable: not a failure.
+            logging.warning("%s", e)
 
     app.run(guarded, flags_parser=parse_flags)

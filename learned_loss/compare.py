@@ -34,7 +34,7 @@ import ml_collections
 from absl import logging
 
 from learned_loss import checkpoint as checkpoint_lib
-from learned_loss import cli, evaluation, policy, provenance, report, rlhf_pipeline, train
+from learned_loss import cli, evaluation, loop, policy, provenance, report, rlhf_pipeline, train
 from learned_loss import metrics as metrics_lib
 from learned_loss import model as model_lib
 from learned_loss.meta import comparison
@@ -131,6 +131,7 @@ def pretrained(config, pretrain_run: Callable[[Any, str], Any]) -> policy.Policy
                 logging.info("pre-training into %s", path)
                 pretrain_run(config.pretrain, path)
                 if not finished(path, config.pretrain.train.num_steps):
+                    loop.raise_if_stopped("the end of pre-training")
                     raise cli.UserError(f"pre-training in {path} stopped before step "
                                         f"{config.pretrain.train.num_steps}; re-run to resume it")
         finally:
@@ -168,6 +169,7 @@ def meta_train(config, workdir: str, name: str, pretrained_dir: str = "",
         cfg.rlhf.tasks.families = tuple(config.families)
         reward_run.run(cfg, meta_dir)
     if not os.path.isdir(path):
+        loop.raise_if_stopped(f"the end of meta-training {name}")
         raise cli.UserError(f"meta-training {name} in {meta_dir} stopped before writing its "
                             f"artifact; re-run to resume it")
     return path
@@ -357,6 +359,7 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any], log=loggi
                                            if not os.path.isdir(sft_dir(workdir, noise, s))})
             if not todo:
                 continue
+            loop.raise_if_stopped(f"{objective} on {noise}")
             if noise not in step0:
                 step0[noise] = greedy_exact_match(config, pre.model, pre.params, data[noise])
             _token_group(config, workdir, grid, objective, noise, todo, data[noise], pre,
@@ -373,6 +376,7 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any], log=loggi
                 key = cell_key(objective, noise, seed)
                 if key in grid.done:
                     continue
+                loop.raise_if_stopped(key)
                 _rlhf_cell(config, workdir, grid, objective, noise, seed, data[noise], pre,
                            artifacts)
                 log(f"{grid.progress()} | {key}")

@@ -6,8 +6,9 @@ fixed budget, help on families never trained on, and do the gains diminish?
   1. the pre-trained model (learned_loss/compare.py's cache, keyed by the hash of `pretrain`);
   2. for each seed, a seeded order of the meta-train families; for each count k in `counts`
      (0: all of them) the first k families of that order (nested subsets), `rows`
-     demonstrations drawn round-robin over them (lm_problem.sample_demonstrations), and `steps` MLE steps of `batch` rows from the
-     pre-trained parameters: the same budget for every k;
+     demonstrations drawn round-robin over them (lm_problem.sample_demonstrations), and
+     `steps` MLE steps of `batch` rows from the pre-trained parameters: the same budget for
+     every k;
   3. greedy exact match and graded score on the held-out families (the task suite's `heldout`
      split, which no training path may use) and on fresh inputs of the trained families;
   4. WORKDIR/diversity/COUNT-sSEED.json per cell (a re-run skips finished cells) and
@@ -27,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from learned_loss import cli, compare, evaluation, objectives, provenance, report, train
+from learned_loss import cli, compare, evaluation, loop, objectives, provenance, report
+from learned_loss import train
 from learned_loss import model as model_lib
 from learned_loss.data import tasks
 from learned_loss.meta import lm_problem
@@ -182,6 +184,7 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any],
                 with open(path) as f:
                     cells.append(json.load(f))
                 continue
+            loop.raise_if_stopped(f"the cell of {count} families, seed {seed}")
             subset = order[:count]
             start = time.time()
             rows = lm_problem.sample_demonstrations(subset, config.rows, config.data.seq_len,

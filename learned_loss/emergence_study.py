@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from learned_loss import cli, emergence, evaluation, objectives, provenance
+from learned_loss import cli, emergence, evaluation, loop, objectives, provenance
 from learned_loss import model as model_lib
 from learned_loss.meta import base, lm_problem
 
@@ -177,6 +177,7 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
             with open(path) as f:
                 results.append(json.load(f))
             continue
+        loop.raise_if_stopped(f"size {size}")
         result = train_size(config, size, train_rows, eval_rows, log)
         evaluation.write_json(path, result)
         results.append(result)

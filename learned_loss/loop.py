@@ -22,21 +22,39 @@ from learned_loss import cli, metrics, perf, provenance, sharding
 from learned_loss import model as model_lib
 
 
+_SIGTERM = {"received": False}  # Process-wide: a job of several runs sees one signal.
+
+
+def _on_sigterm(signum, frame):
+    del signum, frame
+    _SIGTERM["received"] = True
+
+
 class StopSignal:
-    """Turns SIGTERM (preemption) into a flag checked between steps; all hosts agree on it."""
+    """Turns SIGTERM (preemption) into a flag checked between steps; all hosts agree on it.
+
+    The flag is the process's: once a run has stopped on it, a job that runs several (a study,
+    the compare run) stops too, at its next `raise_if_stopped`, instead of going on.
+    """
 
     def __init__(self):
-        self.received = False
-        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGTERM, _on_sigterm)
 
-    def _handle(self, signum, frame):
-        del signum, frame
-        self.received = True
+    @property
+    def received(self) -> bool:
+        return _SIGTERM["received"]
 
     def should_stop(self) -> bool:
         if jax.process_count() == 1:
             return self.received
         return bool(np.any(multihost_utils.process_allgather(np.int32(self.received))))
+
+
+def raise_if_stopped(before: str) -> None:
+    """Between the runs of a job: cli.Preempted if SIGTERM has arrived (installs the handler the
+    first time, so that a signal between runs is caught too)."""
+    if StopSignal().should_stop():
+        raise cli.Preempted(f"SIGTERM received: stopped before {before}; re-run to resume")
 
 
 @dataclasses.dataclass

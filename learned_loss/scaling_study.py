@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import ml_collections
 import numpy as np
 
-from learned_loss import cli, evaluation, metrics, pretraining, provenance, scaling
+from learned_loss import cli, evaluation, loop, metrics, pretraining, provenance, scaling
 from learned_loss import checkpoint as checkpoint_lib
 from learned_loss import model as model_lib
 from learned_loss.meta import run as meta_run
@@ -121,6 +121,7 @@ def learned_artifact(config, workdir: str) -> str:
         m.data.corpus_valid_fraction, m.data.data_dir = d.valid_fraction, d.data_dir
         meta_run.run(m, meta_dir)
     if not os.path.isdir(path):
+        loop.raise_if_stopped("the end of meta-training")
         raise cli.UserError(f"meta-training in {meta_dir} stopped before writing its artifact; "
                             f"re-run to resume it")
     return path
@@ -221,9 +222,16 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
         cfg = point_config(config, point, artifact)
         timing = os.path.join(run_dir, TIMING_FILE)
         if not finished(run_dir, point.steps):
+            loop.raise_if_stopped(f"run {point.name}")
             start = time.time()
             pretraining.run(cfg, run_dir)
-            evaluation.write_json(timing, {"seconds": time.time() - start})
+            # A resumed run adds its time to the earlier attempts'.
+            spent = _seconds(timing) if os.path.exists(timing) else 0.0
+            evaluation.write_json(timing, {"seconds": spent + time.time() - start})
+            if not finished(run_dir, point.steps):
+                loop.raise_if_stopped(f"the end of run {point.name}")
+                raise cli.UserError(f"run {point.name} in {run_dir} stopped before step "
+                                    f"{point.steps}; re-run to resume it")
         seconds = _seconds(timing)
         rows.append({"objective": point.objective, "size": point.size, "steps": point.steps,
                      "tokens": point.steps * tokens_per_step,

@@ -3,6 +3,9 @@ curves with known answers, refusals, and a smoke study end to end with its repor
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import types
 
 import jax
@@ -10,7 +13,7 @@ import numpy as np
 import pytest
 
 from configs import emergence as emergence_config
-from learned_loss import cli, emergence_study, study_report
+from learned_loss import cli, emergence_study, loop, study_report
 from learned_loss.meta import lm_problem
 from tests import runs
 
@@ -116,3 +119,31 @@ def test_smoke_study_end_to_end_with_report_and_resume(tmp_path):
     assert os.path.getmtime(workdir / "emergence" / "s1.json") == stamp
     with open(workdir / "emergence.json") as f:
         assert json.load(f)["sizes"] == study["sizes"]
+
+
+@pytest.fixture
+def sigterm_received():
+    """SIGTERM delivered to this process (through the jobs' handler); cleared afterwards."""
+    previous = signal.getsignal(signal.SIGTERM)
+    loop.StopSignal()
+    os.kill(os.getpid(), signal.SIGTERM)
+    yield
+    loop._SIGTERM["received"] = False  # pylint: disable=protected-access
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_sigterm_stops_a_study_between_runs_and_exits_cleanly(sigterm_received, tmp_path):
+    with pytest.raises(cli.Preempted, match="stopped before size s1; re-run to resume"):
+        emergence_study.run(emergence_config.get_config("smoke"), str(tmp_path))
+    assert not (tmp_path / "emergence").exists() and not (tmp_path / "emergence.json").exists()
+
+    # The entry points (cli.run) log it and exit 0: the job is resumable, not failed.
+    code = ("import os, signal\n"
+            "from learned_loss import cli, loop\n"
+            "loop.StopSignal()\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\n"
+            "cli.run(lambda argv: loop.raise_if_stopped('the next run'))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=runs.ROOT, env=runs.env(1),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "SIGTERM received: stopped before the next run; re-run to resume" in done.stderr
