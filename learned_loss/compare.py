@@ -21,7 +21,6 @@ atomically; a re-run skips the cells that exist.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -96,8 +95,7 @@ def check(config) -> None:
 
 def config_hash(config) -> str:
     """A short hash of a config's resolved values (the pre-training cache key)."""
-    text = json.dumps(provenance.to_jsonable(config.to_dict()), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return provenance.config_hash(config)
 
 
 def cache_root(configured: str = "") -> str:

@@ -156,6 +156,21 @@ def check(config) -> list[int]:
     return counts
 
 
+# What a cell does not depend on: which cells there are.
+GRID_KEYS = ("variant", "counts", "seeds")
+
+
+def read_cell(path: str, expected_hash: str) -> dict:
+    """A finished cell, refused when it was computed under other settings."""
+    with open(path) as f:
+        cell = json.load(f)
+    if cell.get("config_hash") != expected_hash:
+        raise cli.UserError(f"{path} was computed with other settings (config hash "
+                            f"{cell.get('config_hash')}, now {expected_hash}); use a new workdir "
+                            f"or remove {os.path.dirname(path)}")
+    return cell
+
+
 def cell_path(workdir: str, count: int, seed: int) -> str:
     return os.path.join(workdir, CELLS, f"{count:03d}-s{seed}.json")
 
@@ -175,14 +190,14 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any],
     optimizer = train.make_optimizer(config.optimizer, config.steps)
     trainer = make_trainer(pre.model, optimizer, config.batch, config.steps)
     e = config.eval
+    settings = provenance.config_hash(config, drop=GRID_KEYS)
     cells = []
     for seed in range(config.seeds):
         order = family_order(families, seed)
         for count in counts:
             path = cell_path(workdir, count, seed)
             if os.path.exists(path):
-                with open(path) as f:
-                    cells.append(json.load(f))
+                cells.append(read_cell(path, settings))
                 continue
             loop.raise_if_stopped(f"the cell of {count} families, seed {seed}")
             subset = order[:count]
@@ -201,7 +216,7 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any],
                                  "families": {f: r["exact_match"]
                                               for f, r in result["families"].items()}}
             cell = {"count": count, "seed": seed, "families": list(subset), **scores,
-                    "data_hash": lm_problem.rows_hash(rows), "seconds": time.time() - start,
+                    "data_hash": lm_problem.rows_hash(rows), "config_hash": settings, "seconds": time.time() - start,
                     "tokens": config.steps * config.batch * config.data.seq_len}
             evaluation.write_json(path, cell)
             cells.append(cell)

@@ -59,6 +59,13 @@ def model_config(config, size: str) -> model_lib.ModelConfig:
     return model_lib.ModelConfig.from_config(m)
 
 
+def size_hash(config, size: str) -> str:
+    """The settings one size's evaluations depend on (not the other sizes)."""
+    values = config.to_dict()
+    values["sizes"] = {size: values["sizes"][size]}
+    return provenance.config_hash(values, drop=("variant", "size_order"))
+
+
 def token_records(model: model_lib.Model, params: Any, rows: lm_problem.Demonstrations,
                   batch_size: int = 256) -> list[dict]:
     """Per example {'length': L, 'token_correct': [L] bool}: the argmax of each answer token
@@ -173,12 +180,18 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
     results = []
     for size in config.size_order:
         path = os.path.join(workdir, EVALS, f"{size}.json")
+        settings = size_hash(config, size)
         if os.path.exists(path):
             with open(path) as f:
-                results.append(json.load(f))
+                result = json.load(f)
+            if result.get("config_hash") != settings:
+                raise cli.UserError(f"{path} was computed with other settings; use a new "
+                                    f"workdir or remove {os.path.dirname(path)}")
+            results.append(result)
             continue
         loop.raise_if_stopped(f"size {size}")
-        result = train_size(config, size, train_rows, eval_rows, log)
+        result = dict(train_size(config, size, train_rows, eval_rows, log),
+                      config_hash=settings)
         evaluation.write_json(path, result)
         results.append(result)
     _same_buckets(results)

@@ -16,6 +16,7 @@ Record keys: ``git_commit``, ``git_dirty``, ``config``, ``versions``,
 from __future__ import annotations
 
 import datetime
+import hashlib
 import importlib.metadata
 import json
 import math
@@ -67,6 +68,15 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, (np.generic, np.ndarray, jax.Array)):
         return to_jsonable(np.asarray(obj).tolist())
     return str(obj)
+
+
+def config_hash(config: Any, drop: tuple[str, ...] = ()) -> str:
+    """A short sha256 of a config's resolved values (a ConfigDict or a mapping), without the
+    top-level keys in `drop`: what keys a cached or finished result to the settings behind it."""
+    values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    values = {k: v for k, v in values.items() if k not in drop}
+    text = json.dumps(to_jsonable(values), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _git(args: list[str], repo_dir: pathlib.Path) -> str | None:

@@ -194,6 +194,24 @@ def advantage(rows: Sequence[Mapping[str, Any]], baseline: str = "mle") -> list[
     return out
 
 
+SETTINGS_FILE = "settings.json"
+
+
+def _check_settings(run_dir: str, cfg) -> None:
+    """Records the hash of a run's config on first use; refuses a workdir whose run was
+    trained with other settings (it would be reported as if it had these)."""
+    path = os.path.join(run_dir, SETTINGS_FILE)
+    expected = provenance.config_hash(cfg)
+    if os.path.exists(path):
+        with open(path) as f:
+            found = json.load(f).get("config_hash")
+        if found != expected:
+            raise cli.UserError(f"{run_dir} was trained with other settings (config hash "
+                                f"{found}, now {expected}); use a new workdir or remove it")
+    else:
+        evaluation.write_json(path, {"config_hash": expected})
+
+
 def _seconds(timing: str) -> float:
     """A run's recorded wall time (NaN for a run trained before timing was kept)."""
     if not os.path.exists(timing):
@@ -221,6 +239,7 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
         run_dir = os.path.join(workdir, "runs", point.name)
         cfg = point_config(config, point, artifact)
         timing = os.path.join(run_dir, TIMING_FILE)
+        _check_settings(run_dir, cfg)
         if not finished(run_dir, point.steps):
             loop.raise_if_stopped(f"run {point.name}")
             start = time.time()

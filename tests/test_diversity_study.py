@@ -121,3 +121,10 @@ def test_smoke_study_end_to_end_with_report_and_resume(tmp_path):
     assert {p: os.path.getmtime(workdir / "diversity" / p) for p in stamps} == stamps
     with open(workdir / "diversity.json") as f:
         assert json.load(f)["cells"] == study["cells"]
+
+    # Cells of other settings are refused, not reported as if they had these; more seeds
+    # reuse the finished ones.
+    changed = subprocess.run(cmd + ["--config.steps=5"], cwd=runs.ROOT, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert changed.returncode == 2 and "other settings" in changed.stderr
+    assert {p: os.path.getmtime(workdir / "diversity" / p) for p in stamps} == stamps

@@ -119,6 +119,9 @@ def test_smoke_study_end_to_end_with_report_and_resume(tmp_path):
     assert os.path.getmtime(workdir / "emergence" / "s1.json") == stamp
     with open(workdir / "emergence.json") as f:
         assert json.load(f)["sizes"] == study["sizes"]
+    changed = runs.run("experiments.emergence", workdir, "configs/emergence.py:smoke",
+                       "--config.lr=0.01", timeout=600)
+    assert changed.returncode == 2 and "other settings" in changed.stderr
 
 
 @pytest.fixture

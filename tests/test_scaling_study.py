@@ -176,6 +176,11 @@ def test_smoke_study_end_to_end_with_report_and_resume(tmp_path):
     assert new_md.replace("runs of this workdir: 2", "runs of this workdir: 1") == md
     md = new_md
 
+    # A run of other settings is refused, not reported as if it had these.
+    changed = runs.run("experiments.scaling", workdir, "configs/scaling.py:smoke", *overrides,
+                       "--config.pretrain.optimizer.lr=0.01", timeout=600)
+    assert changed.returncode == 2 and "other settings" in changed.stderr
+
     # A malformed study file: the report refuses it and the old one is kept.
     (workdir / "scaling.json").write_text("{")
     with pytest.raises(report.ReportError, match="not valid JSON"):
