@@ -74,15 +74,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     # Pre-training (a configs/pretrain.py config; its model must be `model`). Its checkpoint
     # is kept in CACHE/pretrain-HASH and reused by every compare run with the same settings.
     config.cache_dir = ""  # Empty: $LEARNED_LOSS_CACHE or ~/.cache/learned_loss.
-    config.pretrain = pretrain.get_config("smoke" if arg == "smoke" else "tiny")
-    config.pretrain.model = models.model_config("nano", max_len=seq_len)
-    config.pretrain.model.update(config.model.to_dict())
-    config.pretrain.data.seq_len = seq_len
-    config.pretrain.train.num_steps = v["pretrain_steps"]
-    config.pretrain.train.eval_every = v["pretrain_steps"]
-    config.pretrain.train.checkpoint_every = v["pretrain_steps"]
-    config.pretrain.optimizer.warmup_steps = min(config.pretrain.optimizer.warmup_steps,
-                                                 v["pretrain_steps"] // 5)
+    model = models.model_config("nano", max_len=seq_len)
+    model.update(config.model.to_dict())
+    config.pretrain = pretrain.cached("smoke" if arg == "smoke" else "tiny", model, seq_len,
+                                      v["pretrain_steps"])
 
     # Meta-training of the learned objectives, each in WORKDIR/meta/NAME, skipped when
     # artifacts.NAME names a finished artifact instead.

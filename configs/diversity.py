@@ -44,14 +44,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.data.seq_len = seq_len
 
     config.cache_dir = ""  # Empty: $LEARNED_LOSS_CACHE or ~/.cache/learned_loss.
-    config.pretrain = pretrain.get_config("smoke" if arg == "smoke" else "tiny")
-    config.pretrain.model = models.model_config("nano", max_len=seq_len)
-    config.pretrain.data.seq_len = seq_len
-    config.pretrain.train.num_steps = v["pretrain_steps"]
-    config.pretrain.train.eval_every = v["pretrain_steps"]
-    config.pretrain.train.checkpoint_every = v["pretrain_steps"]
-    config.pretrain.optimizer.warmup_steps = min(config.pretrain.optimizer.warmup_steps,
-                                                 v["pretrain_steps"] // 5)
+    config.pretrain = pretrain.cached("smoke" if arg == "smoke" else "tiny",
+                                      models.model_config("nano", max_len=seq_len), seq_len,
+                                      v["pretrain_steps"])
 
     config.eval = ml_collections.ConfigDict()
     config.eval.per_family = v["per_family"]

@@ -67,3 +67,18 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.sharding = ml_collections.ConfigDict()
     config.sharding.rules = models.PARTITION_RULES
     return config
+
+
+def cached(variant: str, model: ml_collections.ConfigDict, seq_len: int,
+           steps: int) -> ml_collections.ConfigDict:
+    """The pre-training of a job that keeps its checkpoint in a cache (configs/compare.py,
+    configs/diversity.py): `variant`'s settings with `model` at `seq_len`, `steps` steps,
+    evaluated and checkpointed once, at the end."""
+    config = get_config(variant)
+    config.model = model
+    config.data.seq_len = seq_len
+    config.train.num_steps = steps
+    config.train.eval_every = steps
+    config.train.checkpoint_every = steps
+    config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, steps // 5)
+    return config
