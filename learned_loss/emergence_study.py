@@ -19,6 +19,7 @@ against p^L.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -66,15 +67,20 @@ def size_hash(config, size: str) -> str:
     return provenance.config_hash(values, drop=("variant", "size_order"))
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _argmax(model: model_lib.Model, params: Any, inputs: jax.Array) -> jax.Array:
+    """[B, T] the most likely next token at every position (one program per model)."""
+    return jnp.argmax(model.apply(params, inputs).logits, axis=-1)
+
+
 def token_records(model: model_lib.Model, params: Any, rows: lm_problem.Demonstrations,
                   batch_size: int = 256) -> list[dict]:
     """Per example {'length': L, 'token_correct': [L] bool}: the argmax of each answer token
     (and the EOS) under teacher forcing against its target."""
-    apply = jax.jit(lambda p, x: jnp.argmax(model.apply(p, x).logits, axis=-1))
     out = []
     for start in range(0, len(rows), batch_size):
         inputs = jnp.asarray(rows.inputs[start:start + batch_size])  # [B, T]
-        predicted = np.asarray(apply(params, inputs))  # [B, T]
+        predicted = np.asarray(_argmax(model, params, inputs))  # [B, T]
         targets = rows.targets[start:start + batch_size]
         mask = rows.mask[start:start + batch_size] > 0
         for pred, target, m in zip(predicted, targets, mask):
