@@ -25,8 +25,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import ml_collections
 import numpy as np
 
-from learned_loss import cli, evaluation, loop, metrics, pretraining, provenance, scaling
-from learned_loss import checkpoint as checkpoint_lib
+from learned_loss import cli, compare, evaluation, loop, metrics, pretraining, provenance, scaling
 from learned_loss import model as model_lib
 from learned_loss.meta import run as meta_run
 
@@ -90,12 +89,6 @@ def point_config(config, point: Point, artifact: str = "") -> ml_collections.Con
         p.objective = ml_collections.ConfigDict(dict(p.objective.to_dict(),
                                                      name="learned_token_loss", path=artifact))
     return p
-
-
-def finished(run_dir: str, steps: int) -> bool:
-    if not os.path.isdir(os.path.join(run_dir, "checkpoints")):
-        return False
-    return steps in checkpoint_lib.Checkpointer(run_dir, read_only=True).steps()
 
 
 def final_nll(run_dir: str, steps: int) -> float:
@@ -240,14 +233,14 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
         cfg = point_config(config, point, artifact)
         timing = os.path.join(run_dir, TIMING_FILE)
         _check_settings(run_dir, cfg)
-        if not finished(run_dir, point.steps):
+        if not compare.finished(run_dir, point.steps):
             loop.raise_if_stopped(f"run {point.name}")
             start = time.time()
             pretraining.run(cfg, run_dir)
             # A resumed run adds its time to the earlier attempts'.
             spent = _seconds(timing) if os.path.exists(timing) else 0.0
             evaluation.write_json(timing, {"seconds": spent + time.time() - start})
-            if not finished(run_dir, point.steps):
+            if not compare.finished(run_dir, point.steps):
                 loop.raise_if_stopped(f"the end of run {point.name}")
                 raise cli.UserError(f"run {point.name} in {run_dir} stopped before step "
                                     f"{point.steps}; re-run to resume it")
