@@ -65,6 +65,10 @@ def get_config(arg: str = "easy") -> ml_collections.ConfigDict:
     config.seed = 0
     config.sft_from = ""  # A fine-tuning workdir (required).
     config.algorithms = ALGORITHMS
+    # Where the preference-pair and reward-model stages live; empty: the workdir. Runs from the
+    # same SFT policy and seed with the same settings may share one (the compare run's RLHF
+    # cells of one noise kind and seed do); other settings there are refused.
+    config.shared_dir = ""
 
     config.tasks = tasks.task_config()
     config.tasks.families = v["families"]

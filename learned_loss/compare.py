@@ -8,7 +8,9 @@
      (objective, noise) as one vmapped program, each from the pre-trained parameters with the
      same step budget; MLE's models are also kept as SFT policies in WORKDIR/sft/NOISE-sSEED;
   4. the RLHF objectives, each a learned_loss/rlhf_pipeline.py run in WORKDIR/runs/KEY from
-     the SFT policy of its noise kind and seed;
+     the SFT policy of its noise kind and seed; the cells of one noise kind and seed share
+     their preference pairs and reward model (WORKDIR/rlhf/NOISE-sSEED), and only the first
+     RL run of the grid does best-of-n (the report's over-optimization plot);
   5. WORKDIR/report.md and report.html (learned_loss/report.py).
 
 Every cell is scored the same way: greedy exact match, graded score and completion length on
@@ -235,13 +237,23 @@ def sft_dir(workdir: str, noise: str, seed: int) -> str:
     return os.path.join(workdir, "sft", f"{noise}-s{seed}")
 
 
+def rlhf_shared_dir(workdir: str, noise: str, seed: int) -> str:
+    """The preference pairs and reward model of the RLHF cells from one SFT policy."""
+    return os.path.join(workdir, "rlhf", f"{noise}-s{seed}")
+
+
 # ---- 4. RLHF objectives ---------------------------------------------------------------------
 
 
 def rlhf_config(config, objective: str, noise: str, seed: int, workdir: str,
-                artifacts: Mapping[str, str]) -> ml_collections.ConfigDict:
+                artifacts: Mapping[str, str], best_of_n: bool = False
+                ) -> ml_collections.ConfigDict:
+    """The pipeline config of one RLHF cell; best-of-n only when `best_of_n`."""
     r = _copy(config.rlhf)
     r.sft_from = sft_dir(workdir, noise, seed)
+    r.shared_dir = rlhf_shared_dir(workdir, noise, seed)
+    if not best_of_n:
+        r.best_of_n.samples = 0
     r.seed = seed
     r.algorithms = (RLHF[objective],)
     r.tasks.families = tuple(config.families)
@@ -423,25 +435,30 @@ def _token_group(config, workdir, grid, objective, noise, todo, data, pre, artif
 def _rlhf_cell(config, workdir, grid, objective, noise, seed, data, pre, artifacts):
     key = cell_key(objective, noise, seed)
     run_dir = os.path.join(workdir, "runs", key)
-    r = rlhf_config(config, objective, noise, seed, workdir, artifacts)
-    t0 = time.time()
-    result = rlhf_pipeline.run(r, run_dir)
     algorithm = RLHF[objective]
+    over = os.path.join(workdir, "overoptimization.json")
+    first_rl = algorithm != "dpo" and not os.path.exists(over)  # The report's plot.
+    r = rlhf_config(config, objective, noise, seed, workdir, artifacts, best_of_n=first_rl)
+    result = rlhf_pipeline.run(r, run_dir)
+    t0 = time.time()
     stage = os.path.join(run_dir, algorithm)
     final = policy.load(stage)
     # The policy without PPO's value head: the pre-trained model's modules only.
     params = {k: v for k, v in final.params.items() if k in pre.params}
     scored = score(config, pre.model, params, pre.params, data, seed)
-    over = os.path.join(workdir, "overoptimization.json")
-    if algorithm != "dpo" and not os.path.exists(over):  # The report's plot: the first RL run.
+    if first_rl:
         evaluation.write_json(over, result)
     with open(grid.path(cell_key("mle", noise, seed))) as f:
         sft_cell = json.load(f)
     tokens = sft_cell["compute"]["tokens"] + rlhf_tokens(r, algorithm)
     curve = sft_cell["curve"] + rlhf_curve(stage, config.steps)
+    # Compute: the SFT, the shared pairs and reward model (their cost when they were built,
+    # whichever cell built them), and this cell's own algorithm, analysis and scoring.
+    rlhf_seconds = result["seconds"]["shared"] + result["seconds"]["own"] + time.time() - t0
     facts = {"algorithm": algorithm, "sft_from": r.sft_from, "run_dir": run_dir,
-             "rlhf_seconds": time.time() - t0, "data_hash": data.info.config_hash,
-             "artifact": artifacts.get(objective, "")}
+             "shared_dir": r.shared_dir, "rlhf_seconds": rlhf_seconds,
+             "shared_seconds": result["seconds"]["shared"], "best_of_n": first_rl,
+             "data_hash": data.info.config_hash, "artifact": artifacts.get(objective, "")}
     grid.record(key, cell_record(objective, noise, seed, scored,
-                                 seconds=sft_cell["compute"]["seconds"] + time.time() - t0,
+                                 seconds=sft_cell["compute"]["seconds"] + rlhf_seconds,
                                  tokens=tokens, curve=curve, facts=facts))

@@ -6,11 +6,18 @@ one is not redone):
   preferences.json    pairs of the SFT policy's own samples (with gold answers and corruptions)
                       labelled by the simulated labeler (`learned_loss.data.preference_pairs`)
   reward_model/       the SFT Transformer with a scalar head, trained with Bradley-Terry
+  stages.json         the hash of the settings behind the two stages above and their seconds
   ppo/ rloo/ grpo/    on-policy RL against the reward model (`learned_loss.rlhf.rl_step`)
   dpo/                DPO on the same pairs (or IPO, or a learned preference loss: config.dpo)
-  overoptimization.json   best-of-n (n = 1 .. best_of_n.samples) and the RL runs along training:
-                      gold and proxy gains against d = sqrt(KL), the fits of Gao et al. 2022,
-                      and the length analysis.
+  overoptimization.json   best-of-n (n = 1 .. best_of_n.samples; skipped when it is 0) and the
+                      RL runs along training: gold and proxy gains against d = sqrt(KL), the
+                      fits of Gao et al. 2022, and the length analysis.
+
+The preference pairs and the reward model depend only on the SFT policy, the seed and their own
+settings, so runs of several algorithms from one SFT policy can share them: with
+`config.shared_dir` set, those two stages (and stages.json) live there instead. The first run
+builds them, the others reuse them, and a run whose settings differ from the ones stages.json
+records is refused.
 
 Every RL and DPO run logs at each evaluation (`valid/`): proxy reward, gold exact match and
 graded score of samples, KL to the SFT policy, completion length, and greedy exact match; the
@@ -22,6 +29,7 @@ provenance), so `experiments.evaluate --policy=W/ppo` works on it.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import time
@@ -438,6 +446,62 @@ def train_dpo(config, sft, info, mesh, reference, evaluator, workdir: str,
         provenance_extra={"preferences": info.provenance()}))
 
 
+# ---- stages 1 and 2, shared: preference pairs and the reward model --------------------------
+
+STAGES_FILE = "stages.json"
+
+
+def shared_settings_hash(config, sft: policy.Policy) -> str:
+    """The hash of what the preference pairs and the reward model depend on: the SFT policy
+    (its run and step), the seed, the task and data settings, the labeler, the reward model's
+    training and the completion length the pairs are sampled with."""
+    return provenance.config_hash({
+        "sft": {"workdir": os.path.abspath(sft.workdir), "step": sft.step},
+        "seed": config.seed, "tasks": config.tasks.to_dict(),
+        "preferences": config.preferences.to_dict(),
+        "reward_model": config.reward_model.to_dict(),
+        "max_new_tokens": config.rl.max_new_tokens})
+
+
+def check_shared(shared: str, settings: str) -> dict | None:
+    """The stages.json in `shared` (None when there is none yet); cli.UserError when it records
+    other settings than `settings`."""
+    path = os.path.join(shared, STAGES_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            found = json.load(f)
+        recorded = found["settings_hash"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise cli.UserError(f"{path} is unreadable ({e!r}); delete {shared} to rebuild the "
+                            f"preference pairs and the reward model") from None
+    if recorded != settings:
+        raise cli.UserError(
+            f"{shared} holds preference pairs and a reward model made with other settings "
+            f"(hash {recorded}, this run's {settings}); give this run another shared_dir, or "
+            f"delete {shared} to rebuild them")
+    return found
+
+
+def shared_stages(config, sft, families, mesh, shared: str):
+    """Preference pairs and the reward model in `shared`, built there or reused; returns
+    (pairs info, (reward model, params), the seconds the two stages took when built)."""
+    settings = shared_settings_hash(config, sft)
+    found = check_shared(shared, settings)
+    t0 = time.time()
+    info = build_preferences(config, sft, families, shared)
+    reward = train_reward_model(config, sft, info, mesh, os.path.join(shared, "reward_model"))
+    # A SIGTERM during the reward model's training stops the pipeline here, not after RL on a
+    # half-trained reward model; stages.json is written only once both stages are done.
+    loop.raise_if_stopped("the RLHF algorithms")
+    seconds = found["seconds"] if found else time.time() - t0
+    if found is None and jax.process_index() == 0:
+        evaluation.write_json(os.path.join(shared, STAGES_FILE),
+                              {"settings_hash": settings, "seconds": seconds})
+    return info, reward, seconds
+
+
 # ---- stage 4: over-optimization -------------------------------------------------------------
 
 
@@ -448,9 +512,12 @@ def _fit(fitter, d, r) -> dict:
         return {"error": str(e)}
 
 
-def best_of_n(config, families, sft, reference, reward, width: int) -> dict:
-    """Gold and proxy of best-of-n (by proxy) against d = sqrt(log n - (n - 1) / n)."""
+def best_of_n(config, families, sft, reference, reward, width: int) -> dict | None:
+    """Gold and proxy of best-of-n (by proxy) against d = sqrt(log n - (n - 1) / n); None when
+    best_of_n.samples is 0."""
     b = config.best_of_n
+    if not b.samples:
+        return None
     sampler = Evaluator(config, families, reference=reference, reward=reward, width=width,
                         prompts_per_family=b.prompts_per_family, samples_per_prompt=b.samples,
                         seed_offset=2)
@@ -520,13 +587,17 @@ def run(config, workdir: str) -> dict:
     mesh = sharding.make_mesh(config.mesh.shape)
     families = task_families(config, sft.config)
     width = prompt_width(config)
+    shared = config.get("shared_dir", "") or workdir
+    check_shared(shared, shared_settings_hash(config, sft))  # Before anything is written.
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
         provenance.write(workdir, provenance.collect(config, mesh=mesh, extra={
-            "sft": {"workdir": sft.workdir, "step": sft.step}, "families": list(families)}))
+            "sft": {"workdir": sft.workdir, "step": sft.step}, "families": list(families),
+            "shared_dir": shared}))
 
-    info = build_preferences(config, sft, families, workdir)
-    reward = train_reward_model(config, sft, info, mesh, os.path.join(workdir, "reward_model"))
+    shared_start = time.time()
+    info, reward, shared_seconds = shared_stages(config, sft, families, mesh, shared)
+    own_start = time.time()
     reference = (sft.model, place_frozen(sft.params, sft.config, mesh))
     evaluator = Evaluator(config, families, reference=reference, reward=reward, width=width,
                           prompts_per_family=config.eval.prompts_per_family,
@@ -540,6 +611,7 @@ def run(config, workdir: str) -> dict:
         else:
             finals[algorithm] = train_rl(config, algorithm, sft, families, mesh, reference,
                                          reward, evaluator, stage_dir, learned_reward)
+        loop.raise_if_stopped(f"the stage after {algorithm}")
 
     # Over-optimization: the SFT policy is every run's d = 0.
     before = evaluator.samples_of(sft.model, reference[1])
@@ -557,6 +629,10 @@ def run(config, workdir: str) -> dict:
         "rl": runs, "length": lengths,
         "labeler": {"tau": config.preferences.tau, "length_bias": config.preferences.length_bias},
         "final": finals, "wall_time_s": time.time() - start,
+        # The shared stages' seconds when they were built (in this run or an earlier one), and
+        # this run's own seconds without them: together, the compute of this run's algorithms.
+        "seconds": {"shared": shared_seconds,
+                    "own": (shared_start - start) + (time.time() - own_start)},
     }
     if jax.process_index() == 0:
         evaluation.write_json(os.path.join(workdir, "overoptimization.json"), result)
