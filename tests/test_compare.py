@@ -217,14 +217,33 @@ def test_kept_sft_policy_reads_back_and_starts_meta_training_inner_runs(tmp_path
 
 
 def test_learned_and_rlhf_objectives_through_the_compare(tmp_path):
-    """ES meta-training in the run, online meta-weighting, and DPO from the kept MLE model."""
+    """ES meta-training in the run, online meta-weighting, and PPO and DPO from the kept MLE
+    model, sharing one reward model."""
     workdir = tmp_path / "w"
     result = _run(workdir, tmp_path / "cache", "--config.seeds=1",
-                  "--config.objectives=('mle','learned_es','learned_online','dpo')")
+                  "--config.objectives=('mle','learned_es','learned_online','ppo','dpo')")
     assert result.returncode == 0, result.stderr[-3000:]
     cells = _cells(workdir)
     assert sorted(cells) == ["dpo-swap30-s0", "learned_es-swap30-s0", "learned_online-swap30-s0",
-                             "mle-swap30-s0"]
+                             "mle-swap30-s0", "ppo-swap30-s0"]
+    # The RLHF cells of one (noise, seed) share their pairs and reward model: trained once, in
+    # W/rlhf/NOISE-sSEED, and its cost is counted in both cells. Only the first RL run (the
+    # report's over-optimization plot) does best-of-n.
+    shared = workdir / "rlhf" / "swap30-s0"
+    ppo, dpo, mle = (cells[f"{o}-swap30-s0"] for o in ("ppo", "dpo", "mle"))
+    assert ppo["facts"]["shared_dir"] == dpo["facts"]["shared_dir"] == str(shared)
+    steps = [r["step"] for r in runs.metrics(shared / "reward_model")]
+    assert steps[-1] == compare_config.get_config("smoke").rlhf.reward_model.train.num_steps
+    for key in ("ppo-swap30-s0", "dpo-swap30-s0"):
+        assert not (workdir / "runs" / key / "reward_model").exists()
+    stages = json.loads((shared / "stages.json").read_text())
+    for cell in (ppo, dpo):
+        assert cell["facts"]["shared_seconds"] == stages["seconds"] > 0
+        assert cell["compute"]["seconds"] > mle["compute"]["seconds"] + stages["seconds"]
+    assert ppo["facts"]["best_of_n"] and not dpo["facts"]["best_of_n"]
+    assert json.loads((workdir / "overoptimization.json").read_text())["best_of_n"]["n"]
+    dpo_run = json.loads((workdir / "runs" / "dpo-swap30-s0" / "overoptimization.json").read_text())
+    assert dpo_run["best_of_n"] is None
     es = cells["learned_es-swap30-s0"]
     assert es["facts"]["artifact"] == str(workdir / "meta" / "learned_es" / "artifact")
     assert os.path.isdir(es["facts"]["artifact"])

@@ -119,6 +119,39 @@ def test_rerun_resumes_and_reproduces(finished):
         assert json.dumps(again[key], sort_keys=True) == json.dumps(first[key], sort_keys=True)
 
 
+def test_a_run_reuses_the_shared_pairs_and_reward_model(finished, tmp_path):
+    """Another run from the same SFT policy, seed and settings, with shared_dir at the first
+    run's workdir: no reward-model step is taken again, its DPO matches the first run's, and
+    best-of-n is skipped. Other labeler settings with the same shared_dir are refused."""
+    workdir, sft, data_dir = finished
+    reward_before = runs.metrics(workdir / "reward_model")
+    second = tmp_path / "second"
+    done = runs.run("experiments.rlhf", second, "configs/rlhf.py:words",
+                    f"--config.sft_from={sft}", f"--config.data.data_dir={data_dir}",
+                    *OVERRIDES, "--config.algorithms=dpo", f"--config.shared_dir={workdir}",
+                    "--config.best_of_n.samples=0", timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert runs.metrics(workdir / "reward_model") == reward_before
+    assert not (second / "reward_model").exists() and not (second / "preferences.json").exists()
+    saved = _json(second / "overoptimization.json")
+    assert saved["best_of_n"] is None
+    assert saved["seconds"]["shared"] == _json(workdir / "stages.json")["seconds"] > 0
+    first = _json(workdir / "overoptimization.json")
+    assert runs.deterministic([saved["final"]["dpo"]]) == runs.deterministic(
+        [first["final"]["dpo"]])
+    assert saved["rl"]["dpo"] == first["rl"]["dpo"]
+
+    other = tmp_path / "other"
+    refused = runs.run("experiments.rlhf", other, "configs/rlhf.py:words",
+                       f"--config.sft_from={sft}", f"--config.data.data_dir={data_dir}",
+                       *OVERRIDES, "--config.preferences.tau=0.5",
+                       f"--config.shared_dir={workdir}", timeout=900)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "made with other settings" in refused.stderr and str(workdir) in refused.stderr
+    assert not (other / "overoptimization.json").exists()
+    assert not (other / "ppo").exists() and runs.metrics(workdir / "reward_model") == reward_before
+
+
 def test_bad_inputs_are_user_errors(tmp_path):
     result = runs.run("experiments.rlhf", tmp_path / "a", "configs/rlhf.py:smoke",
                       f"--config.sft_from={tmp_path / 'nothing'}")
