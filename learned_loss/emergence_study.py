@@ -1,13 +1,19 @@
 """The emergence study (experiments/emergence.py): is a jump in exact match a property of the
 model or of the metric? (Wei et al. 2022; Schaeffer et al. 2023.)
 
-`run(config, workdir)` trains each model size of `sizes` from scratch by MLE on character tasks
-whose answers are L = 3 to 17 tokens long (answer bytes and the EOS; difficulty sets L), and at
-`checkpoints` evenly spaced steps scores fresh examples by teacher forcing: per answer token,
+`run(config, workdir)` pre-trains each model size of `sizes` from scratch on the text corpus
+(`pretrain.steps` of MLE on every token of `pretrain.windows` windows; 0 skips it), then trains
+it by MLE on character tasks whose answers are L = 3 to 17 tokens long (answer bytes and the EOS;
+difficulty sets L), and at `checkpoints` evenly spaced steps of that training scores fresh
+examples by teacher forcing: per answer token,
 whether the argmax is the target. Per example, exact match is then `all(token_correct)` (the
 same as greedy decoding's exact match, since greedy decoding with every earlier token right
 makes the same choices). Per length bucket (`buckets`) it records exact match, per-token
 accuracy p and p^L (learned_loss/emergence.py).
+
+Pre-training matters here: these sizes, trained on the tasks alone, stay near chance on
+copying tasks for thousands of steps (copying needs attention that looks up a token's earlier
+occurrence, which text pre-training builds), so there would be no rise to study.
 
 WORKDIR/emergence/SIZE.json holds one size's evaluations (a re-run skips finished sizes);
 WORKDIR/emergence.json the evaluations and the analysis (`analyse`): for each bucket, across
@@ -30,8 +36,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from learned_loss import cli, emergence, evaluation, loop, objectives, provenance
+from learned_loss import cli, emergence, evaluation, loop, objectives, pretraining, provenance
 from learned_loss import model as model_lib
+from learned_loss.data import text_corpus
 from learned_loss.meta import base, lm_problem
 
 STUDY_FILE = "emergence.json"
@@ -97,19 +104,54 @@ def bucket_metrics(records: Sequence[Mapping[str, Any]], edges: Sequence[int]) -
                                               b.per_token_accuracy, b.predicted_exact_match)]
 
 
-def train_size(config, size: str, train_rows, eval_rows, log) -> dict:
-    """Trains one size from scratch; its evaluation at every checkpoint."""
+def text_rows(config) -> tuple[lm_problem.Demonstrations, lm_problem.Demonstrations, dict]:
+    """(train windows, validation windows, the corpus's provenance) for pre-training."""
+    corpus = pretraining.prepare_corpus(config, config.data.corpus_valid_fraction)
+    seq_len = config.data.seq_len
+    train = lm_problem.text_windows(text_corpus.load_split(corpus, "train"), seq_len,
+                                    config.pretrain.windows)
+    valid = lm_problem.text_windows(text_corpus.load_split(corpus, "validation"), seq_len,
+                                    config.pretrain.valid_windows)
+    return train, valid, corpus.provenance()
+
+
+def pretrain(config, model, text, key) -> tuple[Any, float]:
+    """`pretrain.steps` of MLE from a random initialisation on text windows (every token a
+    loss token), in one compiled scan; returns the parameters and the NLL (nats per token) of
+    the validation windows."""
+    train, valid = text
+    problem = lm_problem.lm_problem(
+        model, lm_problem.inner_optimizer(config.pretrain.lr), objectives.build("mle"), train,
+        valid, batch_size=config.batch, valid_batch_size=config.batch,
+        seq_len=config.data.seq_len)
+    run = jax.jit(lambda k: base.unroll(problem, (), problem.init(k), k,
+                                        config.pretrain.steps)[0]["params"])
+    params = run(key)
+    rows = {k: jnp.asarray(v) for k, v in valid.batch().items()}
+    nll = float(jax.jit(lm_problem.answer_nll, static_argnums=0)(model, params, rows))
+    return params, nll
+
+
+def train_size(config, size: str, train_rows, eval_rows, log, text=None) -> dict:
+    """Pre-trains one size on `text` (train, validation windows) unless it is None, then
+    trains it on the tasks; its evaluation at every checkpoint of the task training."""
     cfg = model_config(config, size)
     model = model_lib.build(cfg)
+    key = jax.random.key(config.seed)
+    start = time.time()
+    init_params, pre = None, {"steps": 0}
+    if text is not None:
+        init_params, nll = pretrain(config, model, text, jax.random.fold_in(key, 10_000))
+        pre = {"steps": config.pretrain.steps, "valid_nll": nll,
+               "seconds": time.time() - start}
+        log(f"emergence: {size} pre-trained {config.pretrain.steps} steps: text NLL {nll:.3f}")
     problem = lm_problem.lm_problem(
         model, lm_problem.inner_optimizer(config.lr), objectives.build("mle"), train_rows,
         eval_rows, batch_size=config.batch, valid_batch_size=config.batch,
-        seq_len=config.data.seq_len)
+        seq_len=config.data.seq_len, init_params=init_params)
     segment = config.steps // config.checkpoints
     advance = jax.jit(lambda inner, key: base.unroll(problem, (), inner, key, segment)[0])
-    key = jax.random.key(config.seed)
     inner = problem.init(jax.random.fold_in(key, 0))
-    start = time.time()
     evals = []
     for i in range(1, config.checkpoints + 1):
         inner = advance(inner, jax.random.fold_in(key, i))
@@ -124,7 +166,8 @@ def train_size(config, size: str, train_rows, eval_rows, log) -> dict:
         log(f"emergence: {size} step {i * segment}: per-token accuracy "
             f"{evals[-1]['per_token_accuracy']:.3f}, exact match {evals[-1]['exact_match']:.3f}")
     params = model_lib.matmul_param_count(cfg) - cfg.d_model * cfg.vocab_size
-    return {"size": size, "params": params, "evals": evals, "seconds": time.time() - start}
+    return {"size": size, "params": params, "evals": evals, "pretrain": pre,
+            "seconds": time.time() - start}
 
 
 # ---- analysis -------------------------------------------------------------------------------
@@ -180,9 +223,14 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
                                                   config.seed)
     eval_rows = lm_problem.sample_demonstrations(families, config.eval_rows, seq_len,
                                                  difficulties, config.seed + 10_000)
+    hashes = {"train": lm_problem.rows_hash(train_rows), "eval": lm_problem.rows_hash(eval_rows)}
+    text, corpus = None, None
+    if config.pretrain.steps:
+        *text, corpus = text_rows(config)
+        hashes.update(text_train=lm_problem.rows_hash(text[0]),
+                      text_valid=lm_problem.rows_hash(text[1]))
     provenance.write(workdir, provenance.collect(config, extra={
-        "data_hashes": {"train": lm_problem.rows_hash(train_rows),
-                        "eval": lm_problem.rows_hash(eval_rows)}}))
+        "data_hashes": hashes, "text_corpus": corpus}))
     results = []
     for size in config.size_order:
         path = os.path.join(workdir, EVALS, f"{size}.json")
@@ -196,13 +244,14 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
             results.append(result)
             continue
         loop.raise_if_stopped(f"size {size}")
-        result = dict(train_size(config, size, train_rows, eval_rows, log),
+        result = dict(train_size(config, size, train_rows, eval_rows, log, text),
                       config_hash=settings)
         evaluation.write_json(path, result)
         results.append(result)
     _same_buckets(results)
     study = {"sizes": sorted(results, key=lambda s: s["params"]),
              "analysis": analyse(results, config.threshold),
-             "families": list(families), "difficulties": list(difficulties)}
+             "families": list(families), "difficulties": list(difficulties),
+             "pretrain_steps": config.pretrain.steps}
     evaluation.write_json(os.path.join(workdir, STUDY_FILE), study)
     return study

@@ -299,11 +299,14 @@ def emergence_jump_table(rows: Sequence[Mapping[str, Any]], axis: str, fmt: str)
 
 def emergence_grid_table(sizes: Sequence[Mapping[str, Any]]) -> Table:
     buckets = sizes[0]["evals"][-1]["buckets"]
-    header = ["size", "params (non-emb.)"] + [f"{_bucket(b)}: p / exact / p^L" for b in buckets]
+    pretrained = any(s.get("pretrain", {}).get("steps") for s in sizes)
+    header = (["size", "params (non-emb.)"] + (["text NLL"] if pretrained else [])
+              + [f"{_bucket(b)}: p / exact / p^L" for b in buckets])
     rows = []
     for s in sizes:
         last = s["evals"][-1]["buckets"]
-        rows.append([s["size"], f"{s['params']:,}"] + [
+        nll = [f"{s['pretrain']['valid_nll']:.3f}"] if pretrained else []
+        rows.append([s["size"], f"{s['params']:,}"] + nll + [
             f"{b['per_token_accuracy']:.3f} / {b['exact_match']:.3f} / "
             f"{b['predicted_exact_match']:.3f}" for b in last])
     return Table(header, rows)
@@ -367,9 +370,12 @@ def emergence_section(study: Mapping[str, Any]) -> Section:
         if key not in study:
             raise StudyError(f"emergence.json lacks {key!r}; re-run experiments/emergence.py")
     a = study["analysis"]
+    pre = study.get("pretrain_steps", 0)
+    start = (f"Each size pre-trained from scratch for {pre} steps on the text corpus (its "
+             "validation NLL per token in the last table), then trained by MLE on " if pre else
+             "Each size trained from scratch by MLE on ")
     paragraphs = [
-        "Each size trained from scratch by MLE on "
-        f"{', '.join(study.get('families', []))} (difficulties "
+        f"{start}{', '.join(study.get('families', []))} (difficulties "
         f"{', '.join(str(d) for d in study.get('difficulties', []))}), scored at evenly spaced "
         "checkpoints by teacher forcing on fresh examples: per answer token (and the EOS) "
         "whether the argmax is right. Exact match is all tokens right (what greedy decoding "

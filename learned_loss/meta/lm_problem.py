@@ -26,10 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from learned_loss import cli
 from learned_loss import model as model_lib
 from learned_loss import objectives as objectives_lib
 from learned_loss import train as train_lib
-from learned_loss.data import instruction_tasks, tasks
+from learned_loss.data import instruction_tasks, pipeline, tasks
 from learned_loss.meta import base
 from learned_loss.objectives import mle
 
@@ -90,6 +91,23 @@ def sample_demonstrations(families: Sequence[str], rows: int, seq_len: int,
     stack = {k: np.stack([r[k] for r in out]) for k in KEYS}
     return Demonstrations(stack["inputs"], stack["targets"], stack["mask"],
                           np.zeros((rows,), bool))
+
+
+def text_windows(source: Sequence[Mapping[str, Any]], seq_len: int, count: int,
+                 offset: float = 0.0) -> Demonstrations:
+    """`count` windows of T = seq_len tokens spread evenly over a text corpus split (the first
+    at `offset` of the stride), every target a loss token: [count, T] rows for pre-training."""
+    windows = pipeline.Windows(pipeline.token_stream(source), seq_len)
+    if windows.num_windows < count:
+        raise cli.UserError(f"the text split holds {windows.num_windows} windows of {seq_len} "
+                            f"tokens, fewer than the {count} asked for; ask for fewer windows "
+                            f"or a shorter seq_len, or use a larger corpus")
+    stride = windows.num_windows / count
+    rows = [windows[int((i + offset) * stride)] for i in range(count)]
+    inputs = np.stack([r["inputs"] for r in rows])  # [count, T]
+    targets = np.stack([r["targets"] for r in rows])  # [count, T]
+    return Demonstrations(inputs, targets, np.ones(inputs.shape, np.float32),
+                          np.zeros((count,), bool))
 
 
 def rows_hash(rows: Demonstrations) -> str:

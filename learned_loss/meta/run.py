@@ -28,7 +28,6 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import logging
 
 from learned_loss import checkpoint as checkpoint_lib
@@ -36,7 +35,7 @@ from learned_loss import cli, evaluation, loop, metrics, objectives, policy, pre
 from learned_loss import provenance
 from learned_loss import sharding
 from learned_loss import model as model_lib
-from learned_loss.data import instruction_tasks, paths, pipeline, tasks, text_corpus
+from learned_loss.data import instruction_tasks, paths, tasks, text_corpus
 from learned_loss.meta import base, lm_problem, outer
 from learned_loss.objectives import artifact
 
@@ -71,23 +70,6 @@ def build_rows(config, families: Sequence[str], *, label_noise: float | None = N
     return train, valid, info
 
 
-def _text_windows(source, seq_len: int, count: int, offset: float
-                  ) -> lm_problem.Demonstrations:
-    """`count` windows of T = seq_len tokens spread evenly over a corpus split (the first at
-    `offset` of the stride), every target a loss token: [count, T] rows."""
-    windows = pipeline.Windows(pipeline.token_stream(source), seq_len)
-    if windows.num_windows < count:
-        raise cli.UserError(f"the text split holds {windows.num_windows} windows of {seq_len} "
-                            f"tokens, fewer than the {count} asked for; lower "
-                            f"data.windows or data.seq_len, or use a larger corpus")
-    stride = windows.num_windows / count
-    rows = [windows[int((i + offset) * stride)] for i in range(count)]
-    inputs = np.stack([r["inputs"] for r in rows])  # [count, T]
-    targets = np.stack([r["targets"] for r in rows])  # [count, T]
-    return lm_problem.Demonstrations(inputs, targets, np.ones(inputs.shape, np.float32),
-                                     np.zeros((count,), bool))
-
-
 def text_rows(config):
     """(train rows, validation rows, meta-valid train rows, meta-valid validation rows,
     CorpusInfo) from the text corpus (data.source='text'): inner runs pre-train on windows of
@@ -98,8 +80,8 @@ def text_rows(config):
     train = text_corpus.load_split(corpus, "train")
     valid = text_corpus.load_split(corpus, "validation")
     n, m = d.windows, d.valid_windows
-    return (_text_windows(train, d.seq_len, n, 0.0), _text_windows(valid, d.seq_len, m, 0.0),
-            _text_windows(train, d.seq_len, n, 0.5), _text_windows(valid, d.seq_len, m, 0.5),
+    return (lm_problem.text_windows(train, d.seq_len, n, 0.0), lm_problem.text_windows(valid, d.seq_len, m, 0.0),
+            lm_problem.text_windows(train, d.seq_len, n, 0.5), lm_problem.text_windows(valid, d.seq_len, m, 0.5),
             corpus)
 
 
