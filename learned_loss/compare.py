@@ -13,6 +13,9 @@
      RL run of the grid does best-of-n (the report's over-optimization plot);
   5. WORKDIR/report.md and report.html (learned_loss/report.py).
 
+A finished cell records the hash of the settings behind it (`cell_settings`); a re-run with
+other settings refuses it instead of reporting it as computed under them.
+
 Every cell is scored the same way: greedy exact match, graded score and completion length on
 the clean test split of `config.families` (inputs no run saw; families no learned objective
 was meta-trained on), the sequence-level KL to the pre-trained model (the common reference),
@@ -27,7 +30,7 @@ import json
 import os
 import shutil
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -288,13 +291,39 @@ def rlhf_curve(stage_dir: str, offset: int) -> list[dict]:
 # ---- the run --------------------------------------------------------------------------------
 
 
-class Grid:
-    """Cells to do, done, and the progress line with an ETA over the whole grid."""
+# What a cell's numbers do not depend on: which cells there are (the other objectives, seeds
+# and noise kinds, the other objectives' meta-training) and where the cache lives.
+GRID_KEYS = ("variant", "objectives", "seeds", "noise_order", "noises", "meta", "artifacts",
+             "rlhf", "cache_dir")
 
-    def __init__(self, workdir: str, keys: Sequence[str], clock=time.monotonic):
+
+def cell_settings(config, objective: str, noise: str) -> str:
+    """The hash of the settings behind one cell: the config without GRID_KEYS, plus its own
+    noise kind, its own meta-training and artifact (a learned objective) and the RLHF
+    settings (an RLHF objective)."""
+    values = {k: v for k, v in config.to_dict().items() if k not in GRID_KEYS}
+    values["noise"] = config.noises[noise].to_dict()
+    if objective in META_TRAINED:
+        values["meta"] = config.meta[objective].to_dict()
+        values["artifact"] = config.artifacts.get(objective, "")
+    if objective in RLHF:
+        values["rlhf"] = config.rlhf.to_dict()
+    return provenance.config_hash(values)
+
+
+class Grid:
+    """Cells to do, done, and the progress line with an ETA over the whole grid.
+
+    `settings` maps each cell's key to the hash of its settings (`cell_settings`); a finished
+    cell computed under other settings is refused, not reported as if it had these."""
+
+    def __init__(self, workdir: str, settings: Mapping[str, str], clock=time.monotonic):
         self.workdir = workdir
-        self.total = len(keys)
-        self.done = {k for k in keys if os.path.exists(self.path(k))}
+        self.settings = dict(settings)
+        self.total = len(self.settings)
+        self.done = {k for k in self.settings if os.path.exists(self.path(k))}
+        for key in sorted(self.done):
+            self._check(key)
         self._todo_at_start = self.total - len(self.done)
         self._finished = 0
         self._clock = clock
@@ -306,8 +335,21 @@ class Grid:
     def path(self, key: str) -> str:
         return os.path.join(self.workdir, "cells", f"{key}.json")
 
+    def _check(self, key: str) -> None:
+        path = self.path(key)
+        try:
+            with open(path) as f:
+                found = json.load(f).get("config_hash")
+        except (json.JSONDecodeError, AttributeError) as e:
+            raise cli.UserError(f"{path} is unreadable ({e}); remove it to recompute the "
+                                f"cell") from None
+        if found != self.settings[key]:
+            raise cli.UserError(f"{path} was computed with other settings (config hash "
+                                f"{found}, now {self.settings[key]}); use a new workdir or "
+                                f"remove the cells to recompute")
+
     def record(self, key: str, cell: Mapping[str, Any]) -> None:
-        evaluation.write_json(self.path(key), cell)
+        evaluation.write_json(self.path(key), dict(cell, config_hash=self.settings[key]))
         self.done.add(key)
         self._finished += 1
 
@@ -341,8 +383,8 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any], log=loggi
         token.insert(0, "mle")
     rlhf_objs = [o for o in objectives if o in RLHF]
     seeds = range(config.seeds)
-    keys = [cell_key(o, n, s) for n in config.noise_order for o in objectives for s in seeds]
-    grid = Grid(workdir, keys)
+    grid = Grid(workdir, {cell_key(o, n, s): cell_settings(config, o, n)
+                          for n in config.noise_order for o in objectives for s in seeds})
     log(f"compare: {grid.total} cells ({len(grid.done)} done) in {workdir}")
 
     pre = pretrained(config, pretrain_run)

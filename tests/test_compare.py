@@ -108,6 +108,38 @@ def test_smoke_compare_cells_report_and_resume(tmp_path):
     assert new["metrics"]["test_nll"] == pytest.approx(old["metrics"]["test_nll"], abs=1e-4)
     assert new["families"] == old["families"]
 
+    # Other settings in the same workdir: the finished cells are refused, not reported as
+    # computed under them, and nothing is changed.
+    changed = _run(workdir, cache, "--config.lr=0.01")
+    assert changed.returncode != 0 and "Traceback" not in changed.stderr
+    assert "computed with other settings" in changed.stderr
+    assert _cells(workdir) == again
+
+
+def test_cell_settings_follow_what_each_cell_depends_on():
+    config = compare_config.get_config("smoke")
+    base = {o: compare.cell_settings(config, o, "swap30")
+            for o in ("mle", "learned_tbptt", "ppo")}
+
+    def changed(**updates):
+        c = compare._copy(config)
+        for key, value in updates.items():
+            section = c
+            *parents, leaf = key.split(".")
+            for part in parents:
+                section = section[part]
+            section[leaf] = value
+        return {o: compare.cell_settings(c, o, "swap30") != h for o, h in base.items()}
+
+    assert changed(lr=0.5) == {"mle": True, "learned_tbptt": True, "ppo": True}
+    assert changed(seeds=7) == {"mle": False, "learned_tbptt": False, "ppo": False}
+    assert changed(**{"rlhf.dpo.beta": 0.3}) == {"mle": False, "learned_tbptt": False,
+                                                  "ppo": True}
+    assert changed(**{"meta.learned_tbptt.outer.num_steps": 9}) == {
+        "mle": False, "learned_tbptt": True, "ppo": False}
+    assert changed(**{"noises.swap30.rho": 0.4}) == {"mle": True, "learned_tbptt": True,
+                                                      "ppo": True}
+
 
 def test_bad_configs_are_refused_before_any_training(tmp_path):
     config = compare_config.get_config("smoke")
@@ -136,16 +168,20 @@ def test_bad_configs_are_refused_before_any_training(tmp_path):
 
 def test_progress_line_counts_cells_and_estimates_the_rest(tmp_path):
     os.makedirs(tmp_path / "cells")
-    (tmp_path / "cells" / "mle-swap30-s0.json").write_text("{}")
+    (tmp_path / "cells" / "mle-swap30-s0.json").write_text('{"config_hash": "h"}')
     now = [0.0]
-    grid = compare.Grid(str(tmp_path), ["mle-swap30-s0", "mle-swap30-s1", "dpo-swap30-s0",
-                                        "dpo-swap30-s1"], clock=lambda: now[0])
+    keys = ["mle-swap30-s0", "mle-swap30-s1", "dpo-swap30-s0", "dpo-swap30-s1"]
+    with pytest.raises(cli.UserError, match="computed with other settings"):
+        compare.Grid(str(tmp_path), dict.fromkeys(keys, "other"))
+    grid = compare.Grid(str(tmp_path), dict.fromkeys(keys, "h"), clock=lambda: now[0])
     assert grid.progress() == "[#####...............] 1/4 cells"
     now[0] = 60.0
     grid.record("mle-swap30-s1", {"objective": "mle"})
     # One cell in 60 s, two left: 2 minutes.
     assert grid.progress() == "[##########..........] 2/4 cells | ETA 2.0 min"
     assert os.path.exists(grid.path("mle-swap30-s1"))
+    with open(grid.path("mle-swap30-s1")) as f:
+        assert json.load(f) == {"objective": "mle", "config_hash": "h"}
 
 
 def test_rlhf_cells_get_their_learned_settings(tmp_path):
