@@ -377,6 +377,24 @@ class TasksInfo:
         return out
 
 
+def prepare_or_reuse(builder: Any, records: Mapping[str, Sequence[Any]], unit: str) -> bool:
+    """Writes `records` (split -> records) with a builder whose `_split_generators` reads
+    `builder._records`, unless its dataset already exists; then checks every stored split's size
+    against them (TaskError names the directory to delete). Returns whether it was reused."""
+    reused = builder.data_path.exists()
+    if not reused:
+        builder._records = records
+        builder.download_and_prepare(file_format="array_record")
+    for split, recs in records.items():
+        stored = builder.info.splits[split].num_examples
+        if stored != len(recs):
+            raise TaskError(
+                f"{builder.name} dataset at {builder.data_dir} holds {stored} {split} "
+                f"{unit}, expected {len(recs)}; delete that directory and build again"
+            )
+    return reused
+
+
 def build_instruction_tasks(
     data_dir: str,
     *,
@@ -426,17 +444,7 @@ def build_instruction_tasks(
 
     config = InstructionTasksConfig(name=f"h{hash_hex[:16]}", description=str(spec), spec=spec)
     builder = InstructionTasks(config=config, data_dir=data_dir)
-    reused = builder.data_path.exists()
-    if not reused:
-        builder._records = records
-        builder.download_and_prepare(file_format="array_record")
-    for split, recs in records.items():
-        stored = builder.info.splits[split].num_examples
-        if stored != len(recs):
-            raise TaskError(
-                f"instruction_tasks dataset at {builder.data_dir} holds {stored} {split} "
-                f"examples, expected {len(recs)}; delete that directory and build again"
-            )
+    reused = prepare_or_reuse(builder, records, "examples")
     return TasksInfo(
         config_name=config.name,
         config_hash=hash_hex,

@@ -60,7 +60,6 @@ from learned_loss.data.instruction_tasks import DEFAULT_SPLITS
 from learned_loss.data.instruction_tasks import decode_record  # noqa: F401 (re-exported)
 from learned_loss.data.instruction_tasks import load_split  # noqa: F401 (re-exported)
 from learned_loss.data.tasks import Example
-from learned_loss.data.tasks import TaskError
 
 SOURCES = ("gold",) + tuple(f"corrupt:{k}" for k in instruction_tasks.CORRUPTIONS) + ("policy",)
 
@@ -356,17 +355,7 @@ def build_preference_pairs(
     config = PreferencePairsConfig(name=f"h{hash_hex[:16]}", description=str(spec), spec=spec,
                                    policy_samples=policy)
     builder = PreferencePairs(config=config, data_dir=data_dir)
-    reused = builder.data_path.exists()
-    if not reused:
-        builder._records = records
-        builder.download_and_prepare(file_format="array_record")
-    for split, recs in records.items():
-        stored = builder.info.splits[split].num_examples
-        if stored != len(recs):
-            raise TaskError(
-                f"preference_pairs dataset at {builder.data_dir} holds {stored} {split} "
-                f"pairs, expected {len(recs)}; delete that directory and build again"
-            )
+    reused = instruction_tasks.prepare_or_reuse(builder, records, "pairs")
     return PairsInfo(
         config_name=config.name,
         config_hash=hash_hex,
