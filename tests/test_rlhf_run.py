@@ -8,6 +8,7 @@ themselves run on the 8-device mesh in tests/test_rlhf.py.)"""
 import json
 import os
 
+import numpy as np
 import pytest
 
 from learned_loss import provenance
@@ -94,7 +95,8 @@ def test_overoptimization_report(finished):
     saved = _json(workdir / "overoptimization.json")
     bon = saved["best_of_n"]
     assert bon["n"] == [1, 2, 4, 8, 16, 32, 64] and bon["d"][0] == 0.0
-    assert bon["proxy"] == sorted(bon["proxy"])  # Best-of-n by proxy never lowers the proxy.
+    # Best-of-n by proxy never lowers the proxy (up to rounding where it has saturated).
+    assert np.all(np.diff(bon["proxy"]) >= -1e-9), bon["proxy"]
     assert bon["fit_gold"]["n_points"] == 7 and 0.0 <= bon["fit_proxy"]["r2"] <= 1.0
     for algorithm in ALGORITHMS:
         curve = saved["rl"][algorithm]

@@ -95,11 +95,12 @@ def test_chinchilla_recovers_law_under_noise():
 def test_chinchilla_keeps_the_best_start():
     n, d, loss = _chinchilla_runs(noise=0.005)
     from_grid = scaling.fit_chinchilla(n, d, loss, grid=SMALL_GRID)
-    # A start far off (exponents near 0, huge constants) alone ends no better than the grid.
+    # A start far off (exponents near 0, huge constants) alone ends no better than the grid
+    # (at best at the same optimum, up to the last digits of the L-BFGS stop).
     bad = scaling.fit_chinchilla(n, d, loss, init=[[25.0, 0.0, -1.0, 2.0, 0.0]])
     both = scaling.fit_chinchilla(n, d, loss, init=[[25.0, 0.0, -1.0, 2.0, 0.0],
                                                     scaling._theta(from_grid)])
-    assert from_grid.loss <= bad.loss
+    assert from_grid.loss <= bad.loss * (1 + 1e-9)
     assert both.loss == pytest.approx(min(bad.loss, from_grid.loss), rel=1e-6)
 
 
