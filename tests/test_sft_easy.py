@@ -13,7 +13,7 @@ def test_sft_on_easy_families_reaches_90_percent(tmp_path):
     result = runs.run("experiments.finetune", workdir, "configs/finetune.py:easy",
                       f"--config.data.data_dir={tmp_path / 'tfds'}",
                       f"--config.train.eval_every={steps}",
-                      f"--config.train.checkpoint_every={steps}", timeout=600)
+                      f"--config.train.checkpoint_every={steps}", timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     final = runs.metrics(workdir)[-1]
     assert final["step"] == steps
