@@ -12,12 +12,14 @@ fixed budget, help on families never trained on, and do the gains diminish?
   3. greedy exact match and graded score on the held-out families (the task suite's `heldout`
      split, which no training path may use) and on fresh inputs of the trained families;
   4. WORKDIR/diversity/COUNT-sSEED.json per cell (a re-run skips finished cells) and
-     WORKDIR/diversity.json: the cells, the mean and 95% t-interval per count, and the gains per
-     unit of log(number of families) between successive counts (`gains`).
+     WORKDIR/diversity.json: the cells, the mean and 95% t-interval per count, the gains per
+     unit of log(number of families) between successive counts (`gains`), and the change from
+     the fewest to the most families paired over seeds (`change`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -140,6 +142,26 @@ def gains(summary: Sequence[Mapping[str, Any]], metric: str = "heldout_graded") 
                                 and curvature < 0)}
 
 
+def examples_hash(examples: Sequence[tasks.Example]) -> str:
+    """A short sha256 of the examples' families, prompts and answers (each cell's training rows
+    have their own `data_hash`)."""
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(json.dumps([e.family, e.prompt, e.answer]).encode())
+    return h.hexdigest()[:16]
+
+
+def change(cells: Sequence[Mapping[str, Any]], metric: str = "heldout_graded") -> dict:
+    """`metric` at the most families minus at the fewest, paired over the seeds that have both
+    (each seed's subsets are nested in one family order): report.paired's mean, 95%
+    half-width, p and n, with the two counts. Says whether the curve's shape is resolved at all
+    at these seeds."""
+    split, name = metric.split("_", 1)
+    counts = sorted({c["count"] for c in cells})
+    at = {k: {c["seed"]: c[split][name] for c in cells if c["count"] == k} for k in counts}
+    return {"from": counts[0], "to": counts[-1], **report.paired(at[counts[-1]], at[counts[0]])}
+
+
 # ---- the run --------------------------------------------------------------------------------
 
 
@@ -186,7 +208,7 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any],
         "pretrain": {"workdir": pre.workdir, "step": pre.step,
                      "config_hash": compare.config_hash(config.pretrain)},
         "train_families": list(families), "heldout_families": sorted({e.family for e in heldout}),
-        "counts": counts}))
+        "counts": counts, "data_hashes": {"heldout_eval": examples_hash(heldout)}}))
     optimizer = train.make_optimizer(config.optimizer, config.steps)
     trainer = make_trainer(pre.model, optimizer, config.batch, config.steps)
     e = config.eval
@@ -216,7 +238,8 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any],
                                  "families": {f: r["exact_match"]
                                               for f, r in result["families"].items()}}
             cell = {"count": count, "seed": seed, "families": list(subset), **scores,
-                    "data_hash": lm_problem.rows_hash(rows), "config_hash": settings, "seconds": time.time() - start,
+                    "data_hash": lm_problem.rows_hash(rows), "config_hash": settings,
+                    "seconds": time.time() - start,
                     "tokens": config.steps * config.batch * config.data.seq_len}
             evaluation.write_json(path, cell)
             cells.append(cell)
@@ -226,6 +249,7 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any],
     summary = summarise(cells)
     study = {"cells": sorted(cells, key=lambda c: (c["count"], c["seed"])), "summary": summary,
              "gains": {m: gains(summary, f"heldout_{m}") for m in METRICS},
+             "change": {m: change(cells, f"heldout_{m}") for m in METRICS},
              "heldout_families": sorted({x.family for x in heldout}),
              "steps": config.steps, "batch": config.batch}
     evaluation.write_json(os.path.join(workdir, STUDY_FILE), study)

@@ -221,6 +221,17 @@ def diversity_gains_table(gains: Mapping[str, Mapping[str, Any]]) -> Table:
     return Table(header, rows)
 
 
+def diversity_noise(change: Mapping[str, Any], metric: str) -> str:
+    """Whether the change from the fewest to the most families stands out of the seed noise
+    (two-sided paired t-test at 5%)."""
+    shown = (f"the change in {metric} from {change['from']} to {change['to']} families, "
+             f"{change['mean']:+.4f} ± {change['ci95']:.4f} (paired over {change['n']} seeds, "
+             f"p {_num(change['p'], '.3f')})")
+    if math.isnan(change["p"]) or change["p"] >= 0.05:
+        return f"But {shown}, is within the seed noise: these seeds do not resolve the curve."
+    return f"{shown[0].upper()}{shown[1:]}, stands out of the seed noise."
+
+
 def diversity_verdict(gains: Mapping[str, Any]) -> str:
     steps = gains["steps"]
     metric = gains["metric"].replace("heldout_", "held-out ").replace("_", " ")
@@ -270,6 +281,8 @@ def diversity_section(study: Mapping[str, Any]) -> Section:
         "order, data and noise).",
         diversity_verdict(study["gains"]["graded"]),
         diversity_verdict(study["gains"]["exact_match"])]
+    for m, c in sorted(study.get("change", {}).items()):  # Absent from older diversity.json.
+        paragraphs.append(diversity_noise(c, f"held-out {m.replace('_', ' ')}"))
     timings = [(f"cell {c['count']} families seed {c['seed']}", f"{c['seconds']:.1f} s")
                for c in study["cells"]]
     return Section("Task diversity", paragraphs,

@@ -1,6 +1,7 @@
 """The task-diversity study: nested family subsets that never include a held-out family, the same
 budget for every count, the gains-per-log analysis, and a smoke study end to end with resume."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import diversity as diversity_config
-from learned_loss import cli, diversity_study, study_report
+from learned_loss import cli, diversity_study, evaluation, study_report
 from learned_loss.data import tasks
 from learned_loss.meta import lm_problem
 from tests import runs
@@ -86,6 +87,35 @@ def test_gains_per_log_and_diminishing_returns():
         dict(concave, metric="heldout_graded"))
 
 
+def _cells(by_count):
+    return [{"count": k, "seed": seed, "heldout": {"graded": v}}
+            for k, values in by_count.items() for seed, v in enumerate(values)]
+
+
+def test_change_from_fewest_to_most_families_is_paired_over_seeds():
+    # Seeds differ a lot from each other, but each gains about 0.05: paired, that stands out.
+    base = [0.1, 0.4, 0.7]
+    steady = diversity_study.change(_cells({1: base, 10: [0.0, 0.0, 0.0],
+                                            52: [b + d for b, d in zip(base, [0.05, 0.06, 0.04])]}))
+    assert (steady["from"], steady["to"], steady["n"]) == (1, 52, 3)
+    assert steady["mean"] == pytest.approx(0.05) and steady["p"] < 0.05
+    assert "stands out of the seed noise" in study_report.diversity_noise(steady, "graded")
+    noisy = diversity_study.change(_cells({1: base, 52: [b + d for b, d in
+                                                         zip(base, [0.05, -0.04, 0.01])]}))
+    assert noisy["p"] > 0.5
+    assert "within the seed noise" in study_report.diversity_noise(noisy, "graded")
+
+
+def test_examples_hash_follows_every_prompt_and_answer():
+    examples = evaluation.sample_examples(("uppercase", "list_sum"), per_family=3, difficulty=1,
+                                          seed=0)
+    same = evaluation.sample_examples(("uppercase", "list_sum"), per_family=3, difficulty=1,
+                                      seed=0)
+    assert diversity_study.examples_hash(examples) == diversity_study.examples_hash(same)
+    changed = [*examples[:-1], dataclasses.replace(examples[-1], answer="x")]
+    assert diversity_study.examples_hash(changed) != diversity_study.examples_hash(examples)
+
+
 def test_smoke_study_end_to_end_with_report_and_resume(tmp_path):
     workdir = tmp_path / "w"
     env = runs.env(1, LEARNED_LOSS_CACHE=str(tmp_path / "cache"))
@@ -112,6 +142,14 @@ def test_smoke_study_end_to_end_with_report_and_resume(tmp_path):
     md = (workdir / "report.md").read_text()
     assert "## Task diversity" in md
     assert f"| 3 | 1 | {by[3]['heldout_exact_match'][0]:.3f} ± 0.000 |" in md
+    change = study["change"]["graded"]
+    assert (change["from"], change["to"], change["n"]) == (1, 3, 1)
+    assert change["mean"] == pytest.approx(cells[(3, 0)]["heldout"]["graded"]
+                                           - cells[(1, 0)]["heldout"]["graded"])
+    assert "these seeds do not resolve the curve" in md  # One seed: no test at all.
+    with open(workdir / "provenance.json") as f:
+        recorded = json.load(f)["starts"][-1]["extra"]["data_hashes"]["heldout_eval"]
+    assert recorded in md and len(recorded) == 16
 
     stamps = {p: os.path.getmtime(workdir / "diversity" / p)
               for p in os.listdir(workdir / "diversity")}
