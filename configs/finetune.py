@@ -6,8 +6,8 @@
 `init_from` names a pre-training workdir whose newest checkpoint gives the initial parameters
 (empty: random initialisation). Training families come from `tasks` (never held-out ones);
 `--config.tasks.label_noise=0.2` corrupts that fraction of demonstrations.
-Variants: `smoke` (seconds), `easy` (5 easy families from scratch, about 5 minutes on 2 CPU
-cores), `words` (one family, stopped early: an SFT policy with headroom for RLHF), `tiny` (all meta-train families; start it from a pre-training run).
+Variants: `smoke` (seconds), `easy` (5 easy families from scratch, 9 minutes on 2 CPU cores
+beside other tests), `words` (one family, stopped early: an SFT policy with headroom for RLHF), `tiny` (all meta-train families; start it from a pre-training run).
 """
 
 import ml_collections
