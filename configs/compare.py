@@ -2,51 +2,48 @@
 
   python -m experiments.compare_objectives --config=configs/compare.py:tiny --workdir=/tmp/cmp
 
-One pre-training run (cached under `cache_dir`, keyed by the hash of `pretrain`), then for
-each objective x noise kind x seed a fine-tuning run from that checkpoint with the same step
-budget, scored on the clean test split of `families` (held-out inputs of families that no
-learned objective was meta-trained on), then the report.
+One pre-training run (cached under `cache_dir`, keyed by `pretrain` and the code and data
+that build it), then for each objective x noise kind x seed a fine-tuning run from that
+checkpoint with the same step budget, scored on the clean test split of `families` (test
+inputs of families that no arm gives a meta role: the run refuses one), then the report.
 
-Objectives (`objectives`, run in this order):
+Objectives (`objectives`, learned_loss/arms.py; run in this order):
   token level, trained on the noisy demonstrations (learned_loss/meta/comparison.py):
-    mle, mle_clean_valid (MLE plus the clean validation examples), mle_2x (twice the steps),
+    mle, mle_clean (the same inputs without corruption: the headroom's top; required),
+    mle_clean_valid (MLE plus the clean validation examples), mle_2x (twice the steps),
     loss_truncation, learned_tbptt and learned_es (the learned token loss meta-trained offline
     with TBPTT or antithetic ES: `meta.<name>`, or the artifact at `artifacts.<name>`),
     learned_online (Meta-Weight-Net-style, on the clean validation examples).
   RLHF, from the MLE model of the same noise kind and seed as the SFT policy
   (learned_loss/rlhf_pipeline.py, settings in `rlhf`):
     ppo, rloo, dpo, learned_preference (DPO with the meta-trained preference loss),
-    learned_reward (RLOO on the meta-trained r_theta).
+    learned_reward (RLOO on the meta-trained r_theta, meta-trained on its own families).
+  mle_gold_pairs: MLE on the noisy demonstrations plus the gold answers inside the preference
+    pairs (the clean data a preference arm sees).
 
-Variants: `smoke` (seconds; tests: mle and loss_truncation), `tiny` (`make demo`: mle,
-mle_clean_valid, loss_truncation and learned_tbptt; 3 seeds, 30% swapped answers), `paper`
-(every objective, four noise kinds, 5 seeds).
+Variants: `smoke` (seconds; tests: mle, mle_clean and loss_truncation), `tiny` (`make demo`:
+mle, mle_clean, mle_clean_valid, loss_truncation and learned_tbptt; 3 seeds, 30% swapped
+answers), `paper` (every objective, four noise kinds, 5 seeds).
 """
 
 import ml_collections
 
 from configs import meta_preference, meta_reward, meta_train, models, noisy, pretrain, rlhf
-from learned_loss import sweep
-
-TOKEN_OBJECTIVES = ("mle", "mle_clean_valid", "mle_2x", "loss_truncation", "learned_tbptt",
-                    "learned_es", "learned_online")
-RLHF_OBJECTIVES = ("ppo", "rloo", "dpo", "learned_preference", "learned_reward")
-OBJECTIVES = TOKEN_OBJECTIVES + RLHF_OBJECTIVES
-# Objectives whose theta is meta-trained before the grid (unless `artifacts.<name>` is set).
-META_TRAINED = ("learned_tbptt", "learned_es", "learned_preference", "learned_reward")
+from learned_loss import arms, sweep
 
 VARIANTS = {
     # objectives, noise kinds, seeds, fine-tuning steps, examples per family, families,
     # pre-training steps, meta-training variant and outer steps, RLHF variant, curve points.
-    "smoke": dict(objectives=("mle", "loss_truncation"),
-                  noises=("swap30",), seeds=2, steps=8, examples=24,
+    "smoke": dict(objectives=("mle", "mle_clean", "loss_truncation"),
+                  noises=("swap30",), seeds=2, steps=8, examples=40,
                   families=noisy.TRANSFER_FAMILIES[:2], pretrain_steps=6, meta="smoke",
-                  meta_steps=2, rlhf="smoke", per_family=6, curve=2),
-    "tiny": dict(objectives=("mle", "mle_clean_valid", "loss_truncation", "learned_tbptt"),
+                  meta_steps=2, rlhf="smoke", per_family=4, curve=2),
+    "tiny": dict(objectives=("mle", "mle_clean", "mle_clean_valid", "loss_truncation",
+                             "learned_tbptt"),
                  noises=("swap30",), seeds=3, steps=200, examples=300,
                  families=noisy.TRANSFER_FAMILIES, pretrain_steps=200, meta="tiny",
                  meta_steps=8, rlhf="smoke", per_family=20, curve=2),
-    "paper": dict(objectives=OBJECTIVES, noises=tuple(noisy.NOISES), seeds=5, steps=800,
+    "paper": dict(objectives=arms.ARMS, noises=tuple(noisy.NOISES), seeds=5, steps=800,
                   examples=500, families=noisy.TRANSFER_FAMILIES, pretrain_steps=600,
                   meta="tiny", meta_steps=150, rlhf="easy", per_family=50, curve=4),
 }
@@ -72,7 +69,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     noisy.fine_tuning(config, arg, steps=v["steps"], examples=v["examples"], seq_len=seq_len)
 
     # Pre-training (a configs/pretrain.py config; its model must be `model`). Its checkpoint
-    # is kept in CACHE/pretrain-HASH and reused by every compare run with the same settings.
+    # is kept in CACHE/pretrain-KEY and reused by every compare run with the same settings,
+    # code and corpus (learned_loss/compare.py's pretrain_key).
     config.cache_dir = ""  # Empty: $LEARNED_LOSS_CACHE or ~/.cache/learned_loss.
     model = models.model_config("nano", max_len=seq_len)
     model.update(config.model.to_dict())
@@ -81,7 +79,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
     # Meta-training of the learned objectives, each in WORKDIR/meta/NAME, skipped when
     # artifacts.NAME names a finished artifact instead.
-    config.artifacts = {name: "" for name in META_TRAINED}
+    config.artifacts = {name: "" for name in arms.META_TRAINED}
     config.meta = ml_collections.ConfigDict()
     # The token losses are meta-trained for fine-tuning the pre-trained model: their inner
     # runs start from its checkpoint (inner.init_from, set by the run).
@@ -115,9 +113,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.eval.batch_size = 100
     config.eval.max_new_tokens = 12
     config.eval.curve_points = v["curve"]  # Evaluations along each token-level run.
-
-    config.mesh = ml_collections.ConfigDict()
-    config.mesh.shape = {"data": -1, "model": 1}
+    # The report's multiplicity correction over all of its tests: 'holm' or 'bh'.
+    config.statistics = ml_collections.ConfigDict({"correction": "holm"})
     return config
 
 

@@ -29,7 +29,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         raise ValueError(f"unknown variant {arg!r} of configs/diversity.py; choose one of "
                          f"{sorted(VARIANTS)}")
     v = VARIANTS[arg]
-    seq_len = 96  # Every family has examples within it at difficulty 1.
+    seq_len = 96  # Every family has examples within it at difficulties 1-3.
     config = ml_collections.ConfigDict()
     config.variant = arg
     config.counts = v["counts"]  # Numbers of training families; 0: all of them.
@@ -40,6 +40,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.optimizer = optimizers.adamw(3e-3, max(1, v["steps"] // 10), weight_decay=0.0)
 
     config.tasks = tasks.task_config()  # families empty: the meta-train split's.
+    # Up to 3: at difficulty 1 several held-out families have fewer distinct test inputs than
+    # eval.per_family (parity has 10 inputs in all), and evaluation inputs are distinct.
+    config.tasks.difficulty = (1, 3)
     config.data = ml_collections.ConfigDict()
     config.data.seq_len = seq_len
 

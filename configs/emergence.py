@@ -4,10 +4,10 @@ al. 2023.
   python -m experiments.emergence --config=configs/emergence.py:tiny --workdir=/tmp/emergence
 
 Each model size (configs/scaling.py's) is pre-trained from scratch on the text corpus
-(`pretrain`), then trained by MLE on uppercase and lowercase at difficulties 1-5 (answers of 3
+(`pretrain`), then trained by MLE on uppercase and swapcase at difficulties 1-5 (answers of 3
 to 17 tokens with the EOS) and scored at `checkpoints` evenly spaced steps of that training by
-teacher forcing on fresh examples, per answer-length bucket: exact match, per-token accuracy p
-and p^L.
+teacher forcing on test inputs (never in a training split), per answer-length bucket: exact
+match, per-token accuracy p and p^L.
 
 Variants: `smoke` (tests: two sizes, a few steps), `tiny` (five sizes, 2000 steps of text
 pre-training and 1200 on the tasks, 6 checkpoints).
@@ -15,7 +15,7 @@ pre-training and 1200 on the tasks, 6 checkpoints).
 
 import ml_collections
 
-from configs import models, scaling
+from configs import models, scaling, tasks
 
 VARIANTS = {
     # sizes, steps, checkpoints, batch, train rows, eval rows; pre-training steps, windows,
@@ -54,10 +54,12 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.pretrain = ml_collections.ConfigDict()
     config.pretrain.steps = v["pretrain_steps"]  # 0: train on the tasks from scratch.
     config.pretrain.windows = v["windows"]  # Train-split windows of seq_len tokens.
-    config.pretrain.valid_windows = min(v["windows"], 256)
+    config.pretrain.test_windows = min(v["windows"], 256)
     config.pretrain.lr = 3e-3
     # Per-character maps of the input: the answer's i-th letter is a function of the input's.
-    config.families = ("uppercase", "lowercase")
+    # Resolved through tasks.roles like every training path (held-out families are refused).
+    config.tasks = tasks.task_config()
+    config.tasks.families = ("uppercase", "swapcase")
     config.difficulties = (1, 2, 3, 4, 5)  # Cycled within each family: answer lengths 3-17.
     config.steps = v["steps"]
     config.checkpoints = v["checkpoints"]

@@ -15,7 +15,8 @@ def task_config() -> ml_collections.ConfigDict:
     config.train_split = "meta_train"
     config.families = ()
     config.examples_per_family = 2000
-    config.difficulty = 1  # An int, or a (low, high) tuple sampled uniformly.
+    # (low, high): each example's difficulty is drawn uniformly from it; (d, d) for one.
+    config.difficulty = (1, 1)
     config.label_noise = 0.0  # Fraction of training demonstrations with a corrupted answer.
     # Corruption kinds a corrupted demonstration draws from uniformly (instruction_tasks.NOISE_KINDS
     # lists them all). This default keeps the datasets built before the knob existed; e.g.

@@ -32,26 +32,12 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and logs go.")
 
 
-def training_families(task_cfg) -> tuple[str, ...]:
-    """The configured training families; a held-out one is an error (tasks.TaskError)."""
-    return tasks.training_families(
-        tuple(task_cfg.families), task_cfg.train_split, seed=task_cfg.split_seed,
-        meta_valid_fraction=task_cfg.meta_valid_fraction,
-        heldout_fraction=task_cfg.heldout_fraction)
-
-
 def prepare_tasks(config, families: Sequence[str]) -> instruction_tasks.TasksInfo:
     """Builds the demonstrations on process 0 first, so hosts sharing a data_dir never race."""
-    t = config.tasks
-    difficulty = instruction_tasks.difficulty_range(t.difficulty)
 
     def build():
         return instruction_tasks.build_instruction_tasks(
-            paths.data_dir(config.data.data_dir), families=families, examples_per_family=t.examples_per_family,
-            difficulty=difficulty, label_noise=t.label_noise, seed=t.seed,
-            seq_len=config.data.seq_len, noise_kinds=tuple(t.noise_kinds),
-            splits={"train": 1.0 - config.data.valid_fraction,
-                    "validation": config.data.valid_fraction})
+            paths.data_dir(config.data.data_dir), **instruction_tasks.sft_args(config, families))
 
     return distributed.first_on_process_zero(build, "instruction tasks built")
 
@@ -88,7 +74,7 @@ def run(config, workdir: str) -> dict:
     seq_len = config.data.seq_len
 
     # Data: demonstrations of the training families only.
-    families = training_families(config.tasks)
+    families = tasks.roles.resolve(config.tasks, "finetune")
     info = prepare_tasks(config, families)
     train_iter = pipeline.make_example_iterator(
         encoded_demonstrations(instruction_tasks.load_split(info, "train"), seq_len),
@@ -140,6 +126,7 @@ def run(config, workdir: str) -> dict:
         train_iter=train_iter, seq_len=seq_len, global_batch_size=batch_size,
         evaluate=evaluate, data_hash=info.config_hash, theta=theta,
         provenance_extra={"tasks": info.provenance(), "families": list(families),
+                          tasks.roles.RECORD_KEY: tasks.roles.record({"finetune": families}),
                           "init_from": config.init_from, "init_step": init_step}))
 
 

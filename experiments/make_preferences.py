@@ -19,12 +19,13 @@ from __future__ import annotations
 import os
 
 import jax
+import ml_collections
 from absl import flags, logging
 
 from configs import tasks as task_configs
 from learned_loss import checkpoint as checkpoint_lib
 from learned_loss import cli, evaluation, policy, preferences, provenance
-from learned_loss.data import instruction_tasks, paths, preference_pairs, tasks
+from learned_loss.data import paths, preference_pairs, tasks
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where preference_pairs.json goes.")
 _POLICY = flags.DEFINE_string("policy", "", "Workdir of the policy whose samples are "
@@ -60,7 +61,7 @@ def _difficulty(values: list[str]) -> int | tuple[int, int]:
     if len(numbers) not in (1, 2):
         raise cli.UserError(f"--difficulty={','.join(values)}: give an int or LO,HI")
     try:
-        return instruction_tasks.difficulty_range(numbers[0] if len(numbers) == 1
+        return tasks.difficulty_range(numbers[0] if len(numbers) == 1
                                                   else tuple(numbers))
     except ValueError as e:
         raise cli.UserError(str(e)) from None
@@ -72,11 +73,11 @@ def main(argv):
     if not _WORKDIR.value:
         raise cli.UserError("--workdir is required: the folder for preference_pairs.json")
     trained = policy.load(_POLICY.value) if _POLICY.value else None
-    split_cfg = (trained.config.get("tasks") if trained else None) or task_configs.task_config()
-    families = tasks.training_families(
-        tuple(_FAMILIES.value), _SPLIT.value, seed=split_cfg.split_seed,
-        meta_valid_fraction=split_cfg.meta_valid_fraction,
-        heldout_fraction=split_cfg.heldout_fraction)
+    split_cfg = ml_collections.ConfigDict(
+        ((trained.config.get("tasks") if trained else None) or task_configs.task_config())
+        .to_dict())
+    split_cfg.train_split = _SPLIT.value
+    families = tasks.roles.resolve(split_cfg, "pairs", tuple(_FAMILIES.value))
     seq_len = _SEQ_LEN.value or (trained.config.data.seq_len if trained else 128)
     length_scale = _LENGTH_SCALE.value or float(seq_len)
     difficulty = _difficulty(_DIFFICULTY.value)
@@ -110,7 +111,8 @@ def main(argv):
                       "top_k": _TOP_K.value, "max_new_tokens": _MAX_NEW.value}
                      if trained else None),
         "splits": summary,
-        "provenance": provenance.collect(knobs),
+        "provenance": provenance.collect(knobs, extra={
+            tasks.roles.RECORD_KEY: tasks.roles.record({"pairs": families})}),
     }
     path = evaluation.write_json(os.path.join(_WORKDIR.value, "preference_pairs.json"), result)
     logging.info("%s pairs in %s (labeler agrees with the gold order on %.3f of train) -> %s",

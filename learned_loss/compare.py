@@ -1,26 +1,34 @@
 """The main job: objectives compared end to end from one pre-trained model.
 
 `run(config, workdir, pretrain_run)` (configs/compare.py) does, resuming at every stage:
-  1. pre-training, or the cached checkpoint CACHE/pretrain-HASH (HASH: of `config.pretrain`);
+  0. every arm's families by role (learned_loss/arms.py), refused before anything trains when
+     an evaluation family has a meta role in any arm;
+  1. pre-training, or the cached checkpoint CACHE/pretrain-KEY (KEY: `pretrain_key`);
   2. meta-training of each learned objective the grid needs, in WORKDIR/meta/NAME (skipped
-     when `config.artifacts.NAME` names an artifact);
-  3. the token-level objectives (learned_loss/meta/comparison.py), the seeds of one
-     (objective, noise) as one vmapped program, each from the pre-trained parameters with the
-     same step budget; MLE's models are also kept as SFT policies in WORKDIR/sft/NOISE-sSEED;
-  4. the RLHF objectives, each a learned_loss/rlhf_pipeline.py run in WORKDIR/runs/KEY from
-     the SFT policy of its noise kind and seed; the cells of one noise kind and seed share
-     their preference pairs and reward model (WORKDIR/rlhf/NOISE-sSEED), and only the first
-     RL run of the grid does best-of-n (the report's over-optimization plot);
+     when `config.artifacts.NAME` names an artifact), on its own families; the learned reward
+     first gets an SFT policy of its own (WORKDIR/meta/learned_reward_sft);
+  3. the token-level arms (learned_loss/meta/comparison.py), the seeds of one (arm, noise) as
+     one vmapped program, each from the pre-trained parameters with the same step budget and
+     its seed's own data; MLE's models are also kept as SFT policies in WORKDIR/sft/NOISE-sSEED;
+  4. the RLHF arms, each a learned_loss/rlhf_pipeline.py run in WORKDIR/runs/KEY from the SFT
+     policy of its noise kind and seed; the cells of one noise kind and seed share their
+     preference pairs and reward model (WORKDIR/rlhf/NOISE-sSEED), and only the first RL run of
+     the grid does best-of-n (the report's over-optimization plot); then `mle_gold_pairs`, MLE
+     given the gold answers those pairs contain;
   5. WORKDIR/report.md and report.html (learned_loss/report.py).
 
-A finished cell records the hash of the settings behind it (`cell_settings`); a re-run with
+A seed resamples the data (learned_loss/meta/comparison.py): which inputs are demonstrated and
+tested, which demonstrations are corrupted and how, the batches, and the RLHF pairs and
+rollouts; the pre-trained model and the meta-trained artifacts have seeds of their own. A
+finished cell records the hash of the settings behind it (`cell_settings`); a re-run with
 other settings refuses it instead of reporting it as computed under them.
 
 Every cell is scored the same way: greedy exact match, graded score and completion length on
-the clean test split of `config.families` (inputs no run saw; families no learned objective
-was meta-trained on), the sequence-level KL to the pre-trained model (the common reference),
-and the answer NLL there. A cell is WORKDIR/cells/OBJECTIVE-NOISE-sSEED.json, written
-atomically; a re-run skips the cells that exist.
+the clean test split of `config.families` (inputs that no training split of any dataset
+holds), per-prompt correctness, the sequence-level KL to the pre-trained model (the common
+reference), and the answer NLL there; it also records the data it saw (`data_seen`). A cell is
+WORKDIR/cells/OBJECTIVE-NOISE-sSEED.json, written atomically; a re-run skips the cells that
+exist.
 """
 
 from __future__ import annotations
@@ -37,20 +45,18 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
+from learned_loss import arms as arms_lib
 from learned_loss import checkpoint as checkpoint_lib
-from learned_loss import cli, evaluation, loop, policy, provenance, report, rlhf_pipeline, train
+from learned_loss import cli, evaluation, loop, policy, pretraining, provenance, report
+from learned_loss import rlhf_pipeline, train
 from learned_loss import metrics as metrics_lib
 from learned_loss import model as model_lib
-from learned_loss.meta import comparison
+from learned_loss.arms import GOLD_PAIRS, META_TRAINED, RLHF, TOKEN
+from learned_loss.data import tasks, text_corpus
+from learned_loss.meta import comparison, lm_problem
 
-TOKEN = {"mle": "mle", "mle_clean_valid": "mle_clean_valid", "mle_2x": "mle_2x",
-         "loss_truncation": "loss_truncation", "learned_tbptt": "learned_offline",
-         "learned_es": "learned_offline", "learned_online": "learned_online"}
-# RLHF objective -> (rlhf_pipeline algorithm, its stage directory).
-RLHF = {"ppo": "ppo", "rloo": "rloo", "dpo": "dpo", "learned_preference": "dpo",
-        "learned_reward": "rloo"}
-META_TRAINED = ("learned_tbptt", "learned_es", "learned_preference", "learned_reward")
 FAMILY_SET = "compare"
+REWARD_SFT = "learned_reward_sft"
 
 
 def cell_key(objective: str, noise: str, seed: int) -> str:
@@ -64,21 +70,25 @@ def _copy(config) -> ml_collections.ConfigDict:
 
 def check(config) -> None:
     """Refuses a config the run cannot do, before anything is trained (cli.UserError)."""
-    known = tuple(TOKEN) + tuple(RLHF)
-    unknown = [o for o in config.objectives if o not in known]
+    unknown = [o for o in config.objectives if o not in arms_lib.ARMS]
     if unknown:
         raise cli.UserError(f"unknown objectives {unknown} in config.objectives; choose among "
-                            f"{list(known)}")
+                            f"{list(arms_lib.ARMS)}")
     if len(set(config.objectives)) != len(config.objectives):
         raise cli.UserError(f"config.objectives names an objective twice: "
                             f"{list(config.objectives)}")
+    if "mle" not in config.objectives or "mle_clean" not in config.objectives:
+        raise cli.UserError("config.objectives must hold 'mle' (the baseline) and 'mle_clean' "
+                            "(MLE on the same inputs without corruption: the headroom every "
+                            "arm is measured against); add them")
+    if GOLD_PAIRS in config.objectives and not any(o in RLHF for o in config.objectives):
+        raise cli.UserError(f"{GOLD_PAIRS} trains on the gold answers of the RLHF arms' "
+                            f"preference pairs: add an RLHF arm (e.g. 'dpo') to "
+                            f"config.objectives, or drop {GOLD_PAIRS}")
     missing = [n for n in config.noise_order if n not in config.noises]
     if missing:
         raise cli.UserError(f"noise_order names {missing}, which are not in config.noises "
                             f"{sorted(config.noises)}")
-    if any(o in RLHF for o in config.objectives) and "mle" not in config.objectives:
-        raise cli.UserError("the RLHF objectives start from the MLE model of the same noise "
-                            "and seed (their SFT policy): add 'mle' to config.objectives")
     if config.pretrain.model.to_dict() != config.model.to_dict():
         raise cli.UserError("config.pretrain.model differs from config.model; the objectives "
                             "fine-tune the pre-trained model, so override both alike")
@@ -98,18 +108,27 @@ def check(config) -> None:
 # ---- 1. pre-training ------------------------------------------------------------------------
 
 
-def config_hash(config) -> str:
-    """A short hash of a config's resolved values (the pre-training cache key)."""
-    return provenance.config_hash(config)
-
-
 def cache_root(configured: str = "") -> str:
     return configured or os.environ.get("LEARNED_LOSS_CACHE") or os.path.join(
         os.path.expanduser("~"), ".cache", "learned_loss")
 
 
+def pretrain_key(config) -> str:
+    """The pre-training cache key: the hash of `config.pretrain`, of the code that trains it
+    (`pretraining.SOURCES`), of the corpus's content and of the data versions (the corpus
+    builder's, the task partition's), so that a checkpoint built by other code or data is never
+    reused."""
+    p = config.pretrain
+    corpus = text_corpus.corpus_hash(p.data.text_dir or text_corpus.default_text_dir(),
+                                     p.data.pattern)
+    return provenance.config_hash({
+        "config": p.to_dict(), "code": provenance.source_hash(*pretraining.SOURCES),
+        "corpus": corpus, "data_versions": {"text_corpus": str(text_corpus.TextCorpus.VERSION),
+                                            "task_partition": tasks.partition.VERSION}})
+
+
 def pretrain_dir(config) -> str:
-    return os.path.join(cache_root(config.cache_dir), f"pretrain-{config_hash(config.pretrain)}")
+    return os.path.join(cache_root(config.cache_dir), f"pretrain-{pretrain_key(config)}")
 
 
 def finished(workdir: str, num_steps: int) -> bool:
@@ -145,36 +164,62 @@ def pretrained(config, pretrain_run: Callable[[Any, str], Any]) -> policy.Policy
 # ---- 2. meta-training -----------------------------------------------------------------------
 
 
-def artifact_path(config, workdir: str, name: str) -> str:
-    return config.artifacts.get(name, "") or os.path.join(workdir, "meta", name, "artifact")
-
-
 def meta_train(config, workdir: str, name: str, pretrained_dir: str = "",
-               sft_dir: str = "") -> str:
+               sft_from: str = "") -> str:
     """Meta-trains objective `name` in WORKDIR/meta/NAME unless its artifact exists; returns
-    the artifact's path. The token losses' inner runs start from `pretrained_dir`; the learned
-    reward's RL runs from the SFT policy in `sft_dir`."""
+    the artifact's path, and keeps the seconds it took beside it (arms.TIMING). The token
+    losses' inner runs start from `pretrained_dir`; the learned reward's RL runs from the SFT
+    policy in `sft_from`, on its own families."""
     from learned_loss.meta import preference_run, reward_run, run as token_run
 
-    path = artifact_path(config, workdir, name)
+    path = arms_lib.artifact_path(config, workdir, name)
     if os.path.isdir(path):
         return path
     meta_dir = os.path.join(workdir, "meta", name)
     cfg = _copy(config.meta[name])
     logging.info("meta-training %s in %s", name, meta_dir)
+    start = time.time()
     if name in ("learned_tbptt", "learned_es"):
         cfg.inner.init_from = pretrained_dir
         token_run.run(cfg, meta_dir)
     elif name == "learned_preference":
         preference_run.run(cfg, meta_dir)
     else:
-        cfg.rlhf.sft_from = sft_dir
-        cfg.rlhf.tasks.families = tuple(config.families)
+        cfg.rlhf.sft_from = sft_from
         reward_run.run(cfg, meta_dir)
     if not os.path.isdir(path):
         loop.raise_if_stopped(f"the end of meta-training {name}")
         raise cli.UserError(f"meta-training {name} in {meta_dir} stopped before writing its "
                             f"artifact; re-run to resume it")
+    timing = os.path.join(meta_dir, arms_lib.TIMING)
+    spent = _seconds(timing)
+    evaluation.write_json(timing, {"seconds": spent + time.time() - start})
+    return path
+
+
+def _seconds(timing: str) -> float:
+    """Seconds recorded by earlier attempts of a resumed stage (0 for none)."""
+    if not os.path.exists(timing):
+        return 0.0
+    with open(timing, encoding="utf-8") as f:
+        return float(json.load(f)["seconds"])
+
+
+def reward_sft(config, workdir: str, pre: policy.Policy) -> str:
+    """The learned reward's SFT policy: the pre-trained model after `config.steps` of MLE on
+    clean demonstrations of the reward's own families (never the evaluation families), kept
+    in WORKDIR/meta/learned_reward_sft."""
+    path = os.path.join(workdir, "meta", REWARD_SFT)
+    if os.path.isdir(path):
+        return path
+    families = arms_lib.reward_families(config)
+    view = noisy_view(config)
+    view.family_sets = {"reward": families}
+    view.noises = {"clean": {"kinds": ("other_answer",), "rho": 0.0}}
+    cell = comparison.Cell("reward", "clean", "mle", config.model.variant, 0)
+    data = comparison.build_data(view, "reward", "clean", 0)
+    _, inners, facts = comparison.train_cells(view, [cell], [data], init_params=pre.params)
+    write_sft(config, path, inners[0]["params"], facts["steps"], families)
     return path
 
 
@@ -192,12 +237,13 @@ def noisy_view(config, artifact: str = "") -> ml_collections.ConfigDict:
 
 
 def score(config, model, params, reference_params, data: comparison.Data, seed: int) -> dict:
-    """The cell's metrics (comparison.score, with the KL to the pre-trained model) and its
-    per-family exact match."""
+    """The cell's metrics (comparison.score, with the KL to the pre-trained model), its
+    per-family exact match and its per-prompt correctness."""
     scored = comparison.score(config, model, params, data, reference_params=reference_params,
                               rng=jax.random.key(seed))
     families = scored.pop("families")
-    return {"metrics": scored, "families": families}
+    per_prompt = scored.pop("per_prompt")
+    return {"metrics": scored, "families": families, "per_prompt": per_prompt}
 
 
 def greedy_exact_match(config, model, params, data: comparison.Data) -> float:
@@ -206,31 +252,25 @@ def greedy_exact_match(config, model, params, data: comparison.Data) -> float:
                                max_new_tokens=config.eval.max_new_tokens)["overall"]["exact_match"]
 
 
-def token_count(config, objective: str, steps: int) -> int:
-    """Demonstration tokens processed: steps x batch x T, twice online (the look-ahead's clean
-    validation batch at every step)."""
-    tokens = steps * config.batch_size * config.data.seq_len
-    return tokens * (1 + config.learned.lookahead) if objective == "learned_online" else tokens
-
-
-def write_sft(config, workdir: str, model_cfg, params, step: int) -> None:
+def write_sft(config, workdir: str, params, step: int, families) -> None:
     """Keeps a fine-tuned model as a policy workdir (`policy.load` reads it; the RLHF
     pipeline's sft_from): a provenance.json with a fine-tuning config and one checkpoint."""
     sft = _copy(config.pretrain)
-    sft.tasks.families = tuple(config.families)
+    sft.tasks.families = tuple(families)
     sft.train.num_steps = step
     sft.seed = 0
-    model = model_lib.build(model_lib.ModelConfig.from_config(model_cfg))
+    model = model_lib.build(model_lib.ModelConfig.from_config(config.model))
     optimizer = train.make_optimizer(sft.optimizer, step)
     state = train.init_state(model, optimizer, jax.random.key(0), config.data.seq_len)
     state = state._replace(params=params, opt_state=optimizer.init(params),
                            step=jnp.asarray(step, jnp.int32))
     tmp = workdir + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    provenance.write(tmp, provenance.collect(sft, extra={"kept_by": "compare_objectives",
-                                                         "objective": "mle"}))
+    provenance.write(tmp, provenance.collect(sft, extra={
+        "kept_by": "compare_objectives", "objective": "mle",
+        tasks.roles.RECORD_KEY: tasks.roles.record({"finetune": families})}))
     ckpt = checkpoint_lib.Checkpointer(tmp, async_save=False)
-    ckpt.save(step, state, {"model": model_cfg.to_dict()})
+    ckpt.save(step, state, {"model": config.model.to_dict()})
     ckpt.close()
     shutil.rmtree(workdir, ignore_errors=True)
     os.replace(tmp, workdir)
@@ -251,13 +291,14 @@ def rlhf_shared_dir(workdir: str, noise: str, seed: int) -> str:
 def rlhf_config(config, objective: str, noise: str, seed: int, workdir: str,
                 artifacts: Mapping[str, str], best_of_n: bool = False
                 ) -> ml_collections.ConfigDict:
-    """The pipeline config of one RLHF cell; best-of-n only when `best_of_n`."""
+    """The pipeline config of one RLHF cell; best-of-n only when `best_of_n`. The seed is the
+    cell's: its pairs' prompts, the labels and the rollouts are its own."""
     r = _copy(config.rlhf)
     r.sft_from = sft_dir(workdir, noise, seed)
     r.shared_dir = rlhf_shared_dir(workdir, noise, seed)
     if not best_of_n:
         r.best_of_n.samples = 0
-    r.seed = seed
+    r.seed = config.tasks.seed + seed
     r.algorithms = (RLHF[objective],)
     r.tasks.families = tuple(config.families)
     r.data.data_dir = config.data.data_dir
@@ -300,13 +341,13 @@ GRID_KEYS = ("variant", "objectives", "seeds", "noise_order", "noises", "meta", 
 def cell_settings(config, objective: str, noise: str) -> str:
     """The hash of the settings behind one cell: the config without GRID_KEYS, plus its own
     noise kind, its own meta-training and artifact (a learned objective) and the RLHF
-    settings (an RLHF objective)."""
+    settings (an RLHF objective and the gold-pairs control, which trains on their pairs)."""
     values = {k: v for k, v in config.to_dict().items() if k not in GRID_KEYS}
     values["noise"] = config.noises[noise].to_dict()
     if objective in META_TRAINED:
         values["meta"] = config.meta[objective].to_dict()
         values["artifact"] = config.artifacts.get(objective, "")
-    if objective in RLHF:
+    if objective in RLHF or objective == GOLD_PAIRS:
         values["rlhf"] = config.rlhf.to_dict()
     return provenance.config_hash(values)
 
@@ -365,10 +406,19 @@ class Grid:
         return line
 
 
-def cell_record(objective, noise, seed, scored, *, seconds, tokens, curve, facts) -> dict:
+def cell_record(objective, noise, seed, scored, *, seconds, data_seen, curve, facts) -> dict:
     return {"objective": objective, "noise": noise, "seed": seed, **scored,
-            "compute": {"seconds": seconds, "tokens": int(tokens)}, "curve": curve,
-            "facts": facts}
+            "compute": {"seconds": seconds, "tokens": int(data_seen["tokens"])},
+            "data_seen": dict(data_seen), "curve": curve, "facts": facts}
+
+
+def verbatim_in_pretraining(config, data: Mapping[Any, comparison.Data]) -> dict[str, int]:
+    """How many distinct test prompts of the evaluation families occur verbatim in the
+    pre-training text (the corpus's train split and any task mix): the partition keeps test
+    inputs out of the mix, but a corpus of real text could still hold one."""
+    prompts = sorted({e.prompt for d in data.values() for e in d.test_examples})
+    return {"test_prompts": len(prompts),
+            "in_pretraining_text": pretraining.count_verbatim(config.pretrain, prompts)}
 
 
 def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any], log=logging.info
@@ -378,31 +428,36 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any], log=loggi
     start = time.time()
     objectives = list(config.objectives)
     token = [o for o in objectives if o in TOKEN]
-    if "mle" in token:  # The baseline (and the RLHF objectives' SFT) first.
-        token.remove("mle")
-        token.insert(0, "mle")
+    token.sort(key=lambda o: o != "mle")  # The baseline (and the RLHF arms' SFT) first.
     rlhf_objs = [o for o in objectives if o in RLHF]
     seeds = range(config.seeds)
+    roles = arms_lib.roles(config, workdir)  # Refuses a meta role on an evaluation family.
     grid = Grid(workdir, {cell_key(o, n, s): cell_settings(config, o, n)
                           for n in config.noise_order for o in objectives for s in seeds})
     log(f"compare: {grid.total} cells ({len(grid.done)} done) in {workdir}")
 
     pre = pretrained(config, pretrain_run)
     view = noisy_view(config)
-    data = {n: comparison.build_data(view, FAMILY_SET, n) for n in config.noise_order}
+    data = {(n, s): comparison.build_data(view, FAMILY_SET, n, s)
+            for n in config.noise_order for s in seeds}
     provenance.write(workdir, provenance.collect(config, extra={
         "pretrain": {"workdir": pre.workdir, "step": pre.step,
-                     "config_hash": config_hash(config.pretrain)},
-        "data_hashes": {n: d.info.config_hash for n, d in data.items()},
-        "cells": grid.total}))
+                     "cache_key": pretrain_key(config)},
+        "data_hashes": {f"{n}-s{s}": d.info.config_hash for (n, s), d in data.items()},
+        "cells": grid.total, "evaluation_families": list(arms_lib.evaluation_families(config)),
+        tasks.roles.RECORD_KEY: roles,
+        "verbatim_in_pretraining": verbatim_in_pretraining(config, data)}))
 
     artifacts = {name: meta_train(config, workdir, name, pre.workdir)
                  for name in ("learned_tbptt", "learned_es", "learned_preference")
                  if name in objectives}
+    if "learned_reward" in objectives:
+        artifacts["learned_reward"] = meta_train(config, workdir, "learned_reward",
+                                                 sft_from=reward_sft(config, workdir, pre))
 
     # Token-level objectives: one vmapped group per (objective, noise).
     grid.restart_clock()  # The ETA counts cells only, not pre- and meta-training.
-    step0: dict[str, float] = {}
+    step0: dict[tuple[str, int], float] = {}
     for noise in config.noise_order:
         for objective in token:
             todo = [s for s in seeds if cell_key(objective, noise, s) not in grid.done]
@@ -412,16 +467,15 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any], log=loggi
             if not todo:
                 continue
             loop.raise_if_stopped(f"{objective} on {noise}")
-            if noise not in step0:
-                step0[noise] = greedy_exact_match(config, pre.model, pre.params, data[noise])
-            _token_group(config, workdir, grid, objective, noise, todo, data[noise], pre,
-                         artifacts, step0[noise], bool(rlhf_objs))
+            for s in todo:
+                if (noise, s) not in step0:
+                    step0[(noise, s)] = greedy_exact_match(config, pre.model, pre.params,
+                                                           data[(noise, s)])
+            _token_group(config, workdir, grid, objective, noise, todo,
+                         [data[(noise, s)] for s in todo], pre, artifacts,
+                         [step0[(noise, s)] for s in todo], bool(rlhf_objs))
             log(f"{grid.progress()} | {objective} on {noise}")
 
-    if "learned_reward" in objectives:
-        first = config.noise_order[0]
-        artifacts["learned_reward"] = meta_train(config, workdir, "learned_reward",
-                                                 sft_dir=sft_dir(workdir, first, 0))
     for noise in config.noise_order:
         for objective in rlhf_objs:
             for seed in seeds:
@@ -429,11 +483,24 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any], log=loggi
                 if key in grid.done:
                     continue
                 loop.raise_if_stopped(key)
-                _rlhf_cell(config, workdir, grid, objective, noise, seed, data[noise], pre,
-                           artifacts)
+                _rlhf_cell(config, workdir, grid, objective, noise, seed, data[(noise, seed)],
+                           pre, artifacts)
                 log(f"{grid.progress()} | {key}")
+        if GOLD_PAIRS in objectives:
+            for seed in seeds:
+                if cell_key(GOLD_PAIRS, noise, seed) not in grid.done:
+                    loop.raise_if_stopped(cell_key(GOLD_PAIRS, noise, seed))
+                    _gold_pairs_cell(config, workdir, grid, noise, seed, data[(noise, seed)],
+                                     pre)
+                    log(f"{grid.progress()} | {cell_key(GOLD_PAIRS, noise, seed)}")
     log(f"compare: all {grid.total} cells done in {time.time() - start:.0f} s")
     return report.write(workdir)
+
+
+def _meta_seen(config, workdir: str, objective: str) -> dict:
+    if objective not in META_TRAINED:
+        return {}
+    return {"meta_training": arms_lib.meta_compute(config, workdir, objective)}
 
 
 def _token_group(config, workdir, grid, objective, noise, todo, data, pre, artifacts,
@@ -441,37 +508,44 @@ def _token_group(config, workdir, grid, objective, noise, todo, data, pre, artif
     method = TOKEN[objective]
     cfg = noisy_view(config, artifacts.get(objective, ""))
     cells = [comparison.Cell(FAMILY_SET, noise, method, config.model.variant, s) for s in todo]
-    curves = {s: [{"step": 0, "exact_match": em0}] for s in todo}
+    curves = {s: [{"step": 0, "exact_match": em}] for s, em in zip(todo, em0)}
 
     def on_segment(step, model, inners):
-        for s, inner in zip(todo, inners):
+        for s, d, inner in zip(todo, data, inners):
             curves[s].append({"step": step, "exact_match": greedy_exact_match(
-                config, model, inner["params"], data)})
+                config, model, inner["params"], d)})
 
     t0 = time.time()
     model, inners, facts = comparison.train_cells(
         cfg, cells, data, init_params=pre.params, segments=config.eval.curve_points,
         on_segment=on_segment)
-    scored = {s: score(config, model, inner["params"], pre.params, data, s)
-              for s, inner in zip(todo, inners)}
+    scored = {s: score(config, model, inner["params"], pre.params, d, s)
+              for s, d, inner in zip(todo, data, inners)}
     seconds = (time.time() - t0) / len(todo)
-    for s, inner in zip(todo, inners):
+    for i, (s, d, inner) in enumerate(zip(todo, data, inners)):
         if keep_sft and objective == "mle":
-            write_sft(config, sft_dir(workdir, noise, s), config.model, inner["params"],
-                      facts["steps"])
+            write_sft(config, sft_dir(workdir, noise, s), inner["params"], facts["steps"],
+                      config.families)
         key = cell_key(objective, noise, s)
         if key in grid.done:
             continue
         curve = curves[s] + [{"step": facts["steps"],
                               "exact_match": scored[s]["metrics"]["exact_match"]}]
-        cell_facts = {k: v for k, v in facts.items() if k != "online_skipped"}
-        if "online_skipped" in facts:
-            cell_facts["online_skipped"] = facts["online_skipped"][todo.index(s)]
-        cell_facts.update(data_hash=data.info.config_hash, method=method,
+        cell_facts = dict(facts)
+        for name in ("online_skipped", "corrupted_rows"):
+            if name in facts:
+                cell_facts[name] = facts[name][i]
+        cell_facts.update(data_hash=d.info.config_hash, method=method,
                           artifact=artifacts.get(objective, ""))
+        seen = dict(comparison.data_seen(cfg, method, d),
+                    **_meta_seen(config, workdir, objective))
         grid.record(key, cell_record(objective, noise, s, scored[s], seconds=seconds,
-                                     tokens=token_count(config, objective, facts["steps"]),
-                                     curve=curve, facts=cell_facts))
+                                     data_seen=seen, curve=curve, facts=cell_facts))
+
+
+def _sft_cell(grid, noise: str, seed: int) -> dict:
+    with open(grid.path(cell_key("mle", noise, seed))) as f:
+        return json.load(f)
 
 
 def _rlhf_cell(config, workdir, grid, objective, noise, seed, data, pre, artifacts):
@@ -490,10 +564,11 @@ def _rlhf_cell(config, workdir, grid, objective, noise, seed, data, pre, artifac
     scored = score(config, pre.model, params, pre.params, data, seed)
     if first_rl:
         evaluation.write_json(over, result)
-    with open(grid.path(cell_key("mle", noise, seed))) as f:
-        sft_cell = json.load(f)
-    tokens = sft_cell["compute"]["tokens"] + rlhf_tokens(r, algorithm)
+    sft_cell = _sft_cell(grid, noise, seed)
     curve = sft_cell["curve"] + rlhf_curve(stage, config.steps)
+    seen = dict(arms_lib.rlhf_data_seen(sft_cell["data_seen"], r.shared_dir,
+                                        rlhf_tokens(r, algorithm)),
+                **_meta_seen(config, workdir, objective))
     # Compute: the SFT, the shared pairs and reward model (their cost when they were built,
     # whichever cell built them), and this cell's own algorithm, analysis and scoring.
     rlhf_seconds = result["seconds"]["shared"] + result["seconds"]["own"] + time.time() - t0
@@ -503,4 +578,29 @@ def _rlhf_cell(config, workdir, grid, objective, noise, seed, data, pre, artifac
              "data_hash": data.info.config_hash, "artifact": artifacts.get(objective, "")}
     grid.record(key, cell_record(objective, noise, seed, scored,
                                  seconds=sft_cell["compute"]["seconds"] + rlhf_seconds,
-                                 tokens=tokens, curve=curve, facts=facts))
+                                 data_seen=seen, curve=curve, facts=facts))
+
+
+def _gold_pairs_cell(config, workdir, grid, noise, seed, data, pre):
+    """MLE from the pre-trained model on the noisy demonstrations plus the gold answers inside
+    the train pairs of this noise kind and seed (the RLHF arms' shared stage), same budget."""
+    shared = rlhf_shared_dir(workdir, noise, seed)
+    if not os.path.exists(os.path.join(shared, "preferences.json")):
+        raise cli.UserError(f"{GOLD_PAIRS} needs the preference pairs in {shared}, which the "
+                            f"RLHF arms build; re-run with an RLHF arm in config.objectives")
+    gold = arms_lib.gold_pair_rows(shared, config.data.seq_len)
+    extended = comparison.Data(lm_problem.concatenate([data.train, gold]), data.train_clean,
+                               data.valid, data.test_rows, data.test_examples, data.info)
+    cfg = noisy_view(config)
+    cell = comparison.Cell(FAMILY_SET, noise, "mle", config.model.variant, seed)
+    t0 = time.time()
+    model, inners, facts = comparison.train_cells(cfg, [cell], [extended], init_params=pre.params)
+    scored = score(config, model, inners[0]["params"], pre.params, data, seed)
+    seen = dict(comparison.data_seen(cfg, "mle", data), gold_answers_in_pairs=len(gold))
+    curve = [_sft_cell(grid, noise, seed)["curve"][0],  # The pre-trained model, same prompts.
+             {"step": facts["steps"], "exact_match": scored["metrics"]["exact_match"]}]
+    facts = dict(facts, corrupted_rows=facts["corrupted_rows"][0], method="mle",
+                 data_hash=data.info.config_hash, shared_dir=shared, gold_rows=len(gold))
+    grid.record(cell_key(GOLD_PAIRS, noise, seed),
+                cell_record(GOLD_PAIRS, noise, seed, scored, seconds=time.time() - t0,
+                            data_seen=seen, curve=curve, facts=facts))

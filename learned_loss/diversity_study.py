@@ -41,19 +41,13 @@ CELLS = "diversity"
 METRICS = ("exact_match", "graded")
 
 
-def _split_kwargs(t) -> dict:
-    return dict(seed=t.split_seed, meta_valid_fraction=t.meta_valid_fraction,
-                heldout_fraction=t.heldout_fraction)
-
-
 def train_families(config) -> tuple[str, ...]:
-    """The meta-train families (tasks.training_families refuses a held-out one)."""
-    t = config.tasks
-    return tasks.training_families(tuple(t.families), t.train_split, **_split_kwargs(t))
+    """The fine-tuning families (`tasks.roles.resolve` refuses a held-out one)."""
+    return tasks.roles.resolve(config.tasks, "finetune")
 
 
 def heldout_families(config) -> tuple[str, ...]:
-    return tuple(tasks.families_for("heldout", **_split_kwargs(config.tasks)))
+    return tasks.roles.heldout(config.tasks)
 
 
 def family_order(families: Sequence[str], seed: int) -> tuple[str, ...]:
@@ -206,7 +200,7 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any],
     pre = compare.pretrained(config, pretrain_run)
     provenance.write(workdir, provenance.collect(config, extra={
         "pretrain": {"workdir": pre.workdir, "step": pre.step,
-                     "config_hash": compare.config_hash(config.pretrain)},
+                     "cache_key": compare.pretrain_key(config)},
         "train_families": list(families), "heldout_families": sorted({e.family for e in heldout}),
         "counts": counts, "data_hashes": {"heldout_eval": examples_hash(heldout)}}))
     optimizer = train.make_optimizer(config.optimizer, config.steps)

@@ -38,7 +38,7 @@ import numpy as np
 
 from learned_loss import cli, emergence, evaluation, loop, objectives, pretraining, provenance
 from learned_loss import model as model_lib
-from learned_loss.data import text_corpus
+from learned_loss.data import tasks, text_corpus
 from learned_loss.meta import base, lm_problem
 
 STUDY_FILE = "emergence.json"
@@ -105,13 +105,14 @@ def bucket_metrics(records: Sequence[Mapping[str, Any]], edges: Sequence[int]) -
 
 
 def text_rows(config) -> tuple[lm_problem.Demonstrations, lm_problem.Demonstrations, dict]:
-    """(train windows, validation windows, the corpus's provenance) for pre-training."""
+    """(train windows, test windows, the corpus's provenance) for pre-training: the reported
+    text NLL is read on the test split."""
     corpus = pretraining.prepare_corpus(config, config.data.corpus_valid_fraction)
     seq_len = config.data.seq_len
     train = lm_problem.text_windows(text_corpus.load_split(corpus, "train"), seq_len,
                                     config.pretrain.windows)
-    valid = lm_problem.text_windows(text_corpus.load_split(corpus, "validation"), seq_len,
-                                    config.pretrain.valid_windows)
+    valid = lm_problem.text_windows(text_corpus.load_split(corpus, "test"), seq_len,
+                                    config.pretrain.test_windows)
     return train, valid, corpus.provenance()
 
 
@@ -133,7 +134,7 @@ def pretrain(config, model, text, key) -> tuple[Any, float]:
 
 
 def train_size(config, size: str, train_rows, eval_rows, log, text=None) -> dict:
-    """Pre-trains one size on `text` (train, validation windows) unless it is None, then
+    """Pre-trains one size on `text` (train, test windows) unless it is None, then
     trains it on the tasks; its evaluation at every checkpoint of the task training."""
     cfg = model_config(config, size)
     model = model_lib.build(cfg)
@@ -142,7 +143,7 @@ def train_size(config, size: str, train_rows, eval_rows, log, text=None) -> dict
     init_params, pre = None, {"steps": 0}
     if text is not None:
         init_params, nll = pretrain(config, model, text, jax.random.fold_in(key, 10_000))
-        pre = {"steps": config.pretrain.steps, "valid_nll": nll,
+        pre = {"steps": config.pretrain.steps, "test_nll": nll,
                "seconds": time.time() - start}
         log(f"emergence: {size} pre-trained {config.pretrain.steps} steps: text NLL {nll:.3f}")
     problem = lm_problem.lm_problem(
@@ -218,19 +219,21 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
     """The whole study (module docstring). Returns what emergence.json holds."""
     check(config)
     seq_len = config.data.seq_len
-    families, difficulties = tuple(config.families), tuple(config.difficulties)
+    families = tasks.roles.resolve(config.tasks, "finetune")
+    difficulties = tuple(config.difficulties)
     train_rows = lm_problem.sample_demonstrations(families, config.rows, seq_len, difficulties,
                                                   config.seed)
     eval_rows = lm_problem.sample_demonstrations(families, config.eval_rows, seq_len,
-                                                 difficulties, config.seed + 10_000)
+                                                 difficulties, config.seed + 10_000, "test")
     hashes = {"train": lm_problem.rows_hash(train_rows), "eval": lm_problem.rows_hash(eval_rows)}
     text, corpus = None, None
     if config.pretrain.steps:
         *text, corpus = text_rows(config)
         hashes.update(text_train=lm_problem.rows_hash(text[0]),
-                      text_valid=lm_problem.rows_hash(text[1]))
+                      text_test=lm_problem.rows_hash(text[1]))
     provenance.write(workdir, provenance.collect(config, extra={
-        "data_hashes": hashes, "text_corpus": corpus}))
+        "data_hashes": hashes, "text_corpus": corpus,
+        tasks.roles.RECORD_KEY: tasks.roles.record({"finetune": families})}))
     results = []
     for size in config.size_order:
         path = os.path.join(workdir, EVALS, f"{size}.json")
@@ -252,6 +255,7 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
     study = {"sizes": sorted(results, key=lambda s: s["params"]),
              "analysis": analyse(results, config.threshold),
              "families": list(families), "difficulties": list(difficulties),
+             tasks.roles.RECORD_KEY: tasks.roles.record({"finetune": families}),
              "pretrain_steps": config.pretrain.steps}
     evaluation.write_json(os.path.join(workdir, STUDY_FILE), study)
     return study

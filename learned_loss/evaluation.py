@@ -94,12 +94,18 @@ def evaluate(model: model_lib.Model, params: Any, examples: Sequence[tasks.Examp
              batch_size: int, max_new_tokens: int, reference_params: Any = None,
              rng: Optional[jax.Array] = None) -> dict[str, Any]:
     """Per-family and overall gold metrics of greedy completions (plus KL when a reference
-    is given). Returns {'overall': {...}, 'families': {name: {...}}, 'num_examples': n}."""
+    is given). Returns {'overall': {...}, 'families': {name: {...}}, 'num_examples': n,
+    'per_prompt': {'input_id': [...], 'family': [...], 'exact_match': [...]}} (in the order of
+    `examples`: what a reader bootstraps over prompts with)."""
     answers = generate_answers(model, params, examples, batch_size=batch_size,
                                max_new_tokens=max_new_tokens)
     per_family: dict[str, dict[str, list[float]]] = {}
+    per_prompt: dict[str, list] = {"input_id": [], "family": [], "exact_match": []}
     for example, answer in zip(examples, answers):
         scores = tasks.score(answer["text"], example.answer)
+        per_prompt["input_id"].append(example.input_id)
+        per_prompt["family"].append(example.family)
+        per_prompt["exact_match"].append(int(scores["exact_match"]))
         row = per_family.setdefault(example.family, {"exact_match": [], "graded": [],
                                                      "length": []})
         row["exact_match"].append(scores["exact_match"])
@@ -114,16 +120,20 @@ def evaluate(model: model_lib.Model, params: Any, examples: Sequence[tasks.Examp
             model, params, reference_params, examples, batch_size=batch_size,
             max_new_tokens=max_new_tokens,
             rng=jax.random.key(0) if rng is None else rng)
-    return {"overall": overall, "families": families, "num_examples": len(examples)}
+    return {"overall": overall, "families": families, "num_examples": len(examples),
+            "per_prompt": per_prompt}
 
 
-def sample_examples(families: Sequence[str], *, per_family: int, difficulty: int,
-                    seed: int) -> list[tasks.Example]:
-    """A fixed, seeded set of evaluation examples: `per_family` from each family."""
+def sample_examples(families: Sequence[str], *, per_family: int,
+                    difficulty: int | Sequence[int], seed: int,
+                    split: str = "test") -> list[tasks.Example]:
+    """A fixed, seeded set of evaluation examples: `per_family` distinct inputs of `split`
+    (the test inputs by default: no training split of any dataset holds them) from each
+    family. TaskError when a family has fewer such inputs at `difficulty`."""
     out = []
     for index, name in enumerate(families):
         rng = np.random.default_rng([seed, index, 7919])
-        out.extend(tasks.sample_example(name, rng, difficulty) for _ in range(per_family))
+        out.extend(tasks.partition.draw_distinct(name, rng, difficulty, split, per_family))
     return out
 
 

@@ -8,12 +8,20 @@ checkpoint, loop.
 
 from __future__ import annotations
 
+import sys
+
 import jax
 import numpy as np
 
-from learned_loss import distributed, loop, objectives, train
+from learned_loss import distributed, loop, objectives, sharding, train
 from learned_loss import model as model_lib
-from learned_loss.data import instruction_tasks, paths, pipeline, tasks, text_corpus
+from learned_loss.data import paths, pipeline, tasks, text_corpus, tokenizer
+from learned_loss.objectives import mle
+
+# The modules whose code decides a pre-trained checkpoint: what keys a cached one
+# (learned_loss/compare.py), so that a checkpoint built by other code is never reused.
+SOURCES = (sys.modules[__name__], model_lib, train, loop, sharding, mle, pipeline, text_corpus,
+           tokenizer, tasks.base, tasks.partition)
 
 
 def prepare_corpus(config, valid_fraction: float | None = None) -> text_corpus.CorpusInfo:
@@ -31,27 +39,40 @@ def prepare_corpus(config, valid_fraction: float | None = None) -> text_corpus.C
     return distributed.first_on_process_zero(build, "text corpus built")
 
 
-def task_documents(config) -> list[dict]:
-    """`data.task_mix_per_family` task examples of each training family, as corpus documents.
+def mix_families(config) -> tuple[str, ...]:
+    """The families whose text the corpus mixes in (none when data.task_mix_per_family is 0)."""
+    if not config.data.task_mix_per_family:
+        return ()
+    return tasks.roles.resolve(config.tasks, "pretrain_mix")
 
-    Families come from `tasks.training_families`, which refuses held-out ones.
+
+def task_documents(config) -> list[dict]:
+    """`data.task_mix_per_family` task examples of each training family, as corpus documents:
+    train inputs only (`tasks.partition`), so no validation or test input reaches pre-training.
+
+    Families come from `tasks.roles.resolve` (role 'pretrain_mix'), which refuses held-out
+    ones.
     """
-    per_family = config.data.task_mix_per_family
-    if not per_family:
-        return []
     t = config.tasks
-    families = tasks.training_families(
-        tuple(t.families), t.train_split, seed=t.split_seed,
-        meta_valid_fraction=t.meta_valid_fraction, heldout_fraction=t.heldout_fraction)
-    low, high = instruction_tasks.difficulty_range(t.difficulty)
+    families = mix_families(config)
     docs = []
     for index, family in enumerate(families):
         rng = np.random.default_rng([t.seed, index, 104729])
-        for i in range(per_family):
-            difficulty = instruction_tasks.sample_difficulty(rng, low, high)
-            example = tasks.sample_example(family, rng, difficulty)
-            docs.append({"path": f"tasks/{family}/{i:07d}", "text": tasks.task_text(example)})
+        for i in range(config.data.task_mix_per_family):
+            example = tasks.partition.draw(family, rng, t.difficulty, "train")
+            docs.append({"path": f"tasks/{family}/{i:07d}", "text": tasks.task_text(example),
+                         "input_id": example.input_id})
     return docs
+
+
+def count_verbatim(config, texts) -> int:
+    """How many of `texts` occur verbatim in the pre-training text of `config`: the corpus's
+    train split and the task mix."""
+    d = config.data
+    docs = text_corpus.split_texts(d.text_dir or None, d.pattern, d.valid_fraction, "train")
+    docs += [doc["text"] for doc in task_documents(config)]
+    blob = "\n\x00\n".join(docs)
+    return sum(text in blob for text in set(texts))
 
 
 def run(config, workdir: str) -> dict:
@@ -93,5 +114,7 @@ def run(config, workdir: str) -> dict:
         train_iter=train_iter, seq_len=seq_len, global_batch_size=config.data.global_batch_size,
         evaluate=lambda s: loop.mean_eval_metrics(eval_step, s, eval_batches, mesh, theta),
         theta=theta,
-        provenance_extra={"corpus": corpus.provenance(), "task_mix_documents": len(mix)},
+        provenance_extra={"corpus": corpus.provenance(), "task_mix_documents": len(mix),
+                          tasks.roles.RECORD_KEY: tasks.roles.record(
+                              {"pretrain_mix": mix_families(config)})},
         data_hash=corpus.corpus_hash))

@@ -79,6 +79,16 @@ def config_hash(config: Any, drop: tuple[str, ...] = ()) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def source_hash(*modules: Any) -> str:
+    """A short sha256 of the source text of `modules` (module objects): the code version that
+    keys a cache entry built by them, so that an edit to any of them builds it afresh."""
+    digest = hashlib.sha256()
+    for module in sorted(modules, key=lambda m: m.__name__):
+        digest.update(module.__name__.encode())
+        digest.update(pathlib.Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _git(args: list[str], repo_dir: pathlib.Path) -> str | None:
     try:
         result = subprocess.run(
@@ -189,6 +199,12 @@ def read(workdir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     if isinstance(data, dict) and isinstance(data.get("starts"), list):
         return data["starts"]
     return [data]  # A bare record (older layout): treat it as the only start.
+
+
+def read_extra(workdir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The `extra` facts of a workdir's latest start ({} when it has none)."""
+    starts = read(workdir)
+    return dict(starts[-1].get("extra", {})) if starts else {}
 
 
 def write(workdir: str | os.PathLike[str], record: Mapping[str, Any]) -> str:

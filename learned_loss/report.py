@@ -1,22 +1,35 @@
-"""Reports that compare objectives: WORKDIR/report.md and a self-contained WORKDIR/report.html.
+"""Reports that compare objectives: WORKDIR/report.md, a self-contained WORKDIR/report.html and
+WORKDIR/findings.json.
 
 Everything is read from the workdir (nothing is trained or scored again), so a report can be
 regenerated from the workdir alone, and the same inputs give byte-identical files: rows and
-plots are sorted by name, numbers are printed at fixed precision, and PNGs carry no timestamp.
+plots are in a fixed order, numbers are printed at fixed precision, bootstraps are seeded, and
+PNGs carry no timestamp.
 
 Inputs (`load`):
   cells/*.json          one fine-tuning run (an objective x noise x seed), with keys
                         objective, noise, seed; metrics {exact_match, graded, kl, length};
                         compute {seconds, tokens}; families {family: exact match};
-                        curve [{step, <metric>...}] (learning curve on held-out families).
+                        curve [{step, <metric>...}] (learning curve on held-out families);
+                        optionally data_seen {noisy_demonstrations, clean_demonstrations,
+                        gold_answers_in_pairs, gold_scored_prompts, labeler_queries, tokens,
+                        meta_training {seconds, tokens, outer_steps}} (what the arm saw) and
+                        per_prompt {input_id, family, exact_match} (read by
+                        statistics.prompt_bootstrap, not printed).
   meta/NAME/metrics.jsonl   meta-training curves (meta_loss, meta_valid/...), optional.
   overoptimization.json     best-of-n and RL gold/proxy against d = sqrt(KL) with the fits of
                         Gao et al. 2022 (learned_loss/rlhf_pipeline.py), optional.
-  provenance.json       the run's provenance (learned_loss/provenance.py).
+  provenance.json       the run's provenance (learned_loss/provenance.py); of its last start the
+                        report reads config.statistics.correction ('holm', the default, or
+                        'bh') and extra.evaluation_families and extra.families_by_role
+                        ({arm: {role: [families]}}) for the scope sentence.
 
-Statistics: mean and a 95% Student-t interval over seeds; against the baseline objective (MLE)
-a paired comparison over the seeds both have: the mean difference, its 95% interval and the
-two-sided paired t-test p-value (Student 1908; scipy.stats.ttest_rel).
+Statistics (learned_loss/statistics.py): mean and a 95% Student-t interval over seeds. The
+tests: every arm against the baseline (MLE) on each noise kind, and the PAIRINGS of which both
+arms ran, each a paired t-test of exact match over the seeds both have; all of a report's tests
+are corrected together (Holm 1979 by default) and stated as generated findings, which the
+report leads with. With an `mle_clean` arm (MLE on the same demonstrations without corruption,
+same budget), the fraction of its gap over MLE that each arm recovers, bootstrapped over seeds.
 """
 
 from __future__ import annotations
@@ -35,19 +48,40 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from scipy import stats  # noqa: E402
 
 from learned_loss import metrics as metrics_lib  # noqa: E402
-from learned_loss import overoptimization, study_report, sweep  # noqa: E402
+from learned_loss import overoptimization, statistics, study_report, sweep  # noqa: E402
+from learned_loss.statistics import mean_ci, paired  # noqa: E402  (re-exported)
 
 # (key in a cell's `metrics` or `compute`, column title, printed digits).
 COLUMNS = (("exact_match", "exact match", 3), ("graded", "graded", 3), ("kl", "KL to ref", 3),
            ("length", "length", 2), ("seconds", "seconds", 0), ("tokens", "tokens", 0))
 BASELINE = "mle"
-REPORT_MD, REPORT_HTML, PLOTS = "report.md", "report.html", "plots"
-SCOPE = "Scored on clean held-out inputs of families no learned objective was meta-trained on."
-STATISTICS = ("Mean ± 95% t-interval over seeds; paired difference from MLE over the same "
-              "seeds (two-sided paired t-test).")
+CLEAN = "mle_clean"  # MLE on the same demonstrations without corruption, same budget.
+# Tested beside every arm against the baseline, where both arms ran: (a, b) tests a - b. Each
+# asks whether a learned arm beats the hand-made method it replaces, or an arm beats the MLE
+# control that sees its extra clean data.
+PAIRINGS = (("learned_preference", "dpo"), ("learned_reward", "rloo"),
+            ("dpo", "mle_gold_pairs"), ("learned_preference", "mle_gold_pairs"),
+            ("learned_tbptt", "mle_clean_valid"), ("learned_es", "mle_clean_valid"),
+            ("learned_online", "mle_clean_valid"))
+# (key in a cell's data_seen, column title); then meta_training's seconds and tokens.
+DATA_SEEN = (("noisy_demonstrations", "noisy demonstrations"),
+             ("clean_demonstrations", "clean demonstrations"),
+             ("gold_answers_in_pairs", "gold answers in pairs"),
+             ("gold_scored_prompts", "gold-scored prompts"),
+             ("labeler_queries", "labeler queries"), ("tokens", "tokens"))
+META_SEEN = (("seconds", "meta-training seconds"), ("tokens", "meta-training tokens"))
+# Roles of provenance extra.families_by_role (learned_loss/data/tasks/roles.py), as the report
+# names them. Meta roles may not use the evaluation families, task roles may.
+META_ROLES = {"meta_train": "meta-training", "meta_valid": "meta-validation",
+              "fitness": "fitness", "tuning": "tuning", "pretrain_mix": "pre-training mix"}
+TASK_ROLES = {"finetune": "fine-tuning", "clean_validation": "clean validation",
+              "pairs": "preference pairs", "reward_model": "reward model",
+              "rl_prompts": "RL prompts"}
+META_KEYS = ("meta_loss", "meta_valid/nll", "meta_valid/fitness")
+REPORT_MD, REPORT_HTML, FINDINGS, PLOTS = "report.md", "report.html", "findings.json", "plots"
+Section, Table = study_report.Section, study_report.Table
 
 
 class ReportError(ValueError):
@@ -103,6 +137,11 @@ def load(workdir: str) -> Inputs:
                   _read_json(prov) if os.path.exists(prov) else None, sections)
 
 
+def _last_start(inputs: Inputs) -> dict:
+    starts = (inputs.provenance or {}).get("starts", [])
+    return starts[-1] if starts else {}
+
+
 # ---- statistics ------------------------------------------------------------------------------
 
 
@@ -114,58 +153,127 @@ def value(cell: Mapping[str, Any], key: str) -> float:
     return math.nan
 
 
-def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
-    """(mean, Student-t half-width); the half-width is 0 for one value, nan for none."""
-    x = np.asarray([v for v in values if not math.isnan(v)], np.float64)
-    if len(x) == 0:
-        return math.nan, math.nan
-    if len(x) == 1:
-        return float(x[0]), 0.0
-    half = stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
-    return float(x.mean()), float(half)
-
-
-def paired(a: Mapping[int, float], b: Mapping[int, float]) -> dict:
-    """Paired comparison of a - b over the seeds both have: mean, 95% half-width, p, n.
-    p is nan with fewer than 2 pairs or when every difference is the same."""
-    seeds = sorted(set(a) & set(b))
-    diff = np.asarray([a[s] - b[s] for s in seeds], np.float64)
-    mean, half = mean_ci(list(diff))
-    p = math.nan
-    if len(diff) >= 2 and np.ptp(diff) > 0:
-        p = float(stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue)
-    return {"mean": mean, "ci95": half, "p": p, "n": len(seeds)}
-
-
-def summary_rows(cells: Sequence[Mapping[str, Any]], baseline: str = BASELINE) -> list[dict]:
-    """One row per (noise, objective): mean and 95% CI of each column over seeds, and the
-    paired difference in exact match from `baseline` on the same noise and seeds."""
+def _groups(cells: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], list[Mapping]]:
     groups: dict[tuple[str, str], list[Mapping]] = {}
     for c in cells:
         groups.setdefault((c["noise"], c["objective"]), []).append(c)
+    return groups
+
+
+def _by_seed(members: Sequence[Mapping[str, Any]]) -> dict[int, float]:
+    return {c["seed"]: value(c, "exact_match") for c in members}
+
+
+def arm_order(cells: Sequence[Mapping[str, Any]], baseline: str = BASELINE
+              ) -> list[tuple[str, str]]:
+    """Every (noise, objective) in the report's order: noise kinds by name; within one, the
+    baseline first, then the arms by their mean paired difference in exact match from it,
+    largest first (by name where there is none)."""
+    groups = _groups(cells)
+
+    def key(k):
+        noise, objective = k
+        if objective == baseline:
+            return noise, 0, 0.0, objective
+        effect = math.nan
+        if (noise, baseline) in groups:
+            effect = paired(_by_seed(groups[k]), _by_seed(groups[(noise, baseline)]))["mean"]
+        return noise, 1 + math.isnan(effect), 0.0 if math.isnan(effect) else -effect, objective
+
+    return sorted(groups, key=key)
+
+
+def comparison_tests(cells: Sequence[Mapping[str, Any]], baseline: str = BASELINE
+                     ) -> list[dict]:
+    """Every test of the report, in its order: per noise kind, each arm against `baseline`
+    (in arm_order), then the PAIRINGS of which both arms ran; each statistics.paired of exact
+    match with 'a', 'b' and 'group' (the noise kind)."""
+    groups = _groups(cells)
+    order = arm_order(cells, baseline)
+    tests = []
+    for noise in sorted({n for n, _ in order}):
+        arms = [o for n, o in order if n == noise]
+        pairs = [(o, baseline) for o in arms if o != baseline and baseline in arms]
+        pairs += [(a, b) for a, b in PAIRINGS if a in arms and b in arms]
+        tests += [dict(a=a, b=b, group=noise, **paired(_by_seed(groups[(noise, a)]),
+                                                         _by_seed(groups[(noise, b)])))
+                  for a, b in pairs]
+    return tests
+
+
+def correction(inputs: Inputs) -> str:
+    """The multiplicity correction the run's config asks for (config.statistics.correction)."""
+    method = _last_start(inputs).get("config", {}).get("statistics", {}).get("correction", "holm")
+    if method not in statistics.METHODS:
+        raise ReportError(f"the run's config.statistics.correction is {method!r}; choose one "
+                          f"of {list(statistics.METHODS)}")
+    return method
+
+
+def summary_rows(cells: Sequence[Mapping[str, Any]], found: Sequence[Mapping[str, Any]],
+                 baseline: str = BASELINE) -> list[dict]:
+    """One row per (noise, objective) in arm_order: mean and 95% CI of each column over
+    seeds, and the finding of its test against `baseline` ('vs_baseline')."""
+    groups = _groups(cells)
+    against = {(f["group"], f["a"]): f for f in found if f["b"] == baseline}
     rows = []
-    for (noise, objective), members in sorted(groups.items()):
+    for noise, objective in arm_order(cells, baseline):
+        members = groups[(noise, objective)]
         row: dict[str, Any] = {"noise": noise, "objective": objective, "seeds": len(members)}
         for key, _, _ in COLUMNS:
             row[key] = mean_ci([value(c, key) for c in members])
-        base = groups.get((noise, baseline))
-        if base is not None and objective != baseline:
-            row["vs_baseline"] = paired({c["seed"]: value(c, "exact_match") for c in members},
-                                        {c["seed"]: value(c, "exact_match") for c in base})
+        if (noise, objective) in against:
+            row["vs_baseline"] = against[(noise, objective)]
         rows.append(row)
     return rows
 
 
-def family_rows(cells: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[dict]]:
-    """(families, rows): per (noise, objective) the mean exact match of each held-out family."""
-    families = sorted({f for c in cells for f in c.get("families", {})})
-    groups: dict[tuple[str, str], list[Mapping]] = {}
-    for c in cells:
-        groups.setdefault((c["noise"], c["objective"]), []).append(c)
+def headroom_rows(cells: Sequence[Mapping[str, Any]], baseline: str = BASELINE,
+                  clean: str = CLEAN) -> list[dict]:
+    """Per noise kind with both `baseline` and `clean`: each other arm's statistics.headroom,
+    and the gap clean - baseline as a paired test ('gap_test')."""
+    groups = _groups(cells)
     rows = []
-    for (noise, objective), members in sorted(groups.items()):
+    for noise, objective in arm_order(cells, baseline):
+        if (objective in (baseline, clean) or (noise, baseline) not in groups
+                or (noise, clean) not in groups):
+            continue
+        base, top = _by_seed(groups[(noise, baseline)]), _by_seed(groups[(noise, clean)])
+        rows.append({"noise": noise, "objective": objective,
+                     **statistics.headroom(_by_seed(groups[(noise, objective)]), base, top),
+                     "gap_test": paired(top, base)})
+    return rows
+
+
+def data_seen_rows(cells: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """One row per (noise, objective) in arm_order: each kind of data_seen and meta_training's
+    seconds and tokens averaged over the seeds that record it (nan where none does); no rows
+    when no cell records data_seen."""
+    if not any("data_seen" in c for c in cells):
+        return []
+    groups = _groups(cells)
+    rows = []
+    for noise, objective in arm_order(cells):
+        seen = [c.get("data_seen") or {} for c in groups[(noise, objective)]]
+        meta = [s.get("meta_training") or {} for s in seen]
+        rows.append({"noise": noise, "objective": objective,
+                     "seen": {k: mean_ci([float(s[k]) for s in seen if k in s])[0]
+                              for k, _ in DATA_SEEN},
+                     "meta": {k: mean_ci([float(m[k]) for m in meta if k in m])[0]
+                              for k, _ in META_SEEN}})
+    return rows
+
+
+def family_rows(cells: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[dict]]:
+    """(families, rows): per (noise, objective) in arm_order the mean and 95% t half-width
+    over seeds of each held-out family's exact match."""
+    families = sorted({f for c in cells for f in c.get("families", {})})
+    groups = _groups(cells)
+    rows = []
+    for noise, objective in arm_order(cells):
+        members = groups[(noise, objective)]
         means = {f: mean_ci([float(c["families"][f]) for c in members
-                             if f in c.get("families", {})])[0] for f in families}
+                             if f in c.get("families", {})]) for f in families}
         rows.append({"noise": noise, "objective": objective, "families": means})
     return families, rows
 
@@ -181,6 +289,54 @@ def mean_curves(cells: Sequence[Mapping[str, Any]], metric: str = "exact_match"
                     int(point["step"]), []).append(float(point[metric]))
     return {k: (np.asarray(sorted(v)), np.asarray([np.mean(v[s]) for s in sorted(v)]))
             for k, v in sorted(by_step.items())}
+
+
+# ---- scope -----------------------------------------------------------------------------------
+
+
+def _role(role: str) -> tuple[str, str]:
+    """('meta' | 'task' | 'other', the role's name in words)."""
+    if role in META_ROLES:
+        return "meta", META_ROLES[role]
+    if role in TASK_ROLES:
+        return "task", TASK_ROLES[role]
+    return "other", role
+
+
+def scope(provenance: Mapping[str, Any] | None, arms: Sequence[str]) -> str:
+    """What the arms were scored on and which roles each arm gave those families, from the
+    run's provenance (extra.evaluation_families, extra.families_by_role). States only what
+    the records show: without them, that the inputs were clean test inputs."""
+    starts = (provenance or {}).get("starts", [])
+    extra = starts[-1].get("extra", {}) if starts else {}
+    evaluation = sorted(extra.get("evaluation_families") or [])
+    if not evaluation:
+        return "Scored on clean test inputs."
+    text = f"Scored on the clean test inputs of {', '.join(evaluation)} (evaluation families)."
+    by_role = extra.get("families_by_role")
+    if not by_role:
+        return text
+    uses: dict[str, dict[str, list[str]]] = {"meta": {}, "task": {}, "other": {}}
+    for arm, roles in sorted(by_role.items()):
+        for role, families in sorted(roles.items()):
+            if set(families) & set(evaluation):
+                kind, words = _role(role)
+                uses[kind].setdefault(words, []).append(arm)
+
+    def listing(found):
+        return ", ".join(f"{words} ({', '.join(sorted(set(users)))})"
+                         for words, users in sorted(found.items()))
+
+    unrecorded = sorted(set(arms) - set(by_role))
+    who = "No arm with recorded roles" if unrecorded else "No arm"
+    text += (f" Meta roles on them: {listing(uses['meta'])}" if uses["meta"] else
+             f" {who} gave them a meta role ({', '.join(META_ROLES.values())})")
+    text += f"; their task roles: {listing(uses['task'])}." if uses["task"] else "."
+    if uses["other"]:
+        text += f" Other roles on them: {listing(uses['other'])}."
+    if unrecorded:
+        text += f" No roles are recorded for {', '.join(unrecorded)}."
+    return text
 
 
 # ---- plots (PNG bytes, deterministic) --------------------------------------------------------
@@ -206,18 +362,21 @@ def plot_curves(curves: Mapping[tuple[str, str], tuple[np.ndarray, np.ndarray]],
     return _png(fig)
 
 
-def plot_meta(meta: Mapping[str, Sequence[Mapping[str, Any]]]) -> bytes:
-    keys = ("meta_loss", "meta_valid/nll", "meta_valid/fitness")
-    fig, axes = plt.subplots(1, len(keys), figsize=(15, 3.6))
-    for ax, key in zip(axes, keys):
+def meta_keys(meta: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:
+    """The META_KEYS some meta-training record has a point for."""
+    return [k for k in META_KEYS if any(k in r for records in meta.values() for r in records)]
+
+
+def plot_meta(meta: Mapping[str, Sequence[Mapping[str, Any]]], keys: Sequence[str]) -> bytes:
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], keys):
         for name, records in sorted(meta.items()):
             points = [(r["step"], r[key]) for r in records if key in r]
             if points:
                 ax.plot(*zip(*points), marker=".", label=name)
         ax.set_title(key)
         ax.set_xlabel("outer step")
-        if ax.lines:
-            ax.legend(fontsize=7)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return _png(fig)
 
@@ -247,45 +406,39 @@ def plot_overoptimization(over: Mapping[str, Any]) -> bytes:
     return _png(fig)
 
 
+def plot_exact_match(rows: Sequence[Mapping[str, Any]]) -> bytes:
+    """Per noise kind, each arm's mean exact match with its 95% t-interval over seeds."""
+    noises = sorted({r["noise"] for r in rows})
+    fig, axes = plt.subplots(1, len(noises), figsize=(5 * len(noises), 3.8), squeeze=False)
+    for ax, noise in zip(axes[0], noises):
+        mine = [r for r in rows if r["noise"] == noise]
+        x = np.arange(len(mine))
+        ax.bar(x, [r["exact_match"][0] for r in mine], yerr=[r["exact_match"][1] for r in mine],
+               capsize=3)
+        ax.set_xticks(x, [r["objective"] for r in mine], rotation=30, fontsize=8)
+        ax.set_title(f"noise: {noise}")
+        ax.set_ylabel("exact match (95% t-interval)")
+    fig.tight_layout()
+    return _png(fig)
+
+
 def plot_families(families: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> bytes:
+    """Each (noise, objective)'s mean exact match per family with its 95% t-interval."""
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(families) + 2), 3.8))
     width = 0.8 / max(len(rows), 1)
     x = np.arange(len(families))
     for i, row in enumerate(rows):
-        ax.bar(x + i * width, [row["families"][f] for f in families], width,
+        ax.bar(x + i * width, [row["families"][f][0] for f in families], width,
+               yerr=[row["families"][f][1] for f in families], capsize=2,
                label=f"{row['objective']} ({row['noise']})")
     ax.set_xticks(x + 0.4 - width / 2, families, rotation=30, fontsize=8)
-    ax.set_ylabel("exact match")
+    ax.set_ylabel("exact match (95% t-interval)")
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     return _png(fig)
 
 
-def plots(inputs: Inputs) -> dict[str, bytes]:
-    """name -> PNG bytes of every plot the inputs support."""
-    out = {}
-    curves = mean_curves(inputs.cells)
-    if curves:
-        out["learning_curves.png"] = plot_curves(curves, "held-out exact match")
-    if inputs.meta:
-        out["meta_training.png"] = plot_meta(inputs.meta)
-    if inputs.overoptimization:
-        out["overoptimization.png"] = plot_overoptimization(inputs.overoptimization)
-    families, rows = family_rows(inputs.cells)
-    if families:
-        out["families.png"] = plot_families(families, rows)
-    return out
-
-
-def all_images(inputs: Inputs) -> dict[str, bytes]:
-    """The comparison's plots and every study section's."""
-    out = plots(inputs) if inputs.cells else {}
-    for section in inputs.sections:
-        out.update(section.images)
-    return out
-
-
-# ---- rendering -------------------------------------------------------------------------------
+# ---- the comparison's sections ---------------------------------------------------------------
 
 
 def _fmt(pair: tuple[float, float], digits: int) -> str:
@@ -295,20 +448,119 @@ def _fmt(pair: tuple[float, float], digits: int) -> str:
     return f"{mean:.{digits}f} ± {half:.{digits}f}"
 
 
-def _fmt_paired(p: Mapping[str, float] | None) -> str:
-    if not p:
-        return ""
-    pval = "n/a" if math.isnan(p["p"]) else f"{p['p']:.3f}"
-    return f"{p['mean']:+.3f} ± {p['ci95']:.3f} (p {pval}, n {p['n']})"
+def _fmt_paired(p: Mapping[str, Any]) -> str:
+    if math.isnan(p["mean"]):
+        return f"– (n {p['n']})"
+    return f"{p['mean']:+.3f} ± {p['ci95']:.3f} (n {p['n']})"
 
 
-def table(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """(header, body) of the summary table as strings."""
+def _fmt_count(x: float) -> str:
+    if math.isnan(x):
+        return "–"
+    return f"{x:,.0f}" if float(x).is_integer() else f"{x:,.1f}"
+
+
+def _fmt_interval(pair: tuple[float, float]) -> str:
+    lo, hi = pair
+    if math.isnan(lo) or math.isnan(hi):
+        return "–"
+    return f"[{lo:.3f}, {hi:.3f}]" if math.isfinite(lo) and math.isfinite(hi) else "unbounded"
+
+
+def table(rows: Sequence[Mapping[str, Any]], method: str) -> Table:
+    """The summary table: each column's mean ± 95% CI, the paired difference from MLE with
+    its raw and adjusted p, and the seeds."""
     header = (["noise", "objective"] + [title for _, title, _ in COLUMNS]
-              + ["exact match vs MLE (paired)", "seeds"])
-    body = [[r["noise"], r["objective"]] + [_fmt(r[k], d) for k, _, d in COLUMNS]
-            + [_fmt_paired(r.get("vs_baseline")), str(r["seeds"])] for r in rows]
-    return header, body
+              + ["exact match vs MLE (paired)", "p", f"adjusted p ({statistics.NAMES[method]})",
+                 "seeds"])
+    body = []
+    for r in rows:
+        vs = r.get("vs_baseline")
+        tested = ([_fmt_paired(vs), statistics.format_p(vs["p"]),
+                   statistics.format_p(vs["p_adjusted"])] if vs else ["", "", ""])
+        body.append([r["noise"], r["objective"]] + [_fmt(r[k], d) for k, _, d in COLUMNS]
+                    + tested + [str(r["seeds"])])
+    return Table(header, body)
+
+
+def findings_section(inputs: Inputs, found: Sequence[Mapping[str, Any]], method: str
+                     ) -> Section:
+    tested = sum(not math.isnan(f["p"]) for f in found)
+    if found:
+        how = (f"Exact match, paired over seeds (two-sided paired t-test): {len(found)} "
+               f"comparisons ({tested} with a p-value), each arm against {BASELINE} on each "
+               f"noise kind and the declared pairings where both arms ran, corrected together "
+               f"by {statistics.NAMES[method]} at alpha {statistics.ALPHA}.")
+    else:
+        how = f"No comparison: no noise kind has {BASELINE} and another arm, nor a pairing."
+    arms = sorted({c["objective"] for c in inputs.cells})
+    return Section("Findings", [scope(inputs.provenance, arms), how] + [f["text"] for f in found],
+                   [], {}, [])
+
+
+def headroom_section(rows: Sequence[Mapping[str, Any]]) -> Section:
+    body = [[r["noise"], r["objective"],
+             "–" if math.isnan(r["fraction"]) else f"{r['fraction']:.3f}",
+             _fmt_interval(r["ci95"]), _fmt_paired(r["gap_test"]), str(r["n"])] for r in rows]
+    text = (f"The fraction of the gap between {BASELINE} and {CLEAN} ({BASELINE} on the same "
+            f"demonstrations without corruption, same budget) an arm recovers: mean(arm - "
+            f"{BASELINE}) / mean({CLEAN} - {BASELINE}) in exact match over the seeds all three "
+            f"have (1: as good as clean data; 0: no better than {BASELINE}), with a paired "
+            f"percentile bootstrap over seeds; the gap with its 95% t-interval.")
+    header = ["noise", "objective", "headroom recovered", "95% interval (bootstrap)",
+              f"gap {CLEAN} - {BASELINE}", "seeds"]
+    return Section("Headroom recovered", [text], [Table(header, body)], {}, [])
+
+
+def data_seen_section(rows: Sequence[Mapping[str, Any]]) -> Section:
+    header = (["noise", "objective"] + [title for _, title in DATA_SEEN]
+              + [title for _, title in META_SEEN])
+    body = [[r["noise"], r["objective"]] + [_fmt_count(r["seen"][k]) for k, _ in DATA_SEEN]
+            + [_fmt_count(r["meta"][k]) for k, _ in META_SEEN] for r in rows]
+    text = "What each arm saw, averaged over seeds ('–': not recorded)."
+    return Section("Data seen per arm", [text], [Table(header, body)], {}, [])
+
+
+def comparison_sections(inputs: Inputs) -> tuple[list[Section], dict]:
+    """The comparison's sections, findings first, and findings.json's content."""
+    method = correction(inputs)
+    found = statistics.findings(comparison_tests(inputs.cells), method)
+    rows = summary_rows(inputs.cells, found)
+    summary_images = {"exact_match.png": plot_exact_match(rows)}
+    curves = mean_curves(inputs.cells)
+    if curves:
+        summary_images["learning_curves.png"] = plot_curves(curves, "held-out exact match")
+    text = ("Mean ± 95% t-interval over seeds; the paired difference in exact match from "
+            f"{BASELINE} over the same seeds, with its raw p and its p adjusted over all of "
+            f"the report's tests. Within a noise kind {BASELINE} comes first, then the arms by "
+            "that difference, largest first.")
+    out = [findings_section(inputs, found, method),
+           Section("Summary", [text], [table(rows, method)], summary_images, [])]
+    headroom = headroom_rows(inputs.cells)
+    if headroom:
+        out.append(headroom_section(headroom))
+    seen = data_seen_rows(inputs.cells)
+    if seen:
+        out.append(data_seen_section(seen))
+    families, family = family_rows(inputs.cells)
+    if families:
+        body = [[r["noise"], r["objective"]] + [f"{r['families'][f][0]:.3f}" for f in families]
+                for r in family]
+        out.append(Section("Per family (exact match)", ["Mean over seeds; the plot shows the "
+                                                       "95% t-interval."],
+                           [Table(["noise", "objective"] + families, body)],
+                           {"families.png": plot_families(families, family)}, []))
+    keys = meta_keys(inputs.meta)
+    if keys:
+        out.append(Section("Meta-training", [], [], {"meta_training.png":
+                                                     plot_meta(inputs.meta, keys)}, []))
+    if inputs.overoptimization:
+        out.append(Section("Over-optimization", [], [], {
+            "overoptimization.png": plot_overoptimization(inputs.overoptimization)}, []))
+    return out, statistics.findings_record(found, method)
+
+
+# ---- rendering -------------------------------------------------------------------------------
 
 
 def provenance_lines(inputs: Inputs) -> list[tuple[str, str]]:
@@ -334,8 +586,7 @@ def provenance_lines(inputs: Inputs) -> list[tuple[str, str]]:
 
 
 def _config_text(inputs: Inputs) -> str:
-    starts = (inputs.provenance or {}).get("starts", [])
-    return json.dumps(starts[-1].get("config", {}), indent=1, sort_keys=True) if starts else "{}"
+    return json.dumps(_last_start(inputs).get("config", {}), indent=1, sort_keys=True)
 
 
 def _title(inputs: Inputs) -> str:
@@ -347,22 +598,9 @@ def _md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]
             + ["| " + " | ".join(r) + " |" for r in body])
 
 
-def markdown(inputs: Inputs, images: Sequence[str]) -> str:
+def markdown(inputs: Inputs, sections: Sequence[Section]) -> str:
     lines = [f"# {_title(inputs)}"]
-    if inputs.cells:
-        lines += ["", f"{SCOPE} {STATISTICS}", ""]
-        lines += _md_table(*table(summary_rows(inputs.cells)))
-        families, rows = family_rows(inputs.cells)
-        if families:
-            lines += ["", "## Per family (exact match)", ""]
-            lines += _md_table(["noise", "objective"] + families,
-                               [[r["noise"], r["objective"]]
-                                + [f"{r['families'][f]:.3f}" for f in families] for r in rows])
-        own = {name for s in inputs.sections for name in s.images}
-        for name in images:
-            if name not in own:
-                lines += ["", f"![{name}]({PLOTS}/{name})"]
-    for section in inputs.sections:
+    for section in sections:
         lines += ["", f"## {section.title}"]
         for paragraph in section.paragraphs:
             lines += ["", paragraph]
@@ -388,7 +626,7 @@ def _html_img(name: str, png: bytes) -> str:
     return f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
 
 
-def render_html(inputs: Inputs, images: Mapping[str, bytes]) -> str:
+def render_html(inputs: Inputs, sections: Sequence[Section]) -> str:
     """One self-contained page: inline CSS, PNGs as data URIs, no external reference."""
     esc = html.escape
     title = _title(inputs)
@@ -399,18 +637,11 @@ def render_html(inputs: Inputs, images: Mapping[str, bytes]) -> str:
              "td,th{border:1px solid #bbb;padding:.25em .5em;text-align:right}"
              "img{max-width:100%}pre{font-size:.75em;background:#f4f4f4;padding:1em}",
              "</style></head><body>", f"<h1>{title}</h1>"]
-    own = {name for s in inputs.sections for name in s.images}
-    if inputs.cells:
-        parts += [f"<p>{esc(SCOPE)} {esc(STATISTICS)}</p>",
-                  _html_table(*table(summary_rows(inputs.cells)))]
-        for name, png in sorted(images.items()):
-            if name not in own:
-                parts.append(f'<h2>{esc(name[:-4].replace("_", " "))}</h2>' + _html_img(name, png))
-    for section in inputs.sections:
+    for section in sections:
         parts.append(f"<h2>{esc(section.title)}</h2>")
         parts += [f"<p>{esc(p)}</p>" for p in section.paragraphs]
         parts += [_html_table(t.header, t.rows) for t in section.tables]
-        parts += [_html_img(name, images[name]) for name in sorted(section.images)]
+        parts += [_html_img(name, section.images[name]) for name in sorted(section.images)]
     parts.append("<h2>Provenance</h2><ul>")
     parts += [f"<li>{esc(k)}: {esc(v)}</li>" for k, v in provenance_lines(inputs)]
     parts += ["</ul>", f"<pre>{esc(_config_text(inputs))}</pre>", "</body></html>", ""]
@@ -425,19 +656,27 @@ def _write_atomic(path: str, data: bytes) -> None:
 
 
 def write(workdir: str) -> dict[str, str]:
-    """Writes WORKDIR/report.md, report.html and plots/*.png from the workdir alone. Each file
-    is replaced atomically; on a malformed input nothing is written (the old report stays)."""
+    """Writes WORKDIR/report.md, report.html, plots/*.png and, with cells, findings.json from
+    the workdir alone. Each file is replaced atomically; on a malformed input nothing is
+    written (the old report stays)."""
     inputs = load(workdir)
-    images = all_images(inputs)
-    md = markdown(inputs, sorted(images)).encode()
-    page = render_html(inputs, images).encode()
+    sections, record = comparison_sections(inputs) if inputs.cells else ([], None)
+    sections += inputs.sections
+    md = markdown(inputs, sections).encode()
+    page = render_html(inputs, sections).encode()
     os.makedirs(os.path.join(workdir, PLOTS), exist_ok=True)
-    for name, png in images.items():
-        _write_atomic(os.path.join(workdir, PLOTS, name), png)
-    _write_atomic(os.path.join(workdir, REPORT_MD), md)
-    _write_atomic(os.path.join(workdir, REPORT_HTML), page)
-    return {"markdown": os.path.join(workdir, REPORT_MD),
-            "html": os.path.join(workdir, REPORT_HTML)}
+    for section in sections:
+        for name, png in section.images.items():
+            _write_atomic(os.path.join(workdir, PLOTS, name), png)
+    paths = {"markdown": os.path.join(workdir, REPORT_MD),
+             "html": os.path.join(workdir, REPORT_HTML)}
+    if record is not None:
+        paths["findings"] = os.path.join(workdir, FINDINGS)
+        _write_atomic(paths["findings"], (json.dumps(record, indent=2, sort_keys=True,
+                                                     allow_nan=False) + "\n").encode())
+    _write_atomic(paths["markdown"], md)
+    _write_atomic(paths["html"], page)
+    return paths
 
 
 # ---- sweeps ----------------------------------------------------------------------------------

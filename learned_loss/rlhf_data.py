@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from learned_loss.data import instruction_tasks, pipeline, preference_pairs, tasks, tokenizer
+from learned_loss.data import pipeline, preference_pairs, tasks, tokenizer
 from learned_loss.objectives import kl
 
 
@@ -57,7 +57,8 @@ def encoded_pairs(source, seq_len: int) -> pipeline.EncodedSource:
 class PromptStream:
     """An endless, resumable stream of task prompts for on-policy RL.
 
-    Global row r is an example of family `families[r % F]`, drawn from a generator seeded by
+    Global row r is an example of family `families[r % F]` whose input lies in `split` (RL
+    prompts: 'train'; an evaluator's: 'validation'), drawn from a generator seeded by
     (seed, r), so a batch depends only on its position, whatever the process count: process p
     of n takes rows [p B / n, (p + 1) B / n) of each global batch of B. The state is the
     position and, with an adaptive KL controller, its coefficient (Ziegler et al. 2019), which
@@ -69,12 +70,14 @@ class PromptStream:
 
     def __init__(self, families: Sequence[str], *, difficulty: tuple[int, int], seed: int,
                  global_batch_size: int, width: int, kl_coef: float, kl_target: float = 0.0,
-                 kl_horizon: float = 10_000.0, process_index: int = 0, process_count: int = 1):
+                 kl_horizon: float = 10_000.0, process_index: int = 0, process_count: int = 1,
+                 split: str = "train"):
         if global_batch_size % process_count:
             raise ValueError(f"global batch {global_batch_size} does not split over "
                              f"{process_count} processes")
         self.families = tuple(families)
         self.difficulty = difficulty
+        self.split = tasks.partition.check_split(split)
         self.seed = seed
         self.global_batch_size = global_batch_size
         self.width = width
@@ -87,10 +90,8 @@ class PromptStream:
 
     def example(self, row: int) -> tasks.Example:
         rng = np.random.default_rng([self.seed, int(row), 104729])
-        lo, hi = self.difficulty
-        difficulty = instruction_tasks.sample_difficulty(rng, lo, hi)
-        return tasks.sample_example(self.families[int(row) % len(self.families)], rng,
-                                    difficulty)
+        return tasks.partition.draw(self.families[int(row) % len(self.families)], rng,
+                                    self.difficulty, self.split)
 
     def __iter__(self):
         return self

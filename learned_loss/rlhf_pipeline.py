@@ -118,14 +118,19 @@ def reward_theta(config) -> dict | None:
 
 
 def task_families(config, sft_config) -> tuple[str, ...]:
-    """The RL and preference families: config.tasks.families, or the SFT run's, checked
-    against the split (held-out families are refused)."""
+    """The RL and preference families: config.tasks.families, or the SFT run's, resolved by
+    `tasks.roles` against the SFT run's family split (held-out families are refused)."""
     split = sft_config.get("tasks") or config.tasks
     families = tuple(config.tasks.families) or tuple(split.get("families", ()))
-    return tasks.training_families(families, config.tasks.train_split,
-                                   seed=split.split_seed,
-                                   meta_valid_fraction=split.meta_valid_fraction,
-                                   heldout_fraction=split.heldout_fraction)
+    return tasks.roles.resolve(split, "pairs", families)
+
+
+def role_record(config, families) -> dict[str, list[str]]:
+    """The pipeline's families by role: the pairs and the reward model always (shared stages),
+    RL prompts when an on-policy algorithm runs."""
+    on_policy = [a for a in algorithms(config) if a != "dpo"]
+    return tasks.roles.record({"pairs": families, "reward_model": families,
+                               "rl_prompts": families if on_policy else ()})
 
 
 def _with_head(model_config: ml_collections.ConfigDict, head: bool) -> ml_collections.ConfigDict:
@@ -208,13 +213,18 @@ def place_frozen(params: Any, sft_config, mesh) -> Any:
 # ---- stage 1: preference pairs from the SFT policy's samples --------------------------------
 
 
+def pair_args(config, families) -> dict[str, Any]:
+    """`preference_pairs.pair_examples`'s arguments: the prompts of the pairs of `families`."""
+    return dict(families=tuple(families), pairs_per_family=config.preferences.pairs_per_family,
+                difficulty=tasks.difficulty_range(config.tasks.difficulty), seed=config.seed)
+
+
 def build_preferences(config, sft: policy.Policy, families, workdir: str):
     p = config.preferences
     seq_len = p.seq_len
-    difficulty = instruction_tasks.difficulty_range(config.tasks.difficulty)
-    prompts = preference_pairs.pair_examples(families=families,
-                                             pairs_per_family=p.pairs_per_family,
-                                             difficulty=difficulty, seed=config.seed)
+    args = pair_args(config, families)
+    difficulty = args["difficulty"]
+    prompts = preference_pairs.pair_examples(**args)
     examples = [e for split in sorted(prompts) for e in prompts[split]]
     samples = preferences.sample_completions(
         sft.model, sft.params, examples, samples_per_prompt=p.samples_per_prompt,
@@ -299,8 +309,9 @@ class Evaluator:
         self.reference_model, self.reference_params = reference
         self.reward_model, self.reward_params = reward
         stream = rlhf_data.PromptStream(
-            families, difficulty=instruction_tasks.difficulty_range(config.tasks.difficulty),
-            seed=config.seed + seed_offset, global_batch_size=1, width=width, kl_coef=0.0)
+            families, difficulty=tasks.difficulty_range(config.tasks.difficulty),
+            seed=config.seed + seed_offset, global_batch_size=1, width=width, kl_coef=0.0,
+            split="validation")
         self.examples = [stream.example(r) for r in range(prompts_per_family * len(families))]
         self.samples = samples_per_prompt
         self.batch_size = config.eval.batch_size
@@ -374,7 +385,7 @@ def train_rl(config, algorithm: str, sft, families, mesh, reference, reward, eva
     stage.config.stage = algorithm
     width = prompt_width(config)
     source = rlhf_data.PromptStream(
-        families, difficulty=instruction_tasks.difficulty_range(config.tasks.difficulty),
+        families, difficulty=tasks.difficulty_range(config.tasks.difficulty),
         seed=config.seed, global_batch_size=r.global_batch_size, width=width,
         kl_coef=r.kl_coef, kl_target=r.kl_target, kl_horizon=r.kl_horizon,
         process_index=jax.process_index(), process_count=jax.process_count())
@@ -593,7 +604,7 @@ def run(config, workdir: str) -> dict:
     if jax.process_index() == 0:
         provenance.write(workdir, provenance.collect(config, mesh=mesh, extra={
             "sft": {"workdir": sft.workdir, "step": sft.step}, "families": list(families),
-            "shared_dir": shared}))
+            tasks.roles.RECORD_KEY: role_record(config, families), "shared_dir": shared}))
 
     shared_start = time.time()
     info, reward, shared_seconds = shared_stages(config, sft, families, mesh, shared)

@@ -1,5 +1,5 @@
 """The scaling study (experiments/scaling.py): pre-training runs over model sizes and token
-budgets, under MLE and under a learned token loss, their validation NLL, and the fits.
+budgets, under MLE and under a learned token loss, their test NLL, and the fits.
 
 `run(config, workdir)`:
   1. the learned token loss: `config.artifacts.learned`, or meta-trained on the text corpus in
@@ -8,11 +8,13 @@ budgets, under MLE and under a learned token loss, their validation NLL, and the
      WORKDIR/runs/OBJECTIVE-SIZE-STEPS (learned_loss/pretraining.py), skipped when its final
      checkpoint exists, so a re-run resumes point by point;
   3. WORKDIR/scaling.json: one row per run {objective, size, steps, tokens, params (non-embedding,
-     Kaplan et al. 2020), valid_nll, seconds} and, per objective, the fits of
+     Kaplan et al. 2020), test_nll, seconds} and, per objective, the fits of
      learned_loss/scaling.py (`analyse`).
 
-The validation NLL is the mean token NLL of the same validation windows for every run (under a
-learned loss the run's `valid/nll`, not its weighted loss).
+The test NLL is the mean token NLL (never a learned loss's weighted one) of the final model on
+the same first windows of the corpus's test split for every run: the learned loss is
+meta-trained on the validation split's NLL, so validation windows would score it on its own
+meta-objective.
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ import os
 import time
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
+import jax
 import ml_collections
 import numpy as np
 
-from learned_loss import cli, compare, evaluation, loop, metrics, pretraining, provenance, scaling
+from learned_loss import cli, compare, evaluation, loop, policy, pretraining, provenance, scaling
 from learned_loss import model as model_lib
+from learned_loss.data import pipeline, text_corpus
+from learned_loss.meta import lm_problem
 from learned_loss.meta import run as meta_run
 
 STUDY_FILE = "scaling.json"
@@ -91,14 +96,23 @@ def point_config(config, point: Point, artifact: str = "") -> ml_collections.Con
     return p
 
 
-def final_nll(run_dir: str, steps: int) -> float:
-    """The validation NLL logged at `steps` (valid/nll under a learned loss, else valid/loss)."""
-    for record in reversed(metrics.read_metrics(run_dir)):
-        if int(record.get("step", -1)) == steps and ("valid/nll" in record
-                                                     or "valid/loss" in record):
-            return float(record.get("valid/nll", record.get("valid/loss")))
-    raise cli.UserError(f"{run_dir} has no validation NLL at step {steps}; remove the folder "
-                        f"and re-run to train it again")
+def test_batches(config, corpus) -> list[dict]:
+    """The first windows of the corpus's test split, as evaluation batches (every token a loss
+    token), the same for every run."""
+    d = config.pretrain.data
+    batches = pipeline.make_eval_batches(text_corpus.load_split(corpus, "test"),
+                                         seq_len=d.seq_len, batch_size=d.global_batch_size,
+                                         max_batches=config.pretrain.train.eval_batches)
+    return [dict(b, mask=np.ones(b["targets"].shape, np.float32)) for b in batches]
+
+
+_nll = jax.jit(lm_problem.answer_nll, static_argnums=0)
+
+
+def test_nll(run_dir: str, batches: Sequence[Mapping[str, np.ndarray]]) -> float:
+    """The mean token NLL of a run's newest checkpoint on `batches`."""
+    trained = policy.load(run_dir)
+    return float(np.mean([_nll(trained.model, trained.params, b) for b in batches]))
 
 
 def learned_artifact(config, workdir: str) -> str:
@@ -163,11 +177,11 @@ def analyse(rows: Sequence[Mapping[str, Any]], fit_cfg) -> dict[str, dict]:
         top = max(r["tokens"] for r in mine)
         last = [r for r in mine if r["tokens"] == top]
         n = np.array([r["params"] for r in last], np.float64)
-        loss = np.array([r["valid_nll"] for r in last], np.float64)
+        loss = np.array([r["test_nll"] for r in last], np.float64)
         result = {"kaplan_tokens": top, "kaplan": _kaplan(n, loss, fit_cfg)}
         n_all = np.array([r["params"] for r in mine], np.float64)
         d_all = np.array([r["tokens"] for r in mine], np.float64)
-        loss_all = np.array([r["valid_nll"] for r in mine], np.float64)
+        loss_all = np.array([r["test_nll"] for r in mine], np.float64)
         if len(mine) >= 5 and len(set(d_all)) >= 2:
             result["chinchilla"] = _chinchilla(n_all, d_all, loss_all, fit_cfg)
         out[objective] = result
@@ -183,7 +197,7 @@ def advantage(rows: Sequence[Mapping[str, Any]], baseline: str = "mle") -> list[
             continue
         base = by[(baseline, size, tokens)]
         out.append({"objective": objective, "size": size, "params": r["params"],
-                    "tokens": tokens, "difference": r["valid_nll"] - base["valid_nll"]})
+                    "tokens": tokens, "difference": r["test_nll"] - base["test_nll"]})
     return out
 
 
@@ -226,6 +240,7 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
     provenance.write(workdir, provenance.collect(config, corpus_hash=corpus.corpus_hash, extra={
         "points": len(todo), "learned_artifact": artifact,
         "data_hashes": {"text_corpus": corpus.corpus_hash}}))
+    batches = test_batches(config, corpus)
     rows = []
     tokens_per_step = config.pretrain.data.global_batch_size * config.pretrain.data.seq_len
     for i, point in enumerate(todo):
@@ -248,9 +263,9 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
         rows.append({"objective": point.objective, "size": point.size, "steps": point.steps,
                      "tokens": point.steps * tokens_per_step,
                      "params": non_embedding_params(cfg.model),
-                     "valid_nll": final_nll(run_dir, point.steps), "seconds": seconds})
-        log(f"scaling: {i + 1}/{len(todo)} {point.name}: valid NLL "
-            f"{rows[-1]['valid_nll']:.4f} ({seconds:.0f} s)")
+                     "test_nll": test_nll(run_dir, batches), "seconds": seconds})
+        log(f"scaling: {i + 1}/{len(todo)} {point.name}: test NLL "
+            f"{rows[-1]['test_nll']:.4f} ({seconds:.0f} s)")
     study = {"rows": rows, "fits": analyse(rows, config.fit), "advantage": advantage(rows),
              "learned_artifact": artifact}
     evaluation.write_json(os.path.join(workdir, STUDY_FILE), study)

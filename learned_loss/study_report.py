@@ -104,11 +104,11 @@ def scaling_nll_table(rows: Sequence[Mapping[str, Any]]) -> Table:
     body = []
     for params, size, tokens in keys:
         line = [size, f"{params:,}", f"{tokens:,}"]
-        line += [f"{by[(o, size, tokens)]['valid_nll']:.4f}" if (o, size, tokens) in by else "–"
+        line += [f"{by[(o, size, tokens)]['test_nll']:.4f}" if (o, size, tokens) in by else "–"
                  for o in objectives]
         for o in others:
             if (o, size, tokens) in by and ("mle", size, tokens) in by:
-                diff = by[(o, size, tokens)]["valid_nll"] - by[("mle", size, tokens)]["valid_nll"]
+                diff = by[(o, size, tokens)]["test_nll"] - by[("mle", size, tokens)]["test_nll"]
                 line.append(f"{diff:+.4f}")
             else:
                 line.append("–")
@@ -123,7 +123,7 @@ def plot_scaling(study: Mapping[str, Any]) -> bytes:
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
     for objective in sorted(fits):
         top = fits[objective]["kaplan_tokens"]
-        pts = sorted((r["params"], r["valid_nll"]) for r in rows
+        pts = sorted((r["params"], r["test_nll"]) for r in rows
                      if r["objective"] == objective and r["tokens"] == top)
         n = np.array([p[0] for p in pts], np.float64)
         line = ax.plot(n, [p[1] for p in pts], "o", label=f"{objective} ({top:,} tokens)")[0]
@@ -318,7 +318,7 @@ def emergence_grid_table(sizes: Sequence[Mapping[str, Any]]) -> Table:
     rows = []
     for s in sizes:
         last = s["evals"][-1]["buckets"]
-        nll = [f"{s['pretrain']['valid_nll']:.3f}"] if pretrained else []
+        nll = [f"{s['pretrain']['test_nll']:.3f}"] if pretrained else []
         rows.append([s["size"], f"{s['params']:,}"] + nll + [
             f"{b['per_token_accuracy']:.3f} / {b['exact_match']:.3f} / "
             f"{b['predicted_exact_match']:.3f}" for b in last])

@@ -1,12 +1,33 @@
-"""A small compare workdir for report tests: fake cells (3 objectives x seeds on one noise),
-a meta-training curve, an over-optimization record and provenance."""
+"""A small compare workdir for report tests: fake cells (4 objectives x seeds on one noise, with
+an `mle_clean` arm, what each arm saw and per-prompt scores), a meta-training curve, an
+over-optimization record and provenance with the families each arm used by role."""
 
 import json
 import os
 
 import numpy as np
 
-OBJECTIVES = {"mle": 0.50, "dpo": 0.55, "learned_token_loss": 0.60}
+OBJECTIVES = {"mle": 0.50, "dpo": 0.55, "learned_preference": 0.60, "mle_clean": 0.70}
+EVALUATION_FAMILIES = ["add", "parity"]
+FAMILIES_BY_ROLE = {
+    "mle": {"finetune": EVALUATION_FAMILIES},
+    "mle_clean": {"finetune": EVALUATION_FAMILIES},
+    "dpo": {"finetune": EVALUATION_FAMILIES, "pairs": EVALUATION_FAMILIES},
+    "learned_preference": {"finetune": EVALUATION_FAMILIES,
+                           "pairs": EVALUATION_FAMILIES,
+                           "meta_train": ["reverse", "sort_list"]},
+}
+
+
+def _data_seen(objective, seed):
+    seen = {"noisy_demonstrations": 0 if objective == "mle_clean" else 100,
+            "clean_demonstrations": 100 if objective == "mle_clean" else 0,
+            "tokens": 1000}
+    if objective in ("dpo", "learned_preference"):
+        seen.update(gold_answers_in_pairs=50, labeler_queries=50)
+    if objective == "learned_preference":
+        seen["meta_training"] = {"seconds": 30.0 + seed, "tokens": 5000, "outer_steps": 10}
+    return seen
 
 
 def _cell(objective, noise, seed, em):
@@ -15,7 +36,10 @@ def _cell(objective, noise, seed, em):
                         "length": 3.0},
             "compute": {"seconds": 10.0 + seed, "tokens": 1000},
             "families": {"add": em, "parity": 1.0 - em},
-            "curve": [{"step": 0, "exact_match": 0.0}, {"step": 10, "exact_match": em}]}
+            "curve": [{"step": 0, "exact_match": 0.0}, {"step": 10, "exact_match": em}],
+            "data_seen": _data_seen(objective, seed),
+            "per_prompt": {"input_id": ["input0", "input1"], "family": ["add", "parity"],
+                           "exact_match": [1, 0]}}
 
 
 def write_workdir(path, noise="swap30", seeds=3):
@@ -42,5 +66,7 @@ def write_workdir(path, noise="swap30", seeds=3):
         json.dump({"starts": [{"git_commit": "abc123", "git_dirty": False,
                                "config": {"seeds": seeds}, "versions": {"jax": "0.4"},
                                "mesh": {"data": 8}, "devices": {"kind": "cpu"},
-                               "extra": {"data_hashes": {"tasks": "h1"}}}]}, f)
+                               "extra": {"data_hashes": {"tasks": "h1"},
+                                         "evaluation_families": EVALUATION_FAMILIES,
+                                         "families_by_role": FAMILIES_BY_ROLE}}]}, f)
     return cells

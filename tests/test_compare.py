@@ -35,14 +35,12 @@ def _cells(workdir):
 
 
 def _table(markdown):
-    """{(noise, objective): [cells of the report's first table]}."""
+    """{(noise, objective): [cells of the report's summary table]}."""
     rows = {}
-    for line in markdown.splitlines():
+    for line in markdown.split("\n## Summary\n")[1].split("\n## ")[0].splitlines():
         parts = [p.strip() for p in line.strip().strip("|").split("|")]
-        if len(parts) == 10 and parts[0] not in ("noise", "---"):
+        if line.startswith("|") and parts[0] not in ("noise", "---"):
             rows[(parts[0], parts[1])] = parts[2:]
-        if line.startswith("## Per family"):
-            break
     return rows
 
 
@@ -80,16 +78,17 @@ def test_smoke_compare_cells_report_and_resume(tmp_path):
     html, png = str(workdir / "report.html"), str(workdir / "report.png")
     rendering = browser.render(html, screenshot=png)
     assert browser.problems(html, rendering) == []
-    assert len(rendering.images) == len(os.listdir(workdir / "plots")) == 2  # families, curves
+    # exact match by arm, families, curves
+    assert len(rendering.images) == len(os.listdir(workdir / "plots")) == 3
     with open(png, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
     # The pre-training is cached under its config hash, recorded in the provenance.
-    pre = cache / f"pretrain-{compare.config_hash(config.pretrain)}"
+    pre = cache / f"pretrain-{compare.pretrain_key(config)}"
     assert compare.finished(str(pre), config.pretrain.train.num_steps)
     with open(workdir / "provenance.json") as f:
         start = json.load(f)["starts"][-1]
-    assert start["extra"]["pretrain"]["config_hash"] == compare.config_hash(config.pretrain)
+    assert start["extra"]["pretrain"]["cache_key"] == compare.pretrain_key(config)
     assert set(start["extra"]["data_hashes"]) == {"swap30"}
 
     # A re-run recomputes nothing; a removed cell is recomputed alone, with the same numbers.

@@ -131,7 +131,7 @@ def test_smoke_study_end_to_end_with_report_and_resume(tmp_path):
     assert study["pretrain_steps"] == config.pretrain.steps > 0
     for s in study["sizes"]:
         assert s["pretrain"]["steps"] == config.pretrain.steps
-        assert 0.0 < s["pretrain"]["valid_nll"] < 2 * np.log(260)
+        assert 0.0 < s["pretrain"]["test_nll"] < 2 * np.log(260)
         assert [e["step"] for e in s["evals"]] == [2, 4]
         for e in s["evals"]:
             assert sum(b["count"] for b in e["buckets"]) == config.eval_rows
@@ -140,7 +140,7 @@ def test_smoke_study_end_to_end_with_report_and_resume(tmp_path):
     md = (workdir / "report.md").read_text()
     assert "## Emergence and the metric" in md
     assert f"pre-trained from scratch for {config.pretrain.steps} steps" in md
-    assert f"| {study['sizes'][0]['pretrain']['valid_nll']:.3f} |" in md
+    assert f"| {study['sizes'][0]['pretrain']['test_nll']:.3f} |" in md
     s2 = study["sizes"][1]["evals"][-1]["buckets"][0]
     assert (f"{s2['per_token_accuracy']:.3f} / {s2['exact_match']:.3f} / "
             f"{s2['predicted_exact_match']:.3f}") in md

@@ -1,5 +1,7 @@
 """Tests for learned_loss.data.instruction_tasks (label noise and the `instruction_tasks` builder)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -147,8 +149,8 @@ def test_fields_round_trip(built):
     assert info.num_examples == {"train": 5 * 36, "validation": 5 * 4}
     train = _records(info, "train")
     assert len(train) == info.num_examples["train"]
-    assert set(train[0]) == {"family", "prompt", "answer", "gold_answer", "corrupted",
-                             "corruption", "difficulty", "phrasing", "index"}
+    assert set(train[0]) == {"family", "input_id", "prompt", "answer", "gold_answer",
+                             "corrupted", "corruption", "difficulty", "phrasing", "index"}
     for rec in train:
         assert isinstance(rec["corrupted"], bool) and isinstance(rec["difficulty"], int)
         assert 1 <= rec["difficulty"] <= 3
@@ -162,21 +164,24 @@ def test_fields_round_trip(built):
     rng = itasks.stream_rng(0, "train", "add", 0)
     adds = [r for r in train if r["family"] == "add"]
     assert [r["index"] for r in adds] == list(range(36))
-    for rec in adds[:5]:
-        example = tasks.sample_example("add", rng, itasks.sample_difficulty(rng, 1, 3))
-        assert (rec["prompt"], rec["gold_answer"]) == (example.prompt, example.answer)
+    expected = tasks.partition.draw_split("add", rng, (1, 3), "train", 36)
+    assert [(r["prompt"], r["gold_answer"], r["input_id"]) for r in adds] == [
+        (e.prompt, e.answer, e.input_id) for e in expected]
     assert itasks.to_example(itasks.load_split(info, "train")[0]).family in FAMILIES
     example = itasks.to_example(adds[0], gold=True)
     assert example.answer == adds[0]["gold_answer"] and example.prompt == adds[0]["prompt"]
 
 
-def test_validation_is_clean_and_disjoint_stream(built):
+def test_validation_is_clean_distinct_and_shares_no_input_with_train(built):
     _, info = built
-    valid = _records(info, "validation")
+    valid, train = _records(info, "validation"), _records(info, "train")
     assert not any(r["corrupted"] for r in valid) and info.num_corrupted["validation"] == 0
-    train_prompts = [r["prompt"] for r in _records(info, "train") if r["family"] == "add"]
-    valid_prompts = [r["prompt"] for r in valid if r["family"] == "add"]
-    assert valid_prompts != train_prompts[: len(valid_prompts)]
+    assert len({r["input_id"] for r in valid}) == len(valid)  # distinct inputs
+    assert not tasks.partition.overlap({"train": train, "validation": valid})
+    assert {tasks.split_of(r["input_id"]) for r in train} == {"train"}
+    assert {tasks.split_of(r["input_id"]) for r in valid} == {"validation"}
+    # The identity is the input: re-rendering a record's input in another phrasing keeps it.
+    assert all(r["input_id"] for r in train)
 
 
 def test_same_knobs_reuse_and_other_knobs_rebuild(built):
@@ -198,14 +203,20 @@ def test_same_knobs_reuse_and_other_knobs_rebuild(built):
     assert info.provenance()["config_hash"] == info.config_hash
 
 
-def test_default_noise_kinds_keep_the_dataset_hash(built):
-    # The hash these knobs had before `noise_kinds` existed: datasets already built must keep
-    # their names. (It also changes, deliberately, when a task generator changes.)
-    _, info = built
-    assert info.noise_kinds == itasks.DEFAULT_KINDS
-    assert info.config_hash == (
-        "c6a086ba73f20afeee2ca4f061be41acb7a8533f7f73b4b66d6805919b99243f")
-    assert info.config_name == "hc6a086ba73f20afe"
+def test_a_dataset_of_other_generators_or_partition_is_not_reused(built, monkeypatch):
+    # The cache key holds the partition's version and the generators' fingerprint: a dataset
+    # built by older code is never read back as this one.
+    data_dir, info = built
+    monkeypatch.setattr(tasks.partition, "VERSION", tasks.partition.VERSION + 1)
+    other = itasks.build_instruction_tasks(data_dir, **KNOBS)
+    assert not other.reused and other.config_name != info.config_name
+    monkeypatch.undo()
+    add = tasks.FAMILIES["add"]
+    changed = dataclasses.replace(add, templates=("Sum: {a} + {b}",) + add.templates[1:])
+    monkeypatch.setitem(tasks.FAMILIES, "add", changed)
+    rebuilt = itasks.build_instruction_tasks(data_dir, **KNOBS)
+    assert not rebuilt.reused and rebuilt.config_name not in (info.config_name,
+                                                              other.config_name)
 
 
 def test_configured_noise_kinds_build_another_dataset(built):
@@ -269,3 +280,17 @@ def test_bad_arguments(tmp_path):
             itasks.build_instruction_tasks(str(tmp_path), **{**ok, **change})
     with pytest.raises(ValueError):
         itasks.load_split(itasks.build_instruction_tasks(str(tmp_path), **ok), "test")
+    with pytest.raises(TaskError, match="split must be one of"):
+        itasks.build_instruction_tasks(str(tmp_path), **ok, splits={"train": 0.9, "dev": 0.1})
+
+
+def test_a_family_too_small_for_its_evaluation_split_is_refused(tmp_path):
+    # to_binary at difficulty 1 has 10 inputs (0..9), 1 of them a validation input.
+    with pytest.raises(TaskError) as err:
+        itasks.build_instruction_tasks(str(tmp_path), families=["to_binary"],
+                                       examples_per_family=100, difficulty=1, label_noise=0.0,
+                                       seed=0, seq_len=64)
+    message = str(err.value)
+    assert "to_binary" in message and "difficulty 1" in message and "10 inputs" in message
+    assert "difficulty=(1, 2)" in message and "\n" not in message
+    assert not (tmp_path / "instruction_tasks").exists()

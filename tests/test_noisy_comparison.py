@@ -7,29 +7,48 @@ import os
 import jax
 import numpy as np
 import pytest
+from scipy import stats
 
 from configs import noisy
+from learned_loss import statistics
 from learned_loss.meta import comparison
 from learned_loss.objectives import artifact, learned
 
 
-def test_mean_ci_and_paired_summary():
-    ci = comparison.mean_ci([0.5, 0.7, 0.6])
-    assert ci["mean"] == pytest.approx(0.6)
-    # t_{0.975, 2} = 4.303; std 0.1; n 3.
-    assert ci["ci95"] == pytest.approx(4.3027 * 0.1 / np.sqrt(3), rel=1e-3)
-    assert comparison.mean_ci([0.4])["ci95"] == 0.0
+def test_paired_summary_with_adjusted_p(tmp_path):
     rows = [dict(family_set="train", noise="swap30", model="nano", method=m, seed=s,
-                 exact_match=v)
-            for m, values in (("mle", (0.5, 0.6)), ("loss_truncation", (0.6, 0.8)))
+                 exact_match=v, graded=v, test_nll=1.0 - v)
+            for m, values in (("mle", (0.5, 0.6, 0.55)), ("loss_truncation", (0.6, 0.8, 0.7)),
+                              ("mle_2x", (0.52, 0.6, 0.56)))
             for s, v in enumerate(values)]
     summary = {r["method"]: r for r in comparison.summarize(rows)}
-    assert summary["loss_truncation"]["vs_mle"] == pytest.approx(0.15)
-    assert summary["loss_truncation"]["vs_mle_ci95"] == pytest.approx(
-        12.706 * np.std([0.1, 0.2], ddof=1) / np.sqrt(2), rel=1e-3)
+    lt = summary["loss_truncation"]
+    assert lt["mean"] == pytest.approx(0.7) and lt["n"] == 3
+    # t_{0.975, 2} = 4.303; sd 0.1; n 3.
+    assert lt["ci95"] == pytest.approx(4.3027 * 0.1 / np.sqrt(3), rel=1e-4)
+    assert lt["vs_mle"] == pytest.approx(0.15)
+    assert lt["vs_mle_ci95"] == pytest.approx(
+        4.3027 * np.std([0.1, 0.2, 0.15], ddof=1) / np.sqrt(3), rel=1e-4)
+    p_lt = stats.ttest_rel([0.6, 0.8, 0.7], [0.5, 0.6, 0.55]).pvalue
+    p_2x = stats.ttest_rel([0.52, 0.6, 0.56], [0.5, 0.6, 0.55]).pvalue
+    assert lt["vs_mle_p"] == pytest.approx(p_lt)
+    # Holm over the two tests against MLE.
+    assert [lt["vs_mle_p_adjusted"], summary["mle_2x"]["vs_mle_p_adjusted"]] == pytest.approx(
+        statistics.holm([p_lt, p_2x]))
     assert "vs_mle" not in summary["mle"]
-    assert "| train | swap30 | nano | loss_truncation | 0.700 ± " in comparison.markdown(
-        comparison.summarize(rows), "exact_match")
+    table = comparison.markdown(comparison.summarize(rows), "exact_match")
+    assert (f"| train | swap30 | nano | loss_truncation | 0.700 ± {lt['ci95']:.3f} | +0.150 ± "
+            f"{lt['vs_mle_ci95']:.3f} | {statistics.format_p(p_lt)} | "
+            f"{statistics.format_p(lt['vs_mle_p_adjusted'])} | 3 |") in table
+    assert "| train | swap30 | nano | mle | 0.550 ± " in table and " |  |  |  | 3 |" in table
+    comparison.write_summary(str(tmp_path), rows)
+    text = (tmp_path / "summary.md").read_text()
+    record = json.loads((tmp_path / "findings.json").read_text())
+    assert text.startswith("## Findings\n") and record["correction"] == "holm"
+    assert [f["a"] for f in record["findings"]] == ["loss_truncation", "mle_2x"]
+    for f in record["findings"]:
+        assert f["text"] in text and f["group"] == "train/swap30/nano"
+        assert f["significant"] == (f["p_adjusted"] < 0.05) == (" beats " in f["text"])
 
 
 def test_cells_run_resume_and_summarize(tmp_path):
@@ -64,6 +83,9 @@ def test_cells_run_resume_and_summarize(tmp_path):
     assert by_method["mle"]["n"] == 2
     assert by_method["mle"]["mean"] == pytest.approx(
         np.mean([r["exact_match"] for r in results if r["method"] == "mle"]))
+    with open(os.path.join(workdir, "findings.json")) as f:
+        assert [(t["a"], t["b"], t["n"]) for t in json.load(f)["findings"]] == [
+            ("learned_offline", "mle", 2)]
     with pytest.raises(ValueError, match="learned.artifacts"):
         config.learned.artifacts = {"default": ""}
         comparison.method_objective(config, "learned_offline", "swap30")

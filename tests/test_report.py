@@ -1,59 +1,175 @@
-"""Reports: statistics against scipy, tables that match the cells, byte-identical regeneration,
-self-contained HTML, and a failed regeneration that leaves the old report."""
+"""Reports: tables that match the cells, findings that lead and agree with their adjusted p,
+headroom and data seen worked out by hand, a scope sentence that states only what the records
+show, byte-identical regeneration, self-contained HTML, and a failed regeneration that leaves
+the old report."""
 
+import json
 import re
 
 import numpy as np
 import pytest
-from scipy import stats
 
-from learned_loss import report
+from learned_loss import report, statistics
 from tests.report_workdir import OBJECTIVES, write_workdir
 
 
-def test_statistics_match_scipy():
-    x = [0.5, 0.7, 0.6, 0.65]
-    mean, half = report.mean_ci(x)
-    lo, hi = stats.t.interval(0.95, len(x) - 1, loc=np.mean(x), scale=stats.sem(x))
-    assert mean == pytest.approx(np.mean(x)) and half == pytest.approx((hi - lo) / 2)
-    assert report.mean_ci([0.3]) == (0.3, 0.0)
-    a, b = {0: 0.6, 1: 0.7, 2: 0.65, 5: 0.1}, {0: 0.5, 1: 0.55, 2: 0.6}
-    p = report.paired(a, b)
-    assert p["n"] == 3 and p["mean"] == pytest.approx(np.mean([0.1, 0.15, 0.05]))
-    assert p["p"] == pytest.approx(stats.ttest_rel([0.6, 0.7, 0.65], [0.5, 0.55, 0.6]).pvalue)
-    # Identical differences: no test (nan), not a division by zero.
-    assert np.isnan(report.paired({0: 1.0, 1: 2.0}, {0: 0.5, 1: 1.5})["p"])
+def _by_seed(cells, objective):
+    return {c["seed"]: c["metrics"]["exact_match"] for c in cells if c["objective"] == objective}
+
+
+def _summary(md):
+    """{objective: cells of the summary table row} in the table's order."""
+    lines = md.split("## Summary")[1].split("## ")[0].splitlines()
+    rows = [[p.strip() for p in line.strip().strip("|").split("|")] for line in lines
+            if line.startswith("| swap30 |")]
+    return {r[1]: r for r in rows}
 
 
 def test_report_table_matches_cells(tmp_path):
     cells = write_workdir(tmp_path)
     report.write(str(tmp_path))
     md = (tmp_path / "report.md").read_text()
+    rows = _summary(md)
+    mle = _by_seed(cells, "mle")
     for objective in OBJECTIVES:
-        ems = [c["metrics"]["exact_match"] for c in cells if c["objective"] == objective]
-        mean, half = report.mean_ci(ems)
-        row = next(line for line in md.splitlines() if f"| swap30 | {objective} |" in line)
-        assert f"{mean:.3f} ± {half:.3f}" in row
+        mean, half = report.mean_ci(list(_by_seed(cells, objective).values()))
+        row = rows[objective]
+        assert row[2] == f"{mean:.3f} ± {half:.3f}"
         if objective != "mle":
-            mle = {c["seed"]: c["metrics"]["exact_match"] for c in cells if c["objective"] == "mle"}
-            own = {c["seed"]: c["metrics"]["exact_match"] for c in cells
-                   if c["objective"] == objective}
-            assert f"{report.paired(own, mle)['mean']:+.3f}" in row
+            test = report.paired(_by_seed(cells, objective), mle)
+            assert row[8].startswith(f"{test['mean']:+.3f} ± ")
+            assert row[9] == statistics.format_p(test["p"])
+            # Adjusted among more tests than one: never below the raw p.
+            assert float(row[10]) >= float(row[9])
+    # mle first, then the arms by their difference from it, largest first.
+    effects = {o: np.mean([v - mle[s] for s, v in _by_seed(cells, o).items()])
+               for o in OBJECTIVES if o != "mle"}
+    assert list(rows) == ["mle"] + sorted(effects, key=effects.get, reverse=True)
+    assert list(rows) != ["mle"] + sorted(effects)  # the fixture tells the two orders apart
     assert "abc123 (dirty: False)" in md and '"tasks": "h1"' in md
     assert "cell swap30/dpo/seed 2: 12.0 s" in md
+    assert "input0" not in md  # per-prompt scores are read, not printed
     for name in ("learning_curves.png", "meta_training.png", "overoptimization.png",
-                 "families.png"):
+                 "families.png", "exact_match.png"):
         assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_findings_lead_and_agree_with_adjusted_p(tmp_path):
+    cells = write_workdir(tmp_path)
+    report.write(str(tmp_path))
+    md = (tmp_path / "report.md").read_text()
+    assert md.index("## Findings") < md.index("## Summary")
+    assert re.findall(r"^## .*", md, re.M)[0] == "## Findings"
+    record = json.loads((tmp_path / "findings.json").read_text())
+    assert record["correction"] == "holm" and record["alpha"] == 0.05
+    found = record["findings"]
+    # Each arm against mle, then the declared pairing learned_preference vs dpo.
+    assert sorted((f["a"], f["b"]) for f in found) == [
+        ("dpo", "mle"), ("learned_preference", "dpo"), ("learned_preference", "mle"),
+        ("mle_clean", "mle")]
+    assert record["tests"] == 4
+    raw = [f["p"] for f in found]
+    assert [f["p_adjusted"] for f in found] == pytest.approx(statistics.holm(raw))
+    for f in found:
+        assert f["text"] in md
+        assert f["p_adjusted"] >= f["p"]
+        assert f["significant"] == (f["p_adjusted"] < 0.05) == (" beats " in f["text"])
+        assert f"adjusted p {statistics.format_p(f['p_adjusted'])}" in f["text"]
+    dpo = next(f for f in found if (f["a"], f["b"]) == ("dpo", "mle"))
+    assert dpo["p"] == pytest.approx(report.paired(_by_seed(cells, "dpo"),
+                                                   _by_seed(cells, "mle"))["p"])
+    # In this fixture dpo's raw p is below 0.05, but not once corrected among the four tests.
+    assert dpo["p"] < 0.05 and not dpo["significant"]
+    assert dpo["text"].startswith("No detectable difference between dpo and mle on swap30")
+
+
+def test_bh_correction_is_read_from_the_config(tmp_path):
+    write_workdir(tmp_path)
+    path = tmp_path / "provenance.json"
+    prov = json.loads(path.read_text())
+    prov["starts"][-1]["config"]["statistics"] = {"correction": "bh"}
+    path.write_text(json.dumps(prov))
+    report.write(str(tmp_path))
+    record = json.loads((tmp_path / "findings.json").read_text())
+    assert record["correction"] == "bh"
+    assert [f["p_adjusted"] for f in record["findings"]] == pytest.approx(
+        statistics.benjamini_hochberg([f["p"] for f in record["findings"]]))
+    assert "adjusted p (Benjamini-Hochberg 1995)" in (tmp_path / "report.md").read_text()
+    prov["starts"][-1]["config"]["statistics"] = {"correction": "bonferroni"}
+    path.write_text(json.dumps(prov))
+    with pytest.raises(report.ReportError, match="'holm', 'bh'"):
+        report.write(str(tmp_path))
+
+
+def test_headroom_and_data_seen_by_hand(tmp_path):
+    cells = write_workdir(tmp_path)
+    report.write(str(tmp_path))
+    md = (tmp_path / "report.md").read_text()
+    mle, clean = _by_seed(cells, "mle"), _by_seed(cells, "mle_clean")
+    arm = _by_seed(cells, "learned_preference")
+    fraction = (np.mean([arm[s] - mle[s] for s in mle])
+                / np.mean([clean[s] - mle[s] for s in mle]))
+    row = next(line for line in md.split("## Headroom recovered")[1].splitlines()
+               if line.startswith("| swap30 | learned_preference |"))
+    assert row.startswith(f"| swap30 | learned_preference | {fraction:.3f} | [")
+    gap = report.paired(clean, mle)
+    assert f"| {gap['mean']:+.3f} ± {gap['ci95']:.3f} (n 3) | 3 |" in row
+    assert "| swap30 | mle_clean | 0." not in md.split("## Headroom recovered")[1].split("## ")[0]
+    # Data seen: meta-training seconds 30, 31, 32 average to 31; dpo did no meta-training.
+    seen = md.split("## Data seen per arm")[1].split("## ")[0]
+    assert "| swap30 | learned_preference | 100 | 0 | 50 | – | 50 | 1,000 | 31 | 5,000 |" in seen
+    assert "| swap30 | dpo | 100 | 0 | 50 | – | 50 | 1,000 | – | – |" in seen
+
+
+def test_sections_without_their_inputs_are_left_out(tmp_path):
+    write_workdir(tmp_path)
+    for path in (tmp_path / "cells").glob("*mle_clean*"):
+        path.unlink()
+    for path in (tmp_path / "cells").glob("*.json"):
+        cell = json.loads(path.read_text())
+        del cell["data_seen"]
+        path.write_text(json.dumps(cell))
+    # A meta-training record with none of the plotted keys: no empty plot.
+    (tmp_path / "meta" / "token_tbptt" / "metrics.jsonl").write_text('{"step": 0, "x": 1}\n')
+    report.write(str(tmp_path))
+    md = (tmp_path / "report.md").read_text()
+    assert "## Headroom recovered" not in md and "## Data seen per arm" not in md
+    assert "meta_training.png" not in md and not (tmp_path / "plots" / "meta_training.png").exists()
+
+
+def test_scope_states_only_what_the_records_show(tmp_path):
+    write_workdir(tmp_path)
+    report.write(str(tmp_path))
+    md = (tmp_path / "report.md").read_text()
+    assert ("Scored on the clean test inputs of add, parity (evaluation families). No arm gave "
+            "them a meta role (meta-training, meta-validation, fitness, tuning, pre-training "
+            "mix); their task roles: fine-tuning (dpo, learned_preference, mle, mle_clean), "
+            "preference pairs (dpo, learned_preference).") in md
+    prov = json.loads((tmp_path / "provenance.json").read_text())
+    arms = list(OBJECTIVES)
+    roles = prov["starts"][-1]["extra"]["families_by_role"]
+    roles["learned_preference"]["meta_valid"] = ["parity"]
+    roles["mle"]["unlisted_role"] = ["add"]
+    del roles["mle_clean"]
+    text = report.scope(prov, arms)
+    assert "Other roles on them: unlisted_role (mle)." in text
+    assert "Meta roles on them: meta-validation (learned_preference); their task roles:" in text
+    assert text.endswith("No roles are recorded for mle_clean.")
+    del prov["starts"][-1]["extra"]["families_by_role"]
+    assert report.scope(prov, arms) == ("Scored on the clean test inputs of add, parity "
+                                        "(evaluation families).")
+    assert report.scope(None, arms) == "Scored on clean test inputs."
 
 
 def test_regeneration_is_byte_identical_and_self_contained(tmp_path):
     write_workdir(tmp_path)
     report.write(str(tmp_path))
-    first = {n: (tmp_path / n).read_bytes() for n in ("report.md", "report.html")}
+    names = ("report.md", "report.html", "findings.json")
+    first = {n: (tmp_path / n).read_bytes() for n in names}
     report.write(str(tmp_path))
-    assert {n: (tmp_path / n).read_bytes() for n in first} == first
+    assert {n: (tmp_path / n).read_bytes() for n in names} == first
     page = first["report.html"].decode()
-    assert len(re.findall(r'src="data:image/png;base64,', page)) == 4
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 5
     assert not re.search(r'(src|href)="(https?:)?//', page)
     assert "http" not in page
 
@@ -74,7 +190,6 @@ def test_bad_inputs_keep_the_old_report(tmp_path):
 
 
 def test_overoptimization_with_a_failed_fit_plots_its_points(tmp_path):
-    import json
     write_workdir(tmp_path)
     path = tmp_path / "overoptimization.json"
     over = json.loads(path.read_text())

@@ -16,7 +16,8 @@ from learned_loss import browser
 from tests import runs
 from tests.report_workdir import write_workdir
 
-PLOTS = ("families.png", "learning_curves.png", "meta_training.png", "overoptimization.png")
+PLOTS = ("exact_match.png", "families.png", "learning_curves.png", "meta_training.png",
+         "overoptimization.png")
 
 
 @pytest.fixture(scope="module")

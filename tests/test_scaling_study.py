@@ -32,7 +32,7 @@ def _synthetic_rows(e=1.7, a=40.0, b=300.0, alpha=0.35, beta=0.3, shift=None, no
                 if objective == "learned" and shift is not None:
                     loss += shift(n)
                 rows.append({"objective": objective, "size": size, "steps": steps, "tokens": d,
-                             "params": n, "valid_nll": loss * np.exp(noise * rng.normal()),
+                             "params": n, "test_nll": loss * np.exp(noise * rng.normal()),
                              "seconds": 1.0})
     return rows
 
@@ -148,7 +148,7 @@ def test_smoke_study_end_to_end_with_report_and_resume(tmp_path):
         run_dir = workdir / "runs" / f"mle-{row['size']}-{row['steps']}"
         last = [r for r in runs.metrics(run_dir) if r["step"] == row["steps"]
                 and "valid/loss" in r][-1]
-        assert row["valid_nll"] == last["valid/loss"]
+        assert row["test_nll"] == last["valid/loss"]
         assert row["tokens"] == row["steps"] * config.pretrain.data.global_batch_size * 32
     by_size = {r["size"]: r["params"] for r in study["rows"]}
     assert by_size["s1"] < by_size["s2"] < by_size["s3"]
@@ -159,7 +159,7 @@ def test_smoke_study_end_to_end_with_report_and_resume(tmp_path):
     assert md.startswith("# Studies") and "## Scaling laws" in md
     table = _report_rows(md)
     for row in study["rows"]:
-        assert table[(row["size"], f"{row['tokens']:,}")]["mle NLL"] == f"{row['valid_nll']:.4f}"
+        assert table[(row["size"], f"{row['tokens']:,}")]["mle NLL"] == f"{row['test_nll']:.4f}"
     page = (workdir / "report.html").read_text()
     assert "data:image/png;base64," in page and "<h2>Scaling laws</h2>" in page
 

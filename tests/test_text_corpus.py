@@ -38,7 +38,13 @@ def _write_corpus(root: pathlib.Path) -> dict[str, str]:
 
 def _expected_split(rel: str) -> str:
     bucket = int(hashlib.sha1(rel.encode()).hexdigest(), 16) % 1000
-    return "validation" if bucket < VALID_FRACTION * 1000 else "train"
+    if bucket < VALID_FRACTION * 1000:
+        return "validation"
+    return "test" if bucket >= 1000 - VALID_FRACTION * 1000 else "train"
+
+
+def _read_all(info):
+    return [r for split in text_corpus.SPLITS for r in _read_split(info, split)]
 
 
 def _read_split(info, split):
@@ -58,7 +64,7 @@ def corpus(tmp_path_factory):
 
 def test_every_file_appears_once_with_its_text(corpus):
     _, expected, _, info = corpus
-    seen = _read_split(info, "train") + _read_split(info, "validation")
+    seen = _read_all(info)
     assert len(seen) == len(expected) == 20
     assert dict(seen) == expected
     assert not any("site-packages" in path for path, _ in seen)
@@ -72,7 +78,7 @@ def test_split_assignment_is_the_path_hash(corpus):
     assert info.num_files == {
         split: sum(_expected_split(p) == split for p in expected) for split in text_corpus.SPLITS
     }
-    assert info.num_files["validation"] > 0 and info.num_files["train"] > 0
+    assert all(info.num_files[split] > 0 for split in ("train", "validation", "test"))
     assert info.num_bytes == {
         split: sum(len(t.encode()) for p, t in expected.items() if _expected_split(p) == split)
         for split in text_corpus.SPLITS
@@ -133,7 +139,7 @@ def test_changed_content_or_fraction_builds_a_new_dataset(tmp_path):
     _write_corpus(src)
     data_dir = str(tmp_path / "tfds")
     first = text_corpus.build_text_corpus(str(src), data_dir, valid_fraction=VALID_FRACTION)
-    other_fraction = text_corpus.build_text_corpus(str(src), data_dir, valid_fraction=0.5)
+    other_fraction = text_corpus.build_text_corpus(str(src), data_dir, valid_fraction=0.3)
     assert not other_fraction.reused
     assert other_fraction.builder_dir != first.builder_dir
     assert other_fraction.corpus_hash == first.corpus_hash
@@ -142,10 +148,10 @@ def test_changed_content_or_fraction_builds_a_new_dataset(tmp_path):
     assert not changed.reused
     assert changed.corpus_hash != first.corpus_hash
     assert changed.builder_dir != first.builder_dir
-    texts = dict(_read_split(changed, "train") + _read_split(changed, "validation"))
+    texts = dict(_read_all(changed))
     assert texts["top_0.py"] == "changed = 1\n"
     # The old dataset is still there and still holds the old text.
-    old = dict(_read_split(first, "train") + _read_split(first, "validation"))
+    old = dict(_read_all(first))
     assert old["top_0.py"].startswith("# module 0")
 
 
@@ -196,13 +202,15 @@ def test_empty_split_raises_corpus_error(tmp_path):
         str(src),
         "valid_fraction",
     )
-    with pytest.raises(ValueError):
-        text_corpus.build_text_corpus(str(src), str(tmp_path / "tfds"), valid_fraction=0.0)
+    for fraction in (0.0, 0.5):  # 0.5: validation and test would leave train nothing
+        with pytest.raises(ValueError):
+            text_corpus.build_text_corpus(str(src), str(tmp_path / "tfds"),
+                                          valid_fraction=fraction)
 
 
 def test_load_split_rejects_unknown_split(corpus):
     with pytest.raises(ValueError):
-        text_corpus.load_split(corpus[3], "test")
+        text_corpus.load_split(corpus[3], "dev")
 
 
 def test_default_text_dir_is_the_stdlib():

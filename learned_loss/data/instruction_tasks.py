@@ -3,6 +3,8 @@
 Each record is one example of a task family (see `learned_loss.data.tasks`):
 
   family, prompt          the family name and the instruction with its input
+  input_id                the identity of the input (`tasks.input_id`): whatever the phrasing,
+                          an input lives in one split only (`tasks.partition`)
   answer                  the demonstrated answer: the gold one, or a corruption of it
   gold_answer             what the gold scorer expects
   corrupted, corruption   bool, and '' or one of `NOISE_KINDS`
@@ -14,8 +16,8 @@ Label noise (train split only; other splits are always clean so that they
 measure the gold task): each example independently, with probability
 `label_noise`, carries a corrupted answer, the kind drawn uniformly from the
 configured `noise_kinds` (default `DEFAULT_KINDS`, the first three):
-  'other_answer'  the gold answer of another input of the same family and
-                  difficulty; always differs from the gold answer (up to 32 inputs
+  'other_answer'  the gold answer of another input of the same family, difficulty and
+                  split; always differs from the gold answer (up to 32 inputs
                   are tried; should none differ, the kind is impossible)
   'truncated'     a strict non-empty prefix of the gold answer, of uniform length
                   1..len-1; the empty string when the gold answer has one character
@@ -37,13 +39,20 @@ flips, corruptions) seeded by (seed, split name, family name): examples do not
 depend on the label noise, a larger noise corrupts a superset of the examples,
 and adding a family leaves the others' examples unchanged.
 
-Splits: `splits` maps a split name to its fraction of `examples_per_family`,
-giving round(examples_per_family * fraction) examples per family in that split.
+Splits: `splits` maps a split name ('train', 'validation' or 'test': the splits
+of the input partition) to its fraction of `examples_per_family`, giving
+round(examples_per_family * fraction) examples per family in that split. The
+train split draws its inputs with replacement; 'validation' and 'test' hold
+distinct inputs, and a family whose input space at the requested difficulty is
+too small for them is a TaskError naming the family, the difficulty, how many
+inputs exist and the fix. No input occurs in two splits, of this dataset or of any
+other one built from the task suite (the partition is fixed).
 
 The dataset is keyed by its content: the BuilderConfig name is a hash of every
-argument plus a fingerprint of the task generators, so different knobs build a
-different dataset under `data_dir` and the same knobs reuse it. Examples that
-do not fit seq_len are a TaskError at build time, never dropped.
+argument, a fingerprint of the task generators and the partition's version, so
+different knobs or generators build a different dataset under `data_dir` and the
+same ones reuse it. Examples that do not fit seq_len are a TaskError at build time,
+never dropped.
 
 No TensorFlow: TFDS writes and reads ArrayRecord without it.
 
@@ -59,7 +68,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import numbers
 import os
 import re
 import zlib
@@ -72,16 +80,16 @@ import tensorflow_datasets as tfds
 from learned_loss.data import tasks
 from learned_loss.data.tasks import Example
 from learned_loss.data.tasks import TaskError
+from learned_loss.data.tasks import partition
 
 # Every corruption kind, in the order a configured set is put in (so the set, not its order,
 # decides the dataset).
 NOISE_KINDS: tuple[str, ...] = (
     "other_answer", "truncated", "appended", "off_by_one", "dropped_last_char"
 )
-# The kinds datasets were built with before `noise_kinds` existed: the default keeps their
-# records and config hashes unchanged.
+# The kinds a corrupted demonstration draws from unless configured otherwise.
 DEFAULT_KINDS: tuple[str, ...] = ("other_answer", "truncated", "appended")
-# The kinds preference_pairs offers as rejected answers (unchanged, so its datasets are too).
+# The kinds preference_pairs offers as rejected answers.
 CORRUPTIONS: tuple[str, ...] = DEFAULT_KINDS
 DEFAULT_SPLITS: Mapping[str, float] = {"train": 0.9, "validation": 0.1}
 NOISY_SPLIT = "train"  # the only split that carries label noise
@@ -109,18 +117,19 @@ def check_noise_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
     return tuple(k for k in NOISE_KINDS if k in names)
 
 
-def corrupt_answer(example: Example, rng: np.random.Generator, kind: str) -> str | None:
+def corrupt_answer(example: Example, rng: np.random.Generator, kind: str,
+                   split: str = "train") -> str | None:
     """A corrupted answer of the given kind (see module docstring), or None if impossible.
 
-    'other_answer' is impossible when none of 32 other inputs of the family has a
-    different answer, 'off_by_one' when the answer is not an integer, and
-    'dropped_last_char' when it has fewer than 2 characters. A possible corruption
+    'other_answer' is impossible when none of 32 other inputs of the family (drawn from
+    `split`, the example's own) has a different answer, 'off_by_one' when the answer is not an
+    integer, and 'dropped_last_char' when it has fewer than 2 characters. A possible corruption
     always differs from the gold answer.
     """
     gold = example.answer
     if kind == "other_answer":
         for _ in range(_OTHER_ANSWER_TRIES):
-            other = tasks.sample_example(example.family, rng, example.difficulty).answer
+            other = partition.draw(example.family, rng, example.difficulty, split).answer
             if other != gold:
                 return other
         return None
@@ -139,14 +148,15 @@ def corrupt_answer(example: Example, rng: np.random.Generator, kind: str) -> str
 
 
 def random_corruption(
-    example: Example, rng: np.random.Generator, kinds: Sequence[str] = DEFAULT_KINDS
+    example: Example, rng: np.random.Generator, kinds: Sequence[str] = DEFAULT_KINDS,
+    split: str = "train",
 ) -> Demonstration | None:
     """A corruption of a kind drawn uniformly from `kinds`, redrawn among the kinds left
     while the drawn one is impossible; None when all of them are."""
     left = list(kinds)
     while left:
         kind = left.pop(int(rng.integers(len(left))))
-        answer = corrupt_answer(example, rng, kind)
+        answer = corrupt_answer(example, rng, kind, split)
         if answer is not None:
             return Demonstration(answer, True, kind)
     return None
@@ -158,28 +168,18 @@ def demonstrate(
     label_noise: float,
     rng: np.random.Generator,
     kinds: Sequence[str] = DEFAULT_KINDS,
+    split: str = "train",
 ) -> Demonstration:
     """The demonstrated answer: corrupted iff flip < label_noise (flip ~ U[0, 1)) and some
     kind in `kinds` is possible for the example."""
     if flip < label_noise:
-        shown = random_corruption(example, rng, kinds)
+        shown = random_corruption(example, rng, kinds, split)
         if shown is not None:
             return shown
     return Demonstration(example.answer, False, "")
 
 
 # ---- shared by the task builders (also used by preference_pairs) ----------------------------
-
-
-def difficulty_range(difficulty: int | Sequence[int]) -> tuple[int, int]:
-    """(lo, hi) inclusive from an int or a pair; ValueError outside 1..5."""
-    if isinstance(difficulty, numbers.Integral):
-        lo = hi = difficulty
-    else:
-        lo, hi = difficulty
-    if not (min(tasks.DIFFICULTIES) <= lo <= hi <= max(tasks.DIFFICULTIES)):
-        raise ValueError(f"difficulty must be an int or (lo, hi) within 1..5, got {difficulty}")
-    return int(lo), int(hi)
 
 
 def check_families(families: Sequence[str]) -> tuple[str, ...]:
@@ -194,15 +194,17 @@ def check_families(families: Sequence[str]) -> tuple[str, ...]:
 
 
 def split_counts(per_family: int, splits: Mapping[str, float], label: str) -> dict[str, int]:
-    """Examples per family in each split: round(per_family * fraction), each at least 1."""
+    """Examples per family in each split: round(per_family * fraction), each at least 1; the
+    split names are those of the input partition."""
     if per_family < 1:
         raise ValueError(f"{label} must be >= 1, got {per_family}")
     if not splits or sum(splits.values()) > 1.0 + 1e-9:
         raise ValueError(f"splits must be non-empty fractions summing to <= 1, got {splits}")
     counts = {}
     for name, fraction in splits.items():
+        partition.check_split(name)
         counts[name] = round(per_family * fraction)
-        if not name.isidentifier() or counts[name] < 1:
+        if counts[name] < 1:
             raise ValueError(
                 f"split {name!r} would hold {counts[name]} examples per family "
                 f"({label}={per_family}, fraction {fraction}); raise {label} or the fraction"
@@ -234,8 +236,12 @@ def config_hash(args: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()
 
 
-def sample_difficulty(rng: np.random.Generator, lo: int, hi: int) -> int:
-    return lo if lo == hi else int(rng.integers(lo, hi + 1))
+def dataset_key(spec: Mapping[str, Any], families: Sequence[str]) -> str:
+    """The cache key of a task-suite dataset: its arguments, the fingerprint of the families'
+    generators and the partition's version (`tasks.partition.VERSION`), so that a dataset
+    built by other generators or another partition is never reused."""
+    return config_hash({"spec": dict(spec), "suite": suite_fingerprint(families),
+                        "version": partition.VERSION})
 
 
 # ---- generation -----------------------------------------------------------------------------
@@ -253,37 +259,30 @@ class _Spec:
     noise_kinds: tuple[str, ...] = DEFAULT_KINDS  # in NOISE_KINDS order
 
 
-def _hashed_spec(spec: _Spec) -> dict[str, Any]:
-    """The spec as hashed: noise_kinds only when not the default, so datasets built before
-    the knob existed keep their names."""
-    out = dataclasses.asdict(spec)
-    if spec.noise_kinds == DEFAULT_KINDS:
-        del out["noise_kinds"]
-    return out
-
-
-def _generate_split(spec: _Spec, split: str, count: int) -> list[dict[str, Any]]:
+def generate_split(spec: _Spec, split: str, count: int) -> list[dict[str, Any]]:
+    """The records of one split (in memory; the builder writes them)."""
     noise = spec.label_noise if split == NOISY_SPLIT else 0.0
     records = []
     for name in spec.families:
         example_rng = stream_rng(spec.seed, split, name, 0)
         flips = stream_rng(spec.seed, split, name, 1).random(count)  # [count]
         corrupt_rng = stream_rng(spec.seed, split, name, 2)
-        for index in range(count):
-            difficulty = sample_difficulty(example_rng, *spec.difficulty)
-            example = tasks.sample_example(name, example_rng, difficulty)
-            shown = demonstrate(example, flips[index], noise, corrupt_rng, spec.noise_kinds)
+        examples = partition.draw_split(name, example_rng, spec.difficulty, split, count)
+        for index, example in enumerate(examples):
+            shown = demonstrate(example, flips[index], noise, corrupt_rng, spec.noise_kinds,
+                                split)
             tasks.check_fits(example, spec.seq_len)
             tasks.check_fits(dataclasses.replace(example, answer=shown.answer), spec.seq_len)
             records.append(
                 {
                     "family": name,
+                    "input_id": example.input_id,
                     "prompt": example.prompt,
                     "answer": shown.answer,
                     "gold_answer": example.answer,
                     "corrupted": shown.corrupted,
                     "corruption": shown.corruption,
-                    "difficulty": difficulty,
+                    "difficulty": example.difficulty,
                     "phrasing": example.phrasing,
                     "index": index,
                 }
@@ -304,8 +303,9 @@ class InstructionTasksConfig(tfds.core.BuilderConfig):
 class InstructionTasks(tfds.core.GeneratorBasedBuilder):
     """Task-suite demonstrations with label noise (see module docstring)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.",
+                     "2.0.0": "Inputs partitioned into splits; records carry input_id."}
 
     def _info(self) -> tfds.core.DatasetInfo:
         # Built by hand, like text_corpus: no builder package metadata files.
@@ -315,7 +315,8 @@ class InstructionTasks(tfds.core.GeneratorBasedBuilder):
             description="Procedurally generated instruction tasks with label noise.",
             features=tfds.features.FeaturesDict(
                 {
-                    "family": text, "prompt": text, "answer": text, "gold_answer": text,
+                    "family": text, "input_id": text, "prompt": text, "answer": text,
+                    "gold_answer": text,
                     "corrupted": tfds.features.Scalar(np.bool_), "corruption": text,
                     "difficulty": i32, "phrasing": i32, "index": i32,
                 }
@@ -328,7 +329,7 @@ class InstructionTasks(tfds.core.GeneratorBasedBuilder):
         spec = self.builder_config.spec
         self.info.metadata.update({"spec": json.dumps(dataclasses.asdict(spec))})
         records = getattr(self, "_records", None) or {
-            split: _generate_split(spec, split, count) for split, count in spec.counts
+            split: generate_split(spec, split, count) for split, count in spec.counts
         }
         return {split: self._generate_examples(recs) for split, recs in records.items()}
 
@@ -395,6 +396,34 @@ def prepare_or_reuse(builder: Any, records: Mapping[str, Sequence[Any]], unit: s
     return reused
 
 
+def task_spec(families: Sequence[str], *, examples_per_family: int,
+              difficulty: int | tuple[int, int], label_noise: float, seed: int, seq_len: int,
+              splits: Mapping[str, float] = DEFAULT_SPLITS,
+              noise_kinds: Sequence[str] = DEFAULT_KINDS) -> _Spec:
+    """The checked knobs of a dataset (`build_instruction_tasks`'s arguments but data_dir);
+    `generate_split(spec, split, count)` for each `spec.counts` gives its records in memory."""
+    names = check_families(families)
+    kinds = check_noise_kinds(noise_kinds)
+    if not 0.0 <= label_noise <= 1.0:
+        raise ValueError(f"label_noise must lie in [0, 1], got {label_noise}")
+    if seed < 0 or seq_len < 1:
+        raise ValueError(f"seed must be >= 0 and seq_len >= 1, got {seed}, {seq_len}")
+    counts = split_counts(examples_per_family, splits, "examples_per_family")
+    return _Spec(names, int(examples_per_family), partition.difficulty_range(difficulty),
+                 float(label_noise), int(seed), int(seq_len), tuple(counts.items()), kinds)
+
+
+def sft_args(config, families: Sequence[str]) -> dict[str, Any]:
+    """`build_instruction_tasks`'s arguments (but data_dir) of a fine-tuning config
+    (configs/finetune.py): its `tasks` knobs, `data.seq_len`, and train / validation splits of
+    `data.valid_fraction`."""
+    t, d = config.tasks, config.data
+    return dict(families=tuple(families), examples_per_family=t.examples_per_family,
+                difficulty=partition.difficulty_range(t.difficulty), label_noise=t.label_noise,
+                seed=t.seed, seq_len=d.seq_len, noise_kinds=tuple(t.noise_kinds),
+                splits={"train": 1.0 - d.valid_fraction, "validation": d.valid_fraction})
+
+
 def build_instruction_tasks(
     data_dir: str,
     *,
@@ -429,18 +458,11 @@ def build_instruction_tasks(
         ValueError: a knob out of range, or an unknown or repeated noise kind.
     """
     names = check_families(families)
-    kinds = check_noise_kinds(noise_kinds)
-    if not 0.0 <= label_noise <= 1.0:
-        raise ValueError(f"label_noise must lie in [0, 1], got {label_noise}")
-    if seed < 0 or seq_len < 1:
-        raise ValueError(f"seed must be >= 0 and seq_len >= 1, got {seed}, {seq_len}")
-    counts = split_counts(examples_per_family, splits, "examples_per_family")
-    spec = _Spec(names, int(examples_per_family), difficulty_range(difficulty),
-                 float(label_noise), int(seed), int(seq_len), tuple(counts.items()), kinds)
-    hash_hex = config_hash(
-        {"spec": _hashed_spec(spec), "suite": suite_fingerprint(names), "version": 1}
-    )
-    records = {split: _generate_split(spec, split, count) for split, count in counts.items()}
+    spec = task_spec(names, examples_per_family=examples_per_family, difficulty=difficulty,
+                     label_noise=label_noise, seed=seed, seq_len=seq_len, splits=splits,
+                     noise_kinds=noise_kinds)
+    hash_hex = dataset_key(dataclasses.asdict(spec), names)
+    records = {split: generate_split(spec, split, count) for split, count in spec.counts}
 
     config = InstructionTasksConfig(name=f"h{hash_hex[:16]}", description=str(spec), spec=spec)
     builder = InstructionTasks(config=config, data_dir=data_dir)
@@ -497,4 +519,5 @@ def to_example(record: Mapping[str, Any], *, gold: bool = False) -> Example:
         answer=rec["gold_answer" if gold else "answer"],
         difficulty=int(rec["difficulty"]),
         phrasing=int(rec["phrasing"]),
+        input_id=rec.get("input_id", ""),
     )

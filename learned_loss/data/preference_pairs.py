@@ -17,6 +17,8 @@ be studied:
 Each record is one labeled pair for one task example:
 
   family, prompt, gold_answer      the example (see `learned_loss.data.tasks`)
+  input_id                         the identity of its input: prompts of one input stay in
+                                   one split (`tasks.partition`), here and in every dataset
   chosen, rejected                 the completions as labeled (the labeler's sample)
   g_chosen, g_rejected             their gold graded scores
   p_chosen                         labeler probability that chosen beats rejected
@@ -60,6 +62,7 @@ from learned_loss.data.instruction_tasks import DEFAULT_SPLITS
 from learned_loss.data.instruction_tasks import decode_record  # noqa: F401 (re-exported)
 from learned_loss.data.instruction_tasks import load_split  # noqa: F401 (re-exported)
 from learned_loss.data.tasks import Example
+from learned_loss.data.tasks import partition
 
 SOURCES = ("gold",) + tuple(f"corrupt:{k}" for k in instruction_tasks.CORRUPTIONS) + ("policy",)
 
@@ -134,10 +137,10 @@ class _Spec:
     counts: tuple[tuple[str, int], ...]  # (split, pairs per family)
 
 
-def _examples(seed: int, split: str, name: str, count: int, lo: int, hi: int) -> list[Example]:
+def _examples(seed: int, split: str, name: str, count: int,
+              difficulty: tuple[int, int]) -> list[Example]:
     rng = instruction_tasks.stream_rng(seed, split, name, 0)
-    draw = instruction_tasks.sample_difficulty
-    return [tasks.sample_example(name, rng, draw(rng, lo, hi)) for _ in range(count)]
+    return partition.draw_split(name, rng, difficulty, split, count)
 
 
 def pair_examples(
@@ -150,21 +153,21 @@ def pair_examples(
     `policy_samples`; the prompts do not depend on the labeler knobs.
     """
     names = instruction_tasks.check_families(families)
-    lo, hi = instruction_tasks.difficulty_range(difficulty)
+    span = partition.difficulty_range(difficulty)
     counts = instruction_tasks.split_counts(pairs_per_family, splits, "pairs_per_family")
     return {
-        split: [e for name in names for e in _examples(seed, split, name, count, lo, hi)]
+        split: [e for name in names for e in _examples(seed, split, name, count, span)]
         for split, count in counts.items()
     }
 
 
 def _candidates(
-    example: Example, rng: np.random.Generator, policy: Sequence[str]
+    example: Example, rng: np.random.Generator, policy: Sequence[str], split: str
 ) -> list[tuple[str, str]]:
     """(source, text) candidates, duplicates of an earlier text dropped."""
     found = [("gold", example.answer)]
     for kind in instruction_tasks.CORRUPTIONS:
-        text = instruction_tasks.corrupt_answer(example, rng, kind)
+        text = instruction_tasks.corrupt_answer(example, rng, kind, split)
         if text is not None:
             found.append((f"corrupt:{kind}", text))
     found += [("policy", text) for text in policy]
@@ -183,9 +186,10 @@ def _generate_split(
     records = []
     for name in spec.families:
         rng = instruction_tasks.stream_rng(spec.seed, split, name, 1)
-        examples = _examples(spec.seed, split, name, count, *spec.difficulty)
+        examples = _examples(spec.seed, split, name, count, spec.difficulty)
         for index, example in enumerate(examples):
-            candidates = _candidates(example, rng, policy_samples.get(example.prompt, ()))
+            candidates = _candidates(example, rng, policy_samples.get(example.prompt, ()),
+                                     split)
             for _, text in candidates:
                 tasks.check_fits(dataclasses.replace(example, answer=text), spec.seq_len)
             i, j = rng.choice(len(candidates), size=2, replace=False)
@@ -194,6 +198,7 @@ def _generate_split(
             records.append(
                 {
                     "family": name,
+                    "input_id": example.input_id,
                     "prompt": example.prompt,
                     "chosen": pair.chosen,
                     "rejected": pair.rejected,
@@ -225,8 +230,9 @@ class PreferencePairsConfig(tfds.core.BuilderConfig):
 class PreferencePairs(tfds.core.GeneratorBasedBuilder):
     """Simulated-labeler preference pairs over the task suite (see module docstring)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.",
+                     "2.0.0": "Inputs partitioned into splits; records carry input_id."}
 
     def _info(self) -> tfds.core.DatasetInfo:
         text = tfds.features.Text()
@@ -236,7 +242,8 @@ class PreferencePairs(tfds.core.GeneratorBasedBuilder):
             description="Task-suite completion pairs labeled by a simulated noisy labeler.",
             features=tfds.features.FeaturesDict(
                 {
-                    "family": text, "prompt": text, "chosen": text, "rejected": text,
+                    "family": text, "input_id": text, "prompt": text, "chosen": text,
+                    "rejected": text,
                     "gold_answer": text, "g_chosen": f32, "g_rejected": f32, "p_chosen": f32,
                     "source_chosen": text, "source_rejected": text,
                     "difficulty": i32, "phrasing": i32, "index": i32,
@@ -341,15 +348,13 @@ def build_preference_pairs(
     if seed < 0 or seq_len < 1:
         raise ValueError(f"seed must be >= 0 and seq_len >= 1, got {seed}, {seq_len}")
     counts = instruction_tasks.split_counts(pairs_per_family, splits, "pairs_per_family")
-    spec = _Spec(names, int(pairs_per_family), instruction_tasks.difficulty_range(difficulty),
+    spec = _Spec(names, int(pairs_per_family), partition.difficulty_range(difficulty),
                  float(tau), float(length_bias), float(length_scale), int(seed), int(seq_len),
                  tuple(counts.items()))
     policy = {str(k): tuple(str(s) for s in v) for k, v in (policy_samples or {}).items()}
     policy_hash = _policy_hash(policy)
-    hash_hex = instruction_tasks.config_hash(
-        {"spec": dataclasses.asdict(spec), "suite": instruction_tasks.suite_fingerprint(names),
-         "policy": policy_hash, "version": 1}
-    )
+    hash_hex = instruction_tasks.dataset_key(
+        dict(dataclasses.asdict(spec), policy=policy_hash), names)
     records = {split: _generate_split(spec, split, n, policy) for split, n in counts.items()}
 
     config = PreferencePairsConfig(name=f"h{hash_hex[:16]}", description=str(spec), spec=spec,

@@ -10,9 +10,13 @@ Files are read as bytes and decoded as UTF-8 with errors='replace', so a file
 that is not valid UTF-8 is kept (with U+FFFD where bytes were invalid) instead
 of being dropped silently.
 
-Splits 'train' and 'validation' are chosen per file by a stable hash of its
-relative path: sha1(path) % 1000 < valid_permille goes to validation. A file
-therefore stays in its split when other files are added or removed.
+Splits 'train', 'validation' and 'test' are chosen per file by a stable hash of
+its relative path, b = sha1(path) % 1000: b < valid_permille goes to validation,
+b >= 1000 - valid_permille to test (as many files), the rest to train. A file
+therefore stays in its split when other files are added or removed. Validation
+is what a run may read to choose or learn anything (its evaluations, a learned
+objective's meta-objective); test is read by no meta-objective, only by the final
+scores of the studies.
 
 The dataset is keyed by its content: the BuilderConfig name holds the corpus
 hash (sha256 over the sorted (path, bytes) pairs) and the validation permille,
@@ -38,7 +42,7 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
-SPLITS = ("train", "validation")
+SPLITS = ("train", "validation", "test")
 _PERMILLE = 1000
 
 
@@ -163,14 +167,18 @@ def corpus_hash(text_dir: str, pattern: str = "**/*.py") -> str:
 
 
 def split_of(rel_path: str, valid_permille: int) -> str:
-    """'validation' or 'train' for a relative path: a stable hash, not the file order."""
+    """'validation', 'test' or 'train' for a relative path: a stable hash, not the file
+    order."""
     bucket = int(hashlib.sha1(rel_path.encode("utf-8")).hexdigest(), 16) % _PERMILLE
-    return "validation" if bucket < valid_permille else "train"
+    if bucket < valid_permille:
+        return "validation"
+    return "test" if bucket >= _PERMILLE - valid_permille else "train"
 
 
 def _to_permille(valid_fraction: float) -> int:
-    if not 0.0 < valid_fraction < 1.0:
-        raise ValueError(f"valid_fraction must lie in (0, 1), got {valid_fraction}")
+    if not 0.0 < valid_fraction < 0.5:
+        raise ValueError(f"valid_fraction must lie in (0, 0.5) (the test split takes as many "
+                         f"files again), got {valid_fraction}")
     return round(valid_fraction * _PERMILLE)
 
 
@@ -187,10 +195,19 @@ def _split_corpus(
                 f"the {name} split of text corpus {text_dir} would be empty "
                 f"({len(corpus)} files, valid_fraction={valid_fraction}); add files "
                 "to the directory or "
-                + ("raise" if name == "validation" else "lower")
+                + ("lower" if name == "train" else "raise")
                 + " --config.data.valid_fraction"
             )
     return splits
+
+
+def split_texts(text_dir: str | None, pattern: str, valid_fraction: float,
+                split: str) -> list[str]:
+    """The texts of one split of a corpus, read from the directory (no dataset needed)."""
+    permille = _to_permille(valid_fraction)
+    text_dir = str(_check_dir(text_dir if text_dir is not None else default_text_dir()))
+    return [_decode(data) for rel, data in _read_corpus(text_dir, pattern)
+            if split_of(rel, permille) == split]
 
 
 def _decode(data: bytes) -> str:
@@ -214,8 +231,9 @@ def _config_name(hash_hex: str, valid_permille: int) -> str:
 class TextCorpus(tfds.core.GeneratorBasedBuilder):
     """A local directory of text files, one example per file (see module docstring)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.",
+                     "2.0.0": "A test split as large as the validation split."}
 
     def _info(self) -> tfds.core.DatasetInfo:
         # Built by hand: `dataset_info_from_configs` needs a builder package
@@ -335,7 +353,7 @@ def load_split(info: CorpusInfo, split: str) -> Sequence[Mapping[str, Any]]:
 
     Args:
         info: returned by `build_text_corpus`.
-        split: 'train' or 'validation'.
+        split: 'train', 'validation' or 'test'.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")

@@ -2,13 +2,17 @@
 
 A cell is (family set, noise, method, model, seed). Each trains a fresh model on the family
 set's noisy train split with the method, then scores greedy exact match and the graded score on
-the set's clean `test` split (inputs no run, and no meta-training, ever saw), plus the answer
-negative log-likelihood there. Family sets: `train` (the families the learned objective was
-meta-trained on: held-out inputs) and `transfer` (families meta-training never saw: held-out
-families for the objective).
+the set's clean `test` split (inputs no split that any run trains on holds: `tasks.partition`),
+plus the answer negative log-likelihood there. A seed resamples the data: each seed's dataset
+(train inputs, which of them are corrupted and how, validation and test inputs) is built with
+its own seed, and it draws its own initialisation and batches; cells of the same seed share
+their data, so arms are compared on the same examples (paired by seed). The family sets are the
+evaluation families: no learned objective may have been meta-trained, validated or tuned on
+them (`check_roles`).
 
 Methods (all with the same inner optimizer and batch):
   mle               maximum likelihood on the noisy demonstrations
+  mle_clean         MLE on the same inputs with their gold answers: the headroom's top
   mle_clean_valid   MLE with the clean validation examples (what the meta-learned methods see
                     as their meta-objective) added to the training data
   mle_2x            MLE with twice the step budget
@@ -18,15 +22,17 @@ Methods (all with the same inner optimizer and batch):
   learned_closed_form  a closed form fitted to learned_offline's network (interpret.py), frozen
 
 Each cell's result is a JSON file under WORKDIR/cells/ written atomically: a re-run skips
-finished cells. `summarize` gives per (set, noise, method, model) the mean and a 95% Student-t
-confidence interval over seeds, and the paired difference from MLE (same seeds).
+finished cells. It records the data the method saw (`data_seen`) and per-prompt correctness.
+`summarize` gives per (set, noise, method, model) the mean and a 95% Student-t
+confidence interval over seeds, and the paired difference from MLE (same seeds) with its paired
+t-test p, raw and Holm-adjusted over every test against MLE (learned_loss/statistics.py);
+`write_summary` leads summary.md with the generated findings and writes findings.json.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from typing import Any, Iterable, Mapping, Sequence
@@ -34,17 +40,21 @@ from typing import Any, Iterable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import stats
 
-from learned_loss import evaluation, objectives
+from learned_loss import evaluation, objectives, statistics
 from learned_loss import model as model_lib
 from learned_loss.data import instruction_tasks, paths, tasks
 from learned_loss.meta import base, lm_problem, outer
+from learned_loss.objectives import artifact as artifact_lib
 
-METHODS = ("mle", "mle_clean_valid", "mle_2x", "loss_truncation", "learned_offline",
-           "learned_online")
+METHODS = ("mle", "mle_clean", "mle_clean_valid", "mle_2x", "loss_truncation",
+           "learned_offline", "learned_online")
 # Also available: the closed form fitted to the offline artifact (learned_loss/meta/interpret.py).
 EXTRA_METHODS = ("learned_closed_form",)
+# What each method trains on besides the noisy demonstrations' inputs: its rows (`rows_of`).
+CLEAN_TRAIN = ("mle_clean",)  # the train inputs with their gold answers, instead of the noisy
+WITH_VALID = ("mle_clean_valid",)  # the clean validation examples added to the noisy ones
+READS_VALID = ("mle_clean_valid", "learned_online")  # learn from the clean validation examples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,43 +90,94 @@ def grid(config) -> list[Cell]:
     for noise in config.transfer.noises:
         for seed in range(config.seeds):
             for method in config.transfer.methods:
-                cells.append(Cell("train", noise, method, config.transfer.model.variant, seed))
+                cells.append(Cell(config.set_order[0], noise, method,
+                                  config.transfer.model.variant, seed))
     return cells
 
 
 @dataclasses.dataclass
 class Data:
     train: lm_problem.Demonstrations  # noisy
+    train_clean: lm_problem.Demonstrations  # the same inputs with their gold answers
     valid: lm_problem.Demonstrations  # clean: the meta-objective of the learned methods
-    test_rows: lm_problem.Demonstrations  # clean held-out inputs
+    test_rows: lm_problem.Demonstrations  # clean test inputs
     test_examples: list
     info: Any
 
 
-def build_data(config, family_set: str, noise: str) -> Data:
-    """The demonstrations of one (family set, noise kind)."""
-    families = tuple(config.family_sets[family_set])
-    spec = config.noises[noise]
-    t = config.tasks
-    info = instruction_tasks.build_instruction_tasks(
-        paths.data_dir(config.data.data_dir), families=tasks.training_families(
-            families, t.train_split, seed=t.split_seed,
-            meta_valid_fraction=t.meta_valid_fraction, heldout_fraction=t.heldout_fraction),
-        examples_per_family=t.examples_per_family,
-        difficulty=instruction_tasks.difficulty_range(t.difficulty),
-        label_noise=float(spec.rho), seed=t.seed, seq_len=config.data.seq_len,
-        noise_kinds=tuple(spec.kinds), splits=dict(config.data.splits))
+def evaluation_families(config, family_set: str) -> tuple[str, ...]:
+    """The families of a family set, resolved for their role (fine-tuning; held-out families
+    refused)."""
+    return tasks.roles.resolve(config.tasks, "finetune", config.family_sets[family_set])
+
+
+def data_args(config, family_set: str, noise: str, seed: int) -> dict[str, Any]:
+    """build_instruction_tasks's arguments (but data_dir) of one (family set, noise kind,
+    seed): the seed offsets `tasks.seed`, so each seed draws its own inputs and corruptions."""
+    spec, t = config.noises[noise], config.tasks
+    return dict(families=evaluation_families(config, family_set),
+                examples_per_family=t.examples_per_family,
+                difficulty=tasks.difficulty_range(t.difficulty), label_noise=float(spec.rho),
+                seed=t.seed + seed, seq_len=config.data.seq_len,
+                noise_kinds=tuple(spec.kinds), splits=dict(config.data.splits))
+
+
+def build_data(config, family_set: str, noise: str, seed: int) -> Data:
+    """The demonstrations of one (family set, noise kind, seed)."""
+    info = instruction_tasks.build_instruction_tasks(paths.data_dir(config.data.data_dir),
+                                                     **data_args(config, family_set, noise, seed))
     seq_len = config.data.seq_len
-    rows = {split: lm_problem.encode_records(instruction_tasks.load_split(info, split), seq_len)
-            for split in ("train", "validation", "test")}
-    test = instruction_tasks.load_split(info, "test")
+    records = {split: instruction_tasks.load_split(info, split)
+               for split in ("train", "validation", "test")}
+    rows = {split: lm_problem.encode_records(r, seq_len) for split, r in records.items()}
+    test = records["test"]
     examples = sorted((instruction_tasks.to_example(test[i], gold=True)
                        for i in range(len(test))), key=lambda e: (e.family, e.prompt))
     per_family: dict[str, list] = {}
     for e in examples:
         per_family.setdefault(e.family, []).append(e)
     chosen = [e for f in sorted(per_family) for e in per_family[f][:config.eval.per_family]]
-    return Data(rows["train"], rows["validation"], rows["test"], chosen, info)
+    return Data(rows["train"], lm_problem.encode_records(records["train"], seq_len, gold=True),
+                rows["validation"], rows["test"], chosen, info)
+
+
+def artifact_roles(path: str) -> dict[str, list[str]]:
+    """The families by role of the meta-training behind an artifact, as the arm that uses it
+    sees them (all meta roles); an artifact that does not record them is refused."""
+    meta = artifact_lib.load(path).provenance
+    # A token or preference loss keeps its run's provenance under 'provenance', a learned
+    # reward at the top level.
+    record = meta.get("provenance", meta).get("extra", {}).get(tasks.roles.RECORD_KEY)
+    if record is None:
+        raise tasks.TaskError(f"the artifact at {path} does not record the families its "
+                              f"meta-training used ({tasks.roles.RECORD_KEY}), so it cannot be "
+                              f"checked against the evaluation families; meta-train it again "
+                              f"with this version")
+    return tasks.roles.as_meta(record)
+
+
+def method_roles(config, method: str, family_set: str, noise: str) -> dict[str, list[str]]:
+    """The families by role of one method on one family set: its fine-tuning (and clean
+    validation examples) on the set, and the meta roles of the artifact it uses."""
+    families = evaluation_families(config, family_set)
+    own = {"finetune": families, "clean_validation": families if method in READS_VALID else ()}
+    if method in ("learned_offline", "learned_closed_form"):
+        return tasks.roles.merge(tasks.roles.record(own),
+                                 artifact_roles(method_objective(config, method, noise)[1]))
+    return tasks.roles.record(own)
+
+
+def check_roles(config, cells: Sequence[Cell]) -> dict[str, dict[str, list[str]]]:
+    """Every method's families by role; TaskError before anything trains when an evaluation
+    family has a meta role in any method (`tasks.roles.refuse_conflicts`)."""
+    arms, evaluated = {}, set()
+    for cell in cells:
+        evaluated.update(evaluation_families(config, cell.family_set))
+        arms[cell.method] = tasks.roles.merge(
+            arms.get(cell.method, {}), method_roles(config, cell.method, cell.family_set,
+                                                    cell.noise))
+    tasks.roles.refuse_conflicts(arms, sorted(evaluated))
+    return arms
 
 
 def model_of(cfg) -> model_lib.Model:
@@ -125,7 +186,7 @@ def model_of(cfg) -> model_lib.Model:
 
 def method_objective(config, method: str, noise: str) -> tuple[objectives.Objective, str]:
     """(objective, where its theta came from) of a method."""
-    if method in ("mle", "mle_clean_valid", "mle_2x"):
+    if method in ("mle", "mle_clean", "mle_clean_valid", "mle_2x"):
         return objectives.build("mle"), ""
     if method == "loss_truncation":
         lt = config.loss_truncation
@@ -147,10 +208,38 @@ def method_objective(config, method: str, noise: str) -> tuple[objectives.Object
     raise ValueError(f"unknown method {method!r}; choose among {METHODS + EXTRA_METHODS}")
 
 
-def train_cells(config, cells: Sequence[Cell], data: Data, *, init_params: Any = None,
+def rows_of(method: str, data: Data) -> lm_problem.Demonstrations:
+    """The rows a method fine-tunes on."""
+    if method in CLEAN_TRAIN:
+        return data.train_clean
+    if method in WITH_VALID:
+        return lm_problem.concatenate([data.train, data.valid])
+    return data.train
+
+
+def method_steps(config, method: str) -> int:
+    return config.steps * (2 if method == "mle_2x" else 1)
+
+
+def data_seen(config, method: str, data: Data) -> dict[str, int]:
+    """What a method saw while fine-tuning, by kind: distinct noisy and clean demonstrations
+    (rows it could draw) and the tokens it processed (steps x batch x T; online, the look-ahead's
+    clean validation batch at every step besides)."""
+    train = len(data.train)
+    clean = {"mle_clean": train}.get(method, len(data.valid) if method in READS_VALID else 0)
+    tokens = method_steps(config, method) * config.batch_size * config.data.seq_len
+    if method == "learned_online":
+        tokens *= 1 + config.learned.lookahead
+    return {"noisy_demonstrations": 0 if method in CLEAN_TRAIN else train,
+            "clean_demonstrations": clean, "gold_answers_in_pairs": 0,
+            "gold_scored_prompts": 0, "labeler_queries": 0, "tokens": int(tokens)}
+
+
+def train_cells(config, cells: Sequence[Cell], data: Sequence[Data], *, init_params: Any = None,
                 segments: int = 1, on_segment=None) -> tuple[Any, list[Any], dict]:
     """Trains the models of `cells`, which differ only in their seed, as one program vmapped
-    over the seeds (each seed its own initialisation, batches and, online, theta).
+    over the seeds: each seed its own data (`data[i]` for `cells[i]`), initialisation, batches
+    and, online, theta.
 
     init_params: the parameters every seed starts from (a pre-trained checkpoint; its model
     must be `config.model`); None: a fresh initialisation from each seed's key.
@@ -165,29 +254,36 @@ def train_cells(config, cells: Sequence[Cell], data: Data, *, init_params: Any =
     first = cells[0]
     if any(dataclasses.replace(c, seed=first.seed) != first for c in cells):
         raise ValueError(f"cells of one group must differ only in seed: {cells}")
+    if len(data) != len(cells):
+        raise ValueError(f"{len(cells)} cells but data for {len(data)}")
     model_cfg = config.model if first.model == config.model.variant else config.transfer.model
     model = model_of(model_cfg)
     objective, source = method_objective(config, first.method, first.noise)
-    train_rows = data.train
-    if first.method == "mle_clean_valid":
-        train_rows = lm_problem.concatenate([data.train, data.valid])
-    steps = config.steps * (2 if first.method == "mle_2x" else 1)
+    train_rows = lm_problem.stack([rows_of(first.method, d) for d in data])  # [S, N, T]
+    valid_rows = lm_problem.stack([d.valid for d in data])  # [S, V, T]
+    steps = method_steps(config, first.method)
     optimizer = lm_problem.inner_optimizer(config.lr)
-    problem = lm_problem.lm_problem(model, optimizer, objective, train_rows, data.valid,
-                                    batch_size=config.batch_size,
-                                    valid_batch_size=config.batch_size,
-                                    seq_len=config.data.seq_len, init_params=init_params)
+
+    def problem_of(train, valid) -> base.InnerProblem:
+        return lm_problem.lm_problem(model, optimizer, objective, train, valid,
+                                     batch_size=config.batch_size,
+                                     valid_batch_size=config.batch_size,
+                                     seq_len=config.data.seq_len, init_params=init_params)
+
+    rows = (lm_problem.Demonstrations(*map(jnp.asarray, train_rows)),
+            lm_problem.Demonstrations(*map(jnp.asarray, valid_rows)))
     keys = jnp.stack([jax.random.split(jax.random.key(c.seed)) for c in cells])  # [S, 2]
     theta = jax.tree.map(jnp.asarray, objective.theta)
     online = first.method == "learned_online"
     if online:
         opt = outer.make_optimizer(config.learned.online_outer)
-        step = outer.online_step(problem, opt, lookahead=config.learned.lookahead)
 
-        def init(theta, init_key):
-            return theta, opt.init(theta), problem.init(init_key), jnp.zeros(())
+        def init(theta, init_key, rows):
+            return theta, opt.init(theta), problem_of(*rows).init(init_key), jnp.zeros(())
 
-        def advance(carry, run_key, n):
+        def advance(carry, run_key, rows, n):
+            step = outer.online_step(problem_of(*rows), opt, lookahead=config.learned.lookahead)
+
             def body(carry, k):
                 theta, opt_state, inner = carry
                 theta, opt_state, inner, m = step(theta, opt_state, inner, k)
@@ -198,12 +294,12 @@ def train_cells(config, cells: Sequence[Cell], data: Data, *, init_params: Any =
                 body, (theta, opt_state, inner), jax.random.split(run_key, n))
             return theta, opt_state, inner, skipped + s.sum()
     else:
-        def init(theta, init_key):
-            return theta, problem.init(init_key)
+        def init(theta, init_key, rows):
+            return theta, problem_of(*rows).init(init_key)
 
-        def advance(carry, run_key, n):
+        def advance(carry, run_key, rows, n):
             theta, inner = carry
-            return theta, base.unroll(problem, theta, inner, run_key, n)[0]
+            return theta, base.unroll(problem_of(*rows), theta, inner, run_key, n)[0]
 
     def per_cell(carry) -> list[Any]:
         inner = carry[2] if online else carry[1]
@@ -211,21 +307,22 @@ def train_cells(config, cells: Sequence[Cell], data: Data, *, init_params: Any =
 
     bounds = [round(steps * i / segments) for i in range(segments + 1)]
     if segments == 1:
-        def whole(theta, init_key, run_key):
-            return advance(init(theta, init_key), run_key, steps)
+        def whole(theta, init_key, run_key, rows):
+            return advance(init(theta, init_key, rows), run_key, rows, steps)
 
-        carry = jax.jit(jax.vmap(whole, in_axes=(None, 0, 0)))(theta, keys[:, 0], keys[:, 1])
+        carry = jax.jit(jax.vmap(whole, in_axes=(None, 0, 0, 0)))(theta, keys[:, 0],
+                                                                  keys[:, 1], rows)
     else:
         seg_keys = jax.vmap(lambda k: jax.random.split(k, segments))(keys[:, 1])  # [S, G]
-        carry = jax.jit(jax.vmap(init, in_axes=(None, 0)))(theta, keys[:, 0])
-        span = jax.jit(jax.vmap(advance, in_axes=(0, 0, None)), static_argnums=2)
+        carry = jax.jit(jax.vmap(init, in_axes=(None, 0, 0)))(theta, keys[:, 0], rows)
+        span = jax.jit(jax.vmap(advance, in_axes=(0, 0, 0, None)), static_argnums=3)
         for g in range(segments):
-            carry = span(carry, seg_keys[:, g], bounds[g + 1] - bounds[g])
+            carry = span(carry, seg_keys[:, g], rows, bounds[g + 1] - bounds[g])
             if on_segment is not None and g < segments - 1:
                 on_segment(bounds[g + 1], model, per_cell(carry))
     inners = per_cell(carry)
-    facts = {"steps": steps, "theta_source": source, "train_rows": len(train_rows),
-             "corrupted_rows": int(train_rows.corrupted.sum()),
+    facts = {"steps": steps, "theta_source": source, "train_rows": train_rows.inputs.shape[1],
+             "corrupted_rows": [int(c) for c in train_rows.corrupted.sum(axis=1)],
              "params": model_lib.param_count(inners[0]["params"]),
              "seeds_vmapped": len(cells)}
     if online:
@@ -235,9 +332,10 @@ def train_cells(config, cells: Sequence[Cell], data: Data, *, init_params: Any =
 
 def train_cell(config, cell: Cell, data: Data) -> tuple[Any, dict]:
     """One cell (`train_cells` of one seed). Returns ((model, final inner state), facts)."""
-    model, inners, facts = train_cells(config, [cell], data)
-    if "online_skipped" in facts:
-        facts["online_skipped"] = facts["online_skipped"][0]
+    model, inners, facts = train_cells(config, [cell], [data])
+    for key in ("online_skipped", "corrupted_rows"):
+        if key in facts:
+            facts[key] = facts[key][0]
     return (model, inners[0]), facts
 
 
@@ -246,9 +344,9 @@ _answer_nll = jax.jit(lm_problem.answer_nll, static_argnums=0)
 
 def score(config, model, params, data: Data, *, reference_params: Any = None,
           rng: jax.Array | None = None) -> dict:
-    """Greedy exact match, graded score and completion length on the clean test prompts, and
-    the test NLL; with `reference_params`, also the sequence-level KL to that model ('kl',
-    sampled with `rng`)."""
+    """Greedy exact match, graded score and completion length on the clean test prompts, the
+    test NLL, and per-prompt correctness ('per_prompt'); with `reference_params`, also the
+    sequence-level KL to that model ('kl', sampled with `rng`)."""
     result = evaluation.evaluate(model, params, data.test_examples,
                                  batch_size=config.eval.batch_size,
                                  max_new_tokens=config.eval.max_new_tokens,
@@ -257,7 +355,8 @@ def score(config, model, params, data: Data, *, reference_params: Any = None,
     overall = result["overall"]
     out = {"exact_match": overall["exact_match"], "graded": overall["graded"],
            "length": overall["length"], "test_nll": float(_answer_nll(model, params, rows)),
-           "families": {f: v["exact_match"] for f, v in result["families"].items()}}
+           "families": {f: v["exact_match"] for f, v in result["families"].items()},
+           "per_prompt": result["per_prompt"]}
     if reference_params is not None:
         out["kl"] = overall["kl_to_reference"]
     return out
@@ -266,9 +365,10 @@ def score(config, model, params, data: Data, *, reference_params: Any = None,
 def run_cells(config, workdir: str, cells: Sequence[Cell], log=print) -> list[dict]:
     """Runs every unfinished cell, writing WORKDIR/cells/KEY.json. The unfinished seeds of one
     (family set, noise, method, model) train together (`train_cells`); a cell's `seconds` is
-    its share of that group's wall time."""
+    its share of that group's wall time. The families' roles are checked first."""
     os.makedirs(os.path.join(workdir, "cells"), exist_ok=True)
-    data_cache: dict[tuple[str, str], Data] = {}
+    check_roles(config, cells)
+    data_cache: dict[tuple[str, str, int], Data] = {}
     done: dict[str, dict] = {}
     for cell in cells:
         if os.path.exists(_cell_path(workdir, cell)):
@@ -281,18 +381,23 @@ def run_cells(config, workdir: str, cells: Sequence[Cell], log=print) -> list[di
                               ).append(cell)
     todo = sum(len(g) for g in groups.values())
     start, finished = time.time(), 0
-    for (family_set, noise, _, _), group in groups.items():
-        if (family_set, noise) not in data_cache:
-            data_cache[(family_set, noise)] = build_data(config, family_set, noise)
-        data = data_cache[(family_set, noise)]
+    for (family_set, noise, method, _), group in groups.items():
+        for cell in group:
+            if (family_set, noise, cell.seed) not in data_cache:
+                data_cache[(family_set, noise, cell.seed)] = build_data(
+                    config, family_set, noise, cell.seed)
+        data = [data_cache[(family_set, noise, c.seed)] for c in group]
         t0 = time.time()
         model, inners, facts = train_cells(config, group, data)
         for i, (cell, inner) in enumerate(zip(group, inners)):
             cell_facts = dict(facts)
-            if "online_skipped" in facts:
-                cell_facts["online_skipped"] = facts["online_skipped"][i]
-            result = dict(dataclasses.asdict(cell), **score(config, model, inner["params"], data),
-                          **cell_facts, data_hash=data.info.config_hash)
+            for key in ("online_skipped", "corrupted_rows"):
+                if key in facts:
+                    cell_facts[key] = facts[key][i]
+            result = dict(dataclasses.asdict(cell), **score(config, model, inner["params"],
+                                                            data[i]),
+                          **cell_facts, data_hash=data[i].info.config_hash,
+                          data_seen=data_seen(config, method, data[i]))
             done[cell.key] = result
         seconds = (time.time() - t0) / len(group)
         for cell in group:
@@ -310,41 +415,71 @@ def _cell_path(workdir: str, cell: Cell) -> str:
     return os.path.join(workdir, "cells", cell.key + ".json")
 
 
-def mean_ci(values: Sequence[float], level: float = 0.95) -> dict:
-    """Mean and the Student-t confidence interval half-width (0 with one value)."""
-    x = np.asarray(values, np.float64)
-    n = len(x)
-    half = 0.0
-    if n > 1:
-        half = float(stats.t.ppf(0.5 + level / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
-    return {"mean": float(x.mean()), "ci95": half, "n": n}
+def _group(family_set: str, noise: str, model: str) -> str:
+    return f"{family_set}/{noise}/{model}"
 
 
-def summarize(results: Iterable[Mapping[str, Any]], metric: str = "exact_match") -> list[dict]:
-    """Rows per (family set, noise, model, method): mean +- 95% CI of `metric` over seeds and
-    the paired difference from MLE of the same seeds."""
+def _by_method(results: Iterable[Mapping[str, Any]], metric: str) -> dict[tuple, dict[int, float]]:
+    """(family set, noise, model, method) -> {seed: metric}."""
     groups: dict[tuple, dict[int, float]] = {}
     for r in results:
         groups.setdefault((r["family_set"], r["noise"], r["model"], r["method"]), {})[
             r["seed"]] = r[metric]
-    rows = []
+    return groups
+
+
+def vs_mle_tests(results: Iterable[Mapping[str, Any]], metric: str = "exact_match"
+                 ) -> list[dict]:
+    """Each method against MLE of the same family set, noise and model, paired over the seeds
+    both have: statistics.paired of `metric` with 'a' (the method), 'b' ('mle') and 'group'
+    ('set/noise/model'), sorted by group and method."""
+    groups = _by_method(results, metric)
+    tests = []
     for (family_set, noise, model, method), by_seed in sorted(groups.items()):
+        base = groups.get((family_set, noise, model, "mle"))
+        if method != "mle" and base is not None and set(base) & set(by_seed):
+            tests.append(dict(a=method, b="mle", group=_group(family_set, noise, model),
+                              **statistics.paired(by_seed, base)))
+    return tests
+
+
+def summarize(results: Iterable[Mapping[str, Any]], metric: str = "exact_match") -> list[dict]:
+    """Rows per (family set, noise, model, method): mean +- 95% CI of `metric` over seeds and,
+    against MLE of the same seeds, the paired difference ('vs_mle', 'vs_mle_ci95'), its
+    paired t-test p ('vs_mle_p') and that p Holm-adjusted over all of this metric's tests
+    against MLE ('vs_mle_p_adjusted')."""
+    results = list(results)
+    against = {(f["group"], f["a"]): f
+               for f in statistics.findings(vs_mle_tests(results, metric), "holm")}
+    rows = []
+    for (family_set, noise, model, method), by_seed in sorted(_by_method(results,
+                                                                         metric).items()):
+        mean, half = statistics.mean_ci(list(by_seed.values()))
         row = {"family_set": family_set, "noise": noise, "model": model, "method": method,
-               **mean_ci(list(by_seed.values()))}
-        base_ = groups.get((family_set, noise, model, "mle"), {})
-        common = sorted(set(base_) & set(by_seed))
-        if method != "mle" and common:
-            diff = mean_ci([by_seed[s] - base_[s] for s in common])
-            row.update(vs_mle=diff["mean"], vs_mle_ci95=diff["ci95"])
+               "mean": mean, "ci95": half, "n": len(by_seed)}
+        test = against.get((_group(family_set, noise, model), method))
+        if test is not None:
+            row.update(vs_mle=test["mean"], vs_mle_ci95=test["ci95"], vs_mle_p=test["p"],
+                       vs_mle_p_adjusted=test["p_adjusted"])
         rows.append(row)
     return rows
 
 
 def write_summary(workdir: str, results: Sequence[Mapping[str, Any]]) -> dict:
-    """WORKDIR/summary.json and summary.md: exact match and test NLL tables."""
+    """WORKDIR/summary.json, findings.json and summary.md: findings on exact match (every
+    test against MLE corrected together by Holm's method, each stated as a generated
+    sentence), then the exact match, graded and test NLL tables."""
     summary = {m: summarize(results, m) for m in ("exact_match", "graded", "test_nll")}
+    found = statistics.findings(vs_mle_tests(results), "holm")
     evaluation.write_json(os.path.join(workdir, "summary.json"), summary)
-    text = "".join(f"## {m}\n\n{markdown(rows, m)}\n" for m, rows in summary.items())
+    evaluation.write_json(os.path.join(workdir, "findings.json"),
+                          statistics.findings_record(found, "holm"))
+    how = (f"Exact match on the clean test inputs, each method against mle of the same "
+           f"set/noise/model, paired over seeds (two-sided paired t-test): {len(found)} "
+           f"comparisons corrected together by {statistics.NAMES['holm']} at alpha "
+           f"{statistics.ALPHA}.")
+    text = "".join(f"{p}\n\n" for p in ["## Findings", how] + [f["text"] for f in found])
+    text += "".join(f"## {m}\n\n{markdown(rows, m)}\n" for m, rows in summary.items())
     tmp = os.path.join(workdir, "summary.md.tmp")
     with open(tmp, "w") as f:
         f.write(text)
@@ -353,10 +488,18 @@ def write_summary(workdir: str, results: Sequence[Mapping[str, Any]]) -> dict:
 
 
 def markdown(rows: Sequence[Mapping[str, Any]], metric: str) -> str:
-    lines = [f"| set | noise | model | method | {metric} (95% CI) | vs MLE (paired) | seeds |",
-             "|---|---|---|---|---|---|---|"]
+    """A summary table: mean ± 95% CI, the paired difference from MLE with its raw and
+    Holm-adjusted p, and the seeds."""
+    lines = [f"| set | noise | model | method | {metric} (95% CI) | vs MLE (paired) | p | "
+             f"adjusted p ({statistics.NAMES['holm']}) | seeds |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        vs = (f"{r['vs_mle']:+.3f} ± {r['vs_mle_ci95']:.3f}" if "vs_mle" in r else "")
-        lines.append(f"| {r['family_set']} | {r['noise']} | {r['model']} | {r['method']} | "
-                     f"{r['mean']:.3f} ± {r['ci95']:.3f} | {vs} | {r['n']} |")
+        tested = ["", "", ""]
+        if "vs_mle" in r:
+            tested = [f"{r['vs_mle']:+.3f} ± {r['vs_mle_ci95']:.3f}",
+                      statistics.format_p(r["vs_mle_p"]),
+                      statistics.format_p(r["vs_mle_p_adjusted"])]
+        cells = ([r["family_set"], r["noise"], r["model"], r["method"],
+                  f"{r['mean']:.3f} ± {r['ci95']:.3f}"] + tested + [str(r["n"])])
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

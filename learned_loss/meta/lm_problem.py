@@ -52,41 +52,52 @@ class Demonstrations(NamedTuple):
         return {k: getattr(self, k) for k in KEYS}
 
 
-def encode_records(records: Sequence[Mapping[str, Any]], seq_len: int) -> Demonstrations:
+def encode_records(records: Sequence[Mapping[str, Any]], seq_len: int, *,
+                   gold: bool = False) -> Demonstrations:
     """Instruction-task records (instruction_tasks.load_split rows) as stacked arrays, in the
-    order (family, index) so that the result does not depend on TFDS's write order."""
+    order (family, index) so that the result does not depend on TFDS's write order; with
+    `gold`, each record's gold answer instead of the demonstrated one (the same inputs, clean)."""
     examples = [(instruction_tasks.decode_record(r), r) for r in records]
     examples.sort(key=lambda e: (e[0]["family"], e[0]["index"]))
-    rows = [tasks.encode_example(instruction_tasks.to_example(r), seq_len) for _, r in examples]
+    rows = [tasks.encode_example(instruction_tasks.to_example(r, gold=gold), seq_len)
+            for _, r in examples]
     if not rows:
         raise ValueError("no demonstrations to encode")
     return Demonstrations(
         inputs=np.stack([r["inputs"] for r in rows]).astype(np.int32),
         targets=np.stack([r["targets"] for r in rows]).astype(np.int32),
         mask=np.stack([r["mask"] for r in rows]).astype(np.float32),
-        corrupted=np.array([bool(d["corrupted"]) for d, _ in examples]))
+        corrupted=np.array([bool(d["corrupted"]) and not gold for d, _ in examples]))
 
 
 def sample_demonstrations(families: Sequence[str], rows: int, seq_len: int,
-                          difficulties: Sequence[int], seed: int) -> Demonstrations:
-    """`rows` clean examples drawn in memory, round-robin over `families` and, within each
-    family, cycling over `difficulties`. Family f's i-th draw comes from rng([seed, index of f
-    in the suite, i]), so it does not depend on the other families; an example longer than
-    seq_len is drawn again."""
-    out, drawn = [], {f: 0 for f in families}
+                          difficulties: Sequence[int], seed: int,
+                          split: str = "train") -> Demonstrations:
+    """`rows` clean examples of `split` (`tasks.partition`) drawn in memory, round-robin over
+    `families` and, within each family, cycling over `difficulties`. Family f's draws come in
+    order from rng([seed, index of f in the suite, 4217]), so they do not depend on the other
+    families; an example longer than seq_len is drawn again, and so is a repeated input of an
+    evaluation split ('validation', 'test': their inputs are distinct)."""
     names = tasks.family_names()
+    streams = {f: np.random.default_rng([seed, names.index(f), 4217]) for f in families}
+    seen: dict[str, set[str]] = {f: set() for f in families}
+    drawn = {f: 0 for f in families}
+    out = []
     while len(out) < rows:
         family = families[len(out) % len(families)]
-        difficulty = difficulties[(len(out) // len(families)) % len(difficulties)]
-        for _ in range(100):
-            rng = np.random.default_rng([seed, names.index(family), drawn[family], 4217])
-            drawn[family] += 1
-            example = tasks.sample_example(family, rng, difficulty)
-            if tasks.sequence_length(example) <= seq_len + 1:
+        difficulty = difficulties[drawn[family] % len(difficulties)]
+        drawn[family] += 1
+        for _ in range(1000):
+            example = tasks.partition.draw(family, streams[family], difficulty, split)
+            fits = tasks.sequence_length(example) <= seq_len + 1
+            if fits and (split == "train" or example.input_id not in seen[family]):
                 break
         else:
-            raise tasks.TaskError(f"family {family} at difficulty {difficulty} has no example "
-                                  f"within seq_len={seq_len}; raise seq_len or drop it")
+            raise tasks.TaskError(
+                f"family {family} at difficulty {difficulty} gave no further {split} input "
+                f"within seq_len={seq_len} after {len(seen[family])} distinct ones; raise "
+                f"seq_len, widen the difficulties or ask for fewer rows")
+        seen[family].add(example.input_id)
         out.append(tasks.encode_example(example, seq_len))
     stack = {k: np.stack([r[k] for r in out]) for k in KEYS}
     return Demonstrations(stack["inputs"], stack["targets"], stack["mask"],
@@ -120,6 +131,12 @@ def rows_hash(rows: Demonstrations) -> str:
 
 def concatenate(parts: Sequence[Demonstrations]) -> Demonstrations:
     return Demonstrations(*[np.concatenate([getattr(p, f) for p in parts])
+                            for f in Demonstrations._fields])
+
+
+def stack(parts: Sequence[Demonstrations]) -> Demonstrations:
+    """Row sets of equal size on a new leading axis ([S, N, T]: one per vmapped run)."""
+    return Demonstrations(*[np.stack([getattr(p, f) for p in parts])
                             for f in Demonstrations._fields])
 
 

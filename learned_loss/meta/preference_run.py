@@ -77,18 +77,24 @@ def check_config(config) -> None:
         raise cli.UserError(f"sft.steps={config.sft.steps}: use 0 (a fresh reference) or more")
 
 
+def pairs_args(config, families: Sequence[str]) -> dict[str, Any]:
+    """build_preference_pairs's arguments (but data_dir) for `families`."""
+    p, seq_len = config.preferences, config.data.seq_len
+    return dict(families=tuple(families), pairs_per_family=p.pairs_per_family,
+                difficulty=tuple(p.difficulty), tau=p.tau, length_bias=p.length_bias,
+                length_scale=p.length_scale or seq_len, seed=p.seed, seq_len=seq_len,
+                splits={"train": 1.0 - config.data.valid_fraction,
+                        "validation": config.data.valid_fraction})
+
+
 def build_pairs(config, families: Sequence[str]
                 ) -> tuple[preference_problem.PairRows, preference_problem.PairRows, list, Any]:
     """(noisy train rows, validation rows as labelled, decoded train records, PairsInfo) of
     `families`; the train labels are flipped with `preferences.flip_rate`."""
-    p, seq_len = config.preferences, config.data.seq_len
+    seq_len = config.data.seq_len
     try:
-        info = preference_pairs.build_preference_pairs(
-            paths.data_dir(config.data.data_dir), families=tuple(families),
-            pairs_per_family=p.pairs_per_family, difficulty=tuple(p.difficulty), tau=p.tau,
-            length_bias=p.length_bias, length_scale=p.length_scale or seq_len, seed=p.seed,
-            seq_len=seq_len, splits={"train": 1.0 - config.data.valid_fraction,
-                                     "validation": config.data.valid_fraction})
+        info = preference_pairs.build_preference_pairs(paths.data_dir(config.data.data_dir),
+                                                       **pairs_args(config, families))
     except ValueError as e:  # A labeler knob or split fraction out of range.
         raise cli.UserError(f"preferences: {e}") from None
     train_records = preference_pairs.load_split(info, "train")
@@ -149,8 +155,7 @@ class PreferenceSetup:
         self.model_cfg = model_lib.ModelConfig.from_config(config.model)
         self.model = model_lib.build(self.model_cfg)
         self.theta0, self.settings = initial_theta(config)
-        families = run_lib.task_families(config.tasks.families, config.tasks)
-        valid_families = run_lib.task_families(config.meta_valid.families, config.tasks)
+        families, valid_families = run_lib.meta_families(config)
         self.families, self.valid_families = families, valid_families
         self.train_rows, self.valid_rows, records, self.info = build_pairs(config, families)
         self.mv_train, self.mv_valid, mv_records, self.mv_info = build_pairs(config,
@@ -207,6 +212,8 @@ class PreferenceSetup:
                                   extra={"mode": mode, "resumed_from_step": start,
                                          "objective": NAME, "families": list(self.families),
                                          "meta_valid_families": list(self.valid_families),
+                                         tasks.roles.RECORD_KEY: run_lib.role_record(
+                                             self.config),
                                          "preferences": self.info.provenance(),
                                          "meta_valid_preferences": self.mv_info.provenance(),
                                          "flipped_fraction": float(self.train_rows.flipped.mean()),

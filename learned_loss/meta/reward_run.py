@@ -41,7 +41,7 @@ from absl import logging
 from learned_loss import checkpoint as checkpoint_lib
 from learned_loss import cli, evaluation, loop, metrics, policy, provenance, rlhf, rlhf_data
 from learned_loss import rlhf_pipeline, sharding, train
-from learned_loss.data import instruction_tasks
+from learned_loss.data import instruction_tasks, tasks
 from learned_loss.meta import host_es, outer, reward_problem
 from learned_loss.objectives import artifact, learned
 
@@ -101,7 +101,7 @@ class Setup:
             ic.algorithm, ic.horizon * rc.rl.epochs * rc.rl.minibatches)
         width = rlhf_pipeline.prompt_width(rc)
         stream = rlhf_data.PromptStream(
-            self.families, difficulty=instruction_tasks.difficulty_range(rc.tasks.difficulty),
+            self.families, difficulty=tasks.difficulty_range(rc.tasks.difficulty),
             seed=config.seed + TRAIN_SEED_OFFSET, global_batch_size=rc.rl.global_batch_size,
             width=width, kl_coef=rc.rl.kl_coef)
 
@@ -134,8 +134,14 @@ class Setup:
         return self.sft.model, optimizer, state
 
     def provenance(self, start: int) -> dict:
+        families = self.families  # its RLHF stages, RL inner runs, fitness and validation
+        record = tasks.roles.merge(
+            {"meta_train": families, "fitness": families, "meta_valid": families},
+            tasks.roles.as_meta(provenance.read_extra(self.sft.workdir).get(
+                tasks.roles.RECORD_KEY, {})))
         return provenance.collect(self.config, mesh=self.mesh, extra={
             "resumed_from_step": start, "families": list(self.families),
+            tasks.roles.RECORD_KEY: record,
             "sft": {"workdir": self.sft.workdir, "step": self.sft.step},
             "rlhf_workdir": self.stage_dir, "preferences": self.info.provenance()})
 

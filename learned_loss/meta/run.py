@@ -42,28 +42,42 @@ from learned_loss.objectives import artifact
 ARTIFACT = "artifact"
 
 
-def task_families(families: Sequence[str], task_cfg) -> tuple[str, ...]:
-    """`families` checked against the task suite (held-out families are refused)."""
-    if not families:
-        raise cli.UserError("no families configured; set --config.tasks.families")
-    return tasks.training_families(
-        tuple(families), task_cfg.train_split, seed=task_cfg.split_seed,
-        meta_valid_fraction=task_cfg.meta_valid_fraction,
-        heldout_fraction=task_cfg.heldout_fraction)
+def meta_families(config) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(families of the inner runs, meta-validation families) of a meta-training config
+    (configs/meta_train.py, configs/meta_preference.py), resolved by `tasks.roles` (held-out
+    families refused); both are required."""
+    if not config.tasks.families or not config.meta_valid.families:
+        raise cli.UserError("meta-training needs tasks.families (its inner runs' families) and "
+                            "meta_valid.families (its validation's); set both")
+    return (tasks.roles.resolve(config.tasks, "meta_train", config.tasks.families),
+            tasks.roles.resolve(config.tasks, "meta_valid", config.meta_valid.families))
 
 
-def build_rows(config, families: Sequence[str], *, label_noise: float | None = None
+def role_record(config) -> dict[str, list[str]]:
+    """The families by role of a meta-training config (empty on text)."""
+    if config.data.get("source", "tasks") == "text":
+        return {}
+    train, valid = meta_families(config)
+    return tasks.roles.record({"meta_train": train, "meta_valid": valid})
+
+
+def rows_args(config, families: Sequence[str]) -> dict[str, Any]:
+    """build_instruction_tasks's arguments (but data_dir) for `families`: the train split
+    noisy, clean validation (the meta-objective) and test splits (what an online run is
+    scored on)."""
+    t, d = config.tasks, config.data
+    return dict(families=tuple(families), examples_per_family=t.examples_per_family,
+                difficulty=tasks.difficulty_range(t.difficulty), label_noise=t.label_noise,
+                seed=t.seed, seq_len=d.seq_len, noise_kinds=tuple(t.noise_kinds),
+                splits={"train": 1.0 - d.valid_fraction - d.test_fraction,
+                        "validation": d.valid_fraction, "test": d.test_fraction})
+
+
+def build_rows(config, families: Sequence[str]
                ) -> tuple[lm_problem.Demonstrations, lm_problem.Demonstrations, Any]:
     """(noisy train rows, clean validation rows, TasksInfo) of `families`."""
-    t = config.tasks
-    noise = t.label_noise if label_noise is None else label_noise
-    info = instruction_tasks.build_instruction_tasks(
-        paths.data_dir(config.data.data_dir), families=tuple(families),
-        examples_per_family=t.examples_per_family,
-        difficulty=instruction_tasks.difficulty_range(t.difficulty), label_noise=noise,
-        seed=t.seed, seq_len=config.data.seq_len, noise_kinds=tuple(t.noise_kinds),
-        splits={"train": 1.0 - config.data.valid_fraction,
-                "validation": config.data.valid_fraction})
+    info = instruction_tasks.build_instruction_tasks(paths.data_dir(config.data.data_dir),
+                                                     **rows_args(config, families))
     seq_len = config.data.seq_len
     train = lm_problem.encode_records(instruction_tasks.load_split(info, "train"), seq_len)
     valid = lm_problem.encode_records(instruction_tasks.load_split(info, "validation"), seq_len)
@@ -86,8 +100,9 @@ def text_rows(config):
 
 
 def eval_examples(info, per_family: int) -> list[tasks.Example]:
-    """Up to `per_family` clean validation examples of each family (held-out inputs)."""
-    records = instruction_tasks.load_split(info, "validation")
+    """Up to `per_family` clean test examples of each family: inputs that neither the inner
+    runs nor the meta-objective (the validation split) saw."""
+    records = instruction_tasks.load_split(info, "test")
     chosen: dict[str, list] = {}
     for i in range(len(records)):
         record = instruction_tasks.decode_record(records[i])
@@ -154,8 +169,7 @@ class Setup:
             self.data_hash = self.info.corpus_hash
             families = valid_families = ()
         else:
-            families = task_families(config.tasks.families, config.tasks)
-            valid_families = task_families(config.meta_valid.families, config.tasks)
+            families, valid_families = meta_families(config)
             self.train_rows, self.valid_rows, self.info = build_rows(config, families)
             self.mv_train, self.mv_valid, self.mv_info = build_rows(config, valid_families)
             self.data_hash = self.info.config_hash
@@ -184,6 +198,7 @@ class Setup:
                                   extra={"mode": mode, "resumed_from_step": start,
                                          "families": list(self.families),
                                          "meta_valid_families": list(self.valid_families),
+                                         tasks.roles.RECORD_KEY: role_record(self.config),
                                          "source": self.config.data.get("source", "tasks"),
                                          "tasks": self.info.provenance(),
                                          "meta_valid_tasks": self.mv_info.provenance()})

@@ -6,6 +6,10 @@
   prompt_tokens(...)        [BOS] prompt [SEP]: what a policy generates from
   exact_match / graded_score / score    the gold scorers
   split_families / families_for         meta-train / meta-valid / held-out families
+  roles                     the roles families play in a run (task or meta), resolved and
+                            recorded; a comparison refuses evaluation families in meta roles
+  partition                 which split (train / validation / test) each input lives in:
+                            draw / draw_split sample one split, input_space counts inputs
 
   rng = np.random.default_rng(0)
   ex = sample_example("add", rng, difficulty=3)     # e.g. prompt 'Add 457 and 698.', answer '1155'
@@ -23,9 +27,15 @@ from learned_loss.data.tasks.base import Family
 from learned_loss.data.tasks.base import TaskError
 from learned_loss.data.tasks.base import check_fits
 from learned_loss.data.tasks.base import encode_example
+from learned_loss.data.tasks.base import input_id
 from learned_loss.data.tasks.base import prompt_tokens
 from learned_loss.data.tasks.base import sequence_length
 from learned_loss.data.tasks.base import task_text
+from learned_loss.data.tasks import partition
+from learned_loss.data.tasks import roles
+from learned_loss.data.tasks.partition import difficulty_range
+from learned_loss.data.tasks.partition import input_space
+from learned_loss.data.tasks.partition import split_of
 from learned_loss.data.tasks.registry import FAMILIES
 from learned_loss.data.tasks.registry import family_names
 from learned_loss.data.tasks.registry import get_family

@@ -30,6 +30,8 @@ answer follows SEP and ends at EOS.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -103,15 +105,25 @@ class Family:
         return sum(len(text) for text in self.render(inputs).values())
 
 
+def input_id(family: str, inputs: Inputs) -> str:
+    """The identity of a task input: 16 hex digits of sha256 over the family name and the
+    canonical JSON of its inputs. The phrasing and the difficulty it was drawn at play no part,
+    so every rendering of one input shares it (the unit that data splits keep apart)."""
+    canonical = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f"{family}\n{canonical}".encode()).hexdigest()[:16]
+
+
 @dataclasses.dataclass(frozen=True)
 class Example:
-    """One sampled task instance: prompt text and its gold answer."""
+    """One sampled task instance: prompt text and its gold answer, and `input_id`, the identity
+    of the input behind the prompt (`input_id`; empty for an example made by hand)."""
 
     family: str
     prompt: str
     answer: str
     difficulty: int
     phrasing: int
+    input_id: str = ""
 
 
 def make_example(family: Family, inputs: Inputs, difficulty: int, phrasing: int) -> Example:
@@ -121,6 +133,7 @@ def make_example(family: Family, inputs: Inputs, difficulty: int, phrasing: int)
         answer=family.answer(inputs),
         difficulty=difficulty,
         phrasing=phrasing,
+        input_id=input_id(family.name, inputs),
     )
 
 
