@@ -106,7 +106,6 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     # RLHF objectives (a configs/rlhf.py config; sft_from, families, seed and the algorithm
     # are set per cell).
     config.rlhf = rlhf.get_config(v["rlhf"])
-    config.rlhf.tasks.families = v["families"]
 
     config.eval = ml_collections.ConfigDict()
     config.eval.per_family = v["per_family"]
@@ -115,7 +114,24 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.eval.curve_points = v["curve"]  # Evaluations along each token-level run.
     # The report's multiplicity correction over all of its tests: 'holm' or 'bh'.
     config.statistics = ml_collections.ConfigDict({"correction": "holm"})
+    _drop_fields_the_run_sets(config)
     return config
+
+
+def _drop_fields_the_run_sets(config) -> None:
+    """Removes the fields of the shared sections that the comparison does not read, because it
+    sets them per cell or takes them from elsewhere, so that overriding one is an error (an
+    unknown key) instead of being silently ignored: the RLHF stage's SFT policy, seed,
+    algorithm, families and folders (per cell), and the meta-training runs' starting points
+    (the fine-tuning sections drop their own in configs/noisy.py)."""
+    drops = [(config.rlhf, ("sft_from", "shared_dir", "seed", "algorithms", "data")),
+             (config.rlhf.tasks, ("families", "label_noise", "noise_kinds")),
+             (config.meta.learned_tbptt.inner, ("init_from",)),
+             (config.meta.learned_es.inner, ("init_from",)),
+             (config.meta.learned_reward.rlhf, ("sft_from",))]
+    for section, keys in drops:
+        for key in keys:
+            del section[key]
 
 
 def get_sweep(arg: str = "tiny") -> list[dict]:

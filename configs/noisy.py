@@ -91,6 +91,10 @@ def fine_tuning(config, arg: str, *, steps: int, examples: int, seq_len: int) ->
 
     config.tasks = tasks.task_config()
     config.tasks.examples_per_family = examples
+    # The noise comes from `noises` and the families from `family_sets` (or compare's
+    # `families`): these task fields are not read, so they are gone (an override is an error).
+    for key in ("label_noise", "noise_kinds", "families"):
+        del config.tasks[key]
     config.data = ml_collections.ConfigDict()
     config.data.data_dir = ""  # Empty: $LEARNED_LOSS_DATA_DIR or ~/.cache/learned_loss/tfds.
     config.data.seq_len = seq_len

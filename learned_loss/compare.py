@@ -301,7 +301,7 @@ def rlhf_config(config, objective: str, noise: str, seed: int, workdir: str,
     r.seed = config.tasks.seed + seed
     r.algorithms = (RLHF[objective],)
     r.tasks.families = tuple(config.families)
-    r.data.data_dir = config.data.data_dir
+    r.data = ml_collections.ConfigDict({"data_dir": config.data.data_dir})
     if objective == "learned_preference":
         r.dpo.loss_type = "learned"
         r.dpo.label_smoothing = 0.0
@@ -444,7 +444,7 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any], log=loggi
         "pretrain": {"workdir": pre.workdir, "step": pre.step,
                      "cache_key": pretrain_key(config)},
         "data_hashes": {f"{n}-s{s}": d.info.config_hash for (n, s), d in data.items()},
-        "cells": grid.total, "evaluation_families": list(arms_lib.evaluation_families(config)),
+        "cells": grid.total, "evaluation_families": sorted(arms_lib.evaluation_families(config)),
         tasks.roles.RECORD_KEY: roles,
         "verbatim_in_pretraining": verbatim_in_pretraining(config, data)}))
 

@@ -51,6 +51,7 @@ import numpy as np  # noqa: E402
 
 from learned_loss import metrics as metrics_lib  # noqa: E402
 from learned_loss import overoptimization, statistics, study_report, sweep  # noqa: E402
+from learned_loss.data.tasks import roles as task_roles  # noqa: E402
 from learned_loss.statistics import mean_ci, paired  # noqa: E402  (re-exported)
 
 # (key in a cell's `metrics` or `compute`, column title, printed digits).
@@ -72,11 +73,11 @@ DATA_SEEN = (("noisy_demonstrations", "noisy demonstrations"),
              ("gold_scored_prompts", "gold-scored prompts"),
              ("labeler_queries", "labeler queries"), ("tokens", "tokens"))
 META_SEEN = (("seconds", "meta-training seconds"), ("tokens", "meta-training tokens"))
-# Roles of provenance extra.families_by_role (learned_loss/data/tasks/roles.py), as the report
-# names them. Meta roles may not use the evaluation families, task roles may.
-META_ROLES = {"meta_train": "meta-training", "meta_valid": "meta-validation",
-              "fitness": "fitness", "tuning": "tuning", "pretrain_mix": "pre-training mix"}
-TASK_ROLES = {"finetune": "fine-tuning", "clean_validation": "clean validation",
+# The roles of provenance extra.families_by_role (learned_loss/data/tasks/roles.py: meta roles
+# may not use the evaluation families, task roles may), as the report names them.
+ROLE_WORDS = {"meta_train": "meta-training", "meta_valid": "meta-validation",
+              "fitness": "fitness", "tuning": "tuning", "pretrain_mix": "pre-training mix",
+              "finetune": "fine-tuning", "clean_validation": "clean validation",
               "pairs": "preference pairs", "reward_model": "reward model",
               "rl_prompts": "RL prompts"}
 META_KEYS = ("meta_loss", "meta_valid/nll", "meta_valid/fitness")
@@ -296,10 +297,10 @@ def mean_curves(cells: Sequence[Mapping[str, Any]], metric: str = "exact_match"
 
 def _role(role: str) -> tuple[str, str]:
     """('meta' | 'task' | 'other', the role's name in words)."""
-    if role in META_ROLES:
-        return "meta", META_ROLES[role]
-    if role in TASK_ROLES:
-        return "task", TASK_ROLES[role]
+    if role in task_roles.META_ROLES:
+        return "meta", ROLE_WORDS[role]
+    if role in task_roles.TASK_ROLES:
+        return "task", ROLE_WORDS[role]
     return "other", role
 
 
@@ -330,7 +331,8 @@ def scope(provenance: Mapping[str, Any] | None, arms: Sequence[str]) -> str:
     unrecorded = sorted(set(arms) - set(by_role))
     who = "No arm with recorded roles" if unrecorded else "No arm"
     text += (f" Meta roles on them: {listing(uses['meta'])}" if uses["meta"] else
-             f" {who} gave them a meta role ({', '.join(META_ROLES.values())})")
+             f" {who} gave them a meta role "
+             f"({', '.join(ROLE_WORDS[r] for r in task_roles.META_ROLES)})")
     text += f"; their task roles: {listing(uses['task'])}." if uses["task"] else "."
     if uses["other"]:
         text += f" Other roles on them: {listing(uses['other'])}."
@@ -577,6 +579,10 @@ def provenance_lines(inputs: Inputs) -> list[tuple[str, str]]:
                 ("data hashes", json.dumps(p.get("extra", {}).get("data_hashes", {}),
                                            sort_keys=True)),
                 ("runs of this workdir", str(len(starts)))]
+        verbatim = p.get("extra", {}).get("verbatim_in_pretraining")
+        if verbatim:
+            out.append(("test prompts found verbatim in the pre-training text",
+                        f"{verbatim['in_pretraining_text']} of {verbatim['test_prompts']}"))
     for c in inputs.cells:
         out.append((f"cell {c['noise']}/{c['objective']}/seed {c['seed']}",
                     f"{value(c, 'seconds'):.1f} s"))

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from configs import compare as compare_config
-from learned_loss import browser, cli, compare, sweep
+from learned_loss import arms, browser, cli, compare, sweep
+from learned_loss.data import tasks
 from learned_loss.meta import comparison
 from tests import runs
 
@@ -50,7 +51,7 @@ def test_smoke_compare_cells_report_and_resume(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     config = compare_config.get_config("smoke")
     cells = _cells(workdir)
-    assert sorted(cells) == [f"{o}-swap30-s{s}" for o in ("loss_truncation", "mle")
+    assert sorted(cells) == [f"{o}-swap30-s{s}" for o in ("loss_truncation", "mle", "mle_clean")
                              for s in (0, 1)]
     steps, points = config.steps, config.eval.curve_points
     for cell in cells.values():
@@ -58,12 +59,28 @@ def test_smoke_compare_cells_report_and_resume(tmp_path):
         assert 0.0 <= m["exact_match"] <= m["graded"] + 1e-9 <= 1.0 + 1e-9
         assert np.isfinite(m["kl"]) and m["length"] >= 0 and m["test_nll"] > 0
         assert set(cell["families"]) == set(config.families)
-        # Curve: the pre-trained model, each segment, the end; the first point is shared.
+        # Curve: the pre-trained model, each segment, the end.
         assert [p["step"] for p in cell["curve"]] == [steps * i // points
                                                       for i in range(points + 1)]
         assert cell["curve"][-1]["exact_match"] == m["exact_match"]
         assert cell["compute"]["tokens"] == steps * config.batch_size * config.data.seq_len
-    assert len({c["curve"][0]["exact_match"] for c in cells.values()}) == 1
+        # Per-prompt correctness on the seed's own test inputs; the data the arm saw.
+        per_prompt = cell["per_prompt"]
+        assert np.mean(per_prompt["exact_match"]) == pytest.approx(m["exact_match"])
+        assert {tasks.split_of(i) for i in per_prompt["input_id"]} == {"test"}
+        seen = cell["data_seen"]
+        noisy = seen["noisy_demonstrations"]
+        if cell["objective"] == "mle_clean":
+            assert noisy == 0 and seen["clean_demonstrations"] == cell["facts"]["train_rows"]
+        else:
+            assert noisy == cell["facts"]["train_rows"] and seen["clean_demonstrations"] == 0
+    # The seeds resample the test inputs; arms of one seed are scored on the same prompts.
+    prompts = {k: tuple(c["per_prompt"]["input_id"]) for k, c in cells.items()}
+    assert prompts["mle-swap30-s0"] == prompts["mle_clean-swap30-s0"]
+    assert prompts["mle-swap30-s0"] != prompts["mle-swap30-s1"]
+    for s in (0, 1):  # The pre-trained model's point is shared by the arms of one seed.
+        assert len({c["curve"][0]["exact_match"] for k, c in cells.items()
+                    if k.endswith(f"s{s}")}) == 1
 
     # The report's table is the cells' mean over seeds.
     rows = _table((workdir / "report.md").read_text())
@@ -74,6 +91,9 @@ def test_smoke_compare_cells_report_and_resume(tmp_path):
         assert row[0].startswith(f"{np.mean(ems):.3f} ± ")
         assert row[2].startswith(f"{np.mean(kls):.3f} ± ")
         assert row[-1] == "2"
+    # The report gives the headroom and the data seen per arm.
+    markdown = (workdir / "report.md").read_text()
+    assert "## Headroom recovered" in markdown and "## Data seen per arm" in markdown
     # The report opens offline in headless Chromium: every plot decodes, nothing outside.
     html, png = str(workdir / "report.html"), str(workdir / "report.png")
     rendering = browser.render(html, screenshot=png)
@@ -89,7 +109,14 @@ def test_smoke_compare_cells_report_and_resume(tmp_path):
     with open(workdir / "provenance.json") as f:
         start = json.load(f)["starts"][-1]
     assert start["extra"]["pretrain"]["cache_key"] == compare.pretrain_key(config)
-    assert set(start["extra"]["data_hashes"]) == {"swap30"}
+    assert set(start["extra"]["data_hashes"]) == {"swap30-s0", "swap30-s1"}
+    # Every arm's families by role: the evaluation families have task roles only.
+    roles = start["extra"]["families_by_role"]
+    assert start["extra"]["evaluation_families"] == sorted(config.families)
+    assert roles["mle"] == {"finetune": sorted(config.families)}
+    verbatim = start["extra"]["verbatim_in_pretraining"]
+    assert verbatim["test_prompts"] == 2 * 2 * config.eval.per_family
+    assert 0 <= verbatim["in_pretraining_text"] <= verbatim["test_prompts"]
 
     # A re-run recomputes nothing; a removed cell is recomputed alone, with the same numbers.
     stamps = {k: os.path.getmtime(workdir / "cells" / f"{k}.json") for k in cells}
@@ -97,7 +124,7 @@ def test_smoke_compare_cells_report_and_resume(tmp_path):
     second = _run(workdir, cache)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "reusing the pre-trained checkpoint" in second.stderr
-    assert "4 cells (3 done)" in second.stderr
+    assert "6 cells (5 done)" in second.stderr
     again = _cells(workdir)
     for key, stamp in stamps.items():
         if key != "mle-swap30-s1":
@@ -145,16 +172,21 @@ def test_bad_configs_are_refused_before_any_training(tmp_path):
     config.objectives = ("mle", "sft_magic")
     with pytest.raises(cli.UserError, match="sft_magic.*choose among"):
         compare.check(config)
+    for objectives in (("dpo",), ("mle", "dpo")):
+        config = compare_config.get_config("smoke")
+        config.objectives = objectives
+        with pytest.raises(cli.UserError, match="'mle_clean'"):
+            compare.check(config)
     config = compare_config.get_config("smoke")
-    config.objectives = ("dpo",)
-    with pytest.raises(cli.UserError, match="add 'mle'"):
+    config.objectives = ("mle", "mle_clean", "mle_gold_pairs")
+    with pytest.raises(cli.UserError, match="add an RLHF arm"):
         compare.check(config)
     config = compare_config.get_config("smoke")
     config.pretrain.model.num_layers = 3
     with pytest.raises(cli.UserError, match="pretrain.model differs"):
         compare.check(config)
     config = compare_config.get_config("smoke")
-    config.objectives = ("mle", "learned_tbptt")
+    config.objectives = ("mle", "mle_clean", "learned_tbptt")
     config.artifacts.learned_tbptt = str(tmp_path / "nowhere")
     with pytest.raises(cli.UserError, match="artifacts.learned_tbptt"):
         compare.check(config)
@@ -163,6 +195,28 @@ def test_bad_configs_are_refused_before_any_training(tmp_path):
     assert result.returncode != 0
     assert "swap99" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "w" / "cells").exists()
+
+
+def test_an_evaluation_family_in_a_meta_role_is_refused_before_anything_trains(tmp_path):
+    config = compare_config.get_config("smoke")
+    family = config.families[0]
+    result = _run(tmp_path / "w", tmp_path / "cache",
+                  "--config.objectives=('mle','mle_clean','learned_tbptt')",
+                  f"--config.meta.learned_tbptt.meta_valid.families=('{family}',)")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert (f"arm learned_tbptt gives the evaluation family {family} the meta role "
+            f"'meta_valid'") in result.stderr
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "w" / "cells").exists()
+    # The same check in the library: the learned reward's families and the pre-training mix.
+    config.objectives = ("mle", "mle_clean", "learned_reward")
+    config.meta.learned_reward.rlhf.tasks.families = (family,)
+    with pytest.raises(tasks.TaskError, match="'fitness'|'meta_train'|'meta_valid'"):
+        arms.roles(config, str(tmp_path / "w"))
+    config = compare_config.get_config("smoke")
+    config.pretrain.data.task_mix_per_family = 5
+    config.pretrain.tasks.families = (family,)
+    with pytest.raises(tasks.TaskError, match="'pretrain_mix'"):
+        arms.roles(config, str(tmp_path / "w"))
 
 
 def test_progress_line_counts_cells_and_estimates_the_rest(tmp_path):
@@ -188,7 +242,7 @@ def test_rlhf_cells_get_their_learned_settings(tmp_path):
     artifacts = {"learned_preference": "/p", "learned_reward": "/r"}
     r = compare.rlhf_config(config, "learned_preference", "swap30", 3, str(tmp_path), artifacts)
     assert r.algorithms == ("dpo",) and r.dpo.loss_type == "learned"
-    assert r.dpo.learned_path == "/p" and r.seed == 3
+    assert r.dpo.learned_path == "/p" and r.seed == config.tasks.seed + 3
     assert r.sft_from == compare.sft_dir(str(tmp_path), "swap30", 3)
     r = compare.rlhf_config(config, "learned_reward", "swap30", 0, str(tmp_path), artifacts)
     assert r.algorithms == ("rloo",) and r.rl.reward == "learned"
@@ -208,7 +262,7 @@ def test_rlhf_cells_get_their_learned_settings(tmp_path):
 def test_train_cells_from_given_parameters_in_segments():
     config = compare.noisy_view(compare_config.get_config("smoke"))
     config.steps = 4
-    data = comparison.build_data(config, compare.FAMILY_SET, "swap30")
+    data = [comparison.build_data(config, compare.FAMILY_SET, "swap30", s) for s in (0, 1)]
     cells = [comparison.Cell(compare.FAMILY_SET, "swap30", "mle", config.model.variant, s)
              for s in (0, 1)]
     model = comparison.model_of(config.model)
@@ -236,7 +290,7 @@ def test_kept_sft_policy_reads_back_and_starts_meta_training_inner_runs(tmp_path
     model = comparison.model_of(config.model)
     params = model.init(jax.random.key(7), np.zeros((1, config.data.seq_len), np.int32))
     path = compare.sft_dir(str(tmp_path), "swap30", 0)
-    compare.write_sft(config, path, config.model, params, step=8)
+    compare.write_sft(config, path, params, 8, config.families)
     loaded = policy.load(path)
     assert loaded.step == 8
     for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(params)):
@@ -252,15 +306,17 @@ def test_kept_sft_policy_reads_back_and_starts_meta_training_inner_runs(tmp_path
 
 
 def test_learned_and_rlhf_objectives_through_the_compare(tmp_path):
-    """ES meta-training in the run, online meta-weighting, and PPO and DPO from the kept MLE
-    model, sharing one reward model."""
+    """ES meta-training in the run, online meta-weighting, PPO and DPO from the kept MLE model,
+    sharing one reward model, and MLE given the gold answers of their pairs."""
     workdir = tmp_path / "w"
     result = _run(workdir, tmp_path / "cache", "--config.seeds=1",
-                  "--config.objectives=('mle','learned_es','learned_online','ppo','dpo')")
+                  "--config.objectives=('mle','mle_clean','learned_es','learned_online','ppo',"
+                  "'dpo','mle_gold_pairs')")
     assert result.returncode == 0, result.stderr[-3000:]
     cells = _cells(workdir)
     assert sorted(cells) == ["dpo-swap30-s0", "learned_es-swap30-s0", "learned_online-swap30-s0",
-                             "mle-swap30-s0", "ppo-swap30-s0"]
+                             "mle-swap30-s0", "mle_clean-swap30-s0", "mle_gold_pairs-swap30-s0",
+                             "ppo-swap30-s0"]
     # The RLHF cells of one (noise, seed) share their pairs and reward model: trained once, in
     # W/rlhf/NOISE-sSEED, and its cost is counted in both cells. Only the first RL run (the
     # report's over-optimization plot) does best-of-n.
@@ -294,6 +350,21 @@ def test_learned_and_rlhf_objectives_through_the_compare(tmp_path):
     # DPO moved the policy away from its SFT model: the scores differ or the KL does.
     assert (dpo["metrics"]["kl"], dpo["metrics"]["test_nll"]) != (mle["metrics"]["kl"],
                                                                  mle["metrics"]["test_nll"])
+    # The clean data a preference arm sees: the gold answers inside its train pairs, which the
+    # gold-pairs control gets as demonstrations on top of MLE's.
+    gold = cells["mle_gold_pairs-swap30-s0"]
+    assert 0 < dpo["data_seen"]["gold_answers_in_pairs"] == gold["facts"]["gold_rows"]
+    assert gold["data_seen"]["gold_answers_in_pairs"] == gold["facts"]["gold_rows"]
+    assert dpo["data_seen"]["labeler_queries"] > dpo["data_seen"]["gold_answers_in_pairs"]
+    assert mle["data_seen"]["gold_answers_in_pairs"] == 0
+    assert es["data_seen"]["meta_training"]["outer_steps"] == 2
+    assert es["data_seen"]["meta_training"]["seconds"] > 0
+    start = json.loads((workdir / "provenance.json").read_text())["starts"][-1]
+    roles = start["extra"]["families_by_role"]
+    assert set(roles["learned_es"]["meta_train"]) & set(start["extra"]["evaluation_families"]) \
+        == set()
+    assert roles["ppo"]["rl_prompts"] == roles["dpo"]["pairs"] == sorted(
+        compare_config.get_config("smoke").families)
     report = (workdir / "report.md").read_text()
     assert "meta_training.png" in report and "| swap30 | dpo |" in report
 
@@ -322,7 +393,7 @@ def test_parallel_runs_share_one_pretraining(tmp_path):
         time.sleep(1.0)
         model = comparison.model_of(config.model)
         params = model.init(jax.random.key(1), np.zeros((1, config.data.seq_len), np.int32))
-        compare.write_sft(config, path, config.model, params, pretrain_config.train.num_steps)
+        compare.write_sft(config, path, params, pretrain_config.train.num_steps, ())
 
     with futures.ThreadPoolExecutor(2) as pool:
         loaded = list(pool.map(lambda _: compare.pretrained(config, fake_pretrain), range(2)))

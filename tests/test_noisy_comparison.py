@@ -11,6 +11,7 @@ from scipy import stats
 
 from configs import noisy
 from learned_loss import statistics
+from learned_loss.data import tasks
 from learned_loss.meta import comparison
 from learned_loss.objectives import artifact, learned
 
@@ -51,27 +52,62 @@ def test_paired_summary_with_adjusted_p(tmp_path):
         assert f["significant"] == (f["p_adjusted"] < 0.05) == (" beats " in f["text"])
 
 
-def test_cells_run_resume_and_summarize(tmp_path):
-    art = str(tmp_path / "artifact")
+def _artifact(path, roles=None):
     features = ("log_prob", "answer_log_prob")
     theta = dict(learned.init_token_loss(jax.random.key(0), features, hidden=4),
                  b1=np.float32(-1.0))
-    artifact.save(art, "learned_token_loss", theta, {"features": list(features), "hidden": 4},
-                  {})
+    record = {} if roles is None else {"provenance": {"extra": {"families_by_role": roles}}}
+    artifact.save(str(path), "learned_token_loss", theta,
+                  {"features": list(features), "hidden": 4}, {}, record)
+    return str(path)
+
+
+def test_an_artifact_meta_trained_on_an_evaluation_family_is_refused(tmp_path):
+    config = noisy.get_config("smoke")
+    config.methods = ("mle", "learned_offline")
+    evaluated = config.family_sets.transfer[0]
+    cells = comparison.grid(config)
+    for roles, message in (
+            (None, "does not record the families"),
+            ({"meta_train": ["list_length"], "meta_valid": [evaluated]},
+             f"arm learned_offline gives the evaluation family {evaluated} the meta role "
+             f"'meta_valid'"),
+            ({"finetune": [evaluated]}, "'meta_train'")):  # whatever role it had, it is meta
+        config.learned.artifacts = {"default": _artifact(tmp_path / str(len(message)), roles)}
+        with pytest.raises(tasks.TaskError, match=message):
+            comparison.run_cells(config, str(tmp_path / "w"), cells, log=lambda _: None)
+        assert not os.path.exists(tmp_path / "w" / "cells" / f"{cells[0].key}.json")
+    config.learned.artifacts = {"default": _artifact(
+        tmp_path / "ok", {"meta_train": ["list_length"], "meta_valid": ["count_words"]})}
+    roles = comparison.check_roles(config, cells)
+    assert roles["learned_offline"]["meta_valid"] == ["count_words"]
+    assert roles["mle"] == {"finetune": sorted(config.family_sets.transfer)}
+
+
+def test_cells_run_resume_and_summarize(tmp_path):
+    art = _artifact(tmp_path / "artifact", {"meta_train": ["list_length"],
+                                            "meta_valid": ["count_words"]})
     config = noisy.get_config("smoke")
     config.data.data_dir = str(tmp_path / "tfds")
     config.methods = ("mle", "learned_offline")
     config.learned.artifacts = {"default": art}
     workdir = str(tmp_path / "w")
     cells = comparison.grid(config)
-    assert [c.key for c in cells] == ["train-swap30-mle-nano-s0",
-                                      "train-swap30-learned_offline-nano-s0",
-                                      "train-swap30-mle-nano-s1",
-                                      "train-swap30-learned_offline-nano-s1"]
+    assert [c.key for c in cells] == ["transfer-swap30-mle-nano-s0",
+                                      "transfer-swap30-learned_offline-nano-s0",
+                                      "transfer-swap30-mle-nano-s1",
+                                      "transfer-swap30-learned_offline-nano-s1"]
     results = comparison.run_cells(config, workdir, cells[:2], log=lambda _: None)
     assert results[1]["theta_source"] == art
     assert all(0.0 <= r["exact_match"] <= 1.0 and np.isfinite(r["test_nll"]) for r in results)
     assert results[0]["corrupted_rows"] > 0
+    # Per-prompt correctness: one entry per test prompt, averaging to the families' scores.
+    per_prompt = results[0]["per_prompt"]
+    assert len(per_prompt["input_id"]) == len(set(per_prompt["input_id"])) == 2 * 2
+    assert {tasks.split_of(i) for i in per_prompt["input_id"]} == {"test"}
+    seen = results[0]["data_seen"]
+    assert seen["noisy_demonstrations"] == results[0]["train_rows"] and seen["tokens"] == (
+        config.steps * config.batch_size * config.data.seq_len)
     # A re-run reads finished cells instead of training them again.
     stamp = os.path.getmtime(os.path.join(workdir, "cells", cells[0].key + ".json"))
     results = comparison.run_cells(config, workdir, cells, log=lambda _: None)
@@ -94,12 +130,15 @@ def test_cells_run_resume_and_summarize(tmp_path):
 def test_seeds_trained_together_match_seeds_trained_alone(tmp_path):
     config = noisy.get_config("smoke")
     config.data.data_dir = str(tmp_path / "tfds")
-    data = comparison.build_data(config, "train", "swap30")
+    data = [comparison.build_data(config, "transfer", "swap30", s) for s in (0, 1)]
+    # Each seed has its own data: other inputs, other corruptions, other test prompts.
+    assert not np.array_equal(data[0].train.inputs, data[1].train.inputs)
+    assert {e.prompt for e in data[0].test_examples} != {e.prompt for e in data[1].test_examples}
     cells = [c for c in comparison.grid(config) if c.method == "loss_truncation"]
     assert [c.seed for c in cells] == [0, 1]
     _, inners, facts = comparison.train_cells(config, cells, data)
     assert facts["seeds_vmapped"] == 2
-    (_, alone), _ = comparison.train_cell(config, cells[1], data)
+    (_, alone), _ = comparison.train_cell(config, cells[1], data[1])
     together = jax.tree.leaves(inners[1]["params"])
     for a, b in zip(together, jax.tree.leaves(alone["params"])):
         np.testing.assert_allclose(a, b, atol=2e-5)
@@ -108,12 +147,17 @@ def test_seeds_trained_together_match_seeds_trained_alone(tmp_path):
     with pytest.raises(ValueError, match="differ only in seed"):
         comparison.train_cells(config, [cells[0], dataclasses.replace(cells[1], method="mle")],
                                data)
+    # mle_clean trains on the same inputs with their gold answers.
+    clean = comparison.rows_of("mle_clean", data[0])
+    np.testing.assert_array_equal(clean.inputs[~data[0].train.corrupted],
+                                  data[0].train.inputs[~data[0].train.corrupted])
+    assert not clean.corrupted.any() and data[0].train.corrupted.any()
 
 
 def test_grid_follows_the_noise_order():
     config = noisy.get_config("tiny")
     config.seeds, config.methods, config.transfer.noises = 1, ("mle",), ()
-    assert [c.noise for c in comparison.grid(config)][::2] == list(config.noise_order)
+    assert [c.noise for c in comparison.grid(config)] == list(config.noise_order)
     config.noise_order = ("swap30", "swap70")
     with pytest.raises(ValueError, match="swap70"):
         comparison.grid(config)

@@ -61,7 +61,7 @@ def resolve(task_cfg, role: str, families: Sequence[str] = ()) -> tuple[str, ...
     train_split, families).
     """
     check_role(role)
-    chosen = tuple(families) or tuple(task_cfg.families)
+    chosen = tuple(families) or tuple(task_cfg.get("families", ()))
     return training_families(chosen, task_cfg.train_split, **_split_kwargs(task_cfg))
 
 
