@@ -58,7 +58,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.variant = arg
     config.objectives = v["objectives"]
-    config.seeds = v["seeds"]
+    config.seeds = v["seeds"]  # Fine-tuning seeds: each resamples the data (the paired unit).
+    # Artifacts of each learned arm, meta-trained with seeds meta.NAME.seed + 0 .. meta_seeds-1;
+    # each is crossed with every fine-tuning seed, and the report shows their spread.
+    config.meta_seeds = 1
     config.noises = {k: noisy.NOISES[k] for k in v["noises"]}
     # The noise kinds to run, in this order (a ConfigDict iterates its keys sorted).
     config.noise_order = tuple(v["noises"])

@@ -21,7 +21,8 @@ VARIANTS = {
     # sizes, steps, checkpoints, batch, train rows, eval rows; pre-training steps, windows,
     # corpus files and validation fraction.
     "smoke": dict(sizes=("s1", "s2"), steps=4, checkpoints=2, batch=8, rows=32, eval_rows=16,
-                  pretrain_steps=3, windows=64, pattern="email/**/*.py", valid=0.1),
+                  pretrain_steps=3, windows=64, test_windows=16, pattern="email/**/*.py",
+                  valid=0.1),
     # tiny: s1 to s5 (6.1k to 147k non-embedding parameters, 24x); s6 would add about 40
     # minutes on 2 CPU cores (2000 text steps and 1200 task steps at 442k parameters).
     "tiny": dict(sizes=("s1", "s2", "s3", "s4", "s5"), steps=1200, checkpoints=6,
@@ -54,7 +55,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.pretrain = ml_collections.ConfigDict()
     config.pretrain.steps = v["pretrain_steps"]  # 0: train on the tasks from scratch.
     config.pretrain.windows = v["windows"]  # Train-split windows of seq_len tokens.
-    config.pretrain.test_windows = min(v["windows"], 256)
+    config.pretrain.test_windows = v.get("test_windows", 256)  # of the corpus's test split
     config.pretrain.lr = 3e-3
     # Per-character maps of the input: the answer's i-th letter is a function of the input's.
     # Resolved through tasks.roles like every training path (held-out families are refused).

@@ -33,7 +33,7 @@ from configs import models, tasks
 TRAIN_FAMILIES = ("uppercase", "reverse_string", "list_sum", "list_max", "first_char",
                   "modulo", "wrap_brackets", "wrap_quotes")
 # Outer validation: theta is never trained on these.
-META_VALID_FAMILIES = ("count_words", "duplicate_chars", "add_three", "remove_vowels")
+META_VALID_FAMILIES = ("add_three", "duplicate_chars", "count_words", "remove_vowels")
 
 VARIANTS = {
     # seq_len, pairs/family, inner batch, SFT steps, K, horizons, outer steps, eval horizon.

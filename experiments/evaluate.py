@@ -26,7 +26,9 @@ _SPLIT = flags.DEFINE_enum("split", "heldout", tasks.SPLIT_NAMES, "Which task fa
 _REFERENCE = flags.DEFINE_string("reference", None,
                                  "Workdir of the reference policy for KL (default: init_from).")
 _PER_FAMILY = flags.DEFINE_integer("examples_per_family", 32, "Prompts per family.")
-_DIFFICULTY = flags.DEFINE_integer("difficulty", 1, "Task difficulty (1..5).")
+_DIFFICULTY = flags.DEFINE_list("difficulty", ["1", "3"], "A difficulty, or LO,HI drawn "
+                                "uniformly (1..5). The prompts are distinct test inputs, and "
+                                "at difficulty 1 alone several families have only a few.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Prompts generated together.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "Longest completion.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seeds the evaluation prompts and the KL samples.")
@@ -37,6 +39,7 @@ def main(argv):
         raise cli.UserError(f"unexpected arguments {argv[1:]}")
     if not _CHECKPOINT.value:
         raise cli.UserError("--checkpoint is required: the workdir of the run to evaluate")
+    difficulty = tasks.partition.parse_difficulty(_DIFFICULTY.value)
     workdir = _CHECKPOINT.value
     trained = policy.load(workdir)
     config, model, params, step = trained.config, trained.model, trained.params, trained.step
@@ -51,12 +54,12 @@ def main(argv):
                                   meta_valid_fraction=split_cfg.meta_valid_fraction,
                                   heldout_fraction=split_cfg.heldout_fraction)
     examples = evaluation.sample_examples(families, per_family=_PER_FAMILY.value,
-                                          difficulty=_DIFFICULTY.value, seed=_SEED.value)
+                                          difficulty=difficulty, seed=_SEED.value)
     result = evaluation.evaluate(model, params, examples, batch_size=_BATCH.value,
                                  max_new_tokens=_MAX_NEW.value, reference_params=reference,
                                  rng=jax.random.key(_SEED.value))
     result.update(split=_SPLIT.value, checkpoint_step=step, reference=reference_dir,
-                  difficulty=_DIFFICULTY.value, seed=_SEED.value)
+                  difficulty=list(difficulty), seed=_SEED.value)
     path = evaluation.write_json(os.path.join(workdir, f"eval_{_SPLIT.value}.json"), result)
     logging.info("%s split, step %d: %s -> %s", _SPLIT.value, step, result["overall"], path)
 

@@ -53,20 +53,6 @@ _KNOBS = ("policy", "split", "families", "pairs_per_family", "difficulty", "tau"
           "max_new_tokens", "batch_size", "data_dir")
 
 
-def _difficulty(values: list[str]) -> int | tuple[int, int]:
-    try:
-        numbers = [int(v) for v in values]
-    except ValueError:
-        raise cli.UserError(f"--difficulty={','.join(values)}: give an int or LO,HI") from None
-    if len(numbers) not in (1, 2):
-        raise cli.UserError(f"--difficulty={','.join(values)}: give an int or LO,HI")
-    try:
-        return tasks.difficulty_range(numbers[0] if len(numbers) == 1
-                                                  else tuple(numbers))
-    except ValueError as e:
-        raise cli.UserError(str(e)) from None
-
-
 def main(argv):
     if len(argv) > 1:
         raise cli.UserError(f"unexpected arguments {argv[1:]}")
@@ -80,7 +66,7 @@ def main(argv):
     families = tasks.roles.resolve(split_cfg, "pairs", tuple(_FAMILIES.value))
     seq_len = _SEQ_LEN.value or (trained.config.data.seq_len if trained else 128)
     length_scale = _LENGTH_SCALE.value or float(seq_len)
-    difficulty = _difficulty(_DIFFICULTY.value)
+    difficulty = tasks.partition.parse_difficulty(_DIFFICULTY.value)
 
     samples = None
     if trained:

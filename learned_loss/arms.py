@@ -60,15 +60,29 @@ def reward_families(config) -> tuple[str, ...]:
                                config.meta.learned_reward.rlhf.tasks.families)
 
 
-def artifact_path(config, workdir: str, name: str) -> str:
-    return config.artifacts.get(name, "") or os.path.join(workdir, "meta", name, ARTIFACT)
+def meta_seeds(config, arm: str) -> range:
+    """The meta-training seeds of an arm: `config.meta_seeds` artifacts for a learned arm (each
+    crossed with every fine-tuning seed), one (seed 0) for the others."""
+    return range(config.meta_seeds if arm in META_TRAINED else 1)
 
 
-def meta_roles(config, workdir: str, name: str) -> dict[str, list[str]]:
+def meta_dir(workdir: str, name: str, meta_seed: int = 0) -> str:
+    """WORKDIR/meta/NAME for meta seed 0, WORKDIR/meta/NAME-mSEED for the others."""
+    return os.path.join(workdir, "meta", name + (f"-m{meta_seed}" if meta_seed else ""))
+
+
+def artifact_path(config, workdir: str, name: str, meta_seed: int = 0) -> str:
+    """`artifacts.NAME` when given (one meta seed only), else the artifact meta-trained in the
+    workdir."""
+    return config.artifacts.get(name, "") or os.path.join(meta_dir(workdir, name, meta_seed),
+                                                          ARTIFACT)
+
+
+def meta_roles(config, workdir: str, name: str, meta_seed: int = 0) -> dict[str, list[str]]:
     """The roles of a learned arm's meta-training, all meta: its artifact's record when the
     artifact exists (given by path, or finished in the workdir), else what its meta-training
     config will use."""
-    path = artifact_path(config, workdir, name)
+    path = artifact_path(config, workdir, name, meta_seed)
     if os.path.isdir(path):
         return comparison.artifact_roles(path)
     if name == "learned_reward":
@@ -100,7 +114,7 @@ def roles(config, workdir: str) -> dict[str, dict[str, list[str]]]:
     for arm in config.objectives:
         parts = [own_roles(arm, families), mix]
         if arm in META_TRAINED:
-            parts.append(meta_roles(config, workdir, arm))
+            parts += [meta_roles(config, workdir, arm, m) for m in meta_seeds(config, arm)]
         out[arm] = tasks.roles.merge(*parts)
     tasks.roles.refuse_conflicts(out, families)
     return out
@@ -150,11 +164,11 @@ def rlhf_data_seen(sft_seen: Mapping[str, int], shared_dir: str, tokens: int) ->
                 tokens=int(sft_seen["tokens"] + tokens))
 
 
-def meta_compute(config, workdir: str, name: str) -> dict[str, Any]:
+def meta_compute(config, workdir: str, name: str, meta_seed: int = 0) -> dict[str, Any]:
     """The meta-training behind a learned arm: outer steps, the inner runs' training tokens
     (outer steps x inner runs per step x inner steps x batch x tokens a row), the gold-scored
     prompts of a learned reward's fitness, and the seconds when this workdir timed it."""
-    path = artifact_path(config, workdir, name)
+    path = artifact_path(config, workdir, name, meta_seed)
     art = artifact_lib.load(path)
     cfg = art.config
     outer = int(art.provenance.get("outer_steps", cfg["outer"]["num_steps"]))

@@ -59,8 +59,9 @@ FAMILY_SET = "compare"
 REWARD_SFT = "learned_reward_sft"
 
 
-def cell_key(objective: str, noise: str, seed: int) -> str:
-    return f"{objective}-{noise}-s{seed}"
+def cell_key(objective: str, noise: str, seed: int, meta_seed: int = 0) -> str:
+    """OBJECTIVE-NOISE-sSEED, and -mMETA for a learned arm's artifact of meta seed META > 0."""
+    return f"{objective}-{noise}-s{seed}" + (f"-m{meta_seed}" if meta_seed else "")
 
 
 def _copy(config) -> ml_collections.ConfigDict:
@@ -95,14 +96,19 @@ def check(config) -> None:
     if config.pretrain.data.seq_len != config.data.seq_len:
         raise cli.UserError(f"config.pretrain.data.seq_len={config.pretrain.data.seq_len} "
                             f"differs from config.data.seq_len={config.data.seq_len}")
-    if config.seeds < 1 or config.steps < 1 or config.eval.curve_points < 1:
-        raise cli.UserError("seeds, steps and eval.curve_points must each be at least 1")
+    if min(config.seeds, config.steps, config.eval.curve_points, config.meta_seeds) < 1:
+        raise cli.UserError("seeds, meta_seeds, steps and eval.curve_points must each be at "
+                            "least 1")
     for name in META_TRAINED:
         path = config.artifacts.get(name, "")
         if name in config.objectives and path and not os.path.isdir(path):
             raise cli.UserError(f"artifacts.{name}={path!r} is not a directory; point it at "
                                 f"WORKDIR/artifact of a finished meta-training run, or leave "
                                 f"it empty to meta-train in this run")
+        if name in config.objectives and path and config.meta_seeds > 1:
+            raise cli.UserError(f"artifacts.{name} gives one artifact, but meta_seeds="
+                                f"{config.meta_seeds} asks for one per meta seed; leave "
+                                f"artifacts.{name} empty to meta-train them, or set meta_seeds=1")
 
 
 # ---- 1. pre-training ------------------------------------------------------------------------
@@ -164,19 +170,21 @@ def pretrained(config, pretrain_run: Callable[[Any, str], Any]) -> policy.Policy
 # ---- 2. meta-training -----------------------------------------------------------------------
 
 
-def meta_train(config, workdir: str, name: str, pretrained_dir: str = "",
+def meta_train(config, workdir: str, name: str, meta_seed: int = 0, pretrained_dir: str = "",
                sft_from: str = "") -> str:
-    """Meta-trains objective `name` in WORKDIR/meta/NAME unless its artifact exists; returns
-    the artifact's path, and keeps the seconds it took beside it (arms.TIMING). The token
-    losses' inner runs start from `pretrained_dir`; the learned reward's RL runs from the SFT
-    policy in `sft_from`, on its own families."""
+    """Meta-trains objective `name` with meta seed `meta_seed` (its config's seed plus it) in
+    WORKDIR/meta/NAME[-mSEED] unless its artifact exists; returns the artifact's path, and
+    keeps the seconds it took beside it (arms.TIMING). The token losses' inner runs start
+    from `pretrained_dir`; the learned reward's RL runs from the SFT policy in `sft_from`, on
+    its own families."""
     from learned_loss.meta import preference_run, reward_run, run as token_run
 
-    path = arms_lib.artifact_path(config, workdir, name)
+    path = arms_lib.artifact_path(config, workdir, name, meta_seed)
     if os.path.isdir(path):
         return path
-    meta_dir = os.path.join(workdir, "meta", name)
+    meta_dir = arms_lib.meta_dir(workdir, name, meta_seed)
     cfg = _copy(config.meta[name])
+    cfg.seed += meta_seed
     logging.info("meta-training %s in %s", name, meta_dir)
     start = time.time()
     if name in ("learned_tbptt", "learned_es"):
@@ -289,10 +297,10 @@ def rlhf_shared_dir(workdir: str, noise: str, seed: int) -> str:
 
 
 def rlhf_config(config, objective: str, noise: str, seed: int, workdir: str,
-                artifacts: Mapping[str, str], best_of_n: bool = False
-                ) -> ml_collections.ConfigDict:
-    """The pipeline config of one RLHF cell; best-of-n only when `best_of_n`. The seed is the
-    cell's: its pairs' prompts, the labels and the rollouts are its own."""
+                artifact: str = "", best_of_n: bool = False) -> ml_collections.ConfigDict:
+    """The pipeline config of one RLHF cell (`artifact`: a learned arm's objective); best-of-n
+    only when `best_of_n`. The seed is the cell's: its pairs' prompts, the labels and the
+    rollouts are its own."""
     r = _copy(config.rlhf)
     r.sft_from = sft_dir(workdir, noise, seed)
     r.shared_dir = rlhf_shared_dir(workdir, noise, seed)
@@ -305,10 +313,10 @@ def rlhf_config(config, objective: str, noise: str, seed: int, workdir: str,
     if objective == "learned_preference":
         r.dpo.loss_type = "learned"
         r.dpo.label_smoothing = 0.0
-        r.dpo.learned_path = artifacts["learned_preference"]
+        r.dpo.learned_path = artifact
     if objective == "learned_reward":
         r.rl.reward = "learned"
-        r.rl.learned_reward_path = artifacts["learned_reward"]
+        r.rl.learned_reward_path = artifact
     return r
 
 
@@ -334,19 +342,22 @@ def rlhf_curve(stage_dir: str, offset: int) -> list[dict]:
 
 # What a cell's numbers do not depend on: which cells there are (the other objectives, seeds
 # and noise kinds, the other objectives' meta-training) and where the cache lives.
-GRID_KEYS = ("variant", "objectives", "seeds", "noise_order", "noises", "meta", "artifacts",
-             "rlhf", "cache_dir")
+GRID_KEYS = ("variant", "objectives", "seeds", "meta_seeds", "noise_order", "noises", "meta",
+             "artifacts", "rlhf", "cache_dir")
 
 
-def cell_settings(config, objective: str, noise: str) -> str:
+def cell_settings(config, objective: str, noise: str, meta_seed: int = 0) -> str:
     """The hash of the settings behind one cell: the config without GRID_KEYS, plus its own
-    noise kind, its own meta-training and artifact (a learned objective) and the RLHF
-    settings (an RLHF objective and the gold-pairs control, which trains on their pairs)."""
+    noise kind, its own meta-training, meta seed and artifact (a learned objective) and the
+    RLHF settings (an RLHF objective and the gold-pairs control, which trains on their
+    pairs)."""
     values = {k: v for k, v in config.to_dict().items() if k not in GRID_KEYS}
     values["noise"] = config.noises[noise].to_dict()
     if objective in META_TRAINED:
         values["meta"] = config.meta[objective].to_dict()
         values["artifact"] = config.artifacts.get(objective, "")
+        if meta_seed:
+            values["meta_seed"] = meta_seed
     if objective in RLHF or objective == GOLD_PAIRS:
         values["rlhf"] = config.rlhf.to_dict()
     return provenance.config_hash(values)
@@ -406,9 +417,10 @@ class Grid:
         return line
 
 
-def cell_record(objective, noise, seed, scored, *, seconds, data_seen, curve, facts) -> dict:
-    return {"objective": objective, "noise": noise, "seed": seed, **scored,
-            "compute": {"seconds": seconds, "tokens": int(data_seen["tokens"])},
+def cell_record(objective, noise, seed, scored, *, seconds, data_seen, curve, facts,
+                meta_seed: int = 0) -> dict:
+    return {"objective": objective, "noise": noise, "seed": seed, "meta_seed": meta_seed,
+            **scored, "compute": {"seconds": seconds, "tokens": int(data_seen["tokens"])},
             "data_seen": dict(data_seen), "curve": curve, "facts": facts}
 
 
@@ -432,8 +444,9 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any], log=loggi
     rlhf_objs = [o for o in objectives if o in RLHF]
     seeds = range(config.seeds)
     roles = arms_lib.roles(config, workdir)  # Refuses a meta role on an evaluation family.
-    grid = Grid(workdir, {cell_key(o, n, s): cell_settings(config, o, n)
-                          for n in config.noise_order for o in objectives for s in seeds})
+    grid = Grid(workdir, {cell_key(o, n, s, m): cell_settings(config, o, n, m)
+                          for n in config.noise_order for o in objectives for s in seeds
+                          for m in arms_lib.meta_seeds(config, o)})
     log(f"compare: {grid.total} cells ({len(grid.done)} done) in {workdir}")
 
     pre = pretrained(config, pretrain_run)
@@ -448,44 +461,50 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any], log=loggi
         tasks.roles.RECORD_KEY: roles,
         "verbatim_in_pretraining": verbatim_in_pretraining(config, data)}))
 
-    artifacts = {name: meta_train(config, workdir, name, pre.workdir)
+    # artifacts[(name, meta seed)]: each learned arm's objective, one per meta seed.
+    artifacts = {(name, m): meta_train(config, workdir, name, m, pretrained_dir=pre.workdir)
                  for name in ("learned_tbptt", "learned_es", "learned_preference")
-                 if name in objectives}
+                 if name in objectives for m in arms_lib.meta_seeds(config, name)}
     if "learned_reward" in objectives:
-        artifacts["learned_reward"] = meta_train(config, workdir, "learned_reward",
-                                                 sft_from=reward_sft(config, workdir, pre))
+        sft_from = reward_sft(config, workdir, pre)
+        artifacts.update({("learned_reward", m): meta_train(config, workdir, "learned_reward", m,
+                                                            sft_from=sft_from)
+                          for m in arms_lib.meta_seeds(config, "learned_reward")})
 
-    # Token-level objectives: one vmapped group per (objective, noise).
+    # Token-level objectives: one vmapped group per (objective, noise, meta seed).
     grid.restart_clock()  # The ETA counts cells only, not pre- and meta-training.
     step0: dict[tuple[str, int], float] = {}
     for noise in config.noise_order:
         for objective in token:
-            todo = [s for s in seeds if cell_key(objective, noise, s) not in grid.done]
-            if objective == "mle" and rlhf_objs:
-                todo = sorted(set(todo) | {s for s in seeds
-                                           if not os.path.isdir(sft_dir(workdir, noise, s))})
-            if not todo:
-                continue
-            loop.raise_if_stopped(f"{objective} on {noise}")
-            for s in todo:
-                if (noise, s) not in step0:
-                    step0[(noise, s)] = greedy_exact_match(config, pre.model, pre.params,
-                                                           data[(noise, s)])
-            _token_group(config, workdir, grid, objective, noise, todo,
-                         [data[(noise, s)] for s in todo], pre, artifacts,
-                         [step0[(noise, s)] for s in todo], bool(rlhf_objs))
-            log(f"{grid.progress()} | {objective} on {noise}")
+            for m in arms_lib.meta_seeds(config, objective):
+                todo = [s for s in seeds if cell_key(objective, noise, s, m) not in grid.done]
+                if objective == "mle" and rlhf_objs:
+                    todo = sorted(set(todo) | {s for s in seeds if not os.path.isdir(
+                        sft_dir(workdir, noise, s))})
+                if not todo:
+                    continue
+                loop.raise_if_stopped(f"{objective} on {noise}")
+                for s in todo:
+                    if (noise, s) not in step0:
+                        step0[(noise, s)] = greedy_exact_match(config, pre.model, pre.params,
+                                                               data[(noise, s)])
+                _token_group(config, workdir, grid, objective, noise, todo,
+                             [data[(noise, s)] for s in todo], pre,
+                             artifacts.get((objective, m), ""), m,
+                             [step0[(noise, s)] for s in todo], bool(rlhf_objs))
+                log(f"{grid.progress()} | {objective} on {noise}")
 
     for noise in config.noise_order:
         for objective in rlhf_objs:
             for seed in seeds:
-                key = cell_key(objective, noise, seed)
-                if key in grid.done:
-                    continue
-                loop.raise_if_stopped(key)
-                _rlhf_cell(config, workdir, grid, objective, noise, seed, data[(noise, seed)],
-                           pre, artifacts)
-                log(f"{grid.progress()} | {key}")
+                for m in arms_lib.meta_seeds(config, objective):
+                    key = cell_key(objective, noise, seed, m)
+                    if key in grid.done:
+                        continue
+                    loop.raise_if_stopped(key)
+                    _rlhf_cell(config, workdir, grid, objective, noise, seed,
+                               data[(noise, seed)], pre, artifacts.get((objective, m), ""), m)
+                    log(f"{grid.progress()} | {key}")
         if GOLD_PAIRS in objectives:
             for seed in seeds:
                 if cell_key(GOLD_PAIRS, noise, seed) not in grid.done:
@@ -497,16 +516,16 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any], log=loggi
     return report.write(workdir)
 
 
-def _meta_seen(config, workdir: str, objective: str) -> dict:
+def _meta_seen(config, workdir: str, objective: str, meta_seed: int) -> dict:
     if objective not in META_TRAINED:
         return {}
-    return {"meta_training": arms_lib.meta_compute(config, workdir, objective)}
+    return {"meta_training": arms_lib.meta_compute(config, workdir, objective, meta_seed)}
 
 
-def _token_group(config, workdir, grid, objective, noise, todo, data, pre, artifacts,
-                 em0, keep_sft):
+def _token_group(config, workdir, grid, objective, noise, todo, data, pre, artifact,
+                 meta_seed, em0, keep_sft):
     method = TOKEN[objective]
-    cfg = noisy_view(config, artifacts.get(objective, ""))
+    cfg = noisy_view(config, artifact)
     cells = [comparison.Cell(FAMILY_SET, noise, method, config.model.variant, s) for s in todo]
     curves = {s: [{"step": 0, "exact_match": em}] for s, em in zip(todo, em0)}
 
@@ -526,7 +545,7 @@ def _token_group(config, workdir, grid, objective, noise, todo, data, pre, artif
         if keep_sft and objective == "mle":
             write_sft(config, sft_dir(workdir, noise, s), inner["params"], facts["steps"],
                       config.families)
-        key = cell_key(objective, noise, s)
+        key = cell_key(objective, noise, s, meta_seed)
         if key in grid.done:
             continue
         curve = curves[s] + [{"step": facts["steps"],
@@ -535,12 +554,12 @@ def _token_group(config, workdir, grid, objective, noise, todo, data, pre, artif
         for name in ("online_skipped", "corrupted_rows"):
             if name in facts:
                 cell_facts[name] = facts[name][i]
-        cell_facts.update(data_hash=d.info.config_hash, method=method,
-                          artifact=artifacts.get(objective, ""))
+        cell_facts.update(data_hash=d.info.config_hash, method=method, artifact=artifact)
         seen = dict(comparison.data_seen(cfg, method, d),
-                    **_meta_seen(config, workdir, objective))
+                    **_meta_seen(config, workdir, objective, meta_seed))
         grid.record(key, cell_record(objective, noise, s, scored[s], seconds=seconds,
-                                     data_seen=seen, curve=curve, facts=cell_facts))
+                                     data_seen=seen, curve=curve, facts=cell_facts,
+                                     meta_seed=meta_seed))
 
 
 def _sft_cell(grid, noise: str, seed: int) -> dict:
@@ -548,13 +567,13 @@ def _sft_cell(grid, noise: str, seed: int) -> dict:
         return json.load(f)
 
 
-def _rlhf_cell(config, workdir, grid, objective, noise, seed, data, pre, artifacts):
-    key = cell_key(objective, noise, seed)
+def _rlhf_cell(config, workdir, grid, objective, noise, seed, data, pre, artifact, meta_seed):
+    key = cell_key(objective, noise, seed, meta_seed)
     run_dir = os.path.join(workdir, "runs", key)
     algorithm = RLHF[objective]
     over = os.path.join(workdir, "overoptimization.json")
     first_rl = algorithm != "dpo" and not os.path.exists(over)  # The report's plot.
-    r = rlhf_config(config, objective, noise, seed, workdir, artifacts, best_of_n=first_rl)
+    r = rlhf_config(config, objective, noise, seed, workdir, artifact, best_of_n=first_rl)
     result = rlhf_pipeline.run(r, run_dir)
     t0 = time.time()
     stage = os.path.join(run_dir, algorithm)
@@ -568,17 +587,17 @@ def _rlhf_cell(config, workdir, grid, objective, noise, seed, data, pre, artifac
     curve = sft_cell["curve"] + rlhf_curve(stage, config.steps)
     seen = dict(arms_lib.rlhf_data_seen(sft_cell["data_seen"], r.shared_dir,
                                         rlhf_tokens(r, algorithm)),
-                **_meta_seen(config, workdir, objective))
+                **_meta_seen(config, workdir, objective, meta_seed))
     # Compute: the SFT, the shared pairs and reward model (their cost when they were built,
     # whichever cell built them), and this cell's own algorithm, analysis and scoring.
     rlhf_seconds = result["seconds"]["shared"] + result["seconds"]["own"] + time.time() - t0
     facts = {"algorithm": algorithm, "sft_from": r.sft_from, "run_dir": run_dir,
              "shared_dir": r.shared_dir, "rlhf_seconds": rlhf_seconds,
              "shared_seconds": result["seconds"]["shared"], "best_of_n": first_rl,
-             "data_hash": data.info.config_hash, "artifact": artifacts.get(objective, "")}
+             "data_hash": data.info.config_hash, "artifact": artifact}
     grid.record(key, cell_record(objective, noise, seed, scored,
                                  seconds=sft_cell["compute"]["seconds"] + rlhf_seconds,
-                                 data_seen=seen, curve=curve, facts=facts))
+                                 data_seen=seen, curve=curve, facts=facts, meta_seed=meta_seed))
 
 
 def _gold_pairs_cell(config, workdir, grid, noise, seed, data, pre):

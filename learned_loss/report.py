@@ -154,6 +154,50 @@ def value(cell: Mapping[str, Any], key: str) -> float:
     return math.nan
 
 
+def per_seed(cells: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """The cells with each learned arm's artifacts averaged: one cell per (noise, objective,
+    fine-tuning seed), whose metrics, compute, per-family scores and curve are the means over
+    the arm's meta-training seeds (the paired unit stays the fine-tuning seed); per-prompt
+    correctness is dropped from a merged cell."""
+    groups: dict[tuple, list[Mapping]] = {}
+    for c in cells:
+        groups.setdefault((c["noise"], c["objective"], c["seed"]), []).append(c)
+    out = []
+    for _, members in sorted(groups.items()):
+        if len(members) == 1:
+            out.append(dict(members[0]))
+            continue
+        merged = {k: v for k, v in members[0].items() if k != "per_prompt"}
+        for section in ("metrics", "compute", "families"):
+            merged[section] = {k: float(np.mean([float(m[section][k]) for m in members]))
+                               for k in members[0].get(section, {})}
+        merged["curve"] = [dict(point, exact_match=float(np.mean(
+            [m["curve"][i]["exact_match"] for m in members])))
+            for i, point in enumerate(members[0].get("curve", []))]
+        merged["meta_seeds"] = len(members)
+        out.append(merged)
+    return out
+
+
+def artifact_rows(cells: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """Per (noise, objective) with several meta-training seeds: each artifact's mean exact
+    match (and t-interval) over the fine-tuning seeds, and the standard deviation of those
+    means across artifacts."""
+    groups: dict[tuple[str, str], dict[int, list[float]]] = {}
+    for c in cells:
+        groups.setdefault((c["noise"], c["objective"]), {}).setdefault(
+            int(c.get("meta_seed", 0)), []).append(value(c, "exact_match"))
+    rows = []
+    for (noise, objective), by_meta in sorted(groups.items()):
+        if len(by_meta) < 2:
+            continue
+        means = {m: mean_ci(v) for m, v in sorted(by_meta.items())}
+        spread = float(np.std([mean for mean, _ in means.values()], ddof=1))
+        rows.append({"noise": noise, "objective": objective, "artifacts": means,
+                     "spread": spread})
+    return rows
+
+
 def _groups(cells: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], list[Mapping]]:
     groups: dict[tuple[str, str], list[Mapping]] = {}
     for c in cells:
@@ -523,13 +567,28 @@ def data_seen_section(rows: Sequence[Mapping[str, Any]]) -> Section:
     return Section("Data seen per arm", [text], [Table(header, body)], {}, [])
 
 
+def artifacts_section(rows: Sequence[Mapping[str, Any]]) -> Section:
+    body = [[r["noise"], r["objective"],
+             "; ".join(f"m{m}: {_fmt(pair, 3)}" for m, pair in r["artifacts"].items()),
+             f"{r['spread']:.3f}"] for r in rows]
+    text = ("Each learned arm's artifacts, one per meta-training seed, each crossed with every "
+            "fine-tuning seed: the mean exact match of each over the fine-tuning seeds (95% "
+            "t-interval), and the standard deviation of those means across artifacts. The "
+            "tables and tests above pair by fine-tuning seed on the mean over the artifacts.")
+    header = ["noise", "objective", "exact match per artifact", "sd across artifacts"]
+    return Section("Across meta-training seeds", [text], [Table(header, body)], {}, [])
+
+
 def comparison_sections(inputs: Inputs) -> tuple[list[Section], dict]:
-    """The comparison's sections, findings first, and findings.json's content."""
+    """The comparison's sections, findings first, and findings.json's content. A learned arm
+    with several artifacts enters the tests by the mean over them (`per_seed`); their spread
+    gets a section of its own."""
     method = correction(inputs)
-    found = statistics.findings(comparison_tests(inputs.cells), method)
-    rows = summary_rows(inputs.cells, found)
+    cells = per_seed(inputs.cells)
+    found = statistics.findings(comparison_tests(cells), method)
+    rows = summary_rows(cells, found)
     summary_images = {"exact_match.png": plot_exact_match(rows)}
-    curves = mean_curves(inputs.cells)
+    curves = mean_curves(cells)
     if curves:
         summary_images["learning_curves.png"] = plot_curves(curves, "held-out exact match")
     text = ("Mean ± 95% t-interval over seeds; the paired difference in exact match from "
@@ -538,13 +597,16 @@ def comparison_sections(inputs: Inputs) -> tuple[list[Section], dict]:
             "that difference, largest first.")
     out = [findings_section(inputs, found, method),
            Section("Summary", [text], [table(rows, method)], summary_images, [])]
-    headroom = headroom_rows(inputs.cells)
+    spread = artifact_rows(inputs.cells)
+    if spread:
+        out.append(artifacts_section(spread))
+    headroom = headroom_rows(cells)
     if headroom:
         out.append(headroom_section(headroom))
-    seen = data_seen_rows(inputs.cells)
+    seen = data_seen_rows(cells)
     if seen:
         out.append(data_seen_section(seen))
-    families, family = family_rows(inputs.cells)
+    families, family = family_rows(cells)
     if families:
         body = [[r["noise"], r["objective"]] + [f"{r['families'][f][0]:.3f}" for f in families]
                 for r in family]

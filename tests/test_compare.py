@@ -239,16 +239,15 @@ def test_progress_line_counts_cells_and_estimates_the_rest(tmp_path):
 
 def test_rlhf_cells_get_their_learned_settings(tmp_path):
     config = compare_config.get_config("smoke")
-    artifacts = {"learned_preference": "/p", "learned_reward": "/r"}
-    r = compare.rlhf_config(config, "learned_preference", "swap30", 3, str(tmp_path), artifacts)
+    r = compare.rlhf_config(config, "learned_preference", "swap30", 3, str(tmp_path), "/p")
     assert r.algorithms == ("dpo",) and r.dpo.loss_type == "learned"
     assert r.dpo.learned_path == "/p" and r.seed == config.tasks.seed + 3
     assert r.sft_from == compare.sft_dir(str(tmp_path), "swap30", 3)
-    r = compare.rlhf_config(config, "learned_reward", "swap30", 0, str(tmp_path), artifacts)
+    r = compare.rlhf_config(config, "learned_reward", "swap30", 0, str(tmp_path), "/r")
     assert r.algorithms == ("rloo",) and r.rl.reward == "learned"
     assert r.rl.learned_reward_path == "/r"
     assert tuple(r.tasks.families) == tuple(config.families)
-    ppo = compare.rlhf_config(config, "ppo", "swap30", 0, str(tmp_path), artifacts)
+    ppo = compare.rlhf_config(config, "ppo", "swap30", 0, str(tmp_path))
     assert ppo.rl.reward == "reward_model" and ppo.dpo.loss_type == "sigmoid"
     pairs = 2 * ppo.preferences.seq_len
     reward_model = ppo.reward_model.train.num_steps * ppo.reward_model.global_batch_size * pairs

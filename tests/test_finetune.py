@@ -152,8 +152,8 @@ def test_no_training_path_sees_a_heldout_family():
     for train_split in ("meta_train", "meta_valid"):
         config = finetune_config.get_config("tiny")
         config.tasks.train_split = train_split
-        chosen = finetune.training_families(config.tasks)
+        chosen = tasks.roles.resolve(config.tasks, "finetune")
         assert chosen and not set(chosen) & set(split["heldout"])
     for variant in finetune_config.VARIANTS:
-        chosen = finetune.training_families(finetune_config.get_config(variant).tasks)
+        chosen = tasks.roles.resolve(finetune_config.get_config(variant).tasks, "finetune")
         assert not set(chosen) & set(split["heldout"]), variant

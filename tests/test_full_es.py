@@ -95,16 +95,36 @@ def test_outer_loop_reduces_the_meta_loss(strategy, optimizer, population, sigma
 
 
 def test_grad_is_the_strategy_step_from_the_current_theta():
-    estimator = full_es.full_es(quadratic(), horizon=T, population=16, strategy="snes",
-                                sigma=0.1)
-    state = estimator.init(jnp.zeros(4), jax.random.key(0))
+    population, sigma = 16, 0.1
+    estimator = full_es.full_es(quadratic(), horizon=T, population=population, strategy="snes",
+                                sigma=sigma)
+    start = estimator.init(jnp.zeros(4), jax.random.key(0))
     # The outer optimizer moved theta far from the strategy's mean: the search restarts there.
     theta = jnp.full((4,), 5.0)
-    grad, state, metrics = jax.jit(estimator.estimate)(theta, state, jax.random.key(1))
+    key = jax.random.key(1)
+    grad, state, metrics = jax.jit(estimator.estimate)(theta, start, key)
     np.testing.assert_allclose(state.mean, theta - grad, rtol=1e-6)
     assert float(jnp.max(jnp.abs(grad))) < 1.0  # a step of a few sigma, not of |theta - 0|
     assert grad @ exact(theta)[1] > 0  # a descent direction
-    assert float(metrics["sigma"]) > 0
+    # SNES's step worked out by hand (Wierstra et al. 2014, eq. as in evosax) from the members
+    # the estimate asked for around theta (its first key), eps_i = sigma z_i, ranked by their
+    # closed-form losses: utilities u_(r) = max(0, log(P/2 + 1) - log r) / sum - 1/P for rank
+    # r = 1 (the lowest loss) .. P; grad = -sum_i u_i eps_i and, with eta = (3 + log d) /
+    # (5 sqrt d), sigma_d <- sigma exp(eta / 2 sum_i u_i (z_id^2 - 1)).
+    strategy, params = full_es.make_strategy("snes", population, 4, sigma)
+    members, _ = strategy.ask(jax.random.split(key, 4)[0], start.replace(mean=theta), params)
+    members = np.asarray(members, np.float64)  # [P, 4]
+    losses = np.array([float(exact(jnp.asarray(m))[0]) for m in members])  # [P]
+    assert np.diff(np.sort(losses)).min() > 1e-3  # Ranks that float32 rounding cannot swap.
+    utility = np.maximum(0.0, np.log(population / 2 + 1) - np.log(np.arange(1, population + 1)))
+    utility = utility / utility.sum() - 1.0 / population  # [P] by rank
+    u = utility[np.argsort(np.argsort(losses))]  # [P] by member
+    eps = members - np.asarray(theta, np.float64)  # [P, 4]
+    np.testing.assert_allclose(grad, -(u @ eps), rtol=1e-4, atol=1e-6)
+    eta = (3 + np.log(4)) / (5 * np.sqrt(4))
+    std = sigma * np.exp(eta / 2 * (u @ ((eps / sigma) ** 2 - 1)))  # [4]
+    np.testing.assert_allclose(state.std, std, rtol=1e-5)
+    np.testing.assert_allclose(metrics["sigma"], std.mean(), rtol=1e-5)
 
 
 @pytest.mark.parametrize("strategy", ["open_es", "snes", "cma_es"])

@@ -77,7 +77,12 @@ def test_token_table_and_plots(tmp_path):
     theta = dict(learned.init_token_loss(jax.random.key(1), features, hidden=4),
                  w1=jnp.ones(4))
     weights = interpret.network_weights(theta, table, features)
-    assert weights.shape == (11,) and np.all((weights > 0) & (weights < 2))
+    # 2 sigmoid(w1 . tanh(x w0 + b0) + b1) by hand on the table's columns, in `features` order.
+    x = np.stack([table[name] for name in features], axis=-1).astype(np.float64)  # [11, 3]
+    p = {k: np.asarray(v, np.float64) for k, v in theta.items()}
+    g = np.tanh(x @ p["w0"] + p["b0"]) @ p["w1"] + p["b1"]  # [11]
+    assert weights.shape == (11,)
+    np.testing.assert_allclose(weights, 2.0 / (1.0 + np.exp(-g)), rtol=1e-5)
     png = interpret.plot_token_loss(table, weights, None, str(tmp_path / "t.png"))
     assert matplotlib.image.imread(png).shape[2] in (3, 4)
     pref = learned.init_preference_loss(jax.random.key(2))

@@ -37,14 +37,28 @@ def test_token_loss_at_init_is_mle_value_and_gradient():
     np.testing.assert_allclose(g, g_mle, atol=1e-7)
 
 
+def _mlp_by_hand(theta, x):
+    """The network of learned.py in float64 numpy: w1 . tanh(x w0 + b0) + b1 over x's last axis."""
+    p = {k: np.asarray(v, np.float64) for k, v in theta.items()}
+    return np.tanh(np.asarray(x, np.float64) @ p["w0"] + p["b0"]) @ p["w1"] + p["b1"]
+
+
 def test_token_loss_gradient_is_weighted_cross_entropy():
     """Features are held out of the gradient: d loss / d logits = sum w * d nll / d logits."""
     logits, batch = _batch(jax.random.key(2))
     theta = learned.init_token_loss(jax.random.key(3))
     theta = dict(theta, w1=jnp.linspace(-2.0, 2.0, theta["w1"].shape[0]), b1=jnp.array(0.3))
     weights = learned.token_weights(theta, logits, batch, learned.TOKEN_FEATURES)
-    assert float(jnp.min(weights)) > 0.0 and float(jnp.max(weights)) < 2.0
-    assert float(jnp.std(weights[batch["mask"] > 0])) > 1e-3
+    # w = 2 sigmoid(g_theta(x)) by hand on the features (checked by hand in
+    # test_token_features_by_hand), and the metrics' masked mean and spread of w.
+    x = learned.token_features(logits, batch, learned.TOKEN_FEATURES)  # [B, T, F]
+    expected = 2.0 / (1.0 + np.exp(-_mlp_by_hand(theta, x)))  # [B, T]
+    np.testing.assert_allclose(weights, expected, rtol=1e-5)
+    mask = np.asarray(batch["mask"], bool)
+    assert float(np.std(expected[mask])) > 1e-3  # The weights differ between tokens.
+    _, metrics = learned.token_loss(theta, logits, batch)
+    np.testing.assert_allclose(metrics["mean_weight"], expected[mask].mean(), rtol=1e-5)
+    np.testing.assert_allclose(metrics["weight_std"], expected[mask].std(), rtol=1e-4)
 
     def weighted_nll(l):
         nll = -mle.token_log_likelihood(l, batch["targets"])
@@ -97,8 +111,13 @@ def test_preference_loss_at_init_is_dpo():
     for i in range(4):
         np.testing.assert_allclose(jax.grad(ours, argnums=i)(*logps),
                                    jax.grad(theirs, argnums=i)(*logps), atol=1e-7)
-    moved = dict(theta, w1=jnp.ones_like(theta["w1"]))
-    assert abs(float(learned.preference_loss(moved, *logps)[0] - theirs(*logps))) > 1e-3
+    # Off its initialisation the loss is mean_pairs(-log sigmoid(x) + h(x / 4)), x = beta delta.
+    moved = dict(theta, w1=jnp.ones_like(theta["w1"]), b1=jnp.array(-0.2))
+    chosen, rejected, ref_chosen, ref_rejected = (np.asarray(l, np.float64) for l in logps)
+    x = 0.2 * ((chosen - ref_chosen) - (rejected - ref_rejected))  # [7]
+    f = np.log1p(np.exp(-x)) + _mlp_by_hand(moved, x[:, None] / 4.0)
+    np.testing.assert_allclose(learned.preference_loss(moved, *logps, beta=0.2)[0], f.mean(),
+                               rtol=1e-5)
     x = jnp.linspace(-5, 5, 11)
     np.testing.assert_allclose(learned.preference_curve(theta, x), -jax.nn.log_sigmoid(x),
                                rtol=1e-6)
@@ -132,7 +151,10 @@ def test_artifact_round_trip_corruption_and_name(tmp_path):
                   {"seed": 0}, {"git": "abc"})
     built = objectives.build({"name": "learned_token_loss", "path": path})
     assert not built.needs_reference
-    np.testing.assert_allclose(built.theta["b1"], 0.7, rtol=1e-6)
+    # Every array comes back bit for bit (not only the one this test set).
+    assert sorted(built.theta) == sorted(theta)
+    for name in theta:
+        np.testing.assert_array_equal(built.theta[name], theta[name])
     assert artifact.load(path).config == {"seed": 0}
     with pytest.raises(artifact.ArtifactError, match="not 'other'"):
         artifact.load(path, expected_name="other")

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from jax.flatten_util import ravel_pytree
 
 from configs import finetune as finetune_configs
 from configs import meta_reward
@@ -25,7 +26,7 @@ from learned_loss import checkpoint as checkpoint_lib
 from learned_loss import cli, provenance, rlhf_pipeline, train
 from learned_loss import model as model_lib
 from learned_loss.data import tokenizer
-from learned_loss.meta import reward_run
+from learned_loss.meta import host_es, reward_run
 from learned_loss.objectives import artifact, learned
 from tests import runs
 
@@ -86,7 +87,27 @@ def finished(tmp_path_factory):
     return workdir, sft, data_dir
 
 
-def test_run_writes_metrics_final_comparison_and_a_loadable_artifact(finished):
+def _outer_state(workdir, step: int, scratch, like):
+    """The outer state (shaped like `like`) the run checkpointed after outer step `step`: the
+    newest of a copy of its checkpoints up to that step."""
+    copy = scratch / f"outer_{step}"
+    shutil.copytree(workdir / "checkpoints", copy / "checkpoints")
+    for later in os.listdir(copy / "checkpoints"):
+        if later.isdigit() and int(later) > step:
+            shutil.rmtree(copy / "checkpoints" / later)
+    config = meta_reward.get_config("smoke")
+    model = {"objective": learned.REWARD_ARTIFACT, "hidden": int(config.reward.hidden),
+             "strategy": config.estimator.strategy}  # What reward_run records with its states.
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)
+    ckpt = checkpoint_lib.Checkpointer(str(copy), read_only=True)
+    restored = ckpt.restore_latest(abstract, model_config=model)
+    ckpt.close()
+    assert restored.step == step
+    return restored.state
+
+
+def test_run_writes_metrics_final_comparison_and_a_loadable_artifact(finished, tmp_path):
     workdir, _, _ = finished
     records = runs.metrics(workdir)
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
@@ -107,8 +128,31 @@ def test_run_writes_metrics_final_comparison_and_a_loadable_artifact(finished):
     theta = learned.check_reward_theta(saved.theta)
     assert saved.settings["hidden"] == 4 and theta["w0"].shape == (3, 4)
     assert saved.config["outer"]["num_steps"] == STEPS
-    # ES moved theta off the initialisation (where r_theta is the reward model's score).
-    assert float(jnp.abs(theta["w1"]).max()) > 0.0
+    # Each outer step is adam's on the ES estimate. host_es's estimate g_k is the strategy's
+    # step negated, theta_{k-1} - m_k with m_k the strategy's mean after step k (checkpointed);
+    # its norm is the logged grad_norm; adam (after clipping the global norm), worked out here,
+    # takes theta_{k-1} to theta_k, the last of them the artifact.
+    config = meta_reward.get_config("smoke")
+    lr, clip = config.outer.lr, config.outer.grad_clip
+    theta0 = learned.init_reward(jax.random.key(config.seed), hidden=config.reward.hidden)
+    strategy = host_es.host_es(theta0, population=config.estimator.population,
+                               strategy=config.estimator.strategy, sigma=config.estimator.sigma)
+    start = host_es.init_state(strategy, reward_run.outer_optimizer(config.outer), theta0,
+                               jax.random.key(config.seed))
+    states = [start] + [_outer_state(workdir, k, tmp_path, start) for k in range(1, STEPS + 1)]
+    flat = lambda tree: np.asarray(ravel_pytree(tree)[0], np.float64)  # [D]
+    mu = nu = 0.0
+    for k in range(1, STEPS + 1):
+        before, after = flat(states[k - 1].theta), flat(states[k].theta)
+        g = before - np.asarray(states[k].estimator.mean, np.float64)  # [D]
+        np.testing.assert_allclose(np.linalg.norm(g), records[k - 1]["grad_norm"], rtol=1e-5)
+        g = g * min(1.0, clip / np.linalg.norm(g))
+        mu, nu = 0.9 * mu + 0.1 * g, 0.999 * nu + 0.001 * g ** 2
+        step = lr * (mu / (1 - 0.9 ** k)) / (np.sqrt(nu / (1 - 0.999 ** k)) + 1e-8)
+        np.testing.assert_allclose(after, before - step, rtol=1e-5, atol=1e-6)
+        if k == 1:  # Adam's first step: lr against the sign of the estimate, every coordinate.
+            np.testing.assert_allclose(after - before, -lr * np.sign(g), rtol=1e-4)
+    np.testing.assert_array_equal(flat(theta), flat(states[-1].theta))
     # The RLHF pipeline's own stages were used and kept in the workdir.
     assert os.path.isdir(workdir / "rlhf" / "reward_model" / "checkpoints")
     config = meta_reward.get_config("smoke")

@@ -202,3 +202,30 @@ def test_overoptimization_with_a_failed_fit_plots_its_points(tmp_path):
     report.write(str(tmp_path))
     # The failed fit draws nothing: the same plot as without a fit.
     assert (tmp_path / "plots" / "overoptimization.png").read_bytes() == with_error
+
+
+def test_several_artifacts_enter_the_tests_by_their_mean_and_show_their_spread(tmp_path):
+    cells = write_workdir(tmp_path)
+    # A second artifact of the learned arm (meta seed 1), crossed with the same seeds.
+    extra = {}
+    for cell in [c for c in cells if c["objective"] == "learned_preference"]:
+        other = json.loads(json.dumps(cell))
+        other["meta_seed"] = 1
+        other["metrics"]["exact_match"] = cell["metrics"]["exact_match"] - 0.1
+        extra[cell["seed"]] = other["metrics"]["exact_match"]
+        (tmp_path / "cells" / f"swap30-learned_preference-s{cell['seed']}-m1.json").write_text(
+            json.dumps(other))
+    report.write(str(tmp_path))
+    md = (tmp_path / "report.md").read_text()
+    first = _by_seed(cells, "learned_preference")
+    mean_per_seed = {s: (first[s] + extra[s]) / 2 for s in first}
+    mean, half = report.mean_ci(list(mean_per_seed.values()))
+    assert _summary(md)["learned_preference"][2] == f"{mean:.3f} ± {half:.3f}"
+    assert _summary(md)["learned_preference"][-1] == "3"  # fine-tuning seeds, the paired unit
+    test = report.paired(mean_per_seed, _by_seed(cells, "mle"))
+    assert _summary(md)["learned_preference"][8].startswith(f"{test['mean']:+.3f} ± ")
+    section = md.split("## Across meta-training seeds")[1].split("## ")[0]
+    m0, m1 = np.mean(list(first.values())), np.mean(list(extra.values()))
+    assert f"m0: {m0:.3f} ± " in section and f"m1: {m1:.3f} ± " in section
+    assert f"| {np.std([m0, m1], ddof=1):.3f} |" in section
+    assert "mle |" not in section  # arms with one artifact are not listed

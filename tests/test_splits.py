@@ -56,13 +56,18 @@ def _tasks(out, label, args):
 
 
 def _pairs(out, label, args):
-    keys = ("families", "pairs_per_family", "difficulty", "seed", "splits")
-    examples = preference_pairs.pair_examples(**{k: args[k] for k in keys if k in args})
-    out.add(label, {s: _records(e) for s, e in examples.items()})
+    """The pairs of the gold answers and corruptions (policy samples come at run time), with
+    every candidate checked against seq_len as the builder does."""
+    args = dict(args)
+    families = args.pop("families")
+    out.add(label, preference_pairs.generate(preference_pairs.pairs_spec(families, **args)))
 
 
 def _rlhf(out, label, config, families):
-    _pairs(out, f"{label} pairs", rlhf_pipeline.pair_args(config, families))
+    p = config.preferences
+    _pairs(out, f"{label} pairs", dict(
+        rlhf_pipeline.pair_args(config, families), tau=p.tau, length_bias=p.length_bias,
+        length_scale=p.length_scale or float(p.seq_len), seq_len=p.seq_len))
     span = tasks.difficulty_range(config.tasks.difficulty)
     train = rlhf_data.PromptStream(families, difficulty=span, seed=config.seed,
                                    global_batch_size=1, width=10_000, kl_coef=0.0)
@@ -106,7 +111,7 @@ def _compare(out, config):
         for seed in range(config.seeds):
             _tasks(out, f"{noise}/s{seed}",
                    comparison.data_args(view, compare_lib.FAMILY_SET, noise, seed))
-            r = compare_lib.rlhf_config(config, "dpo", noise, seed, "/w", {})
+            r = compare_lib.rlhf_config(config, "dpo", noise, seed, "/w")
             _rlhf(out, f"rlhf {noise}/s{seed}", r, families)
     for name in arms.META_TRAINED:
         if name in config.objectives and name != "learned_reward":

@@ -312,6 +312,29 @@ def _policy_hash(policy_samples: Mapping[str, Sequence[str]] | None) -> str:
     return instruction_tasks.config_hash({"policy_samples": items})
 
 
+def pairs_spec(families: Sequence[str], *, pairs_per_family: int,
+               difficulty: int | tuple[int, int], tau: float, length_bias: float,
+               length_scale: float, seed: int, seq_len: int,
+               splits: Mapping[str, float] = DEFAULT_SPLITS) -> _Spec:
+    """The checked knobs of a pairs dataset (`build_preference_pairs`'s arguments but data_dir
+    and the policy's samples)."""
+    names = instruction_tasks.check_families(families)
+    _check_labeler(tau, length_scale)
+    if seed < 0 or seq_len < 1:
+        raise ValueError(f"seed must be >= 0 and seq_len >= 1, got {seed}, {seq_len}")
+    counts = instruction_tasks.split_counts(pairs_per_family, splits, "pairs_per_family")
+    return _Spec(names, int(pairs_per_family), partition.difficulty_range(difficulty),
+                 float(tau), float(length_bias), float(length_scale), int(seed), int(seq_len),
+                 tuple(counts.items()))
+
+
+def generate(spec: _Spec, policy_samples: Mapping[str, Sequence[str]] | None = None
+             ) -> dict[str, list[dict[str, Any]]]:
+    """Every split's records, in memory (what the builder writes)."""
+    return {split: _generate_split(spec, split, n, policy_samples or {})
+            for split, n in spec.counts}
+
+
 def build_preference_pairs(
     data_dir: str,
     *,
@@ -344,18 +367,15 @@ def build_preference_pairs(
         ValueError: a knob out of range.
     """
     names = instruction_tasks.check_families(families)
-    _check_labeler(tau, length_scale)
-    if seed < 0 or seq_len < 1:
-        raise ValueError(f"seed must be >= 0 and seq_len >= 1, got {seed}, {seq_len}")
-    counts = instruction_tasks.split_counts(pairs_per_family, splits, "pairs_per_family")
-    spec = _Spec(names, int(pairs_per_family), partition.difficulty_range(difficulty),
-                 float(tau), float(length_bias), float(length_scale), int(seed), int(seq_len),
-                 tuple(counts.items()))
+    spec = pairs_spec(names, pairs_per_family=pairs_per_family, difficulty=difficulty, tau=tau,
+                      length_bias=length_bias, length_scale=length_scale, seed=seed,
+                      seq_len=seq_len, splits=splits)
+    counts = dict(spec.counts)
     policy = {str(k): tuple(str(s) for s in v) for k, v in (policy_samples or {}).items()}
     policy_hash = _policy_hash(policy)
     hash_hex = instruction_tasks.dataset_key(
         dict(dataclasses.asdict(spec), policy=policy_hash), names)
-    records = {split: _generate_split(spec, split, n, policy) for split, n in counts.items()}
+    records = generate(spec, policy)
 
     config = PreferencePairsConfig(name=f"h{hash_hex[:16]}", description=str(spec), spec=spec,
                                    policy_samples=policy)

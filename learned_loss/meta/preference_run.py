@@ -99,6 +99,7 @@ def build_pairs(config, families: Sequence[str]
         raise cli.UserError(f"preferences: {e}") from None
     train_records = preference_pairs.load_split(info, "train")
     train = preference_problem.encode_records(train_records, seq_len)
+    p = config.preferences
     train = preference_problem.flip_labels(train, p.flip_rate, p.seed)
     valid = preference_problem.encode_records(preference_pairs.load_split(info, "validation"),
                                               seq_len)

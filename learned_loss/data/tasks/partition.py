@@ -73,6 +73,18 @@ def difficulty_range(difficulty: int | Sequence[int]) -> tuple[int, int]:
     return int(lo), int(hi)
 
 
+def parse_difficulty(values: Sequence[str]) -> tuple[int, int]:
+    """(lo, hi) from a command-line list: ['2'] or ['1', '3']; TaskError otherwise."""
+    try:
+        numbers = [int(v) for v in values]
+    except ValueError:
+        numbers = []
+    if len(numbers) not in (1, 2):
+        raise TaskError(f"--difficulty={','.join(values)}: give a difficulty or LO,HI within "
+                        f"1..5")
+    return difficulty_range(numbers[0] if len(numbers) == 1 else tuple(numbers))
+
+
 def sample_difficulty(rng: np.random.Generator, lo: int, hi: int) -> int:
     """Uniform in [lo, hi]; no draw when lo == hi."""
     return lo if lo == hi else int(rng.integers(lo, hi + 1))
