@@ -5,7 +5,7 @@
       --config.objective=learned_token_loss --config.objective.path=/tmp/meta/artifact
 
 Offline mode: many short inner runs (fine-tuning a fresh model on `tasks.families` with label
-noise) score theta by the clean answer log-likelihood of held-out inputs; the outer loop learns
+noise) score theta by the clean answer log-likelihood of validation inputs; the outer loop learns
 theta with `estimator.name` (tbptt, es, pes or full_es); the result is WORKDIR/artifact. Online
 mode (Meta-Weight-Net): one model is trained for `online.num_steps`, theta updated before each
 step by TBPTT over `online.lookahead` look-ahead steps on a clean validation batch.

@@ -2,11 +2,13 @@
 
   python -m experiments.compare_objectives --config=configs/compare.py:tiny --workdir=/tmp/cmp
 
-Pre-trains (or reuses the cached pre-training of the same config), meta-trains the learned
-objectives the grid needs, fine-tunes every objective x noise kind x seed from the pre-trained
-model with the same budget, scores each on held-out inputs of families no objective was
-meta-trained on, and writes WORKDIR/report.md and WORKDIR/report.html. A re-run with the same
-workdir resumes: finished cells, meta-training runs and the cached pre-training are kept.
+Refuses an evaluation family with a meta role in any arm, pre-trains (or reuses the cached
+pre-training of the same config, code and corpus), meta-trains the learned objectives the grid
+needs on their own families, fine-tunes every objective x noise kind x seed from the
+pre-trained model with the same budget and each seed's own data, scores each on the test
+inputs of the evaluation families, and writes WORKDIR/report.md, WORKDIR/report.html and
+WORKDIR/findings.json. A re-run with the same workdir resumes: finished cells, meta-training
+runs and the cached pre-training are kept.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from __future__ import annotations
 from absl import flags, logging
 from ml_collections import config_flags
 
-from learned_loss import cli, compare, pretraining, report
-from learned_loss.data import tasks
+from learned_loss import checkpoint, cli, compare, pretraining, report, sharding
+from learned_loss.data import tasks, text_corpus
 from learned_loss.objectives import artifact
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/compare.py:VARIANT).",
@@ -32,4 +34,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, user_errors=(tasks.TaskError, artifact.ArtifactError, report.ReportError))
+    cli.run(main, user_errors=(tasks.TaskError, artifact.ArtifactError, report.ReportError,
+                               text_corpus.CorpusError, sharding.ShardingError,
+                               checkpoint.CheckpointMismatchError))

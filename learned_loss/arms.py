@@ -95,9 +95,7 @@ def meta_roles(config, workdir: str, name: str, meta_seed: int = 0) -> dict[str,
 def own_roles(arm: str, families: Sequence[str]) -> dict[str, list[str]]:
     """The task roles an arm gives the evaluation families in the comparison itself."""
     if arm in TOKEN:
-        reads_valid = TOKEN[arm] in comparison.READS_VALID
-        return tasks.roles.record({"finetune": families,
-                                   "clean_validation": families if reads_valid else ()})
+        return comparison.task_roles(TOKEN[arm], families)
     if arm == GOLD_PAIRS or RLHF[arm] == "dpo":
         return tasks.roles.record({"finetune": families, "pairs": families})
     return tasks.roles.record({"finetune": families, "pairs": families,

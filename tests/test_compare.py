@@ -398,3 +398,27 @@ def test_parallel_runs_share_one_pretraining(tmp_path):
         loaded = list(pool.map(lambda _: compare.pretrained(config, fake_pretrain), range(2)))
     assert calls == [compare.pretrain_dir(config)]
     assert [p.step for p in loaded] == [steps, steps]
+
+
+def test_the_pretraining_cache_key_follows_code_data_and_corpus(tmp_path, monkeypatch):
+    """A checkpoint built by other code, another task partition or another corpus is never
+    read back as this config's: each changes the key, and so the cache folder."""
+    config = compare_config.get_config("smoke")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.py").write_text("x = 1\n" * 50)
+    config.pretrain.data.text_dir = str(corpus)
+    config.pretrain.data.pattern = "*.py"
+    key = compare.pretrain_key(config)
+    assert compare.pretrain_key(config) == key  # deterministic
+    (corpus / "a.py").write_text("x = 2\n" * 50)
+    changed_corpus = compare.pretrain_key(config)
+    assert changed_corpus != key
+    monkeypatch.setattr(tasks.partition, "VERSION", tasks.partition.VERSION + 1)
+    changed_partition = compare.pretrain_key(config)
+    monkeypatch.undo()
+    from learned_loss import pretraining, sampling
+    monkeypatch.setattr(pretraining, "SOURCES", pretraining.SOURCES + (sampling,))
+    changed_code = compare.pretrain_key(config)
+    assert len({key, changed_corpus, changed_partition, changed_code}) == 4
+    assert compare.pretrain_dir(config).endswith(f"pretrain-{changed_code}")

@@ -156,15 +156,20 @@ def artifact_roles(path: str) -> dict[str, list[str]]:
     return tasks.roles.as_meta(record)
 
 
+def task_roles(method: str, families) -> dict[str, list[str]]:
+    """The task roles a method gives the families it fine-tunes on: fine-tuning, and clean
+    validation examples when it learns from them."""
+    return tasks.roles.record({"finetune": families,
+                               "clean_validation": families if method in READS_VALID else ()})
+
+
 def method_roles(config, method: str, family_set: str, noise: str) -> dict[str, list[str]]:
-    """The families by role of one method on one family set: its fine-tuning (and clean
-    validation examples) on the set, and the meta roles of the artifact it uses."""
-    families = evaluation_families(config, family_set)
-    own = {"finetune": families, "clean_validation": families if method in READS_VALID else ()}
+    """The families by role of one method on one family set: its task roles on the set, and
+    the meta roles of the artifact it uses."""
+    own = task_roles(method, evaluation_families(config, family_set))
     if method in ("learned_offline", "learned_closed_form"):
-        return tasks.roles.merge(tasks.roles.record(own),
-                                 artifact_roles(method_objective(config, method, noise)[1]))
-    return tasks.roles.record(own)
+        return tasks.roles.merge(own, artifact_roles(method_objective(config, method, noise)[1]))
+    return own
 
 
 def check_roles(config, cells: Sequence[Cell]) -> dict[str, dict[str, list[str]]]:

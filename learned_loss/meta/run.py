@@ -8,7 +8,7 @@ families, checkpointed whole (bitwise resume), and written as an artifact that f
 
 Online (`run_online`): one model trained with Meta-Weight-Net-style alternation
 (`outer.online_step`); its theta is written as an artifact too, and the trained model is scored
-by greedy exact match on held-out inputs (`online_eval.json`).
+by greedy exact match on test inputs, which its meta-objective never reads (`online_eval.json`).
 
 Workdir: checkpoints/, metrics.jsonl (+ TensorBoard), provenance.jsonl, artifact/ and, online,
 online_eval.json. Metrics: meta_loss, grad_norm, diverged (fraction of inner runs that produced
@@ -175,7 +175,7 @@ class Setup:
             self.data_hash = self.info.config_hash
         self.init_params = initial_params(config, self.model)
         self.problem = self.make_problem(self.train_rows, self.valid_rows)
-        # The sanity check trains on clean demonstrations (the held-out inputs).
+        # The sanity check trains on clean demonstrations (the validation inputs).
         self.clean_problem = self.make_problem(self.valid_rows, self.valid_rows)
         self.valid_problem = self.make_problem(self.mv_train, self.mv_valid)
         self.families, self.valid_families = families, valid_families
@@ -305,7 +305,7 @@ def run_offline(config, workdir: str, setup=None) -> dict[str, float]:
 
 def run_online(config, workdir: str) -> dict[str, Any]:
     """Trains one model with online meta-weighting to `online.num_steps`; scores it by greedy
-    exact match on held-out inputs. Returns the evaluation."""
+    exact match on test inputs. Returns the evaluation."""
     s = Setup(config)
     oc = config.online
     optimizer = outer.make_optimizer(config.outer)
