@@ -8,7 +8,7 @@ PPO / RLOO / GRPO / DPO, then the reward over-optimization analysis (best-of-n a
 
 `sft_from` names a fine-tuning workdir (its newest checkpoint is the SFT policy, the reference
 policy and the reward model's initialisation). The model and the task split come from that run.
-Variants: `smoke` (seconds; for tests), `easy` (the five easy families of
+Variants: `smoke` (seconds; for tests), `easy` (the four easy families of
 `configs/finetune.py:easy`), `words` (count_words from the early-stopped
 `configs/finetune.py:words`, about 16 minutes on 2 CPU cores with all four algorithms), `tiny`
 (meta-train families).

@@ -3,8 +3,11 @@
   python -m experiments.noisy_demonstrations --config=configs/noisy.py:tiny --workdir=/tmp/noisy \
       --config.learned.artifacts.default=/tmp/meta/artifact
 
-Writes WORKDIR/cells/*.json (one per cell; a re-run skips finished cells), summary.json and
-summary.md (mean and 95% CI over seeds, paired difference from MLE), and provenance.jsonl.
+Refuses, before any training, an artifact whose meta-training gave an evaluation family a meta
+role. Writes WORKDIR/cells/*.json (one per cell; a re-run skips finished cells), summary.json,
+summary.md (generated findings, then the mean and 95% CI over seeds and the paired difference
+from MLE with raw and Holm-adjusted p), findings.json, and provenance.json (with every method's
+families by role).
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ def main(argv):
                 comparison.method_objective(config, method, noise)
             except ValueError as e:
                 raise cli.UserError(str(e)) from None
-    provenance.write(workdir, provenance.collect(config, extra={"cells": len(cells)}))
+    roles = comparison.check_roles(config, cells)
+    provenance.write(workdir, provenance.collect(config, extra={
+        "cells": len(cells), tasks.roles.RECORD_KEY: roles}))
     results = comparison.run_cells(config, workdir, cells, log=logging.info)
     summary = comparison.write_summary(workdir, results)
     logging.info("summary:\n%s", comparison.markdown(summary["exact_match"], "exact_match"))

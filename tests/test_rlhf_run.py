@@ -1,9 +1,16 @@
 """experiments.rlhf end to end, from an SFT policy with headroom
 (configs/finetune.py:words, one easy family): preference pairs from the policy's samples ->
 reward model -> PPO and DPO -> over-optimization analysis. The reward model orders clean pairs
-as the gold scores do, a short PPO run raises both the proxy reward and the gold score, and a
-re-run resumes every finished stage and reproduces the analysis. (One device: the steps
-themselves run on the 8-device mesh in tests/test_rlhf.py.)"""
+mostly as the gold scores do, a short PPO run raises the proxy reward, and a re-run resumes
+every finished stage and reproduces the analysis. (One device: the steps themselves run on the
+8-device mesh in tests/test_rlhf.py.)
+
+The two thresholds on training results were measured here over the seeds 0, 1 and 2
+(`--config.seed=S` for the SFT policy and the pipeline; another CPU's rounding re-rolls a run
+as another seed does): the reward model's gold accuracy was 0.889, 1.000 and 0.792, and PPO's
+proxy rose by at least 0.239, 0.345 and 0.257 over the SFT policy's. The gold score of PPO's
+samples rose on two seeds (+0.051, +0.133) and fell on the third (0.700 -> 0.457), so no test
+asserts its direction."""
 
 import json
 import os
@@ -61,17 +68,18 @@ def test_reward_model_orders_clean_pairs_like_the_gold_scores(finished):
     assert prefs["splits"]["train"]["pairs_with_policy"] > 0
     final = runs.metrics(workdir / "reward_model")[-1]
     assert final["step"] == RM_STEPS
-    assert final["valid/gold_accuracy"] >= 0.85, final
+    # 0.79 to 1.00 over three seeds (module docstring): 0.65 keeps a margin of 0.14 below the
+    # lowest, well above the 0.5 of a reward model that ignores the answers.
+    assert final["valid/gold_accuracy"] >= 0.65, final
 
 
-def test_short_ppo_raises_proxy_and_gold(finished):
+def test_short_ppo_raises_the_proxy_reward(finished):
     workdir, _, _ = finished
     curve = _json(workdir / "overoptimization.json")["rl"]["ppo"]
     assert curve["step"] == [0, 10, 20]
-    # d = 0 is the SFT policy; both later evaluations beat it on the proxy, and the gold score
-    # of the policy's samples rises too.
+    # d = 0 is the SFT policy; both later evaluations beat it on the proxy. The smallest rise
+    # over three seeds was 0.239 (module docstring): 0.1 keeps a margin of 0.139.
     assert min(curve["proxy"][1:]) > curve["proxy"][0] + 0.1, curve
-    assert max(curve["gold"][1:]) > curve["gold"][0] + 0.03, curve
 
 
 def test_every_run_logs_proxy_gold_kl_and_length(finished):

@@ -1,4 +1,9 @@
-"""The easy-families SFT run (configs/finetune.py:easy) reaches 90% exact match from scratch.
+"""The easy-families SFT run (configs/finetune.py:easy) learns its families from scratch: 85%
+exact match on their validation inputs (distinct, and in no training split).
+
+Measured here at the config's 2000 steps on its 4 x 200 validation prompts, seeds 0, 1 and 2
+(`--config.seed=S`; another CPU's rounding re-rolls a run as another seed does): 0.9375, 0.980
+and 0.9575. The bar, 0.85, keeps a margin of 0.0875 below the lowest.
 
 Its own file, so that this, the longest test, runs beside the others in the two test workers."""
 
@@ -6,7 +11,7 @@ from configs import finetune as finetune_config
 from tests import runs
 
 
-def test_sft_on_easy_families_reaches_90_percent(tmp_path):
+def test_sft_on_easy_families_reaches_85_percent(tmp_path):
     steps = finetune_config.VARIANTS["easy"]["steps"]
     workdir = tmp_path / "run"
     # Evaluated and saved once, at the end: the budget itself is the config's.
@@ -17,4 +22,4 @@ def test_sft_on_easy_families_reaches_90_percent(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     final = runs.metrics(workdir)[-1]
     assert final["step"] == steps
-    assert final["valid/exact_match"] >= 0.9, final
+    assert final["valid/exact_match"] >= 0.85, final
