@@ -45,9 +45,11 @@ def main(argv):
     if "preferences" in config:  # configs/meta_preference.py: a learned preference loss.
         summary = preference_run.interpret(config, workdir)
         for fit in summary["fits"]:
-            logging.info("%-20s R^2 %.5f  mse %.4g  %s", fit["form"], fit["r2"], fit["mse"],
+            logging.info("%-20s R^2 %.5f (beyond DPO %.5f)  mse %.4g  %s", fit["form"],
+                         fit["r2"], fit["r2_beyond_dpo"], fit["mse"],
                          {k: round(fit["params"][k], 4) for k in fit["free"]})
-        logging.info("chosen closed form: %s (R^2 %.5f)", summary["chosen"], summary["r2"])
+        logging.info("chosen closed form: %s (R^2 %.5f, beyond DPO %.5f)", summary["chosen"],
+                     summary["r2"], summary["r2_beyond_dpo"])
         return
     os.makedirs(workdir, exist_ok=True)
     ic = config.interpret

@@ -196,10 +196,14 @@ def fit_preference_forms(x: np.ndarray, values: np.ndarray) -> list[dict]:
     margins x [N] (each margin weighs once, so the fit follows where the inner run goes).
 
     Returns [{form, params (every parameter, the fixed ones at their DPO values), free, mse,
-    r2}], sorted by mean squared error.
+    r2, r2_beyond_dpo}], sorted by mean squared error. `r2` is the share of f's variance the
+    form explains; `r2_beyond_dpo` the share of the variance of f's departure from DPO's loss,
+    f(x) - (-log sigmoid(x)), since DPO's own term, which every form contains, would otherwise
+    count as explained.
     """
     x, values = np.asarray(x, np.float64), np.asarray(values, np.float64)
     total = float(np.var(values)) or 1e-12
+    beyond = float(np.var(values + special.log_expit(x))) or 1e-12
     fits = []
     for form, free in learned.PREFERENCE_FORMS.items():
         best = None
@@ -214,7 +218,8 @@ def fit_preference_forms(x: np.ndarray, values: np.ndarray) -> list[dict]:
                 best = (solution, params_of(solution.x))
         mse = float(np.mean(best[0].fun ** 2))
         fits.append({"form": form, "params": {k: float(v) for k, v in best[1].items()},
-                     "free": list(free), "mse": mse, "r2": 1.0 - mse / total})
+                     "free": list(free), "mse": mse, "r2": 1.0 - mse / total,
+                     "r2_beyond_dpo": 1.0 - mse / beyond})
     return sorted(fits, key=lambda f: f["mse"])
 
 
@@ -230,10 +235,11 @@ def _starts(free: Sequence[str]) -> list[dict]:
 
 def choose_preference_form(fits: Sequence[Mapping[str, Any]],
                            tolerance: float = 0.005) -> Mapping[str, Any]:
-    """The form with the fewest free parameters whose R^2 is within `tolerance` of the best."""
-    best = max(f["r2"] for f in fits)
-    good = [f for f in fits if f["r2"] >= best - tolerance]
-    return min(good, key=lambda f: (len(f["free"]), -f["r2"]))
+    """The form with the fewest free parameters whose R^2 beyond DPO is within `tolerance` of
+    the best."""
+    best = max(f["r2_beyond_dpo"] for f in fits)
+    good = [f for f in fits if f["r2_beyond_dpo"] >= best - tolerance]
+    return min(good, key=lambda f: (len(f["free"]), -f["r2_beyond_dpo"]))
 
 
 def save_preference_closed_form(path: str, fit: Mapping[str, Any], source: str,

@@ -303,7 +303,8 @@ def interpret(config, workdir: str, setup: PreferenceSetup | None = None) -> dic
                                        margins=x, fit=chosen)
     flipped = np.tile(setup.train_rows.flipped, config.interpret.snapshots)  # [len(x)]
     summary = {"artifact": path, "fits": fits, "chosen": chosen["form"],
-               "r2": chosen["r2"], "margins": int(len(x)),
+               "r2": chosen["r2"], "r2_beyond_dpo": chosen["r2_beyond_dpo"],
+               "margins": int(len(x)),
                "margin_quantiles": {str(q): float(np.quantile(x, q))
                                     for q in (0.0, 0.05, 0.5, 0.95, 1.0)},
                "mean_margin_clean": float(np.mean(x[~flipped])),
