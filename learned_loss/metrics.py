@@ -1,15 +1,17 @@
 """Run metrics: a JSONL log, TensorBoard event files, and a progress/ETA line.
 
-Three small pieces, none of which needs TensorFlow or the tensorboard package:
-
-* TensorBoard scalars, through `learned_loss.tensorboard` (no TensorFlow).
-
 * `MetricWriter`: ``workdir/metrics.jsonl`` (one ``{"step": ..., ...}`` object
-  per line, keys sorted) plus TensorBoard scalars in ``workdir/tensorboard/``.
-  Every write is flushed, so a run killed with SIGKILL keeps every step it
-  finished writing. On resume from a checkpoint at step ``s``, `truncate_after`
-  (or ``MetricWriter(..., resume_step=s)``) drops the records after ``s`` and a
-  torn last line, so the log has no duplicated and no missing steps.
+  per line, keys sorted) plus TensorBoard scalars in ``workdir/tensorboard/``,
+  written with tensorboardX's event-file writer (its protobufs, TFRecord framing
+  and CRC32C; no TensorFlow). Every write is flushed, so a run killed with
+  SIGKILL keeps every step it finished writing. On resume from a checkpoint at
+  step ``s``, `truncate_after` (or ``MetricWriter(..., resume_step=s)``) drops
+  the records after ``s`` and a torn last line, so the log has no duplicated and
+  no missing steps; the new event file starts with a ``SessionLog.START`` event
+  at ``s + 1``, which tells TensorBoard to hide the older files' later steps.
+
+* `read_tensorboard_scalars`: the scalars of an event file (or a folder of
+  them) back, each frame's CRCs checked.
 
   Non-finite floats are written as the JSON strings ``"nan"``, ``"inf"`` and
   ``"-inf"`` (strict JSON has no NaN literal; ``null`` would lose which one it
@@ -21,9 +23,11 @@ Three small pieces, none of which needs TensorFlow or the tensorboard package:
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
+import struct
 import sys
 import tempfile
 import time
@@ -32,8 +36,10 @@ from typing import Any
 
 import numpy as np
 from absl import logging
-
-from learned_loss.tensorboard import TensorBoardWriter
+from tensorboardX.event_file_writer import EventsWriter
+from tensorboardX.proto.event_pb2 import Event, SessionLog
+from tensorboardX.proto.summary_pb2 import Summary
+from tensorboardX.record_writer import masked_crc32c
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -130,6 +136,87 @@ def _ends_torn(path: str) -> bool:
         return False
 
 
+# ---------------------------------------------------------------------------
+# TensorBoard event files.
+
+_FILE_COUNTER = itertools.count()
+
+
+def _open_events(logdir: str, *, purge_step: int | None) -> EventsWriter:
+    """A new event file ``events.out.tfevents.{time}.{host}.{pid}.{n}`` in ``logdir``.
+
+    tensorboardX writes the ``file_version`` event first; with ``purge_step`` a
+    ``SessionLog.START`` event at that step follows (TensorBoard then discards
+    events at steps >= it from older files: the restart of a resumed run).
+    """
+    os.makedirs(logdir, exist_ok=True)
+    writer = EventsWriter(os.path.join(logdir, "events"),
+                          filename_suffix=f".{os.getpid()}.{next(_FILE_COUNTER)}")
+    if purge_step is not None:
+        writer.write_event(Event(wall_time=time.time(), step=purge_step,
+                                 session_log=SessionLog(status=SessionLog.START)))
+    writer.flush()
+    return writer
+
+
+def read_records(path: str | os.PathLike[str]) -> list[bytes]:
+    """The payloads of a TFRecord file, both CRCs of each frame checked.
+
+    A frame is ``uint64 length | uint32 masked_crc32c(length) | data |
+    uint32 masked_crc32c(data)``, little-endian. A torn final frame (a writer
+    killed mid-record) is ignored, as TensorBoard does.
+
+    Raises:
+      ValueError: if a length or data CRC does not match.
+    """
+    with open(path, "rb") as f:
+        buf = f.read()
+    records, pos = [], 0
+    while pos + 12 <= len(buf):
+        header = buf[pos:pos + 8]
+        (length,) = struct.unpack("<Q", header)
+        (length_crc,) = struct.unpack("<I", buf[pos + 8:pos + 12])
+        if masked_crc32c(header) != length_crc:
+            raise ValueError(f"{path}: length CRC mismatch at offset {pos}")
+        end = pos + 12 + length
+        if end + 4 > len(buf):
+            break
+        data = buf[pos + 12:end]
+        (data_crc,) = struct.unpack("<I", buf[end:end + 4])
+        if masked_crc32c(data) != data_crc:
+            raise ValueError(f"{path}: data CRC mismatch at offset {pos}")
+        records.append(data)
+        pos = end + 4
+    return records
+
+
+def _event_files(path: str) -> list[str]:
+    if not os.path.isdir(path):
+        return [path]
+    names = [n for n in os.listdir(path) if n.startswith("events.out.tfevents.")]
+
+    def order(name: str) -> tuple[int, int, str]:
+        # events.out.tfevents.{time}.{host}.{pid}.{counter}: by time, counter.
+        parts = name.split(".")
+        time_, counter = (int(p) if p.isdigit() else -1 for p in (parts[3], parts[-1]))
+        return time_, counter, name
+
+    return [os.path.join(path, n) for n in sorted(names, key=order)]
+
+
+def read_events(path: str | os.PathLike[str]) -> list[Event]:
+    """The events of an event file, or of every event file in a folder (oldest first)."""
+    return [Event.FromString(record) for file in _event_files(os.fspath(path))
+            for record in read_records(file)]
+
+
+def read_tensorboard_scalars(path: str | os.PathLike[str]) -> list[tuple[int, str, float]]:
+    """``(step, tag, value)`` of every scalar in `read_events` order, values float32 as
+    stored; steps restarted by a resume are not purged."""
+    return [(e.step, v.tag, v.simple_value) for e in read_events(path)
+            for v in e.summary.value if v.HasField("simple_value")]
+
+
 class MetricWriter:
     """Writes scalars to ``metrics.jsonl`` and TensorBoard, flushing each step.
 
@@ -163,9 +250,8 @@ class MetricWriter:
             truncate_after(workdir, sys.maxsize)  # Appending would bury it.
         self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a",
                            encoding="utf-8")
-        self._tb = TensorBoardWriter(
-            os.path.join(workdir, TENSORBOARD_DIR),
-            purge_step=None if resume_step is None else resume_step + 1)
+        self._tb = _open_events(os.path.join(workdir, TENSORBOARD_DIR),
+                                purge_step=None if resume_step is None else resume_step + 1)
 
     def write(self, step: int, scalars: Mapping[str, Any]) -> None:
         """Writes ``scalars`` (floats or 0-d numpy/jax arrays) at ``step``."""
@@ -178,7 +264,10 @@ class MetricWriter:
         record.update({k: _to_json_float(v) for k, v in values.items()})
         self._jsonl.write(json.dumps(record, sort_keys=True) + "\n")
         self._jsonl.flush()
-        self._tb.write_scalars(int(step), dict(sorted(values.items())))
+        summary = Summary(value=[Summary.Value(tag=k, simple_value=v)
+                                 for k, v in sorted(values.items())])
+        self._tb.write_event(Event(wall_time=time.time(), step=int(step), summary=summary))
+        self._tb.flush()
 
     def close(self) -> None:
         if self._jsonl is not None:

@@ -15,6 +15,7 @@ Record keys: ``git_commit``, ``git_dirty``, ``config``, ``versions``,
 
 from __future__ import annotations
 
+import configparser
 import datetime
 import hashlib
 import importlib.metadata
@@ -23,6 +24,7 @@ import math
 import os
 import pathlib
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -35,12 +37,31 @@ import numpy as np
 
 PROVENANCE_FILE = "provenance.json"
 
-# Distribution names (as pip knows them) whose versions every record holds.
-PACKAGES = ("jax", "jaxlib", "dm-haiku", "optax", "chex", "orbax-checkpoint",
-            "grain", "tensorflow-datasets", "ml-collections", "numpy",
-            "absl-py")
-
 _PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
+
+
+def _requirement_name(requirement: str) -> str:
+    """'evosax<0.4,>=0.3.2' -> 'evosax' (PEP 508: the name ends at the first specifier)."""
+    return re.split(r"[<>=!~;\[ ]", requirement.strip(), maxsplit=1)[0]
+
+
+def _install_requires() -> tuple[str, ...]:
+    """The package's install requirements (setup.cfg), extras left out: from the installed
+    distribution's metadata, or from setup.cfg beside a source tree that is not installed."""
+    try:
+        requires = [r for r in importlib.metadata.requires("learned_loss") or []
+                    if "extra ==" not in r]
+    except importlib.metadata.PackageNotFoundError:
+        parser = configparser.ConfigParser()
+        parser.read(_PACKAGE_DIR.parent / "setup.cfg")
+        requires = parser.get("options", "install_requires", fallback="").split("\n")
+    return tuple(_requirement_name(r) for r in requires if r.strip())
+
+
+# Distribution names (as pip knows them) whose versions every record holds: every package the
+# code depends on (any of them can change a result: evosax decides ES runs, scipy the fits),
+# and jaxlib, jax's compiled half.
+PACKAGES = ("jaxlib",) + _install_requires()
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -1,4 +1,4 @@
-"""Tests for learned_loss.metrics: CRC32C, event files, JSONL, resume, ETA."""
+"""Tests for learned_loss.metrics: event files, JSONL, resume, ETA."""
 
 import json
 import math
@@ -11,44 +11,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from learned_loss import metrics, tensorboard
-
-
-# --- CRC32C and TFRecord framing ---------------------------------------------
-
-def test_crc32c_test_vectors():
-    # RFC 3720 (iSCSI) appendix B.4 and the classic "check" value.
-    assert tensorboard.crc32c(b"123456789") == 0xE3069283
-    assert tensorboard.crc32c(bytes(32)) == 0x8A9136AA
-    assert tensorboard.crc32c(b"\xff" * 32) == 0x62A8AB43
-    assert tensorboard.crc32c(bytes(range(32))) == 0x46DD794E
-    assert tensorboard.crc32c(b"") == 0
-
-
-def test_masked_crc_matches_formula():
-    crc = tensorboard.crc32c(b"hello")
-    expected = (((crc >> 15) | (crc << 17)) + 0xA282EAD8) % 2**32
-    assert tensorboard.masked_crc32c(b"hello") == expected
-
-
-def test_frame_layout():
-    frame = tensorboard.frame_record(b"abc")
-    assert len(frame) == 8 + 4 + 3 + 4
-    assert frame[:8] == (3).to_bytes(8, "little")
-    assert int.from_bytes(frame[8:12], "little") == tensorboard.masked_crc32c(frame[:8])
-    assert frame[12:15] == b"abc"
-    assert int.from_bytes(frame[15:], "little") == tensorboard.masked_crc32c(b"abc")
+from learned_loss import metrics
 
 
 # --- Event files --------------------------------------------------------------
 
 def _write_events(logdir):
-    writer = tensorboard.TensorBoardWriter(logdir)
-    writer.write_scalars(1, {"loss": 2.5, "lr": 1e-3})
-    writer.write_scalars(2, {"loss": 1.25})
-    writer.write_scalars(3_000_000_000, {"loss": -0.1})  # > int32.
-    writer.close()
-    return writer.path
+    with metrics.MetricWriter(logdir) as writer:
+        writer.write(1, {"loss": 2.5, "lr": 1e-3})
+        writer.write(2, {"loss": 1.25})
+        writer.write(3_000_000_000, {"loss": -0.1})  # > int32.
+    (name,) = os.listdir(logdir / "tensorboard")
+    return logdir / "tensorboard" / name
 
 
 def test_event_file_name_and_round_trip(tmp_path):
@@ -59,17 +33,28 @@ def test_event_file_name_and_round_trip(tmp_path):
     assert stamp.isdigit() and rest[0] == str(os.getpid()) and rest[1].isdigit()
     expected = [(1, "loss", 2.5), (1, "lr", 1e-3), (2, "loss", 1.25),
                 (3_000_000_000, "loss", -0.1)]
-    got = tensorboard.read_tensorboard_scalars(path)
+    got = metrics.read_tensorboard_scalars(path)
     assert [(s, t) for s, t, _ in got] == [(s, t) for s, t, _ in expected]
     np.testing.assert_array_equal(  # Stored as float32.
         np.float32([v for _, _, v in got]), np.float32([v for *_, v in expected]))
-    assert tensorboard.read_tensorboard_scalars(tmp_path) == got  # Folder form.
+    assert metrics.read_tensorboard_scalars(path.parent) == got  # Folder form.
+
+
+def test_reader_reads_tensorboardx_summary_writer(tmp_path):
+    # An event file written by tensorboardX's own SummaryWriter reads back the same.
+    from tensorboardX import SummaryWriter
+    with SummaryWriter(str(tmp_path), purge_step=4) as writer:
+        writer.add_scalar("loss", 0.75, 4)
+        writer.add_scalar("lr", 0.5, 5)
+    assert metrics.read_tensorboard_scalars(tmp_path) == [(4, "loss", 0.75), (5, "lr", 0.5)]
+    events = metrics.read_events(tmp_path)
+    assert [e.step for e in events if e.HasField("session_log")] == [4]
 
 
 def test_first_record_is_file_version(tmp_path):
-    first = tensorboard.read_records(_write_events(tmp_path))[0]
-    assert b"brain.Event:2" in first
-    assert tensorboard._decode_scalars(first) == (0, [])
+    first = metrics.read_events(_write_events(tmp_path))[0]
+    assert first.file_version == "brain.Event:2"
+    assert not first.summary.value
 
 
 @pytest.mark.parametrize("offset", [3, 9, 20, -2])
@@ -81,64 +66,14 @@ def test_flipped_byte_is_detected(tmp_path, offset):
     data[offset] ^= 0x01
     open(path, "wb").write(bytes(data))
     with pytest.raises(ValueError, match="CRC mismatch"):
-        tensorboard.read_records(path)
+        metrics.read_records(path)
 
 
 def test_torn_last_frame_is_ignored(tmp_path):
     path = _write_events(tmp_path)
     data = open(path, "rb").read()
     open(path, "wb").write(data[:-5])
-    assert [s for s, *_ in tensorboard.read_tensorboard_scalars(path)] == [1, 1, 2]
-
-
-def _protobuf_classes():
-    """Event/Summary message classes built at runtime from a descriptor."""
-    descriptor_pb2 = pytest.importorskip("google.protobuf.descriptor_pb2")
-    from google.protobuf import descriptor_pool, message_factory
-    T = descriptor_pb2.FieldDescriptorProto
-    fdp = descriptor_pb2.FileDescriptorProto(
-        name="ll_test_event.proto", package="ll_test", syntax="proto3")
-
-    def add(msg, name, number, type_, type_name=None, label=T.LABEL_OPTIONAL):
-        field = msg.field.add(name=name, number=number, type=type_, label=label)
-        if type_name:
-            field.type_name = type_name
-
-    summary = fdp.message_type.add(name="Summary")
-    value = summary.nested_type.add(name="Value")
-    add(value, "tag", 1, T.TYPE_STRING)
-    add(value, "simple_value", 2, T.TYPE_FLOAT)
-    add(summary, "value", 1, T.TYPE_MESSAGE, ".ll_test.Summary.Value",
-        T.LABEL_REPEATED)
-    session_log = fdp.message_type.add(name="SessionLog")
-    add(session_log, "status", 1, T.TYPE_INT32)
-    event = fdp.message_type.add(name="Event")
-    add(event, "wall_time", 1, T.TYPE_DOUBLE)
-    add(event, "step", 2, T.TYPE_INT64)
-    add(event, "file_version", 3, T.TYPE_STRING)
-    add(event, "summary", 5, T.TYPE_MESSAGE, ".ll_test.Summary")
-    add(event, "session_log", 7, T.TYPE_MESSAGE, ".ll_test.SessionLog")
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(fdp)
-    return message_factory.GetMessageClass(
-        pool.FindMessageTypeByName("ll_test.Event"))
-
-
-def test_wire_encoding_matches_protobuf_library():
-    Event = _protobuf_classes()
-    raw = tensorboard.encode_event(1234.5, 77, scalars={"a/b": 0.5, "c": -3.0})
-    event = Event.FromString(raw)
-    assert event.wall_time == 1234.5 and event.step == 77
-    assert [(v.tag, v.simple_value) for v in event.summary.value] == [
-        ("a/b", 0.5), ("c", -3.0)]
-    # The library's own serialization decodes identically with our reader.
-    assert event.SerializeToString() == raw
-    negative = Event(step=-5, file_version="brain.Event:2")
-    assert tensorboard._decode_scalars(negative.SerializeToString()) == (-5, [])
-    ours = Event.FromString(tensorboard.encode_event(0.0, -5, file_version="v"))
-    assert ours.step == -5 and ours.file_version == "v"
-    start = Event.FromString(tensorboard.encode_event(1.0, 11, session_start=True))
-    assert start.step == 11 and start.session_log.status == 1
+    assert [s for s, *_ in metrics.read_tensorboard_scalars(path)] == [1, 1, 2]
 
 
 # --- MetricWriter -------------------------------------------------------------
@@ -165,7 +100,7 @@ def test_tensorboard_scalars_equal_jsonl(tmp_path):
     with metrics.MetricWriter(tmp_path) as writer:
         for step in range(1, 4):
             writer.write(step, {"loss": 1.0 / step, "lr": jnp.asarray(0.1 * step)})
-    tb = tensorboard.read_tensorboard_scalars(tmp_path / "tensorboard")
+    tb = metrics.read_tensorboard_scalars(tmp_path / "tensorboard")
     jsonl = [(r["step"], k, r[k]) for r in metrics.read_metrics(tmp_path)
              for k in ("loss", "lr")]
     assert [(s, t) for s, t, _ in tb] == [(s, t) for s, t, _ in jsonl]
@@ -215,11 +150,9 @@ def test_resume_has_no_duplicated_or_missing_steps(tmp_path):
     # The restarted event file starts with a purge marker at step 6.
     logdir = tmp_path / "tensorboard"
     assert len(os.listdir(logdir)) == 2
-    events = [dict(tensorboard._parse_fields(r)) for f in os.listdir(logdir)
-              for r in tensorboard.read_records(logdir / f)]
-    purges = [e[2] for e in events if 7 in e]  # Event.session_log is field 7.
+    purges = [e.step for e in metrics.read_events(logdir) if e.HasField("session_log")]
     assert purges == [6]
-    tb_steps = [s for s, *_ in tensorboard.read_tensorboard_scalars(logdir)]
+    tb_steps = [s for s, *_ in metrics.read_tensorboard_scalars(logdir)]
     assert tb_steps == list(range(1, 9)) + list(range(6, 11))  # Raw, unpurged.
 
 
@@ -256,7 +189,7 @@ def test_survives_sigkill(tmp_path):
                           capture_output=True, timeout=120)
     assert proc.returncode == -9, proc.stderr.decode()
     assert [r["step"] for r in metrics.read_metrics(tmp_path)] == [1, 2, 3]
-    tb = tensorboard.read_tensorboard_scalars(tmp_path / "tensorboard")
+    tb = metrics.read_tensorboard_scalars(tmp_path / "tensorboard")
     assert tb == [(1, "loss", 1.0), (2, "loss", 2.0), (3, "loss", 3.0)]
 
 

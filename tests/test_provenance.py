@@ -1,7 +1,10 @@
 """Tests for learned_loss.provenance: fields, git state, mesh, JSON, resume."""
 
+import configparser
 import json
 import math
+import os
+import re
 import shutil
 import subprocess
 
@@ -56,6 +59,7 @@ def test_fields_present_and_json_round_trip(repo):
     assert record["extra"] == {"seed": 7}
     assert record["versions"]["jax"] == jax.__version__
     assert set(record["versions"]) == set(provenance.PACKAGES)
+    assert None not in record["versions"].values()
     assert record["timestamp"].endswith("+00:00")
     assert isinstance(record["argv"], list)
     devices = record["devices"]
@@ -64,6 +68,16 @@ def test_fields_present_and_json_round_trip(repo):
     assert devices["platform"] == jax.devices()[0].platform
     assert (devices["process_index"], devices["process_count"]) == (0, 1)
     assert json.loads(json.dumps(record, allow_nan=False)) == record
+
+
+def test_packages_are_every_install_requirement():
+    # Read independently of the package: setup.cfg's install_requires, plus jaxlib.
+    parser = configparser.ConfigParser()
+    parser.read(os.path.join(os.path.dirname(os.path.dirname(__file__)), "setup.cfg"))
+    declared = [re.match(r"[A-Za-z0-9_.-]+", line.strip()).group(0)
+                for line in parser["options"]["install_requires"].splitlines() if line.strip()]
+    assert sorted(provenance.PACKAGES) == sorted(declared + ["jaxlib"])
+    assert {"evosax", "scipy", "matplotlib", "tensorboardX"} <= set(provenance.PACKAGES)
 
 
 @pytest.mark.skipif(jax.device_count() != 8, reason="needs 8 devices")

@@ -150,12 +150,36 @@ def test_k_digit_addition_has_k_digit_operands():
 # ---- scorers --------------------------------------------------------------------------------
 
 
-def test_levenshtein_and_graded_score():
-    assert tasks.levenshtein("kitten", "sitting") == 3
-    assert tasks.levenshtein("sitting", "kitten") == 3
-    assert tasks.levenshtein("", "abc") == 3
-    assert tasks.levenshtein("flaw", "lawn") == 2
-    assert tasks.levenshtein("abc", "abc") == 0
+def levenshtein(a: str, b: str) -> int:
+    """The test oracle: edit distance (insert, delete, substitute; unit costs) by the
+    O(len(a) len(b)) dynamic programme (Wagner and Fischer 1974)."""
+    previous = list(range(len(b) + 1))  # distances from a[:0] to every prefix of b
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+def test_levenshtein_oracle():
+    assert levenshtein("kitten", "sitting") == 3
+    assert levenshtein("sitting", "kitten") == 3
+    assert levenshtein("", "abc") == 3
+    assert levenshtein("flaw", "lawn") == 2
+    assert levenshtein("abc", "abc") == 0
+
+
+def test_graded_score_matches_the_oracle():
+    # Random strings over a small alphabet (many shared characters), lengths 0 to 12.
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        a, b = ("".join(rng.choice(list("abc "), size=rng.integers(0, 13))) for _ in range(2))
+        p, g = a.strip(), b.strip()
+        assert tasks.graded_score(a, b) == 1.0 - levenshtein(p, g) / max(len(p), len(g), 1)
+
+
+def test_graded_score():
     assert tasks.graded_score("kitten", "sitting") == pytest.approx(1 - 3 / 7)
     assert tasks.graded_score("", "") == 1.0
     assert tasks.graded_score("", "abcd") == 0.0

@@ -42,7 +42,6 @@ from learned_loss.data.tasks.registry import get_family
 from learned_loss.data.tasks.registry import sample_example
 from learned_loss.data.tasks.scoring import exact_match
 from learned_loss.data.tasks.scoring import graded_score
-from learned_loss.data.tasks.scoring import levenshtein
 from learned_loss.data.tasks.scoring import score
 from learned_loss.data.tasks.splits import SPLIT_NAMES
 from learned_loss.data.tasks.splits import families_for

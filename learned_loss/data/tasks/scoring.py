@@ -6,25 +6,13 @@ spacing and punctuation all count).
 
   graded_score(p, a) = 1 - levenshtein(p, a) / max(len(p), len(a), 1)
 
-e.g. 'kitten' vs 'sitting': distance 3, graded = 1 - 3/7.
+with the edit distance (insert, delete, substitute; unit costs) from rapidfuzz, e.g. 'kitten'
+vs 'sitting': distance 3, graded = 1 - 3/7.
 """
 
 from __future__ import annotations
 
-
-def levenshtein(a: str, b: str) -> int:
-    """Edit distance (insert, delete, substitute; unit costs), O(len(a) * len(b)) DP."""
-    if len(a) < len(b):
-        a, b = b, a
-    previous = list(range(len(b) + 1))  # distances from a[:0] to every prefix of b
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(
-                min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb))
-            )
-        previous = current
-    return previous[-1]
+from rapidfuzz.distance import Levenshtein
 
 
 def exact_match(prediction: str, answer: str) -> float:
@@ -35,7 +23,7 @@ def exact_match(prediction: str, answer: str) -> float:
 def graded_score(prediction: str, answer: str) -> float:
     """Normalised edit similarity in [0, 1] (1 iff exact match), on stripped strings."""
     p, a = prediction.strip(), answer.strip()
-    return 1.0 - levenshtein(p, a) / max(len(p), len(a), 1)
+    return 1.0 - Levenshtein.distance(p, a) / max(len(p), len(a), 1)
 
 
 def score(prediction: str, answer: str) -> dict[str, float]:
