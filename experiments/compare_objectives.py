@@ -16,9 +16,7 @@ from __future__ import annotations
 from absl import flags, logging
 from ml_collections import config_flags
 
-from learned_loss import checkpoint, cli, compare, pretraining, report, sharding
-from learned_loss.data import tasks, text_corpus
-from learned_loss.objectives import artifact
+from learned_loss import cli, compare, pretraining
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/compare.py:VARIANT).",
                                           lock_config=True)
@@ -34,6 +32,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, user_errors=(tasks.TaskError, artifact.ArtifactError, report.ReportError,
-                               text_corpus.CorpusError, sharding.ShardingError,
-                               checkpoint.CheckpointMismatchError))
+    cli.run(main)

@@ -13,7 +13,6 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from learned_loss import cli, emergence_study, report
-from learned_loss.data import tasks, text_corpus
 
 _CONFIG = config_flags.DEFINE_config_file("config", None,
                                           "Config file (configs/emergence.py:VARIANT).",
@@ -31,4 +30,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, user_errors=(tasks.TaskError, text_corpus.CorpusError, report.ReportError))
+    cli.run(main)

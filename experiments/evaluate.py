@@ -17,7 +17,6 @@ import jax
 from absl import flags, logging
 
 from configs import tasks as task_configs
-from learned_loss import checkpoint as checkpoint_lib
 from learned_loss import cli, evaluation, policy
 from learned_loss.data import tasks
 
@@ -65,4 +64,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, user_errors=(tasks.TaskError, checkpoint_lib.CheckpointMismatchError))
+    cli.run(main)

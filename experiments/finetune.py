@@ -22,10 +22,9 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from learned_loss import checkpoint as checkpoint_lib
-from learned_loss import cli, distributed, evaluation, loop, objectives, sharding, train
+from learned_loss import cli, distributed, evaluation, loop, objectives, train
 from learned_loss import model as model_lib
 from learned_loss.data import instruction_tasks, paths, pipeline, tasks
-from learned_loss.objectives import artifact
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/finetune.py:VARIANT).",
                                           lock_config=True)
@@ -151,5 +150,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, user_errors=(tasks.TaskError, sharding.ShardingError,
-                               checkpoint_lib.CheckpointMismatchError, artifact.ArtifactError))
+    cli.run(main)

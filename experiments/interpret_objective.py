@@ -29,7 +29,6 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from learned_loss import cli, evaluation, provenance
-from learned_loss.data import tasks
 from learned_loss.meta import comparison, interpret, preference_run
 from learned_loss.objectives import artifact
 
@@ -53,10 +52,7 @@ def main(argv):
         return
     os.makedirs(workdir, exist_ok=True)
     ic = config.interpret
-    try:
-        objective, path = comparison.method_objective(config, "learned_offline", ic.noise)
-    except ValueError as e:
-        raise cli.UserError(str(e)) from None
+    objective, path = comparison.method_objective(config, "learned_offline", ic.noise)
     features = artifact.load(path).settings["features"]
     data = comparison.build_data(config, ic.family_set, ic.noise)
     with config.unlocked():
@@ -87,4 +83,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, user_errors=(tasks.TaskError, artifact.ArtifactError))
+    cli.run(main)

@@ -23,7 +23,6 @@ import ml_collections
 from absl import flags, logging
 
 from configs import tasks as task_configs
-from learned_loss import checkpoint as checkpoint_lib
 from learned_loss import cli, evaluation, policy, preferences, provenance
 from learned_loss.data import paths, preference_pairs, tasks
 
@@ -107,4 +106,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, user_errors=(tasks.TaskError, checkpoint_lib.CheckpointMismatchError))
+    cli.run(main)

@@ -24,12 +24,9 @@ import time
 from absl import flags, logging
 from ml_collections import config_flags
 
-from learned_loss import checkpoint as checkpoint_lib
-from learned_loss import cli, sharding
-from learned_loss.data import tasks
+from learned_loss import cli
 from learned_loss.meta import preference_run
 from learned_loss.meta import run as meta_run
-from learned_loss.objectives import artifact
 
 _CONFIG = config_flags.DEFINE_config_file("config", None,
                                           "Config file (configs/meta_train.py:VARIANT).",
@@ -49,5 +46,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, user_errors=(tasks.TaskError, sharding.ShardingError, artifact.ArtifactError,
-                               checkpoint_lib.CheckpointMismatchError))
+    cli.run(main)

@@ -45,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, user_errors=(report.ReportError, browser.BrowserError))
+    cli.run(main)

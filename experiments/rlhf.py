@@ -14,10 +14,7 @@ from __future__ import annotations
 from absl import flags, logging
 from ml_collections import config_flags
 
-from learned_loss import checkpoint as checkpoint_lib
-from learned_loss import cli, distributed, rlhf_pipeline, sharding
-from learned_loss.data import tasks
-from learned_loss.objectives import artifact
+from learned_loss import cli, distributed, rlhf_pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/rlhf.py:VARIANT).",
                                           lock_config=True)
@@ -37,5 +34,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, user_errors=(tasks.TaskError, sharding.ShardingError,
-                               checkpoint_lib.CheckpointMismatchError, artifact.ArtifactError))
+    cli.run(main)

@@ -15,7 +15,6 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from learned_loss import cli, report, scaling_study
-from learned_loss.objectives import artifact
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/scaling.py:VARIANT).",
                                           lock_config=True)
@@ -31,4 +30,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, user_errors=(artifact.ArtifactError, report.ReportError))
+    cli.run(main)

@@ -47,4 +47,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, user_errors=(sweep.SweepError,))
+    cli.run(main)

@@ -24,6 +24,8 @@ import shutil
 import subprocess
 import tempfile
 
+from learned_loss import errors
+
 BINARIES = ("chromium", "chromium-browser", "google-chrome")
 WINDOW = (1280, 2000)  # width, height of the window and so of the screenshot, in pixels
 _PROBE_ID = "learned-loss-browser-probe"
@@ -56,7 +58,7 @@ _SRCSET_URL = re.compile(r"[\s,]*(\S+)")
 _CSS_URL = re.compile(r"""url\(\s*['"]?([^'")]*)|@import\s+['"]([^'"]*)""", re.IGNORECASE)
 
 
-class BrowserError(RuntimeError):
+class BrowserError(errors.UserError):
     """Chromium is missing, or it did not render the page."""
 
 

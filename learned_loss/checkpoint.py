@@ -23,10 +23,12 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+from learned_loss import errors
+
 CORRUPT_DIR = "checkpoints_corrupt"
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(errors.UserError):
     """The workdir holds checkpoints of a different model than the config asks for."""
 
 

@@ -14,13 +14,11 @@ from typing import Callable, Sequence
 
 from absl import app, flags, logging
 
+from learned_loss.errors import UserError  # noqa: F401  (re-exported: cli.UserError)
+
 EXIT_USER_ERROR = 2
 # Libraries whose INFO lines drown the run's own (orbax logs a dozen lines per checkpoint).
 QUIET_BELOW_WARNING = ("/orbax/", "/tensorflow_datasets/", "/jax/_src/")
-
-
-class UserError(ValueError):
-    """A mistake in the flags, config or inputs that the user can fix."""
 
 
 def fail(message: str) -> None:
@@ -76,9 +74,9 @@ class Preempted(Exception):
     saved and a re-run resumes, so `run` logs it and exits 0."""
 
 
-def run(main: Callable[[list[str]], None], user_errors: tuple[type[Exception], ...] = ()) -> None:
-    """`absl.app.run(main)` where UserError (and `user_errors`) print one line and exit 2."""
-    handled = (UserError,) + tuple(user_errors)
+def run(main: Callable[[list[str]], None]) -> None:
+    """`absl.app.run(main)` where a UserError (every error class of a user's mistake subclasses
+    it) prints one line and exits 2."""
 
     def guarded(argv):
         logging.get_absl_handler().addFilter(_quiet_libraries)
@@ -86,7 +84,7 @@ def run(main: Callable[[list[str]], None], user_errors: tuple[type[Exception], .
             sys.modules["tensorflow_datasets"].disable_progress_bar()
         try:
             main(argv)
-        except handled as e:
+        except UserError as e:
             fail(str(e))
         except Preempted as e:  # Saved and resumable: not a failure.
             logging.warning("%s", e)

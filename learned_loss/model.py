@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from learned_loss import errors
+
 Params = Any  # A haiku params mapping.
 
 NORMS = ("layernorm", "rmsnorm")
@@ -87,7 +89,8 @@ class ModelConfig:
         values = dict(config)
         unknown = set(values) - fields - {"variant"}
         if unknown:
-            raise ValueError(f"unknown model config keys {sorted(unknown)}; known: {sorted(fields)}")
+            raise errors.UserError(f"unknown model config keys {sorted(unknown)}; "
+                                   f"known: {sorted(fields)}")
         return cls(**{k: v for k, v in values.items() if k in fields})
 
 

@@ -49,6 +49,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from learned_loss import errors  # noqa: E402
 from learned_loss import metrics as metrics_lib  # noqa: E402
 from learned_loss import overoptimization, statistics, study_report, sweep  # noqa: E402
 from learned_loss.data.tasks import roles as task_roles  # noqa: E402
@@ -85,7 +86,7 @@ REPORT_MD, REPORT_HTML, FINDINGS, PLOTS = "report.md", "report.html", "findings.
 Section, Table = study_report.Section, study_report.Table
 
 
-class ReportError(ValueError):
+class ReportError(errors.UserError):
     """The workdir holds nothing to report, or a file in it is malformed."""
 
 

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from learned_loss import errors
 from learned_loss import model as model_lib
 from learned_loss import rollout as rollout_lib
 from learned_loss import train
@@ -148,8 +149,8 @@ class RLSettings:
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"unknown RL algorithm {self.algorithm!r}; choose one of "
-                             f"{ALGORITHMS}")
+            raise errors.UserError(f"unknown RL algorithm {self.algorithm!r}; choose one of "
+                                   f"{ALGORITHMS}")
         if self.algorithm in ("rloo", "grpo") and self.samples_per_prompt < 2:
             raise ValueError(f"{self.algorithm} compares samples of one prompt: "
                              f"samples_per_prompt must be >= 2, got {self.samples_per_prompt}")

@@ -21,11 +21,13 @@ import numpy as np
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from learned_loss import errors
+
 AXIS_ORDER = ("pop", "data", "model")
 Rules = Sequence[tuple[str, Sequence[Any]]]
 
 
-class ShardingError(ValueError):
+class ShardingError(errors.UserError):
     """A mesh or partition rule that cannot be applied to these devices or parameters."""
 
 

@@ -21,6 +21,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
+from learned_loss import errors
+
 # Multiplicity corrections by name, as a report names them.
 NAMES = {"holm": "Holm 1979", "bh": "Benjamini-Hochberg 1995"}
 METHODS = tuple(NAMES)
@@ -96,7 +98,7 @@ def adjust(pvalues: Sequence[float], method: str = "holm") -> list[float]:
         return holm(pvalues)
     if method == "bh":
         return benjamini_hochberg(pvalues)
-    raise ValueError(f"unknown correction {method!r}; choose one of {list(METHODS)}")
+    raise errors.UserError(f"unknown correction {method!r}; choose one of {list(METHODS)}")
 
 
 def minimum_detectable_effect(sd: float, n: int, alpha: float, power: float = POWER) -> float:

@@ -29,6 +29,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from learned_loss import errors  # noqa: E402
+
 SCALING_FILE = "scaling.json"
 DIVERSITY_FILE = "diversity.json"
 EMERGENCE_FILE = "emergence.json"
@@ -49,7 +51,7 @@ class Section:
     timings: list[tuple[str, str]]  # (run, wall time) for the provenance list
 
 
-class StudyError(ValueError):
+class StudyError(errors.UserError):
     """A study file in the workdir is malformed."""
 
 

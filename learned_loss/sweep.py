@@ -25,11 +25,13 @@ import time
 from concurrent import futures
 from typing import Any, Callable, Mapping, Sequence
 
+from learned_loss import errors
+
 SWEEP_FILE = "sweep.json"
 DONE = "DONE"
 
 
-class SweepError(ValueError):
+class SweepError(errors.UserError):
     """A config without `get_sweep`, or a sweep that is not a list of override dicts."""
 
 

@@ -77,6 +77,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import tensorflow_datasets as tfds
 
+from learned_loss import errors
 from learned_loss.data import tasks
 from learned_loss.data.tasks import Example
 from learned_loss.data.tasks import TaskError
@@ -111,7 +112,7 @@ def check_noise_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
     names = (kinds,) if isinstance(kinds, str) else tuple(kinds)
     unknown = [k for k in names if k not in NOISE_KINDS]
     if unknown:
-        raise ValueError(f"unknown noise kinds {unknown}; valid kinds are {NOISE_KINDS}")
+        raise errors.UserError(f"unknown noise kinds {unknown}; valid kinds are {NOISE_KINDS}")
     if not names or len(set(names)) != len(names):
         raise ValueError(f"noise_kinds must be distinct and non-empty, got {names}")
     return tuple(k for k in NOISE_KINDS if k in names)

@@ -42,11 +42,13 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
+from learned_loss import errors
+
 SPLITS = ("train", "validation", "test")
 _PERMILLE = 1000
 
 
-class CorpusError(ValueError):
+class CorpusError(errors.UserError):
     """A text corpus directory that cannot be used; the message says how to fix it."""
 
 

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from learned_loss import evaluation, objectives, statistics
+from learned_loss import errors, evaluation, objectives, statistics
 from learned_loss import model as model_lib
 from learned_loss.data import instruction_tasks, paths, tasks
 from learned_loss.meta import base, lm_problem, outer
@@ -75,12 +75,14 @@ def grid(config) -> list[Cell]:
     (`config.noise_order`), each over the family sets of `config.set_order`."""
     unknown = [n for n in config.noise_order if n not in config.noises]
     if unknown:
-        raise ValueError(f"noise_order names {unknown}, which are not in config.noises "
-                         f"{sorted(config.noises)}; add them there or drop them from the order")
+        raise errors.UserError(f"noise_order names {unknown}, which are not in config.noises "
+                               f"{sorted(config.noises)}; add them there or drop them from "
+                               f"the order")
     unknown = [s for s in config.set_order if s not in config.family_sets]
     if unknown:
-        raise ValueError(f"set_order names {unknown}, which are not in config.family_sets "
-                         f"{sorted(config.family_sets)}; add them there or drop them from the order")
+        raise errors.UserError(f"set_order names {unknown}, which are not in config.family_sets "
+                               f"{sorted(config.family_sets)}; add them there or drop them from "
+                               f"the order")
     cells = []
     for noise in config.noise_order:
         for family_set in config.set_order:
@@ -202,15 +204,15 @@ def method_objective(config, method: str, noise: str) -> tuple[objectives.Object
         paths_by_noise = dict(config.learned[field])
         path = paths_by_noise.get(noise) or paths_by_noise.get("default", "")
         if not path:
-            raise ValueError(f"{method} needs learned.{field}[{noise!r}] or ['default']: "
-                             f"an artifact of experiments/meta_train.py (artifacts) or of "
-                             f"experiments/interpret_objective.py (closed_forms)")
+            raise errors.UserError(f"{method} needs learned.{field}[{noise!r}] or ['default']: "
+                                   f"an artifact of experiments/meta_train.py (artifacts) or of "
+                                   f"experiments/interpret_objective.py (closed_forms)")
         return objectives.build({"name": "learned_token_loss", "path": path}), path
     if method == "learned_online":
         return objectives.build({"name": "learned_token_loss",
                                  "features": tuple(config.learned.online_features),
                                  "hidden": config.learned.hidden}), "online"
-    raise ValueError(f"unknown method {method!r}; choose among {METHODS + EXTRA_METHODS}")
+    raise errors.UserError(f"unknown method {method!r}; choose among {METHODS + EXTRA_METHODS}")
 
 
 def rows_of(method: str, data: Data) -> lm_problem.Demonstrations:

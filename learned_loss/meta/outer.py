@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from learned_loss import errors
 from learned_loss.meta import base, es, pes, tbptt
 
 ESTIMATORS = ("tbptt", "es", "pes", "full_es")
@@ -61,7 +62,7 @@ def make_estimator(cfg: Mapping[str, Any], problem: base.InnerProblem,
         return full_es.full_es(problem, horizon=int(cfg["max_horizon"]),
                                population=int(cfg["population"]), strategy=cfg["strategy"],
                                sigma=float(cfg["sigma"]), mesh=mesh)
-    raise ValueError(f"unknown estimator {name!r}; choose one of {ESTIMATORS}")
+    raise errors.UserError(f"unknown estimator {name!r}; choose one of {ESTIMATORS}")
 
 
 def make_optimizer(cfg: Mapping[str, Any]) -> optax.GradientTransformation:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Mapping, NamedTuple
 
+from learned_loss import errors
 from learned_loss.objectives import artifact, learned, loss_truncation, mle
 
 # The objectives of pre-training and fine-tuning: losses on the model's logits.
@@ -64,7 +65,7 @@ def build(cfg: str | Mapping[str, Any]) -> Objective:
             theta = learned.init_token_loss(_init_key(), features, settings["hidden"])
         fn = functools.partial(learned.token_loss, features=features)
         return Objective(name, fn, theta, needs_reference="ref_log_prob" in features)
-    raise ValueError(f"unknown objective {name!r}; choose one of {TOKEN_OBJECTIVES}")
+    raise errors.UserError(f"unknown objective {name!r}; choose one of {TOKEN_OBJECTIVES}")
 
 
 def _init_key():

@@ -20,11 +20,13 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
+from learned_loss import errors
+
 THETA = "theta.npz"
 RECORD = "artifact.json"
 
 
-class ArtifactError(ValueError):
+class ArtifactError(errors.UserError):
     """A missing, corrupt or mismatched artifact."""
 
 

@@ -28,6 +28,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from learned_loss import errors
+
 BETA = 0.1
 LOSS_TYPES = ("sigmoid", "ipo")
 
@@ -46,7 +48,7 @@ def loss(policy_chosen_logps: jax.Array, policy_rejected_logps: jax.Array,
       ValueError: an unknown loss_type.
     """
     if loss_type not in LOSS_TYPES:
-        raise ValueError(f"unknown DPO loss_type {loss_type!r}; choose one of {LOSS_TYPES}")
+        raise errors.UserError(f"unknown DPO loss_type {loss_type!r}; choose one of {LOSS_TYPES}")
     chex.assert_rank(policy_chosen_logps, 1)
     chex.assert_equal_shape([policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                              ref_rejected_logps])

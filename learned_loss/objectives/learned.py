@@ -53,6 +53,7 @@ from typing import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
+from learned_loss import errors
 from learned_loss.objectives import mle
 
 TOKEN_FEATURES = ("log_prob", "entropy", "max_log_prob", "position", "ref_log_prob", "length",
@@ -146,7 +147,7 @@ def token_features(logits: jax.Array, batch: Mapping[str, jax.Array],
             mean = (scaled(target_lp) * mask).sum(1, keepdims=True) / jnp.maximum(length, 1.0)
             columns[name] = jnp.broadcast_to(mean, mask.shape)
         else:
-            raise ValueError(f"unknown token feature {name!r}; choose among {TOKEN_FEATURES}")
+            raise errors.UserError(f"unknown token feature {name!r}; choose among {TOKEN_FEATURES}")
     return jnp.stack([columns[name] for name in features], axis=-1)  # [B, T, F]
 
 
@@ -215,7 +216,7 @@ def closed_form_loss(theta: Params, logits: jax.Array, batch: Mapping[str, jax.A
     """The token loss with closed-form weights (`CLOSED_FORMS[form]`). Returns like
     `token_loss`."""
     if form not in CLOSED_FORMS:
-        raise ValueError(f"unknown closed form {form!r}; choose among {sorted(CLOSED_FORMS)}")
+        raise errors.UserError(f"unknown closed form {form!r}; choose among {sorted(CLOSED_FORMS)}")
     features = CLOSED_FORMS[form]
     if features:
         x = token_features(logits, batch, features)  # [B, T, K]

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from learned_loss import errors
 from learned_loss.data import tokenizer
 
 CATEGORIES: tuple[str, ...] = ("string", "list", "arithmetic", "formatting")
@@ -47,7 +48,7 @@ MAX_SEQ_LEN = 256
 Inputs = dict[str, Any]
 
 
-class TaskError(ValueError):
+class TaskError(errors.UserError):
     """A task example or request that cannot be served; the message says why."""
 
 
