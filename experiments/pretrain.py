@@ -6,8 +6,8 @@ Any config field can be overridden (`--config.optimizer.lr=3e-4`); re-running wi
 workdir resumes from its newest good checkpoint. Multi-host: add `--coordinator_address=HOST:PORT
 --num_processes=N --process_id=I` on every host (or the LEARNED_LOSS_* environment variables).
 
-Writes into the workdir: metrics.jsonl, tensorboard/, provenance.json, checkpoints/.
-The sections below follow the run: mesh, data, model, state, checkpoint, loop.
+Writes into the workdir: metrics.jsonl, tensorboard/, provenance.json, checkpoints/. The run
+itself (mesh, data, model, state, checkpoints, loop) is `learned_loss.pretraining.run`.
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ Bias and variance are `full_es`'s: no truncation bias (every member is scored af
 inner run) and no backpropagation, at the price of variance that grows with dim(theta) / P. A
 member whose meta-loss is not finite (a diverged inner run) ranks last (the largest finite loss
 + 1) and is counted in metrics['diverged']; when none is finite theta stays where it is. The
-host loop is no slower than a vmapped population on a few CPU cores (DESIGN.md), and it lets the
-meta-loss be anything.
+members run one after another on the host, so the meta-loss can be any Python function (a
+vmapped population in `full_es` runs them side by side).
 
 The outer state is `outer.OuterState` (theta, optimizer state, strategy state, step, rng): one
 pytree, checkpointed whole, so a resumed run repeats the same numbers.
