@@ -1,5 +1,8 @@
 """BUILD stays in step with the tree: a target for every Python file, no target naming a missing
-file, every dependency defined, and every import of a file covered by its target's deps."""
+file, every dependency defined, and every import of a file covered by its target's deps. Bazel
+cannot run here, so this checks the rules_python shape too: rules loaded with `load()`, `@pypi//`
+labels normalised as the pip hub spells them, and MODULE.bazel declaring that hub from
+requirements.lock."""
 
 import ast
 import configparser
@@ -12,7 +15,9 @@ import pytest
 from tests import runs
 
 ROOT = runs.ROOT
-RULES = ("py_library", "py_binary", "py_test")
+RULES = ("py_library", "py_binary", "pytest_test")
+# The main that pytest.bzl gives every pytest_test.
+PYTEST_MAIN = "tests/pytest_main.py"
 # Top-level import name -> PyPI name, for the third-party packages the project uses.
 THIRD_PARTY = {
     "jax": "jax", "haiku": "dm-haiku", "optax": "optax", "chex": "chex",
@@ -25,22 +30,35 @@ THIRD_PARTY = {
 OWN_PACKAGES = ("learned_loss", "configs", "experiments", "tests", "benchmarks")
 
 
+def normalise(name: str) -> str:
+    """A PyPI name as rules_python's pip hub spells it: lower case, runs of -_. as _."""
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
 def parse_build(text: str) -> dict[str, dict]:
-    """Targets by name: {'rule', 'srcs', 'deps', 'data'} from the Starlark calls."""
-    targets = {}
+    """Targets by name: {'rule', 'srcs', 'deps', 'data', 'main'} from the Starlark calls; every
+    rule used must have been loaded first with `load(FILE, RULE, ...)`."""
+    targets, loaded = {}, {}
     for node in ast.parse(text).body:
         if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)):
-            raise ValueError(f"BUILD line {node.lineno}: only rule calls are allowed")
+            raise ValueError(f"BUILD line {node.lineno}: only load() and rule calls are allowed")
         call = node.value
         rule = getattr(call.func, "id", None)
+        if rule == "load":
+            source, *symbols = [ast.literal_eval(a) for a in call.args]
+            loaded.update({symbol: source for symbol in symbols})
+            continue
         if rule not in RULES:
             raise ValueError(f"BUILD line {node.lineno}: unknown rule {rule!r}")
+        if rule not in loaded:
+            raise ValueError(f"BUILD line {node.lineno}: {rule} is used but never loaded")
         kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
         name = kwargs["name"]
         if name in targets:
             raise ValueError(f"BUILD: target {name!r} is defined twice")
         targets[name] = dict(rule=rule, srcs=kwargs.get("srcs", []), deps=kwargs.get("deps", []),
-                             data=kwargs.get("data", []), main=kwargs.get("main"))
+                             data=kwargs.get("data", []), main=kwargs.get("main"),
+                             load=loaded[rule])
     return targets
 
 
@@ -86,14 +104,15 @@ def test_entry_points_and_tests_use_the_right_rule(targets):
             if src.startswith(("experiments/", "benchmarks/")) and not src.endswith("__init__.py"):
                 assert target["rule"] == "py_binary", f"{src} should be a py_binary"
             if re.match(r"tests/test_\w+\.py$", src):
-                assert target["rule"] == "py_test", f"{src} should be a py_test"
+                assert target["rule"] == "pytest_test", f"{src} should be a pytest_test"
 
 
 def _declared_requirements() -> set[str]:
     parser = configparser.ConfigParser()
     parser.read(os.path.join(ROOT, "setup.cfg"))
     text = parser["options"]["install_requires"] + parser["options.extras_require"]["test"]
-    return {re.split(r"[<>=!~ ]", line.strip())[0] for line in text.splitlines() if line.strip()}
+    return {normalise(re.split(r"[<>=!~ ]", line.strip())[0])
+            for line in text.splitlines() if line.strip()}
 
 
 def test_dependencies_are_defined(targets):
@@ -105,6 +124,8 @@ def test_dependencies_are_defined(targets):
             else:
                 match = re.fullmatch(r"@pypi//(.+)", dep)
                 assert match, f"{name}: dependency {dep!r} is neither :target nor @pypi//name"
+                assert match.group(1) == normalise(match.group(1)), \
+                    f"{name}: {dep} is not normalised (@pypi//{normalise(match.group(1))})"
                 assert match.group(1) in requirements, f"{dep} is not in setup.cfg"
 
 
@@ -164,12 +185,43 @@ def test_imports_are_covered_by_deps(targets):
                 assert owner in direct, f"{name}: {src} imports {module_file} ({owner}) " \
                                         f"but does not list :{owner} in deps"
             for top in external:
-                assert THIRD_PARTY[top] in pypi, f"{name}: {src} imports {top} but does not " \
-                                                 f"list @pypi//{THIRD_PARTY[top]}"
+                label = normalise(THIRD_PARTY[top])
+                assert label in pypi, f"{name}: {src} imports {top} but does not list " \
+                                      f"@pypi//{label}"
 
 
 def test_parser_rejects_a_broken_build():
+    load = 'load("@rules_python//python:defs.bzl", "py_library")\n'
     with pytest.raises(ValueError, match="defined twice"):
-        parse_build('py_library(name="a", srcs=[])\npy_library(name="a", srcs=[])')
+        parse_build(load + 'py_library(name="a", srcs=[])\npy_library(name="a", srcs=[])')
     with pytest.raises(ValueError, match="unknown rule"):
         parse_build('cc_library(name="a")')
+    with pytest.raises(ValueError, match="never loaded"):
+        parse_build('py_library(name="a", srcs=[])')
+    loaded = parse_build(load + 'py_library(name="a", srcs=["x.py"])')
+    assert loaded["a"]["load"] == "@rules_python//python:defs.bzl"
+
+
+def test_rules_come_from_rules_python_and_the_pytest_macro(targets):
+    with open(os.path.join(ROOT, "pytest.bzl"), encoding="utf-8") as f:
+        macro = f.read()
+    assert 'load("@rules_python//python:defs.bzl", "py_test")' in macro
+    assert f'main = "{PYTEST_MAIN}"' in macro
+    for name, target in targets.items():
+        expected = "//:pytest.bzl" if target["rule"] == "pytest_test" else \
+            "@rules_python//python:defs.bzl"
+        assert target["load"] == expected, f"{name}: {target['rule']} loaded from {target['load']}"
+    assert targets["pytest_main"]["srcs"] == [PYTEST_MAIN]
+
+
+def test_module_declares_the_pip_hub_from_the_lock():
+    with open(os.path.join(ROOT, "MODULE.bazel"), encoding="utf-8") as f:
+        module = f.read()
+    assert re.search(r'bazel_dep\(name = "rules_python", version = "[0-9.]+"\)', module)
+    assert 'hub_name = "pypi"' in module and 'use_repo(pip, "pypi")' in module
+    assert 'requirements_lock = "//:requirements.lock"' in module
+    # Every declared requirement is pinned in the lock, which the hub reads.
+    with open(os.path.join(ROOT, "requirements.lock"), encoding="utf-8") as f:
+        pinned = {normalise(line.split("==")[0]) for line in f
+                  if "==" in line and not line.startswith("#")}
+    assert _declared_requirements() <= pinned
