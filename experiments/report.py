@@ -5,7 +5,7 @@
                                                 # swept hyper-parameter
   python -m experiments.report --workdir=W --screenshot   # also W/report.png (headless Chromium)
 
-With --screenshot the page is opened offline in Chromium (learned_loss/browser.py), the window
+With --screenshot the page is opened offline in Chromium (tools/browser.py), the window
 is kept as WORKDIR/report.png, and an image that does not decode or a reference outside the
 page is logged as a warning.
 
@@ -18,7 +18,8 @@ import os
 
 from absl import flags, logging
 
-from learned_loss import browser, cli, report, sweep
+from learned_loss import cli, report, sweep
+from tools import browser
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A compare workdir or a sweep root.")
 _SCREENSHOT = flags.DEFINE_bool("screenshot", False, "Also open report.html in headless "

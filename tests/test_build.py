@@ -27,7 +27,7 @@ THIRD_PARTY = {
     "importlib_resources": "importlib_resources", "evosax": "evosax",
     "tensorboardX": "tensorboardX", "rapidfuzz": "rapidfuzz",
 }
-OWN_PACKAGES = ("learned_loss", "configs", "experiments", "tests", "benchmarks")
+OWN_PACKAGES = ("learned_loss", "configs", "experiments", "tests", "benchmarks", "tools")
 
 
 def normalise(name: str) -> str:

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from configs import compare as compare_config
-from learned_loss import arms, browser, cli, compare, sweep
+from learned_loss import arms, cli, compare, sweep
 from learned_loss.data import tasks
 from learned_loss.meta import comparison
 from tests import runs
+from tools import browser
 
 MODULE = "experiments.compare_objectives"
 CONFIG = "configs/compare.py:smoke"

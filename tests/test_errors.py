@@ -11,6 +11,7 @@ import textwrap
 
 import learned_loss
 from learned_loss import cli, errors
+from tools import browser
 
 
 def _package_exceptions() -> dict[str, type]:
@@ -35,9 +36,10 @@ def test_every_package_error_is_a_user_error():
                  "learned_loss.checkpoint.CheckpointMismatchError",
                  "learned_loss.data.tasks.base.TaskError", "learned_loss.report.ReportError",
                  "learned_loss.objectives.artifact.ArtifactError", "learned_loss.sweep.SweepError",
-                 "learned_loss.browser.BrowserError", "learned_loss.study_report.StudyError"):
+                 "learned_loss.study_report.StudyError"):
         assert name in found
     assert cli.UserError is errors.UserError
+    assert issubclass(browser.BrowserError, errors.UserError)
 
 
 def test_cli_run_prints_one_line_and_exits_2():

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from matplotlib import image
 
-from learned_loss import browser
 from tests import runs
 from tests.report_workdir import write_workdir
+from tools import browser
 
 PLOTS = ("exact_match.png", "families.png", "learning_curves.png", "meta_training.png",
          "overoptimization.png")
