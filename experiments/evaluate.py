@@ -17,7 +17,7 @@ import jax
 from absl import flags, logging
 
 from configs import tasks as task_configs
-from learned_loss import cli, evaluation, policy
+from learned_loss import cli, evaluation, files, policy
 from learned_loss.data import tasks
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Workdir of the run to evaluate.")
@@ -59,7 +59,7 @@ def main(argv):
                                  rng=jax.random.key(_SEED.value))
     result.update(split=_SPLIT.value, checkpoint_step=step, reference=reference_dir,
                   difficulty=list(difficulty), seed=_SEED.value)
-    path = evaluation.write_json(os.path.join(workdir, f"eval_{_SPLIT.value}.json"), result)
+    path = files.write_json(os.path.join(workdir, f"eval_{_SPLIT.value}.json"), result)
     logging.info("%s split, step %d: %s -> %s", _SPLIT.value, step, result["overall"], path)
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from absl import flags, logging
 from ml_collections import config_flags
 
-from learned_loss import cli, evaluation, provenance
+from learned_loss import cli, files, provenance
 from learned_loss.meta import comparison, interpret, preference_run
 from learned_loss.objectives import artifact
 
@@ -72,7 +72,7 @@ def main(argv):
                "mean_weight_clean": float(np.mean(weights[~corrupted])),
                "mean_weight_corrupted": float(np.mean(weights[corrupted]))
                if corrupted.any() else None}
-    evaluation.write_json(os.path.join(workdir, "fits.json"), summary)
+    files.write_json(os.path.join(workdir, "fits.json"), summary)
     provenance.write(workdir, provenance.collect(config, extra={"artifact": path}))
     for fit in fits:
         logging.info("%-22s R^2 %.3f  mse %.4g  %s", fit["form"], fit["r2"], fit["mse"],

@@ -23,7 +23,7 @@ import ml_collections
 from absl import flags, logging
 
 from configs import tasks as task_configs
-from learned_loss import cli, evaluation, policy, preferences, provenance
+from learned_loss import cli, files, policy, preferences, provenance
 from learned_loss.data import paths, preference_pairs, tasks
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where preference_pairs.json goes.")
@@ -99,7 +99,7 @@ def main(argv):
         "provenance": provenance.collect(knobs, extra={
             tasks.roles.RECORD_KEY: tasks.roles.record({"pairs": families})}),
     }
-    path = evaluation.write_json(os.path.join(_WORKDIR.value, "preference_pairs.json"), result)
+    path = files.write_json(os.path.join(_WORKDIR.value, "preference_pairs.json"), result)
     logging.info("%s pairs in %s (labeler agrees with the gold order on %.3f of train) -> %s",
                  info.num_pairs, info.builder_dir, summary["train"]["gold_order_agreement"]
                  if "train" in summary else float("nan"), path)

@@ -47,7 +47,7 @@ from absl import logging
 
 from learned_loss import arms as arms_lib
 from learned_loss import checkpoint as checkpoint_lib
-from learned_loss import cli, evaluation, loop, policy, pretraining, provenance, report
+from learned_loss import cli, evaluation, files, loop, policy, pretraining, provenance, report
 from learned_loss import rlhf_pipeline, train
 from learned_loss import metrics as metrics_lib
 from learned_loss import model as model_lib
@@ -201,7 +201,7 @@ def meta_train(config, workdir: str, name: str, meta_seed: int = 0, pretrained_d
                             f"artifact; re-run to resume it")
     timing = os.path.join(meta_dir, arms_lib.TIMING)
     spent = _seconds(timing)
-    evaluation.write_json(timing, {"seconds": spent + time.time() - start})
+    files.write_json(timing, {"seconds": spent + time.time() - start})
     return path
 
 
@@ -401,7 +401,7 @@ class Grid:
                                 f"remove the cells to recompute")
 
     def record(self, key: str, cell: Mapping[str, Any]) -> None:
-        evaluation.write_json(self.path(key), dict(cell, config_hash=self.settings[key]))
+        files.write_json(self.path(key), dict(cell, config_hash=self.settings[key]))
         self.done.add(key)
         self._finished += 1
 
@@ -582,7 +582,7 @@ def _rlhf_cell(config, workdir, grid, objective, noise, seed, data, pre, artifac
     params = {k: v for k, v in final.params.items() if k in pre.params}
     scored = score(config, pre.model, params, pre.params, data, seed)
     if first_rl:
-        evaluation.write_json(over, result)
+        files.write_json(over, result)
     sft_cell = _sft_cell(grid, noise, seed)
     curve = sft_cell["curve"] + rlhf_curve(stage, config.steps)
     seen = dict(arms_lib.rlhf_data_seen(sft_cell["data_seen"], r.shared_dir,

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from learned_loss import cli, compare, evaluation, loop, objectives, provenance, report
+from learned_loss import cli, compare, evaluation, files, loop, objectives, provenance, report
 from learned_loss import train
 from learned_loss import model as model_lib
 from learned_loss.data import tasks
@@ -235,7 +235,7 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any],
                     "data_hash": lm_problem.rows_hash(rows), "config_hash": settings,
                     "seconds": time.time() - start,
                     "tokens": config.steps * config.batch * config.data.seq_len}
-            evaluation.write_json(path, cell)
+            files.write_json(path, cell)
             cells.append(cell)
             log(f"diversity: {count} families, seed {seed}: held-out exact match "
                 f"{cell['heldout']['exact_match']:.3f}, graded {cell['heldout']['graded']:.3f}; "
@@ -246,5 +246,5 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any],
              "change": {m: change(cells, f"heldout_{m}") for m in METRICS},
              "heldout_families": sorted({x.family for x in heldout}),
              "steps": config.steps, "batch": config.batch}
-    evaluation.write_json(os.path.join(workdir, STUDY_FILE), study)
+    files.write_json(os.path.join(workdir, STUDY_FILE), study)
     return study

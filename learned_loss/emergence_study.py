@@ -36,7 +36,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from learned_loss import cli, emergence, evaluation, loop, objectives, pretraining, provenance
+from learned_loss import cli, emergence, loop, objectives, pretraining, provenance
+from learned_loss import files
 from learned_loss import model as model_lib
 from learned_loss.data import tasks, text_corpus
 from learned_loss.meta import base, lm_problem
@@ -249,7 +250,7 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
         loop.raise_if_stopped(f"size {size}")
         result = dict(train_size(config, size, train_rows, eval_rows, log, text),
                       config_hash=settings)
-        evaluation.write_json(path, result)
+        files.write_json(path, result)
         results.append(result)
     _same_buckets(results)
     study = {"sizes": sorted(results, key=lambda s: s["params"]),
@@ -257,5 +258,5 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
              "families": list(families), "difficulties": list(difficulties),
              tasks.roles.RECORD_KEY: tasks.roles.record({"finetune": families}),
              "pretrain_steps": config.pretrain.steps}
-    evaluation.write_json(os.path.join(workdir, STUDY_FILE), study)
+    files.write_json(os.path.join(workdir, STUDY_FILE), study)
     return study

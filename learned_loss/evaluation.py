@@ -14,10 +14,7 @@ Shapes: B batch, P padded prompt length, N max new tokens.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import numpy as np
@@ -135,15 +132,3 @@ def sample_examples(families: Sequence[str], *, per_family: int,
         rng = np.random.default_rng([seed, index, 7919])
         out.extend(tasks.partition.draw_distinct(name, rng, difficulty, split, per_family))
     return out
-
-
-def write_json(path: str, result: Mapping[str, Any]) -> str:
-    """Writes `result` atomically (temp file + rename): an earlier result is never half-lost."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-    return path

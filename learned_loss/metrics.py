@@ -29,7 +29,6 @@ import math
 import os
 import struct
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -40,6 +39,8 @@ from tensorboardX.event_file_writer import EventsWriter
 from tensorboardX.proto.event_pb2 import Event, SessionLog
 from tensorboardX.proto.summary_pb2 import Summary
 from tensorboardX.record_writer import masked_crc32c
+
+from learned_loss import files
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -109,17 +110,7 @@ def truncate_after(workdir: str | os.PathLike[str], step: int) -> int:
         return 0
     with open(path, encoding="utf-8") as f:
         kept = [r for r in _parse_lines(f.read(), path) if r["step"] <= step]
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".metrics.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in kept)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600.
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    files.write_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
     return len(kept)
 
 

@@ -28,12 +28,13 @@ import re
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
+
+from learned_loss import files
 
 PROVENANCE_FILE = "provenance.json"
 
@@ -238,17 +239,5 @@ def write(workdir: str | os.PathLike[str], record: Mapping[str, Any]) -> str:
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, PROVENANCE_FILE)
     starts = read(workdir) + [to_jsonable(record)]
-    text = json.dumps({"starts": starts}, indent=2, sort_keys=True,
-                      allow_nan=False)
-    fd, tmp = tempfile.mkstemp(dir=workdir, prefix=".provenance.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600.
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    files.write_json(path, {"starts": starts}, allow_nan=False)
     return path

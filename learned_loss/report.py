@@ -49,7 +49,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from learned_loss import errors  # noqa: E402
+from learned_loss import errors, files  # noqa: E402
 from learned_loss import metrics as metrics_lib  # noqa: E402
 from learned_loss import overoptimization, statistics, study_report, sweep  # noqa: E402
 from learned_loss.data.tasks import roles as task_roles  # noqa: E402
@@ -717,13 +717,6 @@ def render_html(inputs: Inputs, sections: Sequence[Section]) -> str:
     return "\n".join(parts)
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def write(workdir: str) -> dict[str, str]:
     """Writes WORKDIR/report.md, report.html, plots/*.png and, with cells, findings.json from
     the workdir alone. Each file is replaced atomically; on a malformed input nothing is
@@ -736,15 +729,15 @@ def write(workdir: str) -> dict[str, str]:
     os.makedirs(os.path.join(workdir, PLOTS), exist_ok=True)
     for section in sections:
         for name, png in section.images.items():
-            _write_atomic(os.path.join(workdir, PLOTS, name), png)
+            files.write_atomic(os.path.join(workdir, PLOTS, name), png)
     paths = {"markdown": os.path.join(workdir, REPORT_MD),
              "html": os.path.join(workdir, REPORT_HTML)}
     if record is not None:
         paths["findings"] = os.path.join(workdir, FINDINGS)
-        _write_atomic(paths["findings"], (json.dumps(record, indent=2, sort_keys=True,
+        files.write_atomic(paths["findings"], (json.dumps(record, indent=2, sort_keys=True,
                                                      allow_nan=False) + "\n").encode())
-    _write_atomic(paths["markdown"], md)
-    _write_atomic(paths["html"], page)
+    files.write_atomic(paths["markdown"], md)
+    files.write_atomic(paths["html"], page)
     return paths
 
 
@@ -804,6 +797,6 @@ def write_sweep(root: str) -> dict[str, str]:
         page += [f"<li>{html.escape(p['name'])}: exit {p.get('returncode')}</li>" for p in failed]
         page += ["</ul>"]
     page += ["</body></html>", ""]
-    _write_atomic(os.path.join(root, REPORT_MD), "\n".join(md).encode())
-    _write_atomic(os.path.join(root, REPORT_HTML), "\n".join(page).encode())
+    files.write_atomic(os.path.join(root, REPORT_MD), "\n".join(md).encode())
+    files.write_atomic(os.path.join(root, REPORT_HTML), "\n".join(page).encode())
     return {"markdown": os.path.join(root, REPORT_MD), "html": os.path.join(root, REPORT_HTML)}

@@ -42,11 +42,11 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from learned_loss import cli, distributed, evaluation, loop, overoptimization, policy
+from learned_loss import cli, distributed, evaluation, files, loop, overoptimization, policy
 from learned_loss import preferences, provenance, rlhf, rlhf_data, sampling, sharding, train
 from learned_loss import metrics as metrics_lib
 from learned_loss import model as model_lib
-from learned_loss.data import instruction_tasks, paths, pipeline, preference_pairs, tasks
+from learned_loss.data import paths, pipeline, preference_pairs, tasks
 from learned_loss.objectives import artifact, learned
 
 
@@ -239,7 +239,7 @@ def build_preferences(config, sft: policy.Policy, families, workdir: str):
                                              preference_pairs.load_split(info, split)])
                for split in info.num_pairs}
     if jax.process_index() == 0:
-        evaluation.write_json(os.path.join(workdir, "preferences.json"), {
+        files.write_json(os.path.join(workdir, "preferences.json"), {
             "dataset": info.provenance(), "policy": {"workdir": sft.workdir, "step": sft.step},
             "splits": summary})
     logging.info("preference pairs %s: labeler agrees with the gold order on %.3f of train",
@@ -508,8 +508,8 @@ def shared_stages(config, sft, families, mesh, shared: str):
     loop.raise_if_stopped("the RLHF algorithms")
     seconds = found["seconds"] if found else time.time() - t0
     if found is None and jax.process_index() == 0:
-        evaluation.write_json(os.path.join(shared, STAGES_FILE),
-                              {"settings_hash": settings, "seconds": seconds})
+        files.write_json(os.path.join(shared, STAGES_FILE),
+                         {"settings_hash": settings, "seconds": seconds})
     return info, reward, seconds
 
 
@@ -646,5 +646,5 @@ def run(config, workdir: str) -> dict:
                     "own": (shared_start - start) + (time.time() - own_start)},
     }
     if jax.process_index() == 0:
-        evaluation.write_json(os.path.join(workdir, "overoptimization.json"), result)
+        files.write_json(os.path.join(workdir, "overoptimization.json"), result)
     return result

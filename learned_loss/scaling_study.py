@@ -28,7 +28,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from learned_loss import cli, compare, evaluation, loop, policy, pretraining, provenance, scaling
+from learned_loss import cli, compare, loop, policy, pretraining, provenance, scaling
+from learned_loss import files
 from learned_loss import model as model_lib
 from learned_loss.data import pipeline, text_corpus
 from learned_loss.meta import lm_problem
@@ -216,7 +217,7 @@ def _check_settings(run_dir: str, cfg) -> None:
             raise cli.UserError(f"{run_dir} was trained with other settings (config hash "
                                 f"{found}, now {expected}); use a new workdir or remove it")
     else:
-        evaluation.write_json(path, {"config_hash": expected})
+        files.write_json(path, {"config_hash": expected})
 
 
 def _seconds(timing: str) -> float:
@@ -254,7 +255,7 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
             pretraining.run(cfg, run_dir)
             # A resumed run adds its time to the earlier attempts'.
             spent = _seconds(timing) if os.path.exists(timing) else 0.0
-            evaluation.write_json(timing, {"seconds": spent + time.time() - start})
+            files.write_json(timing, {"seconds": spent + time.time() - start})
             if not compare.finished(run_dir, point.steps):
                 loop.raise_if_stopped(f"the end of run {point.name}")
                 raise cli.UserError(f"run {point.name} in {run_dir} stopped before step "
@@ -268,5 +269,5 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
             f"{rows[-1]['test_nll']:.4f} ({seconds:.0f} s)")
     study = {"rows": rows, "fits": analyse(rows, config.fit), "advantage": advantage(rows),
              "learned_artifact": artifact}
-    evaluation.write_json(os.path.join(workdir, STUDY_FILE), study)
+    files.write_json(os.path.join(workdir, STUDY_FILE), study)
     return study

@@ -25,7 +25,7 @@ import time
 from concurrent import futures
 from typing import Any, Callable, Mapping, Sequence
 
-from learned_loss import errors
+from learned_loss import errors, files
 
 SWEEP_FILE = "sweep.json"
 DONE = "DONE"
@@ -136,10 +136,8 @@ def run_point(point: Point, root: str, env: Mapping[str, str] | None = None) -> 
 
 
 def _write_records(root: str, records: Mapping[str, dict]) -> None:
-    tmp = os.path.join(root, SWEEP_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump({"points": [records[k] for k in sorted(records)]}, f, indent=1)
-    os.replace(tmp, os.path.join(root, SWEEP_FILE))
+    files.write_json(os.path.join(root, SWEEP_FILE),
+                     {"points": [records[k] for k in sorted(records)]}, indent=1)
 
 
 def read_records(root: str) -> dict[str, dict]:

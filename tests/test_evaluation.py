@@ -70,10 +70,3 @@ def test_kl_is_zero_against_itself_and_positive_against_another(setup):
                                  reference_params=other, rng=jax.random.key(3))
     assert result["overall"]["kl_to_reference"] == pytest.approx(different, rel=1e-5)
 
-
-def test_write_json_replaces_atomically(tmp_path):
-    path = tmp_path / "out" / "eval.json"
-    evaluation.write_json(str(path), {"a": 1})
-    evaluation.write_json(str(path), {"a": 2})
-    assert path.read_text().strip().endswith("}") and '"a": 2' in path.read_text()
-    assert [p.name for p in path.parent.iterdir()] == ["eval.json"]

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from learned_loss import errors, evaluation, objectives, statistics
+from learned_loss import errors, evaluation, files, objectives, statistics
 from learned_loss import model as model_lib
 from learned_loss.data import instruction_tasks, paths, tasks
 from learned_loss.meta import base, lm_problem, outer
@@ -409,7 +409,7 @@ def run_cells(config, workdir: str, cells: Sequence[Cell], log=print) -> list[di
         seconds = (time.time() - t0) / len(group)
         for cell in group:
             done[cell.key]["seconds"] = seconds
-            evaluation.write_json(_cell_path(workdir, cell), done[cell.key])
+            files.write_json(_cell_path(workdir, cell), done[cell.key])
         finished += len(group)
         eta = (time.time() - start) / finished * (todo - finished)
         scores = ", ".join(f"{done[c.key]['exact_match']:.3f}" for c in group)
@@ -478,19 +478,16 @@ def write_summary(workdir: str, results: Sequence[Mapping[str, Any]]) -> dict:
     sentence), then the exact match, graded and test NLL tables."""
     summary = {m: summarize(results, m) for m in ("exact_match", "graded", "test_nll")}
     found = statistics.findings(vs_mle_tests(results), "holm")
-    evaluation.write_json(os.path.join(workdir, "summary.json"), summary)
-    evaluation.write_json(os.path.join(workdir, "findings.json"),
-                          statistics.findings_record(found, "holm"))
+    files.write_json(os.path.join(workdir, "summary.json"), summary)
+    files.write_json(os.path.join(workdir, "findings.json"),
+                     statistics.findings_record(found, "holm"))
     how = (f"Exact match on the clean test inputs, each method against mle of the same "
            f"set/noise/model, paired over seeds (two-sided paired t-test): {len(found)} "
            f"comparisons corrected together by {statistics.NAMES['holm']} at alpha "
            f"{statistics.ALPHA}.")
     text = "".join(f"{p}\n\n" for p in ["## Findings", how] + [f["text"] for f in found])
     text += "".join(f"## {m}\n\n{markdown(rows, m)}\n" for m, rows in summary.items())
-    tmp = os.path.join(workdir, "summary.md.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, os.path.join(workdir, "summary.md"))
+    files.write_atomic(os.path.join(workdir, "summary.md"), text)
     return summary
 
 

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from learned_loss import cli, objectives, provenance, sharding
+from learned_loss import cli, files, objectives, provenance, sharding
 from learned_loss import model as model_lib
 from learned_loss.data import paths, preference_pairs, tasks
 from learned_loss.meta import base, lm_problem, preference_problem
@@ -282,7 +282,6 @@ def interpret(config, workdir: str, setup: PreferenceSetup | None = None) -> dic
     closed_form}. Returns the summary written to fits.json. setup: `PreferenceSetup(config)`,
     built when not given."""
     # Deferred: meta-training needs neither the plots (matplotlib) nor the fits (scipy).
-    from learned_loss import evaluation
     from learned_loss.meta import interpret as interpret_lib
 
     path = config.interpret.artifact
@@ -309,6 +308,6 @@ def interpret(config, workdir: str, setup: PreferenceSetup | None = None) -> dic
                                     for q in (0.0, 0.05, 0.5, 0.95, 1.0)},
                "mean_margin_clean": float(np.mean(x[~flipped])),
                "mean_margin_flipped": float(np.mean(x[flipped])) if flipped.any() else None}
-    evaluation.write_json(os.path.join(workdir, "fits.json"), summary)
+    files.write_json(os.path.join(workdir, "fits.json"), summary)
     provenance.write(workdir, provenance.collect(config, extra={"artifact": path}))
     return summary

@@ -39,9 +39,9 @@ import optax
 from absl import logging
 
 from learned_loss import checkpoint as checkpoint_lib
-from learned_loss import cli, evaluation, loop, metrics, policy, provenance, rlhf, rlhf_data
+from learned_loss import cli, files, loop, metrics, policy, provenance, rlhf, rlhf_data
 from learned_loss import rlhf_pipeline, sharding, train
-from learned_loss.data import instruction_tasks, tasks
+from learned_loss.data import tasks
 from learned_loss.meta import host_es, outer, reward_problem
 from learned_loss.objectives import artifact, learned
 
@@ -267,7 +267,7 @@ def run(config, workdir: str) -> dict[str, Any]:
              "reward_model": baseline,
              "sft": s.problem.evaluate(s.reference[1], s.valid_evaluator),
              "outer_steps": step, "wall_time_s": time.time() - start_time}
-    evaluation.write_json(os.path.join(workdir, FINAL), final)
+    files.write_json(os.path.join(workdir, FINAL), final)
     artifact.save(os.path.join(workdir, ARTIFACT), learned.REWARD_ARTIFACT, theta,
                   {"features": list(learned.REWARD_FEATURES), "hidden": int(config.reward.hidden)},
                   config.to_dict(), dict(s.provenance(start), final=final))

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from absl import logging
 
 from learned_loss import checkpoint as checkpoint_lib
-from learned_loss import cli, evaluation, loop, metrics, objectives, policy, pretraining
+from learned_loss import cli, evaluation, files, loop, metrics, objectives, policy, pretraining
 from learned_loss import provenance
 from learned_loss import sharding
 from learned_loss import model as model_lib
@@ -346,7 +346,7 @@ def run_online(config, workdir: str) -> dict[str, Any]:
                                  batch_size=config.inner.batch_size,
                                  max_new_tokens=config.eval.max_new_tokens)
     result["eval_seconds"] = time.time() - start_time
-    evaluation.write_json(os.path.join(workdir, "online_eval.json"), result)
+    files.write_json(os.path.join(workdir, "online_eval.json"), result)
     s.save_artifact(workdir, state["theta"], {"mode": "online", "inner_steps": step})
     return result
 
