@@ -171,8 +171,7 @@ def meta_compute(config, workdir: str, name: str, meta_seed: int = 0) -> dict[st
     cfg = art.config
     outer = int(art.provenance.get("outer_steps", cfg["outer"]["num_steps"]))
     est = cfg["estimator"]
-    antithetic = 2 if est["name"] in ("es", "pes", "full_es", "open_es") else 1
-    if name == "learned_reward":
+    if name == "learned_reward":  # Host-side ES: `population` members, antithetic included.
         rl = cfg["rlhf"]["rl"]
         runs = est["population"]
         tokens = (outer * runs * cfg["inner"]["horizon"] * rl["global_batch_size"]
@@ -182,6 +181,7 @@ def meta_compute(config, workdir: str, name: str, meta_seed: int = 0) -> dict[st
         out = {"gold_scored_prompts": outer * runs * fit["prompts_per_family"] * families
                * fit["samples_per_prompt"]}
     else:
+        antithetic = 2 if est["name"] in ("es", "pes", "full_es") else 1
         runs = est["population"] * antithetic
         rows = 2 if name == "learned_preference" else 1  # chosen and rejected
         tokens = (outer * runs * est["unroll_length"] * cfg["inner"]["batch_size"] * rows

@@ -1,0 +1,41 @@
+"""Tests for learned_loss.arms: the meta-training compute behind a learned arm, worked out by
+hand from the configs the artifacts record."""
+
+import ml_collections
+import numpy as np
+
+from configs import meta_reward, meta_train
+from learned_loss import arms
+from learned_loss.objectives import artifact
+
+
+def _config(path: str, name: str) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.artifacts = {name: path}
+    return config
+
+
+def test_meta_compute_of_a_learned_reward(tmp_path):
+    cfg = meta_reward.get_config("smoke")
+    path = str(tmp_path / "reward")
+    artifact.save(path, "learned_reward", {"w": np.zeros(2)}, {}, cfg.to_dict())
+    got = arms.meta_compute(_config(path, "learned_reward"), str(tmp_path), "learned_reward")
+    outer, members = cfg.outer.num_steps, cfg.estimator.population  # 2 steps, 2 members.
+    rl = cfg.rlhf.rl
+    tokens = (outer * members * cfg.inner.horizon * rl.global_batch_size * rl.samples_per_prompt
+              * cfg.rlhf.preferences.seq_len)
+    prompts = (outer * members * cfg.fitness.prompts_per_family
+               * len(cfg.rlhf.tasks.families) * cfg.fitness.samples_per_prompt)
+    assert got == {"outer_steps": outer, "tokens": tokens, "gold_scored_prompts": prompts}
+
+
+def test_meta_compute_of_a_learned_token_loss(tmp_path):
+    cfg = meta_train.get_config("smoke")
+    cfg.estimator.name = "es"  # Antithetic: every member is two inner runs.
+    path = str(tmp_path / "token")
+    artifact.save(path, "learned_token_loss", {"w": np.zeros(2)}, {}, cfg.to_dict(),
+                  provenance={"outer_steps": 3})
+    got = arms.meta_compute(_config(path, "learned_es"), str(tmp_path), "learned_es")
+    runs = 2 * cfg.estimator.population
+    tokens = 3 * runs * cfg.estimator.unroll_length * cfg.inner.batch_size * cfg.data.seq_len
+    assert got == {"outer_steps": 3, "tokens": tokens}
