@@ -10,12 +10,12 @@
   no missing steps; the new event file starts with a ``SessionLog.START`` event
   at ``s + 1``, which tells TensorBoard to hide the older files' later steps.
 
-* `read_tensorboard_scalars`: the scalars of an event file (or a folder of
-  them) back, each frame's CRCs checked.
-
   Non-finite floats are written as the JSON strings ``"nan"``, ``"inf"`` and
   ``"-inf"`` (strict JSON has no NaN literal; ``null`` would lose which one it
   was). `read_metrics` turns them back into floats.
+
+* `read_tensorboard_scalars`: the scalars of an event file (or a folder of
+  them) back, each frame's CRCs checked.
 
 * `Progress`: a one-line ``step/total, %, steps/s, tokens/s, ETA`` logger with
   an injectable clock.
