@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from learned_loss import pretraining
+from learned_loss import pretraining, store
 from learned_loss.data import preference_pairs, tasks
 from learned_loss.meta import comparison, lm_problem
 from learned_loss.meta import run as meta_run
@@ -190,6 +190,5 @@ def meta_compute(config, workdir: str, name: str, meta_seed: int = 0) -> dict[st
     out.update(outer_steps=outer, tokens=int(tokens))
     timing = os.path.join(os.path.dirname(path), TIMING)
     if os.path.exists(timing):
-        with open(timing, encoding="utf-8") as f:
-            out["seconds"] = float(json.load(f)["seconds"])
+        out["seconds"] = store.recorded_seconds(timing)
     return out

@@ -152,6 +152,13 @@ class Checkpointer:
         self._manager = self._open()
 
 
+def finished(workdir: str, step: int) -> bool:
+    """Whether `workdir` holds a checkpoint at `step` (a run that reached it)."""
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        return False
+    return step in Checkpointer(workdir, read_only=True).steps()
+
+
 def _shape_fields(model_config: Optional[dict]) -> Optional[dict]:
     """The model fields that decide the parameters' shapes and meaning.
 

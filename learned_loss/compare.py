@@ -3,7 +3,7 @@
 `run(config, workdir, pretrain_run)` (configs/compare.py) does, resuming at every stage:
   0. every arm's families by role (learned_loss/arms.py), refused before anything trains when
      an evaluation family has a meta role in any arm;
-  1. pre-training, or the cached checkpoint CACHE/pretrain-KEY (KEY: `pretrain_key`);
+  1. pre-training, or the cached checkpoint CACHE/pretrain-KEY (KEY: `pretraining.cache_key`);
   2. meta-training of each learned objective the grid needs, in WORKDIR/meta/NAME (skipped
      when `config.artifacts.NAME` names an artifact), on its own families; the learned reward
      first gets an SFT policy of its own (WORKDIR/meta/learned_reward_sft);
@@ -33,7 +33,6 @@ exist.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -48,11 +47,11 @@ from absl import logging
 from learned_loss import arms as arms_lib
 from learned_loss import checkpoint as checkpoint_lib
 from learned_loss import cli, evaluation, files, loop, policy, pretraining, provenance, report
-from learned_loss import rlhf_pipeline, train
+from learned_loss import rlhf_pipeline, store, train
 from learned_loss import metrics as metrics_lib
 from learned_loss import model as model_lib
 from learned_loss.arms import GOLD_PAIRS, META_TRAINED, RLHF, TOKEN
-from learned_loss.data import tasks, text_corpus
+from learned_loss.data import tasks
 from learned_loss.meta import comparison, lm_problem
 
 FAMILY_SET = "compare"
@@ -114,57 +113,9 @@ def check(config) -> None:
 # ---- 1. pre-training ------------------------------------------------------------------------
 
 
-def cache_root(configured: str = "") -> str:
-    return configured or os.environ.get("LEARNED_LOSS_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "learned_loss")
-
-
-def pretrain_key(config) -> str:
-    """The pre-training cache key: the hash of `config.pretrain`, of the code that trains it
-    (`pretraining.SOURCES`), of the corpus's content and of the data versions (the corpus
-    builder's, the task partition's), so that a checkpoint built by other code or data is never
-    reused."""
-    p = config.pretrain
-    corpus = text_corpus.corpus_hash(p.data.text_dir or text_corpus.default_text_dir(),
-                                     p.data.pattern)
-    return provenance.config_hash({
-        "config": p.to_dict(), "code": provenance.source_hash(*pretraining.SOURCES),
-        "corpus": corpus, "data_versions": {"text_corpus": str(text_corpus.TextCorpus.VERSION),
-                                            "task_partition": tasks.partition.VERSION}})
-
-
-def pretrain_dir(config) -> str:
-    return os.path.join(cache_root(config.cache_dir), f"pretrain-{pretrain_key(config)}")
-
-
-def finished(workdir: str, num_steps: int) -> bool:
-    """Whether `workdir` holds a checkpoint at `num_steps`."""
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        return False
-    return num_steps in checkpoint_lib.Checkpointer(workdir, read_only=True).steps()
-
-
 def pretrained(config, pretrain_run: Callable[[Any, str], Any]) -> policy.Policy:
-    """The pre-trained policy: trained into the cache unless a finished run is there. A lock
-    file beside the cache entry lets parallel runs (a sweep's points) share it: one trains,
-    the others wait and reuse it."""
-    path = pretrain_dir(config)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if finished(path, config.pretrain.train.num_steps):
-                logging.info("reusing the pre-trained checkpoint in %s", path)
-            else:
-                logging.info("pre-training into %s", path)
-                pretrain_run(config.pretrain, path)
-                if not finished(path, config.pretrain.train.num_steps):
-                    loop.raise_if_stopped("the end of pre-training")
-                    raise cli.UserError(f"pre-training in {path} stopped before step "
-                                        f"{config.pretrain.train.num_steps}; re-run to resume it")
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    return policy.load(path)
+    """The pre-trained policy of `config.pretrain`, from the cache (pretraining.cached)."""
+    return pretraining.cached(config.pretrain, pretrain_run, config.cache_dir)
 
 
 # ---- 2. meta-training -----------------------------------------------------------------------
@@ -180,37 +131,24 @@ def meta_train(config, workdir: str, name: str, meta_seed: int = 0, pretrained_d
     from learned_loss.meta import preference_run, reward_run, run as token_run
 
     path = arms_lib.artifact_path(config, workdir, name, meta_seed)
-    if os.path.isdir(path):
-        return path
     meta_dir = arms_lib.meta_dir(workdir, name, meta_seed)
     cfg = _copy(config.meta[name])
     cfg.seed += meta_seed
-    logging.info("meta-training %s in %s", name, meta_dir)
-    start = time.time()
-    if name in ("learned_tbptt", "learned_es"):
-        cfg.inner.init_from = pretrained_dir
-        token_run.run(cfg, meta_dir)
-    elif name == "learned_preference":
-        preference_run.run(cfg, meta_dir)
-    else:
-        cfg.rlhf.sft_from = sft_from
-        reward_run.run(cfg, meta_dir)
-    if not os.path.isdir(path):
-        loop.raise_if_stopped(f"the end of meta-training {name}")
-        raise cli.UserError(f"meta-training {name} in {meta_dir} stopped before writing its "
-                            f"artifact; re-run to resume it")
-    timing = os.path.join(meta_dir, arms_lib.TIMING)
-    spent = _seconds(timing)
-    files.write_json(timing, {"seconds": spent + time.time() - start})
+
+    def build():
+        logging.info("meta-training %s in %s", name, meta_dir)
+        if name in ("learned_tbptt", "learned_es"):
+            cfg.inner.init_from = pretrained_dir
+            token_run.run(cfg, meta_dir)
+        elif name == "learned_preference":
+            preference_run.run(cfg, meta_dir)
+        else:
+            cfg.rlhf.sft_from = sft_from
+            reward_run.run(cfg, meta_dir)
+
+    store.ensure(f"meta-training {name}", lambda: os.path.isdir(path), build, meta_dir,
+                 timing=os.path.join(meta_dir, arms_lib.TIMING))
     return path
-
-
-def _seconds(timing: str) -> float:
-    """Seconds recorded by earlier attempts of a resumed stage (0 for none)."""
-    if not os.path.exists(timing):
-        return 0.0
-    with open(timing, encoding="utf-8") as f:
-        return float(json.load(f)["seconds"])
 
 
 def reward_sft(config, workdir: str, pre: policy.Policy) -> str:
@@ -371,11 +309,11 @@ class Grid:
 
     def __init__(self, workdir: str, settings: Mapping[str, str], clock=time.monotonic):
         self.workdir = workdir
+        self.store = store.Store(os.path.join(workdir, "cells"))
         self.settings = dict(settings)
         self.total = len(self.settings)
-        self.done = {k for k in self.settings if os.path.exists(self.path(k))}
-        for key in sorted(self.done):
-            self._check(key)
+        self.done = {k for k in sorted(self.settings)
+                     if self.store.read(k, self.settings[k]) is not None}
         self._todo_at_start = self.total - len(self.done)
         self._finished = 0
         self._clock = clock
@@ -385,23 +323,10 @@ class Grid:
         self._start = self._clock()
 
     def path(self, key: str) -> str:
-        return os.path.join(self.workdir, "cells", f"{key}.json")
-
-    def _check(self, key: str) -> None:
-        path = self.path(key)
-        try:
-            with open(path) as f:
-                found = json.load(f).get("config_hash")
-        except (json.JSONDecodeError, AttributeError) as e:
-            raise cli.UserError(f"{path} is unreadable ({e}); remove it to recompute the "
-                                f"cell") from None
-        if found != self.settings[key]:
-            raise cli.UserError(f"{path} was computed with other settings (config hash "
-                                f"{found}, now {self.settings[key]}); use a new workdir or "
-                                f"remove the cells to recompute")
+        return self.store.path(key)
 
     def record(self, key: str, cell: Mapping[str, Any]) -> None:
-        files.write_json(self.path(key), dict(cell, config_hash=self.settings[key]))
+        self.store.write(key, self.settings[key], cell)
         self.done.add(key)
         self._finished += 1
 
@@ -455,7 +380,7 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any], log=loggi
             for n in config.noise_order for s in seeds}
     provenance.write(workdir, provenance.collect(config, extra={
         "pretrain": {"workdir": pre.workdir, "step": pre.step,
-                     "cache_key": pretrain_key(config)},
+                     "cache_key": pretraining.cache_key(config.pretrain)},
         "data_hashes": {f"{n}-s{s}": d.info.config_hash for (n, s), d in data.items()},
         "cells": grid.total, "evaluation_families": sorted(arms_lib.evaluation_families(config)),
         tasks.roles.RECORD_KEY: roles,

@@ -30,8 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from learned_loss import cli, compare, evaluation, files, loop, objectives, provenance, report
-from learned_loss import train
+from learned_loss import cli, evaluation, files, loop, objectives, pretraining, provenance, report
+from learned_loss import store, train
 from learned_loss import model as model_lib
 from learned_loss.data import tasks
 from learned_loss.meta import lm_problem
@@ -176,19 +176,8 @@ def check(config) -> list[int]:
 GRID_KEYS = ("variant", "counts", "seeds")
 
 
-def read_cell(path: str, expected_hash: str) -> dict:
-    """A finished cell, refused when it was computed under other settings."""
-    with open(path) as f:
-        cell = json.load(f)
-    if cell.get("config_hash") != expected_hash:
-        raise cli.UserError(f"{path} was computed with other settings (config hash "
-                            f"{cell.get('config_hash')}, now {expected_hash}); use a new workdir "
-                            f"or remove {os.path.dirname(path)}")
-    return cell
-
-
-def cell_path(workdir: str, count: int, seed: int) -> str:
-    return os.path.join(workdir, CELLS, f"{count:03d}-s{seed}.json")
+def cell_key(count: int, seed: int) -> str:
+    return f"{count:03d}-s{seed}"
 
 
 def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any],
@@ -197,23 +186,24 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any],
     counts = check(config)
     families = train_families(config)
     heldout = eval_examples(heldout_families(config), config)
-    pre = compare.pretrained(config, pretrain_run)
+    pre = pretraining.cached(config.pretrain, pretrain_run, config.cache_dir)
     provenance.write(workdir, provenance.collect(config, extra={
         "pretrain": {"workdir": pre.workdir, "step": pre.step,
-                     "cache_key": compare.pretrain_key(config)},
+                     "cache_key": pretraining.cache_key(config.pretrain)},
         "train_families": list(families), "heldout_families": sorted({e.family for e in heldout}),
         "counts": counts, "data_hashes": {"heldout_eval": examples_hash(heldout)}}))
     optimizer = train.make_optimizer(config.optimizer, config.steps)
     trainer = make_trainer(pre.model, optimizer, config.batch, config.steps)
     e = config.eval
     settings = provenance.config_hash(config, drop=GRID_KEYS)
+    done = store.Store(os.path.join(workdir, CELLS))
     cells = []
     for seed in range(config.seeds):
         order = family_order(families, seed)
         for count in counts:
-            path = cell_path(workdir, count, seed)
-            if os.path.exists(path):
-                cells.append(read_cell(path, settings))
+            cell = done.read(cell_key(count, seed), settings)
+            if cell is not None:
+                cells.append(cell)
                 continue
             loop.raise_if_stopped(f"the cell of {count} families, seed {seed}")
             subset = order[:count]
@@ -232,10 +222,9 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any],
                                  "families": {f: r["exact_match"]
                                               for f, r in result["families"].items()}}
             cell = {"count": count, "seed": seed, "families": list(subset), **scores,
-                    "data_hash": lm_problem.rows_hash(rows), "config_hash": settings,
-                    "seconds": time.time() - start,
+                    "data_hash": lm_problem.rows_hash(rows), "seconds": time.time() - start,
                     "tokens": config.steps * config.batch * config.data.seq_len}
-            files.write_json(path, cell)
+            cell = done.write(cell_key(count, seed), settings, cell)
             cells.append(cell)
             log(f"diversity: {count} families, seed {seed}: held-out exact match "
                 f"{cell['heldout']['exact_match']:.3f}, graded {cell['heldout']['graded']:.3f}; "

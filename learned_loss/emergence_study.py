@@ -26,7 +26,6 @@ against p^L.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -37,7 +36,7 @@ import ml_collections
 import numpy as np
 
 from learned_loss import cli, emergence, loop, objectives, pretraining, provenance
-from learned_loss import files
+from learned_loss import files, store
 from learned_loss import model as model_lib
 from learned_loss.data import tasks, text_corpus
 from learned_loss.meta import base, lm_problem
@@ -236,21 +235,14 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
         "data_hashes": hashes, "text_corpus": corpus,
         tasks.roles.RECORD_KEY: tasks.roles.record({"finetune": families})}))
     results = []
+    done = store.Store(os.path.join(workdir, EVALS))
     for size in config.size_order:
-        path = os.path.join(workdir, EVALS, f"{size}.json")
         settings = size_hash(config, size)
-        if os.path.exists(path):
-            with open(path) as f:
-                result = json.load(f)
-            if result.get("config_hash") != settings:
-                raise cli.UserError(f"{path} was computed with other settings; use a new "
-                                    f"workdir or remove {os.path.dirname(path)}")
-            results.append(result)
-            continue
-        loop.raise_if_stopped(f"size {size}")
-        result = dict(train_size(config, size, train_rows, eval_rows, log, text),
-                      config_hash=settings)
-        files.write_json(path, result)
+        result = done.read(size, settings)
+        if result is None:
+            loop.raise_if_stopped(f"size {size}")
+            result = done.write(size, settings,
+                                train_size(config, size, train_rows, eval_rows, log, text))
         results.append(result)
     _same_buckets(results)
     study = {"sizes": sorted(results, key=lambda s: s["params"]),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import signal
+import threading
 from typing import Any, Callable, Mapping, Optional
 
 import jax
@@ -38,7 +39,8 @@ class StopSignal:
     """
 
     def __init__(self):
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        if threading.current_thread() is threading.main_thread():  # Python's rule for handlers.
+            signal.signal(signal.SIGTERM, _on_sigterm)
 
     @property
     def received(self) -> bool:

@@ -1,5 +1,5 @@
 """MLE pre-training of the Transformer LM on a local text corpus (experiments/pretrain.py runs
-it from the command line; learned_loss/compare.py runs it into its cache).
+it from the command line; the studies reach it through its cache, `cached`).
 
 `run(config, workdir)` trains a configs/pretrain.py config to `train.num_steps`, resuming from
 the workdir's newest good checkpoint. The sections follow the run: mesh, data, model, state,
@@ -8,18 +8,23 @@ checkpoint, loop.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sys
+from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
+from absl import logging
 
-from learned_loss import distributed, loop, objectives, sharding, train
+from learned_loss import checkpoint, distributed, loop, objectives, policy, provenance, sharding
+from learned_loss import store, train
 from learned_loss import model as model_lib
 from learned_loss.data import paths, pipeline, tasks, text_corpus, tokenizer
 from learned_loss.objectives import mle
 
 # The modules whose code decides a pre-trained checkpoint: what keys a cached one
-# (learned_loss/compare.py), so that a checkpoint built by other code is never reused.
+# (`cache_key`), so that a checkpoint built by other code is never reused.
 SOURCES = (sys.modules[__name__], model_lib, train, loop, sharding, mle, pipeline, text_corpus,
            tokenizer, tasks.base, tasks.partition)
 
@@ -118,3 +123,49 @@ def run(config, workdir: str) -> dict:
                           tasks.roles.RECORD_KEY: tasks.roles.record(
                               {"pretrain_mix": mix_families(config)})},
         data_hash=corpus.corpus_hash))
+
+
+# ---- the cache of pre-trained checkpoints ---------------------------------------------------
+
+
+def cache_root(configured: str = "") -> str:
+    """The cache folder: `configured`, else $LEARNED_LOSS_CACHE, else ~/.cache/learned_loss."""
+    return configured or os.environ.get("LEARNED_LOSS_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "learned_loss")
+
+
+def cache_key(config) -> str:
+    """The key of a pre-training config's cached checkpoint: the hash of the config, of the code
+    that trains it (`SOURCES`), of the corpus's content and of the data versions (the corpus
+    builder's, the task partition's), so that a checkpoint built by other code or data is never
+    reused."""
+    corpus = text_corpus.corpus_hash(config.data.text_dir or text_corpus.default_text_dir(),
+                                     config.data.pattern)
+    return provenance.config_hash({
+        "config": config.to_dict(), "code": provenance.source_hash(*SOURCES),
+        "corpus": corpus, "data_versions": {"text_corpus": str(text_corpus.TextCorpus.VERSION),
+                                            "task_partition": tasks.partition.VERSION}})
+
+
+def cache_dir(config, cache: str = "") -> str:
+    """CACHE/pretrain-KEY, where the checkpoint of `config` is kept (CACHE: `cache_root`)."""
+    return os.path.join(cache_root(cache), f"pretrain-{cache_key(config)}")
+
+
+def cached(config, train_run: Optional[Callable[[Any, str], Any]] = None,
+           cache: str = "") -> policy.Policy:
+    """The pre-trained policy of `config`: trained into the cache by `train_run` (default:
+    `run`) unless a finished run is there. A lock file beside the cache entry lets parallel
+    runs (a sweep's points) share it: one trains, the others wait and reuse it."""
+    path = cache_dir(config, cache)
+    steps = config.train.num_steps
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not store.ensure("pre-training", lambda: checkpoint.finished(path, steps),
+                                lambda: (train_run or run)(config, path), path):
+                logging.info("reusing the pre-trained checkpoint in %s", path)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return policy.load(path)

@@ -29,7 +29,6 @@ provenance), so `experiments.evaluate --policy=W/ppo` works on it.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import time
@@ -43,7 +42,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from learned_loss import cli, distributed, evaluation, files, loop, overoptimization, policy
-from learned_loss import preferences, provenance, rlhf, rlhf_data, sampling, sharding, train
+from learned_loss import preferences, provenance, rlhf, rlhf_data, sampling, sharding, store, train
 from learned_loss import metrics as metrics_lib
 from learned_loss import model as model_lib
 from learned_loss.data import paths, pipeline, preference_pairs, tasks
@@ -459,7 +458,7 @@ def train_dpo(config, sft, info, mesh, reference, evaluator, workdir: str,
 
 # ---- stages 1 and 2, shared: preference pairs and the reward model --------------------------
 
-STAGES_FILE = "stages.json"
+STAGES = "stages"  # SHARED/stages.json
 
 
 def shared_settings_hash(config, sft: policy.Policy) -> str:
@@ -474,32 +473,17 @@ def shared_settings_hash(config, sft: policy.Policy) -> str:
         "max_new_tokens": config.rl.max_new_tokens})
 
 
-def check_shared(shared: str, settings: str) -> dict | None:
-    """The stages.json in `shared` (None when there is none yet); cli.UserError when it records
-    other settings than `settings`."""
-    path = os.path.join(shared, STAGES_FILE)
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path) as f:
-            found = json.load(f)
-        recorded = found["settings_hash"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise cli.UserError(f"{path} is unreadable ({e!r}); delete {shared} to rebuild the "
-                            f"preference pairs and the reward model") from None
-    if recorded != settings:
-        raise cli.UserError(
-            f"{shared} holds preference pairs and a reward model made with other settings "
-            f"(hash {recorded}, this run's {settings}); give this run another shared_dir, or "
-            f"delete {shared} to rebuild them")
-    return found
+def shared_store(shared: str) -> store.Store:
+    """Where stages.json lives: the hash of the shared stages' settings and their seconds."""
+    return store.Store(shared, fix=f"give this run another shared_dir, or delete {shared} to "
+                                   f"rebuild the preference pairs and the reward model")
 
 
 def shared_stages(config, sft, families, mesh, shared: str):
     """Preference pairs and the reward model in `shared`, built there or reused; returns
     (pairs info, (reward model, params), the seconds the two stages took when built)."""
     settings = shared_settings_hash(config, sft)
-    found = check_shared(shared, settings)
+    found = shared_store(shared).read(STAGES, settings)
     t0 = time.time()
     info = build_preferences(config, sft, families, shared)
     reward = train_reward_model(config, sft, info, mesh, os.path.join(shared, "reward_model"))
@@ -508,8 +492,7 @@ def shared_stages(config, sft, families, mesh, shared: str):
     loop.raise_if_stopped("the RLHF algorithms")
     seconds = found["seconds"] if found else time.time() - t0
     if found is None and jax.process_index() == 0:
-        files.write_json(os.path.join(shared, STAGES_FILE),
-                         {"settings_hash": settings, "seconds": seconds})
+        shared_store(shared).write(STAGES, settings, {"seconds": seconds})
     return info, reward, seconds
 
 
@@ -599,7 +582,8 @@ def run(config, workdir: str) -> dict:
     families = task_families(config, sft.config)
     width = prompt_width(config)
     shared = config.get("shared_dir", "") or workdir
-    check_shared(shared, shared_settings_hash(config, sft))  # Before anything is written.
+    # Before anything is written.
+    shared_store(shared).read(STAGES, shared_settings_hash(config, sft))
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
         provenance.write(workdir, provenance.collect(config, mesh=mesh, extra={

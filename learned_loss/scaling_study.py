@@ -19,17 +19,14 @@ meta-objective.
 
 from __future__ import annotations
 
-import json
 import os
-import time
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 
-from learned_loss import cli, compare, loop, policy, pretraining, provenance, scaling
-from learned_loss import files
+from learned_loss import checkpoint, cli, files, policy, pretraining, provenance, scaling, store
 from learned_loss import model as model_lib
 from learned_loss.data import pipeline, text_corpus
 from learned_loss.meta import lm_problem
@@ -38,6 +35,7 @@ from learned_loss.meta import run as meta_run
 STUDY_FILE = "scaling.json"
 OBJECTIVES = ("mle", "learned")
 TIMING_FILE = "timing.json"
+SETTINGS = "settings"  # runs/POINT/settings.json: the hash of the run's config
 
 
 class Point(NamedTuple):
@@ -122,16 +120,12 @@ def learned_artifact(config, workdir: str) -> str:
         return config.artifacts.learned
     meta_dir = os.path.join(workdir, "meta", "learned")
     path = os.path.join(meta_dir, meta_run.ARTIFACT)
-    if not os.path.isdir(path):
-        m = ml_collections.ConfigDict(config.meta.to_dict())
-        d = config.pretrain.data  # The same corpus as the runs (whatever the command line set).
-        m.data.text_dir, m.data.pattern = d.text_dir, d.pattern
-        m.data.corpus_valid_fraction, m.data.data_dir = d.valid_fraction, d.data_dir
-        meta_run.run(m, meta_dir)
-    if not os.path.isdir(path):
-        loop.raise_if_stopped("the end of meta-training")
-        raise cli.UserError(f"meta-training in {meta_dir} stopped before writing its artifact; "
-                            f"re-run to resume it")
+    m = ml_collections.ConfigDict(config.meta.to_dict())
+    d = config.pretrain.data  # The same corpus as the runs (whatever the command line set).
+    m.data.text_dir, m.data.pattern = d.text_dir, d.pattern
+    m.data.corpus_valid_fraction, m.data.data_dir = d.valid_fraction, d.data_dir
+    store.ensure("meta-training", lambda: os.path.isdir(path), lambda: meta_run.run(m, meta_dir),
+                 meta_dir)
     return path
 
 
@@ -202,32 +196,6 @@ def advantage(rows: Sequence[Mapping[str, Any]], baseline: str = "mle") -> list[
     return out
 
 
-SETTINGS_FILE = "settings.json"
-
-
-def _check_settings(run_dir: str, cfg) -> None:
-    """Records the hash of a run's config on first use; refuses a workdir whose run was
-    trained with other settings (it would be reported as if it had these)."""
-    path = os.path.join(run_dir, SETTINGS_FILE)
-    expected = provenance.config_hash(cfg)
-    if os.path.exists(path):
-        with open(path) as f:
-            found = json.load(f).get("config_hash")
-        if found != expected:
-            raise cli.UserError(f"{run_dir} was trained with other settings (config hash "
-                                f"{found}, now {expected}); use a new workdir or remove it")
-    else:
-        files.write_json(path, {"config_hash": expected})
-
-
-def _seconds(timing: str) -> float:
-    """A run's recorded wall time (NaN for a run trained before timing was kept)."""
-    if not os.path.exists(timing):
-        return float("nan")
-    with open(timing, encoding="utf-8") as f:
-        return float(json.load(f)["seconds"])
-
-
 # ---- the run --------------------------------------------------------------------------------
 
 
@@ -248,19 +216,10 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
         run_dir = os.path.join(workdir, "runs", point.name)
         cfg = point_config(config, point, artifact)
         timing = os.path.join(run_dir, TIMING_FILE)
-        _check_settings(run_dir, cfg)
-        if not compare.finished(run_dir, point.steps):
-            loop.raise_if_stopped(f"run {point.name}")
-            start = time.time()
-            pretraining.run(cfg, run_dir)
-            # A resumed run adds its time to the earlier attempts'.
-            spent = _seconds(timing) if os.path.exists(timing) else 0.0
-            files.write_json(timing, {"seconds": spent + time.time() - start})
-            if not compare.finished(run_dir, point.steps):
-                loop.raise_if_stopped(f"the end of run {point.name}")
-                raise cli.UserError(f"run {point.name} in {run_dir} stopped before step "
-                                    f"{point.steps}; re-run to resume it")
-        seconds = _seconds(timing)
+        store.Store(run_dir).claim(SETTINGS, provenance.config_hash(cfg))
+        store.ensure(f"run {point.name}", lambda: checkpoint.finished(run_dir, point.steps),
+                     lambda: pretraining.run(cfg, run_dir), run_dir, timing=timing)
+        seconds = store.recorded_seconds(timing)
         rows.append({"objective": point.objective, "size": point.size, "steps": point.steps,
                      "tokens": point.steps * tokens_per_step,
                      "params": non_embedding_params(cfg.model),

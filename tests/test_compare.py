@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import compare as compare_config
-from learned_loss import arms, cli, compare, sweep
+from learned_loss import arms, checkpoint, cli, compare, pretraining, sweep
 from learned_loss.data import tasks
 from learned_loss.meta import comparison
 from tests import runs
@@ -105,11 +105,11 @@ def test_smoke_compare_cells_report_and_resume(tmp_path):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
     # The pre-training is cached under its config hash, recorded in the provenance.
-    pre = cache / f"pretrain-{compare.pretrain_key(config)}"
-    assert compare.finished(str(pre), config.pretrain.train.num_steps)
+    pre = cache / f"pretrain-{pretraining.cache_key(config.pretrain)}"
+    assert checkpoint.finished(str(pre), config.pretrain.train.num_steps)
     with open(workdir / "provenance.json") as f:
         start = json.load(f)["starts"][-1]
-    assert start["extra"]["pretrain"]["cache_key"] == compare.pretrain_key(config)
+    assert start["extra"]["pretrain"]["cache_key"] == pretraining.cache_key(config.pretrain)
     assert set(start["extra"]["data_hashes"]) == {"swap30-s0", "swap30-s1"}
     # Every arm's families by role: the evaluation families have task roles only.
     roles = start["extra"]["families_by_role"]
@@ -406,7 +406,7 @@ def test_parallel_runs_share_one_pretraining(tmp_path):
 
     with futures.ThreadPoolExecutor(2) as pool:
         loaded = list(pool.map(lambda _: compare.pretrained(config, fake_pretrain), range(2)))
-    assert calls == [compare.pretrain_dir(config)]
+    assert calls == [pretraining.cache_dir(config.pretrain, config.cache_dir)]
     assert [p.step for p in loaded] == [steps, steps]
 
 
@@ -419,16 +419,16 @@ def test_the_pretraining_cache_key_follows_code_data_and_corpus(tmp_path, monkey
     (corpus / "a.py").write_text("x = 1\n" * 50)
     config.pretrain.data.text_dir = str(corpus)
     config.pretrain.data.pattern = "*.py"
-    key = compare.pretrain_key(config)
-    assert compare.pretrain_key(config) == key  # deterministic
+    key = pretraining.cache_key(config.pretrain)
+    assert pretraining.cache_key(config.pretrain) == key  # deterministic
     (corpus / "a.py").write_text("x = 2\n" * 50)
-    changed_corpus = compare.pretrain_key(config)
+    changed_corpus = pretraining.cache_key(config.pretrain)
     assert changed_corpus != key
     monkeypatch.setattr(tasks.partition, "VERSION", tasks.partition.VERSION + 1)
-    changed_partition = compare.pretrain_key(config)
+    changed_partition = pretraining.cache_key(config.pretrain)
     monkeypatch.undo()
-    from learned_loss import pretraining, sampling
+    from learned_loss import sampling
     monkeypatch.setattr(pretraining, "SOURCES", pretraining.SOURCES + (sampling,))
-    changed_code = compare.pretrain_key(config)
+    changed_code = pretraining.cache_key(config.pretrain)
     assert len({key, changed_corpus, changed_partition, changed_code}) == 4
-    assert compare.pretrain_dir(config).endswith(f"pretrain-{changed_code}")
+    assert pretraining.cache_dir(config.pretrain).endswith(f"pretrain-{changed_code}")

@@ -133,7 +133,7 @@ def test_smoke_study_end_to_end_with_report_and_resume(tmp_path):
     heldout = set(study["heldout_families"])
     assert heldout and not heldout & set(cells[(3, 0)]["families"])
     for (count, seed), cell in cells.items():
-        with open(diversity_study.cell_path(str(workdir), count, seed)) as f:
+        with open(os.path.join(workdir, diversity_study.CELLS, diversity_study.cell_key(count, seed) + '.json')) as f:
             assert json.load(f) == cell
         assert set(cell["heldout"]["families"]) == heldout
         assert 0.0 <= cell["heldout"]["exact_match"] <= cell["heldout"]["graded"] + 1e-9

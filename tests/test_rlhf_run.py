@@ -157,7 +157,7 @@ def test_a_run_reuses_the_shared_pairs_and_reward_model(finished, tmp_path):
                        *OVERRIDES, "--config.preferences.tau=0.5",
                        f"--config.shared_dir={workdir}", timeout=900)
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
-    assert "made with other settings" in refused.stderr and str(workdir) in refused.stderr
+    assert "computed with other settings" in refused.stderr and str(workdir) in refused.stderr
     assert not (other / "overoptimization.json").exists()
     assert not (other / "ppo").exists() and runs.metrics(workdir / "reward_model") == reward_before
 

@@ -32,7 +32,6 @@ t-test p, raw and Holm-adjusted over every test against MLE (learned_loss/statis
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Any, Iterable, Mapping, Sequence
@@ -41,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from learned_loss import errors, evaluation, files, objectives, statistics
+from learned_loss import errors, evaluation, files, objectives, provenance, statistics, store
 from learned_loss import model as model_lib
 from learned_loss.data import instruction_tasks, paths, tasks
 from learned_loss.meta import base, lm_problem, outer
@@ -373,14 +372,15 @@ def run_cells(config, workdir: str, cells: Sequence[Cell], log=print) -> list[di
     """Runs every unfinished cell, writing WORKDIR/cells/KEY.json. The unfinished seeds of one
     (family set, noise, method, model) train together (`train_cells`); a cell's `seconds` is
     its share of that group's wall time. The families' roles are checked first."""
-    os.makedirs(os.path.join(workdir, "cells"), exist_ok=True)
     check_roles(config, cells)
     data_cache: dict[tuple[str, str, int], Data] = {}
+    kept = store.Store(os.path.join(workdir, "cells"))
+    settings = {cell.key: cell_settings(config, cell) for cell in cells}
     done: dict[str, dict] = {}
     for cell in cells:
-        if os.path.exists(_cell_path(workdir, cell)):
-            with open(_cell_path(workdir, cell)) as f:
-                done[cell.key] = json.load(f)
+        found = kept.read(cell.key, settings[cell.key])
+        if found is not None:
+            done[cell.key] = found
     groups: dict[tuple, list[Cell]] = {}
     for cell in cells:
         if cell.key not in done:
@@ -408,8 +408,8 @@ def run_cells(config, workdir: str, cells: Sequence[Cell], log=print) -> list[di
             done[cell.key] = result
         seconds = (time.time() - t0) / len(group)
         for cell in group:
-            done[cell.key]["seconds"] = seconds
-            files.write_json(_cell_path(workdir, cell), done[cell.key])
+            done[cell.key] = kept.write(cell.key, settings[cell.key],
+                                        dict(done[cell.key], seconds=seconds))
         finished += len(group)
         eta = (time.time() - start) / finished * (todo - finished)
         scores = ", ".join(f"{done[c.key]['exact_match']:.3f}" for c in group)
@@ -418,8 +418,21 @@ def run_cells(config, workdir: str, cells: Sequence[Cell], log=print) -> list[di
     return [done[c.key] for c in cells]
 
 
-def _cell_path(workdir: str, cell: Cell) -> str:
-    return os.path.join(workdir, "cells", cell.key + ".json")
+# What a cell's numbers do not depend on: which cells there are (the other family sets, noise
+# kinds, methods and seeds) and the interpretation settings.
+GRID_KEYS = ("variant", "family_sets", "set_order", "noises", "noise_order", "methods", "seeds",
+             "transfer", "interpret")
+
+
+def cell_settings(config, cell: Cell) -> str:
+    """The hash of the settings behind one cell: the config without GRID_KEYS, plus the cell's
+    families, noise kind and model."""
+    values = {k: v for k, v in config.to_dict().items() if k not in GRID_KEYS}
+    values["families"] = list(config.family_sets[cell.family_set])
+    values["noise"] = config.noises[cell.noise].to_dict()
+    if cell.model != config.model.variant:
+        values["model"] = config.transfer.model.to_dict()
+    return provenance.config_hash(values)
 
 
 def _group(family_set: str, noise: str, model: str) -> str:
