@@ -47,7 +47,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import models  # noqa: E402
-from learned_loss import model as model_lib  # noqa: E402
+from learned_loss.core import model as model_lib  # noqa: E402
 from learned_loss import objectives  # noqa: E402
 from learned_loss.meta import base, es, lm_problem, tbptt  # noqa: E402
 from learned_loss.objectives import learned  # noqa: E402

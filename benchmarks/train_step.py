@@ -22,7 +22,8 @@ F=1024) with T=256 and a global batch of 16:
 Timed blocks run `--steps` steps each and block on the returned state; figures are medians over
 `--repeats` rounds. The machine is assumed noisy: read the spread, not just the median. Under load
 from other processes MFU reads high (the large matmul loses more to a shared CPU than the step
-does), so the script prints the CPU share other processes took during the run and flags a busy machine.
+does), so the script prints the CPU share other processes took during the run and flags a busy
+machine.
 
 XLA flags are the user's: this script sets none. On this stack (jax 0.10, 2-core AMD EPYC) none of
 `--xla_cpu_use_thunk_runtime=false`, `--xla_cpu_experimental_ynn_fusion_type=` (YNNPACK fusions
@@ -50,8 +51,9 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from configs import models, pretrain  # noqa: E402
-from learned_loss import model as model_lib  # noqa: E402
-from learned_loss import objectives, perf, sharding, train  # noqa: E402
+from learned_loss.core import model as model_lib  # noqa: E402
+from learned_loss import objectives  # noqa: E402
+from learned_loss.core import perf, sharding, train  # noqa: E402
 
 SEQ_LEN = 256
 BATCH = 16

@@ -7,15 +7,15 @@ that build it), then for each objective x noise kind x seed a fine-tuning run fr
 checkpoint with the same step budget, scored on the clean test split of `families` (test
 inputs of families that no arm gives a meta role: the run refuses one), then the report.
 
-Objectives (`objectives`, learned_loss/arms.py; run in this order):
-  token level, trained on the noisy demonstrations (learned_loss/meta/comparison.py):
+Objectives (`objectives`, learned_loss/studies/arms.py; run in this order):
+  token level, trained on the noisy demonstrations (learned_loss/studies/noisy_demonstrations.py):
     mle, mle_clean (the same inputs without corruption: the headroom's top; required),
     mle_clean_valid (MLE plus the clean validation examples), mle_2x (twice the steps),
     loss_truncation, learned_tbptt and learned_es (the learned token loss meta-trained offline
     with TBPTT or antithetic ES: `meta.<name>`, or the artifact at `artifacts.<name>`),
     learned_online (Meta-Weight-Net-style, on the clean validation examples).
   RLHF, from the MLE model of the same noise kind and seed as the SFT policy
-  (learned_loss/rlhf_pipeline.py, settings in `rlhf`):
+  (learned_loss/rlhf/pipeline.py, settings in `rlhf`):
     ppo, rloo, dpo, learned_preference (DPO with the meta-trained preference loss),
     learned_reward (RLOO on the meta-trained r_theta, meta-trained on its own families).
   mle_gold_pairs: MLE on the noisy demonstrations plus the gold answers inside the preference
@@ -28,8 +28,9 @@ answers), `paper` (every objective, four noise kinds, 5 seeds).
 
 import ml_collections
 
-from configs import meta_preference, meta_reward, meta_train, models, noisy, pretrain, rlhf
-from learned_loss import arms, sweep
+from configs import meta_preference, meta_train, meta_train_reward, models, pretrain, rlhf
+from configs import noisy_demonstrations as noisy
+from learned_loss.studies import arms, sweep
 
 VARIANTS = {
     # objectives, noise kinds, seeds, fine-tuning steps, examples per family, families,
@@ -73,7 +74,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
     # Pre-training (a configs/pretrain.py config; its model must be `model`). Its checkpoint
     # is kept in CACHE/pretrain-KEY and reused by every compare run with the same settings,
-    # code and corpus (learned_loss/compare.py's pretrain_key).
+    # code and corpus (learned_loss/studies/compare.py's pretrain_key).
     config.cache_dir = ""  # Empty: $LEARNED_LOSS_CACHE or ~/.cache/learned_loss.
     model = models.model_config("nano", max_len=seq_len)
     model.update(config.model.to_dict())
@@ -104,7 +105,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
             m.outer.sanity_steps = 10
         config.meta[name] = m
     config.meta.learned_preference = meta_preference.get_config(v["meta"])
-    config.meta.learned_reward = meta_reward.get_config(v["meta"])
+    config.meta.learned_reward = meta_train_reward.get_config(v["meta"])
 
     # RLHF objectives (a configs/rlhf.py config; sft_from, families, seed and the algorithm
     # are set per cell).
@@ -126,7 +127,7 @@ def _drop_fields_the_run_sets(config) -> None:
     sets them per cell or takes them from elsewhere, so that overriding one is an error (an
     unknown key) instead of being silently ignored: the RLHF stage's SFT policy, seed,
     algorithm, families and folders (per cell), and the meta-training runs' starting points
-    (the fine-tuning sections drop their own in configs/noisy.py)."""
+    (the fine-tuning sections drop their own in configs/noisy_demonstrations.py)."""
     drops = [(config.rlhf, ("sft_from", "shared_dir", "seed", "algorithms", "data")),
              (config.rlhf.tasks, ("families", "label_noise", "noise_kinds")),
              (config.meta.learned_tbptt.inner, ("init_from",)),

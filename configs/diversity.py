@@ -1,6 +1,6 @@
-"""Task diversity at a fixed budget (experiments/task_diversity.py), after Chung et al. 2022.
+"""Task diversity at a fixed budget (experiments/diversity.py), after Chung et al. 2022.
 
-  python -m experiments.task_diversity --config=configs/diversity.py:tiny --workdir=/tmp/div
+  python -m experiments.diversity --config=configs/diversity.py:tiny --workdir=/tmp/div
 
 The pre-trained model (cached like configs/compare.py's, keyed by the hash of `pretrain`) is
 fine-tuned by MLE on the first k families of a seeded order of the 52 meta-train families, for
@@ -8,7 +8,7 @@ k in `counts` (0: all), with the same `steps` x `batch` rows for every k, and sc
 exact match and graded score on the 23 held-out families and on fresh inputs of the trained ones.
 
 Variants: `smoke` (tests: counts 1 and 3, one seed, a few steps), `tiny` (counts 1, 3, 10, 30
-and all; 3 seeds; 800 steps of 32 rows, the budget of configs/noisy.py:tiny).
+and all; 3 seeds; 800 steps of 32 rows, the budget of configs/noisy_demonstrations.py:tiny).
 """
 
 import ml_collections

@@ -24,7 +24,7 @@ from configs import models, objectives, tasks
 # Four meta-train families with integer answers (off-by-one noise applies), two of them often
 # of several characters (a dropped last character applies), each with far more distinct inputs
 # at difficulty 1 than its validation split needs (`tasks.input_space`), within seq_len 48.
-# None of them is an evaluation family of configs/compare.py or configs/noisy.py.
+# None of them is an evaluation family of configs/compare.py or configs/noisy_demonstrations.py.
 NOISY_FAMILIES = ("list_length", "count_vowels", "list_max", "list_sum")
 # Outer validation (all within seq_len 48, each with at least 196 validation inputs at
 # difficulty 1): theta is never trained on these.

@@ -17,7 +17,7 @@ VARIANTS = {
     "base": dict(d_model=768, num_layers=12, num_heads=12, d_ff=3072),
 }
 
-# Defaults shared by every variant (see learned_loss.model.ModelConfig).
+# Defaults shared by every variant (see learned_loss.core.model.ModelConfig).
 COMMON = dict(
     vocab_size=260,
     head_dim=0,

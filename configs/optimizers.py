@@ -1,5 +1,6 @@
-"""The optimizer section shared by every training config (see `learned_loss.train.make_optimizer`):
-AdamW with linear warm-up, cosine decay to `min_lr_ratio * lr`, and global-norm clipping."""
+"""The optimizer section shared by every training config (see
+`learned_loss.core.train.make_optimizer`): AdamW with linear warm-up, cosine decay to
+`min_lr_ratio * lr`, and global-norm clipping."""
 
 import ml_collections
 

@@ -101,7 +101,7 @@ def get_config(arg: str = "easy") -> ml_collections.ConfigDict:
     config.reward_model.optimizer = optimizers.adamw(1e-3, 20, weight_decay=0.0)
     config.reward_model.train = _train_section(v["rm_steps"], v["log"], v["rm_eval"])
 
-    # On-policy RL (trl defaults where trl has them; see learned_loss.rlhf.RLSettings).
+    # On-policy RL (trl defaults where trl has them; see learned_loss.rlhf.training.RLSettings).
     config.rl = ml_collections.ConfigDict()
     config.rl.global_batch_size = v["rl_batch"]  # Prompts per step.
     config.rl.samples_per_prompt = v["k"]  # K completions per prompt (RLOO/GRPO groups).

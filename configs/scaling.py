@@ -91,7 +91,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         m.outer.log_every = 1
     config.meta = m
 
-    # Fits (learned_loss/scaling.py): bootstrap resamples and interval level.
+    # Fits (learned_loss/studies/scaling_laws.py): bootstrap resamples and interval level.
     config.fit = ml_collections.ConfigDict()
     config.fit.bootstrap = 200 if arg != "smoke" else 20
     config.fit.level = 0.95

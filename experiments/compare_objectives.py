@@ -1,4 +1,5 @@
-"""The main job: compare objectives end to end and write the report (learned_loss/compare.py).
+"""The main job: compare objectives end to end and write the report
+(learned_loss/studies/compare.py).
 
   python -m experiments.compare_objectives --config=configs/compare.py:tiny --workdir=/tmp/cmp
 
@@ -16,7 +17,8 @@ from __future__ import annotations
 from absl import flags, logging
 from ml_collections import config_flags
 
-from learned_loss import cli, compare, pretraining
+from learned_loss.core import cli, pretraining
+from learned_loss.studies import compare
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/compare.py:VARIANT).",
                                           lock_config=True)

@@ -1,4 +1,4 @@
-"""Emergence and the metric (learned_loss/emergence_study.py).
+"""Emergence and the metric (learned_loss/studies/emergence.py).
 
   python -m experiments.emergence --config=configs/emergence.py:tiny --workdir=/tmp/emergence
 
@@ -12,7 +12,9 @@ from __future__ import annotations
 from absl import flags, logging
 from ml_collections import config_flags
 
-from learned_loss import cli, emergence_study, report
+from learned_loss.core import cli
+from learned_loss.report import render as report
+from learned_loss.studies import emergence
 
 _CONFIG = config_flags.DEFINE_config_file("config", None,
                                           "Config file (configs/emergence.py:VARIANT).",
@@ -24,7 +26,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where the evaluations, emergenc
 def main(argv):
     config = _CONFIG.value
     cli.check_run_flags(argv, config, _WORKDIR.value, "configs/emergence.py:tiny")
-    emergence_study.run(config, _WORKDIR.value, log=logging.info)
+    emergence.run(config, _WORKDIR.value, log=logging.info)
     paths = report.write(_WORKDIR.value)
     logging.info("wrote %s and %s", paths["markdown"], paths["html"])
 

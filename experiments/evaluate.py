@@ -17,7 +17,7 @@ import jax
 from absl import flags, logging
 
 from configs import tasks as task_configs
-from learned_loss import cli, evaluation, files, policy
+from learned_loss.core import cli, evaluation, files, policy
 from learned_loss.data import tasks
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Workdir of the run to evaluate.")

@@ -21,9 +21,10 @@ import numpy as np
 from absl import flags, logging
 from ml_collections import config_flags
 
-from learned_loss import checkpoint as checkpoint_lib
-from learned_loss import cli, distributed, evaluation, loop, objectives, train
-from learned_loss import model as model_lib
+from learned_loss import objectives
+from learned_loss.core import cli, distributed, evaluation, loop, train
+from learned_loss.core import checkpoint as checkpoint_lib
+from learned_loss.core import model as model_lib
 from learned_loss.data import instruction_tasks, paths, pipeline, tasks
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/finetune.py:VARIANT).",

@@ -1,6 +1,7 @@
 """Plots what a learned token loss (or preference loss) learned and fits closed forms to it.
 
-  python -m experiments.interpret_objective --config=configs/noisy.py:tiny --workdir=/tmp/why \
+  python -m experiments.interpret_objective --config=configs/noisy_demonstrations.py:tiny \
+      --workdir=/tmp/why \
       --config.learned.artifacts.default=/tmp/meta/artifact
   python -m experiments.interpret_objective --config=configs/meta_preference.py:tiny \
       --workdir=/tmp/mpref_why --config.interpret.artifact=/tmp/mpref/artifact
@@ -28,18 +29,19 @@ import numpy as np
 from absl import flags, logging
 from ml_collections import config_flags
 
-from learned_loss import cli, files, provenance
-from learned_loss.meta import comparison, interpret, preference_run
+from learned_loss.core import cli, files, provenance
+from learned_loss.meta import interpret, preference_run
 from learned_loss.objectives import artifact
+from learned_loss.studies import token_arms
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/noisy.py:VARIANT).",
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/noisy_demonstrations.py:VARIANT).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the plots, fits and closed form go.")
 
 
 def main(argv):
     config = _CONFIG.value
-    cli.check_run_flags(argv, config, _WORKDIR.value, "configs/noisy.py:tiny")
+    cli.check_run_flags(argv, config, _WORKDIR.value, "configs/noisy_demonstrations.py:tiny")
     workdir = _WORKDIR.value
     if "preferences" in config:  # configs/meta_preference.py: a learned preference loss.
         summary = preference_run.interpret(config, workdir)
@@ -52,13 +54,13 @@ def main(argv):
         return
     os.makedirs(workdir, exist_ok=True)
     ic = config.interpret
-    objective, path = comparison.method_objective(config, "learned_offline", ic.noise)
+    objective, path = token_arms.method_objective(config, "learned_offline", ic.noise)
     features = artifact.load(path).settings["features"]
-    data = comparison.build_data(config, ic.family_set, ic.noise)
+    data = token_arms.build_data(config, ic.family_set, ic.noise)
     with config.unlocked():
         config.steps = ic.steps
-    cell = comparison.Cell(ic.family_set, ic.noise, "learned_offline", config.model.variant, 0)
-    (model, inner), _ = comparison.train_cell(config, cell, data)
+    cell = token_arms.Cell(ic.family_set, ic.noise, "learned_offline", config.model.variant, 0)
+    (model, inner), _ = token_arms.train_cell(config, cell, data)
     table = interpret.token_table(model, inner["params"], data.train, features,
                                   reference=inner.get("reference"))
     weights = interpret.network_weights(objective.theta, table, features)

@@ -23,8 +23,9 @@ import ml_collections
 from absl import flags, logging
 
 from configs import tasks as task_configs
-from learned_loss import cli, files, policy, preferences, provenance
+from learned_loss.core import cli, files, policy, provenance
 from learned_loss.data import paths, preference_pairs, tasks
+from learned_loss.rlhf import preferences
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where preference_pairs.json goes.")
 _POLICY = flags.DEFINE_string("policy", "", "Workdir of the policy whose samples are "

@@ -24,7 +24,7 @@ import time
 from absl import flags, logging
 from ml_collections import config_flags
 
-from learned_loss import cli
+from learned_loss.core import cli
 from learned_loss.meta import preference_run
 from learned_loss.meta import run as meta_run
 

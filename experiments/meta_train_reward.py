@@ -1,7 +1,7 @@
 """Meta-trains a learned reward r_theta: RL on it should score well under the gold metric.
 
   python -m experiments.finetune --config=configs/finetune.py:words --workdir=/tmp/sft
-  python -m experiments.meta_train_reward --config=configs/meta_reward.py:tiny \
+  python -m experiments.meta_train_reward --config=configs/meta_train_reward.py:tiny \
       --workdir=/tmp/meta_reward --config.rlhf.sft_from=/tmp/sft
 
 Writes WORKDIR/rlhf (the RLHF pipeline's preference pairs and reward model, or reuses
@@ -17,11 +17,11 @@ from __future__ import annotations
 from absl import flags, logging
 from ml_collections import config_flags
 
-from learned_loss import cli
+from learned_loss.core import cli
 from learned_loss.meta import reward_run
 
 _CONFIG = config_flags.DEFINE_config_file("config", None,
-                                          "Config file (configs/meta_reward.py:VARIANT).",
+                                          "Config file (configs/meta_train_reward.py:VARIANT).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the stages, checkpoints, metrics and "
                                "the artifact go.")
@@ -29,7 +29,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where the stages, checkpoints, 
 
 def main(argv):
     config = _CONFIG.value
-    cli.check_run_flags(argv, config, _WORKDIR.value, "configs/meta_reward.py:tiny")
+    cli.check_run_flags(argv, config, _WORKDIR.value, "configs/meta_train_reward.py:tiny")
     final = reward_run.run(config, _WORKDIR.value)
     if final:
         ours, rm = final["learned_reward"], final["reward_model"]

@@ -7,7 +7,7 @@ workdir resumes from its newest good checkpoint. Multi-host: add `--coordinator_
 --num_processes=N --process_id=I` on every host (or the LEARNED_LOSS_* environment variables).
 
 Writes into the workdir: metrics.jsonl, tensorboard/, provenance.json, checkpoints/. The run
-itself (mesh, data, model, state, checkpoints, loop) is `learned_loss.pretraining.run`.
+itself (mesh, data, model, state, checkpoints, loop) is `learned_loss.core.pretraining.run`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 from absl import flags, logging
 from ml_collections import config_flags
 
-from learned_loss import cli, distributed, pretraining
+from learned_loss.core import cli, distributed, pretraining
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/pretrain.py:VARIANT).",
                                           lock_config=True)

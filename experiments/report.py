@@ -18,7 +18,9 @@ import os
 
 from absl import flags, logging
 
-from learned_loss import cli, report, sweep
+from learned_loss.core import cli
+from learned_loss.report import render as report
+from learned_loss.studies import sweep
 from tools import browser
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A compare workdir or a sweep root.")

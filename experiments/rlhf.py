@@ -3,7 +3,7 @@
   python -m experiments.rlhf --config=configs/rlhf.py:easy --workdir=/tmp/rlhf \
       --config.sft_from=/tmp/sft [--config.algorithms=ppo,dpo]
 
-Stages (`learned_loss.rlhf_pipeline`), each in the workdir and resumed on a re-run:
+Stages (`learned_loss.rlhf.pipeline`), each in the workdir and resumed on a re-run:
 preferences.json (pairs from the SFT policy's samples), reward_model/, one training workdir per
 algorithm (ppo/, rloo/, grpo/, dpo/), and overoptimization.json (best-of-n and RL gold and proxy
 against sqrt(KL), with the fits of Gao et al. 2022, and the length analysis).
@@ -14,7 +14,8 @@ from __future__ import annotations
 from absl import flags, logging
 from ml_collections import config_flags
 
-from learned_loss import cli, distributed, rlhf_pipeline
+from learned_loss.core import cli, distributed
+from learned_loss.rlhf import pipeline as rlhf_pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/rlhf.py:VARIANT).",
                                           lock_config=True)

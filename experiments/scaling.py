@@ -1,4 +1,4 @@
-"""Scaling laws of MLE and of a learned token loss (learned_loss/scaling_study.py).
+"""Scaling laws of MLE and of a learned token loss (learned_loss/studies/scaling.py).
 
   python -m experiments.scaling --config=configs/scaling.py:tiny --workdir=/tmp/scaling
 
@@ -14,7 +14,9 @@ from __future__ import annotations
 from absl import flags, logging
 from ml_collections import config_flags
 
-from learned_loss import cli, report, scaling_study
+from learned_loss.core import cli
+from learned_loss.report import render as report
+from learned_loss.studies import scaling
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/scaling.py:VARIANT).",
                                           lock_config=True)
@@ -24,7 +26,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs, scaling.json an
 def main(argv):
     config = _CONFIG.value
     cli.check_run_flags(argv, config, _WORKDIR.value, "configs/scaling.py:tiny")
-    scaling_study.run(config, _WORKDIR.value, log=logging.info)
+    scaling.run(config, _WORKDIR.value, log=logging.info)
     paths = report.write(_WORKDIR.value)
     logging.info("wrote %s and %s", paths["markdown"], paths["html"])
 

@@ -1,4 +1,5 @@
-"""Runs every point of a config's `get_sweep()`, each in its own workdir (learned_loss/sweep.py).
+"""Runs every point of a config's `get_sweep()`, each in its own workdir
+(learned_loss/studies/sweep.py).
 
   python -m experiments.sweep --config=configs/compare.py:tiny --workdir=ROOT [--parallel=2]
   python -m experiments.sweep --config=configs/pretrain.py:tiny --entry=experiments.pretrain \
@@ -15,7 +16,8 @@ import sys
 
 from absl import flags, logging
 
-from learned_loss import cli, sweep
+from learned_loss.core import cli
+from learned_loss.studies import sweep
 
 _CONFIG = flags.DEFINE_string("config", None, "Config file and variant, FILE:ARG, defining "
                               "get_sweep().")

@@ -1,12 +1,12 @@
-"""Tests for learned_loss.arms: the meta-training compute behind a learned arm, worked out by
-hand from the configs the artifacts record."""
+"""Tests for learned_loss.studies.arms: the meta-training compute behind a learned arm, worked
+out by hand from the configs the artifacts record."""
 
 import ml_collections
 import numpy as np
 
-from configs import meta_reward, meta_train
-from learned_loss import arms
+from configs import meta_train_reward, meta_train
 from learned_loss.objectives import artifact
+from learned_loss.studies import arms
 
 
 def _config(path: str, name: str) -> ml_collections.ConfigDict:
@@ -16,7 +16,7 @@ def _config(path: str, name: str) -> ml_collections.ConfigDict:
 
 
 def test_meta_compute_of_a_learned_reward(tmp_path):
-    cfg = meta_reward.get_config("smoke")
+    cfg = meta_train_reward.get_config("smoke")
     path = str(tmp_path / "reward")
     artifact.save(path, "learned_reward", {"w": np.zeros(2)}, {}, cfg.to_dict())
     got = arms.meta_compute(_config(path, "learned_reward"), str(tmp_path), "learned_reward")

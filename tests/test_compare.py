@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from configs import compare as compare_config
-from learned_loss import arms, checkpoint, cli, compare, pretraining, sweep
+from learned_loss.core import checkpoint, cli, pretraining
 from learned_loss.data import tasks
-from learned_loss.meta import comparison
+from learned_loss.studies import arms, compare, sweep, token_arms
 from tests import runs
 from tools import browser
 
@@ -262,13 +262,13 @@ def test_rlhf_cells_get_their_learned_settings(tmp_path):
 def test_train_cells_from_given_parameters_in_segments():
     config = compare.noisy_view(compare_config.get_config("smoke"))
     config.steps = 4
-    data = [comparison.build_data(config, compare.FAMILY_SET, "swap30", s) for s in (0, 1)]
-    cells = [comparison.Cell(compare.FAMILY_SET, "swap30", "mle", config.model.variant, s)
+    data = [token_arms.build_data(config, compare.FAMILY_SET, "swap30", s) for s in (0, 1)]
+    cells = [token_arms.Cell(compare.FAMILY_SET, "swap30", "mle", config.model.variant, s)
              for s in (0, 1)]
-    model = comparison.model_of(config.model)
+    model = token_arms.model_of(config.model)
     start = model.init(jax.random.key(42), np.zeros((1, config.data.seq_len), np.int32))
     seen = []
-    _, inners, _ = comparison.train_cells(
+    _, inners, _ = token_arms.train_cells(
         config, cells, data, init_params=start, segments=2,
         on_segment=lambda step, m, inner: seen.append((step, len(inner))))
     assert seen == [(2, 2)]
@@ -283,11 +283,11 @@ def test_train_cells_from_given_parameters_in_segments():
 
 
 def test_kept_sft_policy_reads_back_and_starts_meta_training_inner_runs(tmp_path):
-    from learned_loss import policy
+    from learned_loss.core import policy
     from learned_loss.meta import run as meta_run
 
     config = compare_config.get_config("smoke")
-    model = comparison.model_of(config.model)
+    model = token_arms.model_of(config.model)
     params = model.init(jax.random.key(7), np.zeros((1, config.data.seq_len), np.int32))
     path = compare.sft_dir(str(tmp_path), "swap30", 0)
     compare.write_sft(config, path, params, 8, config.families)
@@ -349,14 +349,14 @@ def test_learned_and_rlhf_objectives_through_the_compare(tmp_path):
     assert dpo["curve"][-1]["step"] > mle["curve"][-1]["step"]
     # DPO's cell scores DPO's final policy, which has left its SFT model (the MLE cell's): the
     # test NLL recomputed from the DPO stage's checkpoint is the cell's, and not MLE's.
-    from learned_loss import policy
+    from learned_loss.core import policy
     from learned_loss.meta import lm_problem
 
     config = compare_config.get_config("smoke")
-    data = comparison.build_data(compare.noisy_view(config), compare.FAMILY_SET, "swap30", 0)
+    data = token_arms.build_data(compare.noisy_view(config), compare.FAMILY_SET, "swap30", 0)
     final = policy.load(str(workdir / "runs" / "dpo-swap30-s0" / "dpo"))
     rows = {k: jax.numpy.asarray(v) for k, v in data.test_rows.batch().items()}
-    nll = float(lm_problem.answer_nll(comparison.model_of(config.model), final.params, rows))
+    nll = float(lm_problem.answer_nll(token_arms.model_of(config.model), final.params, rows))
     assert dpo["metrics"]["test_nll"] == pytest.approx(nll, rel=1e-5)
     assert abs(nll - mle["metrics"]["test_nll"]) > 1e-6
     # The clean data a preference arm sees: the gold answers inside its train pairs, which the
@@ -400,7 +400,7 @@ def test_parallel_runs_share_one_pretraining(tmp_path):
     def fake_pretrain(pretrain_config, path):  # Writes a finished run, slowly.
         calls.append(path)
         time.sleep(1.0)
-        model = comparison.model_of(config.model)
+        model = token_arms.model_of(config.model)
         params = model.init(jax.random.key(1), np.zeros((1, config.data.seq_len), np.int32))
         compare.write_sft(config, path, params, pretrain_config.train.num_steps, ())
 
@@ -427,7 +427,7 @@ def test_the_pretraining_cache_key_follows_code_data_and_corpus(tmp_path, monkey
     monkeypatch.setattr(tasks.partition, "VERSION", tasks.partition.VERSION + 1)
     changed_partition = pretraining.cache_key(config.pretrain)
     monkeypatch.undo()
-    from learned_loss import sampling
+    from learned_loss.core import sampling
     monkeypatch.setattr(pretraining, "SOURCES", pretraining.SOURCES + (sampling,))
     changed_code = pretraining.cache_key(config.pretrain)
     assert len({key, changed_corpus, changed_partition, changed_code}) == 4

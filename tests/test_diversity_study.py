@@ -10,22 +10,24 @@ import numpy as np
 import pytest
 
 from configs import diversity as diversity_config
-from learned_loss import cli, diversity_study, evaluation, study_report
+from learned_loss.core import cli, evaluation
 from learned_loss.data import tasks
 from learned_loss.meta import lm_problem
+from learned_loss.report import studies as study_report
+from learned_loss.studies import diversity
 from tests import runs
 
 
 def test_subsets_are_nested_seeded_and_never_held_out():
     config = diversity_config.get_config("tiny")
-    families = diversity_study.train_families(config)
-    heldout = diversity_study.heldout_families(config)
+    families = diversity.train_families(config)
+    heldout = diversity.heldout_families(config)
     assert len(families) >= 30 and not set(families) & set(heldout)
-    a, b = diversity_study.family_order(families, 0), diversity_study.family_order(families, 1)
+    a, b = diversity.family_order(families, 0), diversity.family_order(families, 1)
     assert sorted(a) == sorted(families) and a != b
-    assert a == diversity_study.family_order(families, 0)
-    assert diversity_study.check(config) == [1, 3, 10, 30, len(families)]
-    assert diversity_study.resolve_counts((3, 0, 3), 52) == [3, 52]
+    assert a == diversity.family_order(families, 0)
+    assert diversity.check(config) == [1, 3, 10, 30, len(families)]
+    assert diversity.resolve_counts((3, 0, 3), 52) == [3, 52]
 
 
 @pytest.mark.parametrize("override, message", [
@@ -38,14 +40,14 @@ def test_bad_configs_are_refused(override, message):
     config = diversity_config.get_config("smoke")
     config.update(override)
     with pytest.raises(cli.UserError, match=message):
-        diversity_study.check(config)
+        diversity.check(config)
 
 
 def test_a_held_out_family_cannot_be_trained_on():
     config = diversity_config.get_config("smoke")
-    config.tasks.families = (diversity_study.heldout_families(config)[0],)
+    config.tasks.families = (diversity.heldout_families(config)[0],)
     with pytest.raises(tasks.TaskError, match="held-out"):
-        diversity_study.train_families(config)
+        diversity.train_families(config)
 
 
 def test_demonstrations_round_robin_fit_and_are_deterministic():
@@ -73,11 +75,11 @@ def _summary(values):
 
 def test_gains_per_log_and_diminishing_returns():
     ks = [1, 3, 10, 30, 52]
-    concave = diversity_study.gains(_summary([(k, 0.1 * np.log(k) - 0.01 * np.log(k) ** 2)
+    concave = diversity.gains(_summary([(k, 0.1 * np.log(k) - 0.01 * np.log(k) ** 2)
                                               for k in ks]))
     assert concave["diminishing"] and concave["curvature"] == pytest.approx(-0.01, abs=1e-9)
     assert concave["steps"][0]["per_log"] > concave["steps"][-1]["per_log"]
-    linear = diversity_study.gains(_summary([(k, 0.05 * np.log(k)) for k in ks]))
+    linear = diversity.gains(_summary([(k, 0.05 * np.log(k)) for k in ks]))
     assert not linear["diminishing"]
     assert all(s["per_log"] == pytest.approx(0.05) for s in linear["steps"])
     assert linear["slope_per_log"] == pytest.approx(0.05)
@@ -95,12 +97,12 @@ def _cells(by_count):
 def test_change_from_fewest_to_most_families_is_paired_over_seeds():
     # Seeds differ a lot from each other, but each gains about 0.05: paired, that stands out.
     base = [0.1, 0.4, 0.7]
-    steady = diversity_study.change(_cells({1: base, 10: [0.0, 0.0, 0.0],
+    steady = diversity.change(_cells({1: base, 10: [0.0, 0.0, 0.0],
                                             52: [b + d for b, d in zip(base, [0.05, 0.06, 0.04])]}))
     assert (steady["from"], steady["to"], steady["n"]) == (1, 52, 3)
     assert steady["mean"] == pytest.approx(0.05) and steady["p"] < 0.05
     assert "stands out of the seed noise" in study_report.diversity_noise(steady, "graded")
-    noisy = diversity_study.change(_cells({1: base, 52: [b + d for b, d in
+    noisy = diversity.change(_cells({1: base, 52: [b + d for b, d in
                                                          zip(base, [0.05, -0.04, 0.01])]}))
     assert noisy["p"] > 0.5
     assert "within the seed noise" in study_report.diversity_noise(noisy, "graded")
@@ -111,15 +113,15 @@ def test_examples_hash_follows_every_prompt_and_answer():
                                           seed=0)
     same = evaluation.sample_examples(("uppercase", "list_sum"), per_family=3, difficulty=1,
                                       seed=0)
-    assert diversity_study.examples_hash(examples) == diversity_study.examples_hash(same)
+    assert diversity.examples_hash(examples) == diversity.examples_hash(same)
     changed = [*examples[:-1], dataclasses.replace(examples[-1], answer="x")]
-    assert diversity_study.examples_hash(changed) != diversity_study.examples_hash(examples)
+    assert diversity.examples_hash(changed) != diversity.examples_hash(examples)
 
 
 def test_smoke_study_end_to_end_with_report_and_resume(tmp_path):
     workdir = tmp_path / "w"
     env = runs.env(1, LEARNED_LOSS_CACHE=str(tmp_path / "cache"))
-    cmd = runs.command("experiments.task_diversity", workdir, "configs/diversity.py:smoke")
+    cmd = runs.command("experiments.diversity", workdir, "configs/diversity.py:smoke")
     first = subprocess.run(cmd, cwd=runs.ROOT, env=env, capture_output=True, text=True,
                            timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -133,7 +135,8 @@ def test_smoke_study_end_to_end_with_report_and_resume(tmp_path):
     heldout = set(study["heldout_families"])
     assert heldout and not heldout & set(cells[(3, 0)]["families"])
     for (count, seed), cell in cells.items():
-        with open(os.path.join(workdir, diversity_study.CELLS, diversity_study.cell_key(count, seed) + '.json')) as f:
+        key = diversity.cell_key(count, seed)
+        with open(os.path.join(workdir, diversity.CELLS, f"{key}.json")) as f:
             assert json.load(f) == cell
         assert set(cell["heldout"]["families"]) == heldout
         assert 0.0 <= cell["heldout"]["exact_match"] <= cell["heldout"]["graded"] + 1e-9

@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 
 from configs import emergence as emergence_config
-from learned_loss import cli, emergence_study, loop, study_report
-from learned_loss import model as model_lib
+from learned_loss.core import cli, loop
+from learned_loss.core import model as model_lib
 from learned_loss.meta import lm_problem
+from learned_loss.report import studies as study_report
+from learned_loss.studies import emergence
 from tests import runs
 
 VOCAB = 16
@@ -39,12 +41,12 @@ def _rows(lengths, seq_len=12):
 
 def test_token_records_follow_the_argmax_under_teacher_forcing():
     rows = _rows([3, 5, 7])
-    right = emergence_study.token_records(ShiftModel(), 1, rows, batch_size=2)
+    right = emergence.token_records(ShiftModel(), 1, rows, batch_size=2)
     assert [r["length"] for r in right] == [3, 5, 7]
     assert all(all(r["token_correct"]) for r in right)
-    wrong = emergence_study.token_records(ShiftModel(), 2, rows)
+    wrong = emergence.token_records(ShiftModel(), 2, rows)
     assert not any(any(r["token_correct"]) for r in wrong)
-    buckets = emergence_study.bucket_metrics(right + wrong, (3, 6, 8))
+    buckets = emergence.bucket_metrics(right + wrong, (3, 6, 8))
     assert [(b["low"], b["high"], b["count"]) for b in buckets] == [(3, 5, 4), (6, 7, 2)]
     assert all(b["exact_match"] == 0.5 and b["per_token_accuracy"] == 0.5 for b in buckets)
 
@@ -67,7 +69,7 @@ def _synthetic_sizes(p_of_n, lengths=(4, 8, 16)):
 def test_the_jump_moves_with_length_while_per_token_accuracy_is_smooth():
     # p rises linearly in log10 N from 0.5 to 0.98: smooth, no jump.
     sizes = _synthetic_sizes(lambda n: 0.5 + 0.16 * (np.log10(n) - 3))
-    a = emergence_study.analyse(sizes, threshold=0.5)
+    a = emergence.analyse(sizes, threshold=0.5)
     jumps = [r["jump"] for r in a["across_sizes"]]
     assert jumps[0] < jumps[1] < jumps[2]  # Longer answers cross later.
     # p = 0.5^(1/L) at the crossing: L = 8 crosses at p = 0.917, i.e. log10 N = 3 + 2.61.
@@ -100,8 +102,8 @@ def test_pretraining_lowers_the_text_nll():
     docs = [{"path": f"d{i}.txt", "text": "abcdefgh" * 60} for i in range(4)]
     text = (lm_problem.text_windows(docs, config.data.seq_len, 16),
             lm_problem.text_windows(docs, config.data.seq_len, 4, offset=0.5))
-    model = emergence_study.model_config(config, "s1")
-    params, nll = emergence_study.pretrain(config, model_lib.build(model), text,
+    model = emergence.model_config(config, "s1")
+    params, nll = emergence.pretrain(config, model_lib.build(model), text,
                                            jax.random.key(0))
     assert nll < 0.5 * np.log(model.vocab_size), nll
     assert jax.tree.leaves(params)
@@ -117,7 +119,7 @@ def test_bad_configs_are_refused(override, message):
     config = emergence_config.get_config("smoke")
     config.update(override)
     with pytest.raises(cli.UserError, match=message):
-        emergence_study.check(config)
+        emergence.check(config)
 
 
 def test_smoke_study_end_to_end_with_report_and_resume(tmp_path):
@@ -170,7 +172,7 @@ def sigterm_received():
 
 def test_sigterm_stops_a_study_between_runs_and_exits_cleanly(sigterm_received, tmp_path):
     with pytest.raises(cli.Preempted, match="stopped before size s1; re-run to resume"):
-        emergence_study.run(emergence_config.get_config("smoke"), str(tmp_path))
+        emergence.run(emergence_config.get_config("smoke"), str(tmp_path))
     assert not (tmp_path / "emergence").exists() and not (tmp_path / "emergence.json").exists()
 
     # The entry points (cli.run) log it and exit 0: the job is resumable, not failed.

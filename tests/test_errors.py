@@ -10,7 +10,7 @@ import sys
 import textwrap
 
 import learned_loss
-from learned_loss import cli, errors
+from learned_loss.core import cli, errors
 from tools import browser
 
 
@@ -30,13 +30,14 @@ def test_every_package_error_is_a_user_error():
     found = _package_exceptions()
     # cli.Preempted is not a mistake: a run stopped by SIGTERM, saved and resumable.
     others = {k for k, cls in found.items() if not issubclass(cls, errors.UserError)}
-    assert others == {"learned_loss.cli.Preempted"}
+    assert others == {"learned_loss.core.cli.Preempted"}
     # The classes entry points used to list one by one are among them.
-    for name in ("learned_loss.sharding.ShardingError", "learned_loss.data.text_corpus.CorpusError",
-                 "learned_loss.checkpoint.CheckpointMismatchError",
-                 "learned_loss.data.tasks.base.TaskError", "learned_loss.report.ReportError",
-                 "learned_loss.objectives.artifact.ArtifactError", "learned_loss.sweep.SweepError",
-                 "learned_loss.study_report.StudyError"):
+    for name in ("learned_loss.core.sharding.ShardingError",
+                 "learned_loss.data.text_corpus.CorpusError",
+                 "learned_loss.core.checkpoint.CheckpointMismatchError",
+                 "learned_loss.data.tasks.base.TaskError", "learned_loss.report.render.ReportError",
+                 "learned_loss.objectives.artifact.ArtifactError",
+                 "learned_loss.studies.sweep.SweepError", "learned_loss.report.studies.StudyError"):
         assert name in found
     assert cli.UserError is errors.UserError
     assert issubclass(browser.BrowserError, errors.UserError)
@@ -44,11 +45,12 @@ def test_every_package_error_is_a_user_error():
 
 def test_cli_run_prints_one_line_and_exits_2():
     script = textwrap.dedent("""
-        from learned_loss import cli
+        from learned_loss.core import cli
         from learned_loss.data import text_corpus
 
         def main(argv):
-            raise text_corpus.CorpusError("no corpus in /nowhere;\\n point --config.data.dir at one")
+            raise text_corpus.CorpusError("no corpus in /nowhere;\\n point --config.data.dir "
+                                          "at one")
 
         cli.run(main)
     """)

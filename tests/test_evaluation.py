@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from configs import models
-from learned_loss import evaluation, sampling
-from learned_loss import model as model_lib
+from learned_loss.core import evaluation, sampling
+from learned_loss.core import model as model_lib
 from learned_loss.data import tasks
 
 FAMILIES = ("uppercase", "first_char", "compare")

@@ -1,4 +1,4 @@
-"""Tests for learned_loss.files: atomic writes."""
+"""Tests for learned_loss.core.files: atomic writes."""
 
 import json
 import math
@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from learned_loss import files
+from learned_loss.core import files
 
 
 def test_write_json_replaces_atomically(tmp_path):

@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from learned_loss import sharding
+from learned_loss.core import sharding
 from learned_loss.meta import base, full_es
 
 A, T = 0.1, 10

@@ -1,12 +1,13 @@
-"""Tests for learned_loss.data.instruction_tasks (label noise and the `instruction_tasks` builder)."""
+"""Tests for learned_loss.data.instruction_tasks (label noise and the `instruction_tasks`
+builder)."""
 
 import dataclasses
 
 import numpy as np
 import pytest
 
-from learned_loss.data import instruction_tasks as itasks
 from learned_loss.data import tasks
+from learned_loss.data import instruction_tasks as itasks
 from learned_loss.data.tasks import TaskError
 
 FAMILIES = ("add", "reverse_string", "first_char", "sort_ascending", "json_list")

@@ -6,8 +6,8 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from learned_loss import model as model_lib
 from learned_loss import objectives
+from learned_loss.core import model as model_lib
 from learned_loss.meta import interpret, lm_problem
 from learned_loss.objectives import learned, mle
 

@@ -11,8 +11,9 @@ from absl import flags
 from ml_collections import config_flags
 
 from configs import objectives as objective_configs
-from learned_loss import model as model_lib
-from learned_loss import objectives, train
+from learned_loss import objectives
+from learned_loss.core import train
+from learned_loss.core import model as model_lib
 from learned_loss.objectives import artifact, dpo, learned, mle
 
 

@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 
 from configs import rlhf as rlhf_configs
-from learned_loss import cli, rlhf, rlhf_data, rlhf_pipeline
-from learned_loss import model as model_lib
+from learned_loss.core import cli
+from learned_loss.core import model as model_lib
 from learned_loss.data import preference_pairs, tasks
 from learned_loss.meta import base, es, lm_problem, preference_problem, tbptt
 from learned_loss.objectives import artifact, learned
+from learned_loss.rlhf import training
+from learned_loss.rlhf import data as rlhf_data
+from learned_loss.rlhf import pipeline as rlhf_pipeline
 
 SEQ_LEN = 23  # W = 24 tokens per scored sequence.
 BETA = 0.5
@@ -78,9 +81,9 @@ def test_learned_dpo_at_init_is_dpo(tiny, rows):
         (value, metrics), grads = fn(params)
         return value, metrics, grads
 
-    dpo_value, _, dpo_grads = value_and_grad(rlhf.dpo_loss_fn(model, beta=BETA))
+    dpo_value, _, dpo_grads = value_and_grad(training.dpo_loss_fn(model, beta=BETA))
     ours, metrics, grads = value_and_grad(
-        rlhf.dpo_loss_fn(model, beta=BETA, loss_type="learned", preference_theta=theta))
+        training.dpo_loss_fn(model, beta=BETA, loss_type="learned", preference_theta=theta))
     assert abs(float(dpo_value) - np.log(2.0)) > 1e-3  # Not the trivial delta = 0.
     np.testing.assert_allclose(ours, dpo_value, rtol=1e-6)
     np.testing.assert_allclose(metrics["dpo_loss"], dpo_value, rtol=1e-6)
@@ -89,16 +92,17 @@ def test_learned_dpo_at_init_is_dpo(tiny, rows):
     # Off its initialisation: mean over the pairs of -log sigmoid(x) + h(x / 4), x = beta delta,
     # with h = w1 . tanh(w0 u + b0) + b1 worked out here.
     moved_theta = _moved(theta)
-    moved = rlhf.dpo_loss_fn(model, beta=BETA, loss_type="learned", preference_theta=moved_theta)
+    moved = training.dpo_loss_fn(model, beta=BETA, loss_type="learned",
+                                 preference_theta=moved_theta)
     x = np.asarray(preference_problem.margins(model, params, reference, batch, BETA), np.float64)
     p = {k: np.asarray(v, np.float64) for k, v in moved_theta.items()}
     h = np.tanh((x / 4.0)[:, None] @ p["w0"] + p["b0"]) @ p["w1"] + p["b1"]  # [B]
     np.testing.assert_allclose(jax.jit(moved)(params, batch, reference)[0],
                                np.mean(np.log1p(np.exp(-x)) + h), rtol=1e-5)
     with pytest.raises(ValueError, match="needs preference_theta"):
-        rlhf.dpo_loss_fn(model, loss_type="learned")
+        training.dpo_loss_fn(model, loss_type="learned")
     with pytest.raises(ValueError, match="label_smoothing"):
-        rlhf.dpo_loss_fn(model, loss_type="learned", preference_theta=theta,
+        training.dpo_loss_fn(model, loss_type="learned", preference_theta=theta,
                          label_smoothing=0.1)
 
 
@@ -184,7 +188,7 @@ def test_an_inner_step_at_init_is_a_dpo_step(tiny, rows):
     # At the start the policy is the reference: delta = 0 and the meta-loss is log 2.
     assert float(meta_loss(inner, jax.random.key(9))) == pytest.approx(np.log(2.0), abs=1e-6)
     train = {k: jnp.asarray(v) for k, v in rows[0].batch().items()}
-    dpo_loss = rlhf.dpo_loss_fn(model, beta=BETA)
+    dpo_loss = training.dpo_loss_fn(model, beta=BETA)
 
     @jax.jit
     def dpo_step(p, opt_state, key):

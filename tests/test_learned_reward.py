@@ -22,11 +22,14 @@ import pytest
 
 from configs import finetune as finetune_configs
 from configs import rlhf as rlhf_configs
-from learned_loss import cli, policy, rlhf, rlhf_data, rlhf_pipeline, rollout, sharding, train
-from learned_loss import model as model_lib
+from learned_loss.core import cli, policy, sharding, train
+from learned_loss.core import model as model_lib
 from learned_loss.data import tasks, tokenizer
 from learned_loss.meta import host_es, reward_problem
 from learned_loss.objectives import artifact, learned
+from learned_loss.rlhf import rollout, training
+from learned_loss.rlhf import data as rlhf_data
+from learned_loss.rlhf import pipeline as rlhf_pipeline
 
 THREE = ord("3")
 MAX_NEW = 8
@@ -87,17 +90,17 @@ def test_shaped_scores_hand_values():
                          end=None)
     proxy = jnp.array([0.5, 1.0, 2.0])  # [R]
     # At init: the reward model's score; the missing-EOS penalty (1) on the third row only.
-    reward, score = rlhf.shaped_scores({}, proxy, ro, 1.0)
+    reward, score = training.shaped_scores({}, proxy, ro, 1.0)
     np.testing.assert_array_equal(reward, proxy)
     np.testing.assert_array_equal(score, [0.5, 1.0, 1.0])
     theta0 = learned.init_reward(jax.random.key(0))
-    reward, _ = jax.jit(rlhf.shaped_scores, static_argnums=3)(
+    reward, _ = jax.jit(training.shaped_scores, static_argnums=3)(
         {"learned_reward": theta0}, proxy, ro, 1.0)
     np.testing.assert_array_equal(reward, proxy)
     # A length penalty: n = lengths - finished = [0, 2, 8] tokens before the EOS;
     # k = -2 tanh(log(1 + n) / 4) = [0, -2 tanh(log 3 / 4), -2 tanh(log 3 / 2)]
     #   = [0, -0.535898, -1]   (tanh(log 3 / 2) = (3 - 1) / (3 + 1)).
-    reward, score = rlhf.shaped_scores({"learned_reward": length_penalty(2.0, 1.0)}, proxy, ro,
+    reward, score = training.shaped_scores({"learned_reward": length_penalty(2.0, 1.0)}, proxy, ro,
                                        1.0)
     np.testing.assert_allclose(reward, [0.5, 0.464102, 1.0], rtol=1e-6)
     np.testing.assert_allclose(score, [0.5, 0.464102, 0.0], rtol=1e-6, atol=1e-6)
@@ -123,7 +126,7 @@ def problem():
                           for i in range(16)]
     evaluator.samples = 4
     optimizer = optax.adam(0.1)
-    settings = rlhf.RLSettings(algorithm="rloo", samples_per_prompt=4, max_new_tokens=MAX_NEW,
+    settings = training.RLSettings(algorithm="rloo", samples_per_prompt=4, max_new_tokens=MAX_NEW,
                                epochs=1, minibatches=1, missing_eos_penalty=0.0)
     stream = rlhf_data.PromptStream(families, difficulty=(1, 1), seed=5, global_batch_size=4,
                                     width=width, kl_coef=0.0)

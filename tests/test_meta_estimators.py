@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from learned_loss import sharding
+from learned_loss.core import sharding
 from learned_loss.meta import base, es, pes, tbptt
 
 A = jnp.array([1.0, 0.5, 0.2])

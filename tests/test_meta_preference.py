@@ -14,11 +14,13 @@ import pytest
 from configs import meta_preference
 from configs import meta_train as meta_train_configs
 from configs import rlhf as rlhf_configs
-from learned_loss import cli, rlhf, rlhf_pipeline
-from learned_loss import metrics as metrics_lib
+from learned_loss.core import cli
+from learned_loss.core import metrics as metrics_lib
 from learned_loss.meta import base, interpret, preference_problem, preference_run
 from learned_loss.meta import run as meta_run
 from learned_loss.objectives import artifact, learned
+from learned_loss.rlhf import training
+from learned_loss.rlhf import pipeline as rlhf_pipeline
 from tests import runs
 
 
@@ -92,7 +94,7 @@ def test_artifact_loads_into_dpo_with_the_saved_loss(offline, setup):
     # DPO's loss function with loss_type='learned' is the mean of f_theta(beta delta).
     rows = {k: jnp.asarray(v[:8]) for k, v in setup.train_rows.batch().items()}
     policy = jax.tree.map(lambda x: 1.1 * x, setup.reference)  # Off the reference: delta != 0.
-    loss_fn = rlhf.dpo_loss_fn(setup.model, beta=config.dpo.beta, loss_type="learned",
+    loss_fn = training.dpo_loss_fn(setup.model, beta=config.dpo.beta, loss_type="learned",
                                preference_theta=loaded)
     value = float(jax.jit(loss_fn)(policy, rows, setup.reference)[0])
     x = preference_problem.margins(setup.model, policy, setup.reference, rows, config.dpo.beta)

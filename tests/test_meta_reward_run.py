@@ -1,5 +1,5 @@
-"""experiments.meta_train_reward end to end (configs/meta_reward.py:smoke): the RLHF pipeline's
-preference and reward-model stages, full-horizon ES over RLOO inner runs scored by the gold
+"""experiments.meta_train_reward end to end (configs/meta_train_reward.py:smoke): the RLHF
+pipeline's preference and reward-model stages, full-horizon ES over RLOO inner runs scored by the gold
 metric, outer checkpoints, metrics, final.json and the `learned_reward` artifact; a run cut short
 resumes to the same numbers, and a finished run started again leaves its artifact alone.
 
@@ -21,13 +21,14 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from configs import finetune as finetune_configs
-from configs import meta_reward
-from learned_loss import checkpoint as checkpoint_lib
-from learned_loss import cli, provenance, rlhf_pipeline, train
-from learned_loss import model as model_lib
+from configs import meta_train_reward
+from learned_loss.core import cli, provenance, train
+from learned_loss.core import checkpoint as checkpoint_lib
+from learned_loss.core import model as model_lib
 from learned_loss.data import tokenizer
 from learned_loss.meta import host_es, reward_run
 from learned_loss.objectives import artifact, learned
+from learned_loss.rlhf import pipeline as rlhf_pipeline
 from tests import runs
 
 STEPS = 2
@@ -71,7 +72,7 @@ def _sft_workdir(path) -> str:
 
 
 def _run(workdir, sft, data_dir, *overrides):
-    return runs.run("experiments.meta_train_reward", workdir, "configs/meta_reward.py:smoke",
+    return runs.run("experiments.meta_train_reward", workdir, "configs/meta_train_reward.py:smoke",
                     f"--config.rlhf.sft_from={sft}", f"--config.rlhf.data.data_dir={data_dir}",
                     *overrides, timeout=600)
 
@@ -95,7 +96,7 @@ def _outer_state(workdir, step: int, scratch, like):
     for later in os.listdir(copy / "checkpoints"):
         if later.isdigit() and int(later) > step:
             shutil.rmtree(copy / "checkpoints" / later)
-    config = meta_reward.get_config("smoke")
+    config = meta_train_reward.get_config("smoke")
     model = {"objective": learned.REWARD_ARTIFACT, "hidden": int(config.reward.hidden),
              "strategy": config.estimator.strategy}  # What reward_run records with its states.
     abstract = jax.tree.map(
@@ -132,7 +133,7 @@ def test_run_writes_metrics_final_comparison_and_a_loadable_artifact(finished, t
     # step negated, theta_{k-1} - m_k with m_k the strategy's mean after step k (checkpointed);
     # its norm is the logged grad_norm; adam (after clipping the global norm), worked out here,
     # takes theta_{k-1} to theta_k, the last of them the artifact.
-    config = meta_reward.get_config("smoke")
+    config = meta_train_reward.get_config("smoke")
     lr, clip = config.outer.lr, config.outer.grad_clip
     theta0 = learned.init_reward(jax.random.key(config.seed), hidden=config.reward.hidden)
     strategy = host_es.host_es(theta0, population=config.estimator.population,
@@ -155,7 +156,7 @@ def test_run_writes_metrics_final_comparison_and_a_loadable_artifact(finished, t
     np.testing.assert_array_equal(flat(theta), flat(states[-1].theta))
     # The RLHF pipeline's own stages were used and kept in the workdir.
     assert os.path.isdir(workdir / "rlhf" / "reward_model" / "checkpoints")
-    config = meta_reward.get_config("smoke")
+    config = meta_train_reward.get_config("smoke")
     config.rlhf.rl.reward = "learned"
     config.rlhf.rl.learned_reward_path = str(workdir / "artifact")
     loaded = rlhf_pipeline.reward_theta(config.rlhf)
@@ -191,12 +192,12 @@ def test_a_finished_run_started_again_keeps_its_artifact(finished):
 
 def test_bad_inputs_are_user_errors(tmp_path):
     result = runs.run("experiments.meta_train_reward", tmp_path / "a",
-                      "configs/meta_reward.py:smoke")
+                      "configs/meta_train_reward.py:smoke")
     assert result.returncode != 0
     assert "config.rlhf.sft_from is required" in result.stderr
     assert "Traceback" not in result.stderr
     assert not os.path.exists(tmp_path / "a" / "artifact")
-    config = meta_reward.get_config("smoke")
+    config = meta_train_reward.get_config("smoke")
     config.rlhf.sft_from = "/somewhere"
     config.estimator.population = 3
     with pytest.raises(cli.UserError, match="even population"):

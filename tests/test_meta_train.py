@@ -13,8 +13,9 @@ import pytest
 
 from configs import meta_train as meta_configs
 from experiments import finetune
-from learned_loss import metrics as metrics_lib
-from learned_loss import objectives, policy, sharding, train
+from learned_loss import objectives
+from learned_loss.core import policy, sharding, train
+from learned_loss.core import metrics as metrics_lib
 from learned_loss.data import instruction_tasks, tasks
 from learned_loss.meta import base, es, lm_problem, outer, tbptt
 from learned_loss.meta import run as meta_run

@@ -1,4 +1,4 @@
-"""Tests for learned_loss.metrics: event files, JSONL, resume, ETA."""
+"""Tests for learned_loss.core.metrics: event files, JSONL, resume, ETA."""
 
 import json
 import math
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from learned_loss import metrics
+from learned_loss.core import metrics
 
 
 # --- Event files --------------------------------------------------------------
@@ -178,7 +178,7 @@ def test_truncate_without_file_is_noop(tmp_path):
 def test_survives_sigkill(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal
-        from learned_loss import metrics
+        from learned_loss.core import metrics
         writer = metrics.MetricWriter({str(tmp_path)!r})
         for step in range(1, 4):
             writer.write(step, {{"loss": float(step)}})

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import models
-from learned_loss import model as model_lib
+from learned_loss.core import model as model_lib
 
 
 def _cfg(**overrides):

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from configs import noisy
-from learned_loss import statistics
+from configs import noisy_demonstrations as noisy
 from learned_loss.data import tasks
-from learned_loss.meta import comparison
 from learned_loss.objectives import artifact, learned
+from learned_loss.studies import noisy_demonstrations, statistics, token_arms
 
 
 def test_paired_summary_with_adjusted_p(tmp_path):
@@ -22,7 +21,7 @@ def test_paired_summary_with_adjusted_p(tmp_path):
             for m, values in (("mle", (0.5, 0.6, 0.55)), ("loss_truncation", (0.6, 0.8, 0.7)),
                               ("mle_2x", (0.52, 0.6, 0.56)))
             for s, v in enumerate(values)]
-    summary = {r["method"]: r for r in comparison.summarize(rows)}
+    summary = {r["method"]: r for r in noisy_demonstrations.summarize(rows)}
     lt = summary["loss_truncation"]
     assert lt["mean"] == pytest.approx(0.7) and lt["n"] == 3
     # t_{0.975, 2} = 4.303; sd 0.1; n 3.
@@ -37,12 +36,12 @@ def test_paired_summary_with_adjusted_p(tmp_path):
     assert [lt["vs_mle_p_adjusted"], summary["mle_2x"]["vs_mle_p_adjusted"]] == pytest.approx(
         statistics.holm([p_lt, p_2x]))
     assert "vs_mle" not in summary["mle"]
-    table = comparison.markdown(comparison.summarize(rows), "exact_match")
+    table = noisy_demonstrations.markdown(noisy_demonstrations.summarize(rows), "exact_match")
     assert (f"| train | swap30 | nano | loss_truncation | 0.700 ± {lt['ci95']:.3f} | +0.150 ± "
             f"{lt['vs_mle_ci95']:.3f} | {statistics.format_p(p_lt)} | "
             f"{statistics.format_p(lt['vs_mle_p_adjusted'])} | 3 |") in table
     assert "| train | swap30 | nano | mle | 0.550 ± " in table and " |  |  |  | 3 |" in table
-    comparison.write_summary(str(tmp_path), rows)
+    noisy_demonstrations.write_summary(str(tmp_path), rows)
     text = (tmp_path / "summary.md").read_text()
     record = json.loads((tmp_path / "findings.json").read_text())
     assert text.startswith("## Findings\n") and record["correction"] == "holm"
@@ -66,7 +65,7 @@ def test_an_artifact_meta_trained_on_an_evaluation_family_is_refused(tmp_path):
     config = noisy.get_config("smoke")
     config.methods = ("mle", "learned_offline")
     evaluated = config.family_sets.transfer[0]
-    cells = comparison.grid(config)
+    cells = noisy_demonstrations.grid(config)
     for roles, message in (
             (None, "does not record the families"),
             ({"meta_train": ["list_length"], "meta_valid": [evaluated]},
@@ -75,11 +74,11 @@ def test_an_artifact_meta_trained_on_an_evaluation_family_is_refused(tmp_path):
             ({"finetune": [evaluated]}, "'meta_train'")):  # whatever role it had, it is meta
         config.learned.artifacts = {"default": _artifact(tmp_path / str(len(message)), roles)}
         with pytest.raises(tasks.TaskError, match=message):
-            comparison.run_cells(config, str(tmp_path / "w"), cells, log=lambda _: None)
+            noisy_demonstrations.run_cells(config, str(tmp_path / "w"), cells, log=lambda _: None)
         assert not os.path.exists(tmp_path / "w" / "cells" / f"{cells[0].key}.json")
     config.learned.artifacts = {"default": _artifact(
         tmp_path / "ok", {"meta_train": ["list_length"], "meta_valid": ["count_words"]})}
-    roles = comparison.check_roles(config, cells)
+    roles = token_arms.check_roles(config, cells)
     assert roles["learned_offline"]["meta_valid"] == ["count_words"]
     assert roles["mle"] == {"finetune": sorted(config.family_sets.transfer)}
 
@@ -92,12 +91,12 @@ def test_cells_run_resume_and_summarize(tmp_path):
     config.methods = ("mle", "learned_offline")
     config.learned.artifacts = {"default": art}
     workdir = str(tmp_path / "w")
-    cells = comparison.grid(config)
+    cells = noisy_demonstrations.grid(config)
     assert [c.key for c in cells] == ["transfer-swap30-mle-nano-s0",
                                       "transfer-swap30-learned_offline-nano-s0",
                                       "transfer-swap30-mle-nano-s1",
                                       "transfer-swap30-learned_offline-nano-s1"]
-    results = comparison.run_cells(config, workdir, cells[:2], log=lambda _: None)
+    results = noisy_demonstrations.run_cells(config, workdir, cells[:2], log=lambda _: None)
     assert results[1]["theta_source"] == art
     assert all(0.0 <= r["exact_match"] <= 1.0 and np.isfinite(r["test_nll"]) for r in results)
     assert results[0]["corrupted_rows"] > 0
@@ -110,9 +109,9 @@ def test_cells_run_resume_and_summarize(tmp_path):
         config.steps * config.batch_size * config.data.seq_len)
     # A re-run reads finished cells instead of training them again.
     stamp = os.path.getmtime(os.path.join(workdir, "cells", cells[0].key + ".json"))
-    results = comparison.run_cells(config, workdir, cells, log=lambda _: None)
+    results = noisy_demonstrations.run_cells(config, workdir, cells, log=lambda _: None)
     assert os.path.getmtime(os.path.join(workdir, "cells", cells[0].key + ".json")) == stamp
-    summary = comparison.write_summary(workdir, results)
+    summary = noisy_demonstrations.write_summary(workdir, results)
     with open(os.path.join(workdir, "summary.json")) as f:
         assert json.load(f) == json.loads(json.dumps(summary))
     by_method = {r["method"]: r for r in summary["exact_match"]}
@@ -124,31 +123,31 @@ def test_cells_run_resume_and_summarize(tmp_path):
             ("learned_offline", "mle", 2)]
     with pytest.raises(ValueError, match="learned.artifacts"):
         config.learned.artifacts = {"default": ""}
-        comparison.method_objective(config, "learned_offline", "swap30")
+        token_arms.method_objective(config, "learned_offline", "swap30")
 
 
 def test_seeds_trained_together_match_seeds_trained_alone(tmp_path):
     config = noisy.get_config("smoke")
     config.data.data_dir = str(tmp_path / "tfds")
-    data = [comparison.build_data(config, "transfer", "swap30", s) for s in (0, 1)]
+    data = [token_arms.build_data(config, "transfer", "swap30", s) for s in (0, 1)]
     # Each seed has its own data: other inputs, other corruptions, other test prompts.
     assert not np.array_equal(data[0].train.inputs, data[1].train.inputs)
     assert {e.prompt for e in data[0].test_examples} != {e.prompt for e in data[1].test_examples}
-    cells = [c for c in comparison.grid(config) if c.method == "loss_truncation"]
+    cells = [c for c in noisy_demonstrations.grid(config) if c.method == "loss_truncation"]
     assert [c.seed for c in cells] == [0, 1]
-    _, inners, facts = comparison.train_cells(config, cells, data)
+    _, inners, facts = token_arms.train_cells(config, cells, data)
     assert facts["seeds_vmapped"] == 2
-    (_, alone), _ = comparison.train_cell(config, cells[1], data[1])
+    (_, alone), _ = token_arms.train_cell(config, cells[1], data[1])
     together = jax.tree.leaves(inners[1]["params"])
     for a, b in zip(together, jax.tree.leaves(alone["params"])):
         np.testing.assert_allclose(a, b, atol=2e-5)
     # Different seeds give different models.
     assert not np.allclose(together[0], jax.tree.leaves(inners[0]["params"])[0])
     with pytest.raises(ValueError, match="differ only in seed"):
-        comparison.train_cells(config, [cells[0], dataclasses.replace(cells[1], method="mle")],
+        token_arms.train_cells(config, [cells[0], dataclasses.replace(cells[1], method="mle")],
                                data)
     # mle_clean trains on the same inputs with their gold answers.
-    clean = comparison.rows_of("mle_clean", data[0])
+    clean = token_arms.rows_of("mle_clean", data[0])
     np.testing.assert_array_equal(clean.inputs[~data[0].train.corrupted],
                                   data[0].train.inputs[~data[0].train.corrupted])
     assert not clean.corrupted.any() and data[0].train.corrupted.any()
@@ -157,17 +156,17 @@ def test_seeds_trained_together_match_seeds_trained_alone(tmp_path):
 def test_grid_follows_the_noise_order():
     config = noisy.get_config("tiny")
     config.seeds, config.methods, config.transfer.noises = 1, ("mle",), ()
-    assert [c.noise for c in comparison.grid(config)] == list(config.noise_order)
+    assert [c.noise for c in noisy_demonstrations.grid(config)] == list(config.noise_order)
     config.noise_order = ("swap30", "swap70")
     with pytest.raises(ValueError, match="swap70"):
-        comparison.grid(config)
+        noisy_demonstrations.grid(config)
 
 
 def test_grid_runs_only_the_family_sets_of_the_set_order():
     config = noisy.get_config("tiny")
     config.seeds, config.methods, config.transfer.noises = 1, ("mle",), ()
     config.set_order = ("transfer",)
-    assert {c.family_set for c in comparison.grid(config)} == {"transfer"}
+    assert {c.family_set for c in noisy_demonstrations.grid(config)} == {"transfer"}
     config.set_order = ("train", "heldout")
     with pytest.raises(ValueError, match="heldout"):
-        comparison.grid(config)
+        noisy_demonstrations.grid(config)

@@ -1,4 +1,5 @@
-"""Tests for learned_loss.overoptimization: best-of-n estimator, Gao et al. fits, length buckets."""
+"""Tests for learned_loss.rlhf.overoptimization: best-of-n estimator, Gao et al. fits, length
+buckets."""
 
 import itertools
 import math
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import optimize
 
-from learned_loss import overoptimization as oo
+from learned_loss.rlhf import overoptimization as oo
 
 
 # --- Best-of-n KL -------------------------------------------------------------

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from learned_loss.data import tasks
-from learned_loss.data.tasks import TaskError, partition
+from learned_loss.data.tasks import partition, TaskError
 
 
 def test_the_partition_gives_each_split_its_fraction_of_inputs():

@@ -6,9 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from learned_loss.data import pipeline
-from learned_loss.data import text_corpus
-from learned_loss.data import tokenizer
+from learned_loss.data import pipeline, text_corpus, tokenizer
 
 SEQ_LEN = 16
 

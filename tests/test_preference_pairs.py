@@ -1,13 +1,14 @@
-"""Tests for learned_loss.data.preference_pairs (simulated labeler and `preference_pairs` builder)."""
+"""Tests for learned_loss.data.preference_pairs (simulated labeler and `preference_pairs`
+builder)."""
 
 import math
 
 import numpy as np
 import pytest
 
+from learned_loss.data import tasks
 from learned_loss.data import instruction_tasks as itasks
 from learned_loss.data import preference_pairs as pp
-from learned_loss.data import tasks
 
 FAMILIES = ("add", "reverse_string", "parity", "json_list")
 KNOBS = dict(families=FAMILIES, pairs_per_family=30, difficulty=(1, 3), tau=0.2,

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from learned_loss import preferences
 from learned_loss.data import tasks
+from learned_loss.rlhf import preferences
 
 
 def test_answer_room_is_what_check_fits_allows():

@@ -1,4 +1,4 @@
-"""Tests for learned_loss.provenance: fields, git state, mesh, JSON, resume."""
+"""Tests for learned_loss.core.provenance: fields, git state, mesh, JSON, resume."""
 
 import configparser
 import json
@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from learned_loss import provenance
+from learned_loss.core import provenance
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="no git")
 

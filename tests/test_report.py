@@ -9,7 +9,8 @@ import re
 import numpy as np
 import pytest
 
-from learned_loss import report, statistics
+from learned_loss.report import render as report
+from learned_loss.studies import statistics
 from tests.report_workdir import OBJECTIVES, write_workdir
 
 

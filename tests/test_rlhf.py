@@ -9,10 +9,12 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import models, optimizers
-from learned_loss import model as model_lib
-from learned_loss import rlhf, rlhf_data, rollout, sampling, sharding, train
+from learned_loss.core import sampling, sharding, train
+from learned_loss.core import model as model_lib
 from learned_loss.data import tasks, tokenizer
 from learned_loss.objectives import reward_model
+from learned_loss.rlhf import rollout, training
+from learned_loss.rlhf import data as rlhf_data
 
 FAMILIES = ("count_words", "list_length")
 
@@ -133,7 +135,7 @@ def test_reward_loss_reads_the_eos(models_):
              "chosen_length": np.array([c[1] for c in chosen], np.int32),
              "rejected_length": np.array([r[1] for r in rejected], np.int32),
              "gold_order": np.array([1.0, 0.0], np.float32)}  # The second pair ties.
-    loss, metrics = jax.jit(rlhf.reward_loss_fn(with_head))(head_params, batch, ())
+    loss, metrics = jax.jit(training.reward_loss_fn(with_head))(head_params, batch, ())
     scalar = with_head.apply(head_params, jnp.asarray(batch["chosen"])).scalar
     r_chosen = scalar[np.arange(2), batch["chosen_length"] - 1]
     scalar = with_head.apply(head_params, jnp.asarray(batch["rejected"])).scalar
@@ -147,14 +149,14 @@ def test_reward_loss_reads_the_eos(models_):
 def test_completion_log_prob_matches_sequence_scoring(models_):
     policy, params, _, _ = models_
     tokens, length, prompt_length = rlhf_data.encode_completion("Count: a b", "2", 16)
-    total = rlhf.completion_log_prob(policy, params, jnp.asarray(tokens[None]),
+    total = training.completion_log_prob(policy, params, jnp.asarray(tokens[None]),
                                      jnp.array([prompt_length]), jnp.array([length]))
     prompts, lengths = sampling.pad_prompts([tokens[:prompt_length]])
     completion = tokens[prompt_length:length]
     per_token = sampling.sequence_log_probs(policy, params, prompts, lengths,
                                             completion[None], np.array([len(completion)]))
     np.testing.assert_allclose(total, per_token.sum(), rtol=1e-5)
-    mean = rlhf.completion_log_prob(policy, params, jnp.asarray(tokens[None]),
+    mean = training.completion_log_prob(policy, params, jnp.asarray(tokens[None]),
                                     jnp.array([prompt_length]), jnp.array([length]),
                                     average=True)
     np.testing.assert_allclose(mean, per_token.sum() / len(completion), rtol=1e-5)
@@ -162,9 +164,9 @@ def test_completion_log_prob_matches_sequence_scoring(models_):
 
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="samples_per_prompt must be >= 2"):
-        rlhf.RLSettings(algorithm="rloo", samples_per_prompt=1)
+        training.RLSettings(algorithm="rloo", samples_per_prompt=1)
     with pytest.raises(ValueError, match="unknown RL algorithm"):
-        rlhf.RLSettings(algorithm="a2c")
+        training.RLSettings(algorithm="a2c")
 
 
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
@@ -175,7 +177,7 @@ def test_rl_step_on_the_mesh(models_, algorithm):
     model = with_head if algorithm == "ppo" else policy
     mesh = sharding.make_mesh({"data": -1, "model": 2})
     assert mesh.devices.size == 8
-    settings = rlhf.RLSettings(algorithm=algorithm, samples_per_prompt=2, max_new_tokens=6,
+    settings = training.RLSettings(algorithm=algorithm, samples_per_prompt=2, max_new_tokens=6,
                                epochs=2, minibatches=2)
     optimizer = train.make_optimizer(optimizers.adamw(1e-3, 1, 0.0), 8)
     state, state_sh = train.create_sharded_state(model, optimizer, jax.random.key(0), 32,
@@ -185,7 +187,7 @@ def test_rl_step_on_the_mesh(models_, algorithm):
     stream = _stream(global_batch_size=8, width=48)
     batch = sharding.shard_batch(next(stream), mesh)
     theta = {"reference": params, "reward": head_params}
-    step = jax.jit(functools.partial(rlhf.rl_step, model=model, reference_model=policy,
+    step = jax.jit(functools.partial(training.rl_step, model=model, reference_model=policy,
                                      reward_model_=with_head, optimizer=optimizer,
                                      settings=settings),
                    in_shardings=(state_sh, NamedSharding(mesh, sharding.batch_spec(mesh)), None),
@@ -225,8 +227,8 @@ def test_pair_losses_train_on_the_mesh(models_, kind):
     policy, params, with_head, head_params = models_
     mesh = sharding.make_mesh({"data": -1, "model": 2})
     model = with_head if kind == "reward_model" else policy
-    loss_fn = (rlhf.reward_loss_fn(model) if kind == "reward_model"
-               else rlhf.dpo_loss_fn(model, beta=0.5))
+    loss_fn = (training.reward_loss_fn(model) if kind == "reward_model"
+               else training.dpo_loss_fn(model, beta=0.5))
     optimizer = train.make_optimizer(optimizers.adamw(3e-3, 1, 0.0), 30)
     state, state_sh = train.create_sharded_state(model, optimizer, jax.random.key(0), 24,
                                                  models.PARTITION_RULES, mesh)

@@ -18,7 +18,7 @@ import os
 import numpy as np
 import pytest
 
-from learned_loss import provenance
+from learned_loss.core import provenance
 from tests import runs
 
 ALGORITHMS = ("ppo", "dpo")

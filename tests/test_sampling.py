@@ -8,8 +8,8 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import models
-from learned_loss import model as model_lib
-from learned_loss import sampling, sharding
+from learned_loss.core import sampling, sharding
+from learned_loss.core import model as model_lib
 from learned_loss.data import tokenizer
 
 PAD = tokenizer.PAD

@@ -12,9 +12,12 @@ import pytest
 
 from configs import meta_train as meta_train_config
 from configs import scaling as scaling_config
-from learned_loss import cli, pretraining, report, scaling_study, study_report
+from learned_loss.core import cli, pretraining
 from learned_loss.meta import run as meta_run
 from learned_loss.objectives import artifact
+from learned_loss.report import render as report
+from learned_loss.report import studies as study_report
+from learned_loss.studies import scaling
 from tests import runs
 
 
@@ -44,7 +47,7 @@ def _fit_cfg(bootstrap=40):
 
 def test_configs_span_the_sizes_the_study_needs():
     config = scaling_config.get_config("tiny")
-    params = sorted(scaling_study.non_embedding_params(
+    params = sorted(scaling.non_embedding_params(
         ml_collections.ConfigDict(dict(config.pretrain.model.to_dict(), **config.sizes[s])))
         for s in config.size_order)
     assert len(params) >= 6 and params[-1] / params[0] >= 30
@@ -53,7 +56,7 @@ def test_configs_span_the_sizes_the_study_needs():
     # 12 L d^2 for d_ff = 4 d (Kaplan et al. 2020, table 1).
     s1 = config.sizes["s1"]
     assert params[0] == 12 * s1.num_layers * s1.d_model ** 2
-    scaling_study.check(config)
+    scaling.check(config)
     with pytest.raises(ValueError, match="unknown variant"):
         scaling_config.get_config("huge")
 
@@ -71,29 +74,29 @@ def test_bad_configs_are_refused_before_training(override, message, tmp_path):
         section, _, field = key.rpartition(".")
         (config[section] if section else config)[field] = value
     with pytest.raises(cli.UserError, match=message):
-        scaling_study.run(config, str(tmp_path / "w"))
+        scaling.run(config, str(tmp_path / "w"))
     assert not os.path.exists(tmp_path / "w" / "runs")
 
 
 def test_point_config_sets_size_budget_and_objective():
     config = scaling_config.get_config("tiny")
-    point = scaling_study.Point("learned", "s6", 400)
-    p = scaling_study.point_config(config, point, "/a/artifact")
+    point = scaling.Point("learned", "s6", 400)
+    p = scaling.point_config(config, point, "/a/artifact")
     assert (p.model.d_model, p.model.num_layers) == (96, 4)
     assert p.train.num_steps == p.train.eval_every == p.train.checkpoint_every == 400
     assert p.optimizer.warmup_steps == 40
     assert (p.objective.name, p.objective.path) == ("learned_token_loss", "/a/artifact")
-    mle = scaling_study.point_config(config, scaling_study.Point("mle", "s1", 100))
+    mle = scaling.point_config(config, scaling.Point("mle", "s1", 100))
     assert mle.objective.name == "mle" and mle.model.d_model == 16
     # The study's config is left as it was.
     assert config.pretrain.train.num_steps != 400 and config.pretrain.objective.name == "mle"
-    assert [q.name for q in scaling_study.points(config)][:2] == ["mle-s1-100", "mle-s1-200"]
-    assert len(scaling_study.points(config)) == 2 * 7 * 3
+    assert [q.name for q in scaling.points(config)][:2] == ["mle-s1-100", "mle-s1-200"]
+    assert len(scaling.points(config)) == 2 * 7 * 3
 
 
 def test_analyse_recovers_the_exponents_and_extrapolates():
     rows = [r for r in _synthetic_rows() if r["objective"] == "mle"]
-    fits = scaling_study.analyse(rows, _fit_cfg(20))
+    fits = scaling.analyse(rows, _fit_cfg(20))
     c = fits["mle"]["chinchilla"]
     assert abs(c["alpha"] - 0.35) < 0.08 and abs(c["beta"] - 0.3) < 0.08
     assert c["alpha_interval"][0] <= c["alpha"] <= c["alpha_interval"][1]
@@ -108,7 +111,7 @@ def test_analyse_recovers_the_exponents_and_extrapolates():
 def test_advantage_and_verdict_follow_the_runs():
     # Learned better by 0.01 nats per decade of N above 5e3: the advantage grows with scale.
     rows = _synthetic_rows(shift=lambda n: -0.01 * np.log10(n / 5e3), noise=0.0)
-    diffs = scaling_study.advantage(rows)
+    diffs = scaling.advantage(rows)
     assert len(diffs) == 21
     by = {(d["size"], d["tokens"]): d["difference"] for d in diffs}
     assert by[("s1", 204800)] == pytest.approx(0.0, abs=1e-9)
@@ -116,7 +119,7 @@ def test_advantage_and_verdict_follow_the_runs():
     study = {"rows": rows, "advantage": diffs}
     assert "advantage grows" in study_report.scaling_verdict(study)
     rows = _synthetic_rows(shift=lambda n: 0.02 * np.log10(n / 5e3), noise=0.0)
-    study = {"rows": rows, "advantage": scaling_study.advantage(rows)}
+    study = {"rows": rows, "advantage": scaling.advantage(rows)}
     assert "deficit grows" in study_report.scaling_verdict(study)
     assert "Only MLE" in study_report.scaling_verdict({"advantage": []})
 
@@ -147,12 +150,12 @@ def test_smoke_study_end_to_end_with_report_and_resume(tmp_path):
     assert len(study["rows"]) == 3 * 2
     # The NLL is read on the corpus's test split (the learned loss's meta-objective reads
     # validation): recomputed here from each run's checkpoint, and not its validation loss.
-    batches = scaling_study.test_batches(config, pretraining.prepare_corpus(config.pretrain))
+    batches = scaling.test_batches(config, pretraining.prepare_corpus(config.pretrain))
     for row in study["rows"]:
         run_dir = workdir / "runs" / f"mle-{row['size']}-{row['steps']}"
         last = [r for r in runs.metrics(run_dir) if r["step"] == row["steps"]
                 and "valid/loss" in r][-1]
-        assert row["test_nll"] == pytest.approx(scaling_study.test_nll(str(run_dir), batches),
+        assert row["test_nll"] == pytest.approx(scaling.test_nll(str(run_dir), batches),
                                                 abs=1e-6)
         assert row["test_nll"] != pytest.approx(last["valid/loss"], abs=1e-4)
         assert row["tokens"] == row["steps"] * config.pretrain.data.global_batch_size * 32

@@ -7,8 +7,9 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs import models, pretrain
-from learned_loss import model as model_lib
-from learned_loss import objectives, sharding, train
+from learned_loss import objectives
+from learned_loss.core import sharding, train
+from learned_loss.core import model as model_lib
 
 
 def test_mesh_shape_fills_and_validates():

@@ -13,12 +13,16 @@ import collections
 import numpy as np
 import pytest
 
-from configs import compare, diversity, emergence, finetune, meta_preference, meta_reward
-from configs import meta_train, noisy, pretrain, rlhf
-from learned_loss import arms, diversity_study, pretraining, rlhf_data, rlhf_pipeline
+from configs import compare, diversity, emergence, finetune, meta_preference, meta_train_reward
+from configs import meta_train, noisy_demonstrations as noisy, pretrain, rlhf
+from learned_loss.core import pretraining
 from learned_loss.data import instruction_tasks, preference_pairs, tasks
-from learned_loss.meta import comparison, lm_problem, preference_run
+from learned_loss.meta import lm_problem, preference_run
 from learned_loss.meta import run as meta_run
+from learned_loss.rlhf import data as rlhf_data
+from learned_loss.rlhf import pipeline as rlhf_pipeline
+from learned_loss.studies import arms, token_arms
+from learned_loss.studies import diversity as diversity_study
 
 RL_ROWS = 64  # RL prompts drawn from each stream (their first rows)
 
@@ -99,18 +103,18 @@ def _noisy(out, config):
         for family_set in config.set_order:
             for seed in range(config.seeds):
                 _tasks(out, f"{family_set}/{noise}/s{seed}",
-                       comparison.data_args(config, family_set, noise, seed))
+                       token_arms.data_args(config, family_set, noise, seed))
 
 
 def _compare(out, config):
-    import learned_loss.compare as compare_lib
+    import learned_loss.studies.compare as compare_lib
 
     view = compare_lib.noisy_view(config)
     families = arms.evaluation_families(config)
     for noise in config.noise_order:
         for seed in range(config.seeds):
             _tasks(out, f"{noise}/s{seed}",
-                   comparison.data_args(view, compare_lib.FAMILY_SET, noise, seed))
+                   token_arms.data_args(view, compare_lib.FAMILY_SET, noise, seed))
             r = compare_lib.rlhf_config(config, "dpo", noise, seed, "/w")
             _rlhf(out, f"rlhf {noise}/s{seed}", r, families)
     for name in arms.META_TRAINED:
@@ -154,11 +158,11 @@ def _emergence(out, config):
 
 VARIANTS = {
     "finetune": (finetune, _finetune),
-    "noisy": (noisy, _noisy),
+    "noisy_demonstrations": (noisy, _noisy),
     "compare": (compare, _compare),
     "meta_train": (meta_train, lambda out, c: _meta(out, "meta", c)),
     "meta_preference": (meta_preference, lambda out, c: _meta(out, "meta", c)),
-    "meta_reward": (meta_reward, lambda out, c: _rlhf(out, "rlhf", c.rlhf,
+    "meta_train_reward": (meta_train_reward, lambda out, c: _rlhf(out, "rlhf", c.rlhf,
                                                       rlhf_pipeline.task_families(c.rlhf, {}))),
     "rlhf": (rlhf, lambda out, c: _rlhf(out, "rlhf", c, rlhf_pipeline.task_families(c, {}))),
     "diversity": (diversity, _diversity),
@@ -180,7 +184,7 @@ def test_every_variant_builds_disjoint_splits(name):
 
 def test_a_seed_resamples_inputs_and_corruptions():
     config = noisy.get_config("smoke")
-    first, second = (instruction_tasks.task_spec(**comparison.data_args(config, "transfer",
+    first, second = (instruction_tasks.task_spec(**token_arms.data_args(config, "transfer",
                                                                          "swap30", s))
                      for s in (0, 1))
     a, b = (instruction_tasks.generate_split(spec, "train", 40) for spec in (first, second))

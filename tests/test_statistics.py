@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from learned_loss import statistics
+from learned_loss.studies import statistics
 
 
 def test_mean_ci_matches_scipy():

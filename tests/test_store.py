@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from learned_loss import cli, loop, store
+from learned_loss.core import cli, loop, store
 
 
 def test_a_record_is_read_back_under_its_settings_and_refused_under_others(tmp_path):

@@ -8,10 +8,11 @@ import sys
 
 import pytest
 
-from learned_loss import report, sweep
+from learned_loss.report import render as report
+from learned_loss.studies import sweep
 
 CONFIG = '''
-from learned_loss import sweep
+from learned_loss.studies import sweep
 
 def get_config(arg="tiny"):
     raise AssertionError("the sweep reads get_sweep only")

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from learned_loss.data import tasks
-from learned_loss.data import tokenizer
+from learned_loss.data import tasks, tokenizer
 from learned_loss.data.tasks import TaskError
 
 NAMES = list(tasks.FAMILIES)

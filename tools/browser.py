@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import tempfile
 
-from learned_loss import errors
+from learned_loss.core import errors
 
 BINARIES = ("chromium", "chromium-browser", "google-chrome")
 WINDOW = (1280, 2000)  # width, height of the window and so of the screenshot, in pixels

@@ -54,7 +54,7 @@ def _run(args: list[str], folder: str) -> None:
 
 def collect(folder: str) -> dict:
     """Runs both jobs under `folder`; returns {'compare': {cell: ...}, 'finetune': [...]}."""
-    from learned_loss import arms  # Imported here: --help stays fast.
+    from learned_loss.studies import arms  # Imported here: --help stays fast.
     compare = os.path.join(folder, "compare")
     _run(["experiments.compare_objectives", "--config=configs/compare.py:smoke",
           f"--workdir={compare}", f"--config.objectives={tuple(arms.ARMS)!r}"], folder)

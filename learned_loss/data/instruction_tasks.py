@@ -77,11 +77,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from learned_loss import errors
+from learned_loss.core import errors
 from learned_loss.data import tasks
-from learned_loss.data.tasks import Example
-from learned_loss.data.tasks import TaskError
-from learned_loss.data.tasks import partition
+from learned_loss.data.tasks import Example, partition, TaskError
 
 # Every corruption kind, in the order a configured set is put in (so the set, not its order,
 # decides the dataset).

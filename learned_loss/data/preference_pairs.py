@@ -56,13 +56,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from learned_loss.data import instruction_tasks
-from learned_loss.data import tasks
+from learned_loss.data import instruction_tasks, tasks
 from learned_loss.data.instruction_tasks import DEFAULT_SPLITS
 from learned_loss.data.instruction_tasks import decode_record  # noqa: F401 (re-exported)
 from learned_loss.data.instruction_tasks import load_split  # noqa: F401 (re-exported)
-from learned_loss.data.tasks import Example
-from learned_loss.data.tasks import partition
+from learned_loss.data.tasks import Example, partition
 
 SOURCES = ("gold",) + tuple(f"corrupt:{k}" for k in instruction_tasks.CORRUPTIONS) + ("policy",)
 

@@ -42,7 +42,7 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
-from learned_loss import errors
+from learned_loss.core import errors
 
 SPLITS = ("train", "validation", "test")
 _PERMILLE = 1000

@@ -26,10 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from learned_loss import cli
-from learned_loss import model as model_lib
 from learned_loss import objectives as objectives_lib
-from learned_loss import train as train_lib
+from learned_loss.core import cli
+from learned_loss.core import model as model_lib
+from learned_loss.core import train as train_lib
 from learned_loss.data import instruction_tasks, pipeline, tasks
 from learned_loss.meta import base
 from learned_loss.objectives import mle

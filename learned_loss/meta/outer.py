@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from learned_loss import errors
+from learned_loss.core import errors
 from learned_loss.meta import base, es, pes, tbptt
 
 ESTIMATORS = ("tbptt", "es", "pes", "full_es")

@@ -9,7 +9,7 @@ a reward model")
 
     delta = (log pi(y_w | x) - log pi_ref(y_w | x)) - (log pi(y_l | x) - log pi_ref(y_l | x))
 
-(sums over each completion and its EOS, `rlhf.completion_log_prob`), an inner step is one step
+(sums over each completion and its EOS, `training.completion_log_prob`), an inner step is one step
 of a differentiable adam (`lm_problem.inner_optimizer`) on the learned preference loss
 
     L_theta(pi) = mean over a batch of f_theta(beta delta),
@@ -56,11 +56,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from learned_loss import model as model_lib
-from learned_loss import rlhf, rlhf_data
+from learned_loss.core import model as model_lib
 from learned_loss.data import preference_pairs
 from learned_loss.meta import base
 from learned_loss.objectives import dpo, learned
+from learned_loss.rlhf import training
+from learned_loss.rlhf import data as rlhf_data
 
 KEYS = ("chosen", "rejected", "chosen_length", "rejected_length", "prompt_length")
 
@@ -160,7 +161,7 @@ def pair_log_probs(model: model_lib.Model, params: Any,
     tokens = jnp.concatenate([batch["chosen"], batch["rejected"]])  # [2B, W]
     prompt = jnp.concatenate([batch["prompt_length"], batch["prompt_length"]])  # [2B]
     length = jnp.concatenate([batch["chosen_length"], batch["rejected_length"]])  # [2B]
-    log_p = rlhf.completion_log_prob(model, params, tokens, prompt, length)  # [2B]
+    log_p = training.completion_log_prob(model, params, tokens, prompt, length)  # [2B]
     return log_p[:half], log_p[half:]
 
 

@@ -39,8 +39,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from learned_loss import cli, files, objectives, provenance, sharding
-from learned_loss import model as model_lib
+from learned_loss import objectives
+from learned_loss.core import cli, files, provenance, sharding
+from learned_loss.core import model as model_lib
 from learned_loss.data import paths, preference_pairs, tasks
 from learned_loss.meta import base, lm_problem, preference_problem
 from learned_loss.meta import run as run_lib

@@ -11,10 +11,10 @@ learned reward (`learned.reward`) sits on top of the frozen R:
 R's score at theta's initialisation (k's output layer is zero).
 
 Inner run. From the SFT policy (the frozen reference too), `horizon` steps of on-policy RL
-(`rlhf.rl_step`: RLOO by default, leave-one-out baselines over K samples per prompt with a
+(`training.rl_step`: RLOO by default, leave-one-out baselines over K samples per prompt with a
 sequence-level KL penalty, Ahmadian et al. 2024, "Back to basics: revisiting REINFORCE style
 optimization for learning from human feedback in LLMs"; PPO and GRPO work the same way) whose
-reward is r_theta: the score of `rlhf.shaped_scores` with theta['learned_reward'] set. The H
+reward is r_theta: the score of `training.shaped_scores` with theta['learned_reward'] set. The H
 steps are one jitted `lax.scan`; theta is an argument, so every candidate reuses the program.
 
 Fitness. The final policy samples (temperature 1) completions of held-out prompts (a prompt
@@ -41,9 +41,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from learned_loss import rlhf, rlhf_data, train
-from learned_loss import model as model_lib
+from learned_loss.core import train
+from learned_loss.core import model as model_lib
 from learned_loss.meta import base
+from learned_loss.rlhf import training
+from learned_loss.rlhf import data as rlhf_data
 
 BATCH_KEYS = ("prompts", "prompt_lengths", "kl_coef")
 
@@ -60,7 +62,7 @@ class Outcome(NamedTuple):
 def inner_run(state: train.TrainState, batches: Mapping[str, jax.Array], frozen: Any, *,
               model: model_lib.Model, reference_model: model_lib.Model,
               reward_model_: model_lib.Model, optimizer: optax.GradientTransformation,
-              settings: rlhf.RLSettings):
+              settings: training.RLSettings):
     """H RL steps under `frozen` ({'reference', 'reward', 'learned_reward'}: the rl_step theta).
 
     batches: {'prompts': [H, B, P], 'prompt_lengths': [H, B], 'kl_coef': [H, B]}.
@@ -68,7 +70,7 @@ def inner_run(state: train.TrainState, batches: Mapping[str, jax.Array], frozen:
     """
 
     def body(st, batch):
-        st, metrics, _ = rlhf.rl_step(st, batch, frozen, model=model,
+        st, metrics, _ = training.rl_step(st, batch, frozen, model=model,
                                       reference_model=reference_model,
                                       reward_model_=reward_model_, optimizer=optimizer,
                                       settings=settings)
@@ -99,7 +101,7 @@ class RewardProblem:
     """
 
     def __init__(self, *, model: model_lib.Model, optimizer: optax.GradientTransformation,
-                 init_state: train.TrainState, reference, reward, settings: rlhf.RLSettings,
+                 init_state: train.TrainState, reference, reward, settings: training.RLSettings,
                  stream: rlhf_data.PromptStream, horizon: int, evaluator):
         if horizon < 1:
             raise ValueError(f"the inner run needs horizon >= 1 steps, got {horizon}")

@@ -38,12 +38,14 @@ import numpy as np
 import optax
 from absl import logging
 
-from learned_loss import checkpoint as checkpoint_lib
-from learned_loss import cli, files, loop, metrics, policy, provenance, rlhf, rlhf_data
-from learned_loss import rlhf_pipeline, sharding, train
+from learned_loss.core import cli, files, loop, metrics, policy, provenance, sharding, train
+from learned_loss.core import checkpoint as checkpoint_lib
 from learned_loss.data import tasks
 from learned_loss.meta import host_es, outer, reward_problem
 from learned_loss.objectives import artifact, learned
+from learned_loss.rlhf import training
+from learned_loss.rlhf import data as rlhf_data
+from learned_loss.rlhf import pipeline as rlhf_pipeline
 
 ARTIFACT = "artifact"
 FINAL = "final.json"
@@ -60,9 +62,9 @@ def check_config(config) -> None:
         raise cli.UserError("config.rlhf.sft_from is required: pass --config.rlhf.sft_from=<a "
                             "fine-tuning workdir> (experiments.finetune, e.g. "
                             "configs/finetune.py:words)")
-    if config.inner.algorithm not in rlhf.ALGORITHMS:
+    if config.inner.algorithm not in training.ALGORITHMS:
         raise cli.UserError(f"inner.algorithm={config.inner.algorithm!r}: choose one of "
-                            f"{list(rlhf.ALGORITHMS)}")
+                            f"{list(training.ALGORITHMS)}")
     if config.inner.horizon < 1 or config.outer.num_steps < 1:
         raise cli.UserError("inner.horizon and outer.num_steps must be >= 1")
     if config.rlhf.rl.kl_target > 0:

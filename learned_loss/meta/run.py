@@ -30,11 +30,11 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from learned_loss import checkpoint as checkpoint_lib
-from learned_loss import cli, evaluation, files, loop, metrics, objectives, policy, pretraining
-from learned_loss import provenance
-from learned_loss import sharding
-from learned_loss import model as model_lib
+from learned_loss import objectives
+from learned_loss.core import cli, evaluation, files, loop, metrics, policy, pretraining, provenance
+from learned_loss.core import sharding
+from learned_loss.core import checkpoint as checkpoint_lib
+from learned_loss.core import model as model_lib
 from learned_loss.data import instruction_tasks, paths, tasks, text_corpus
 from learned_loss.meta import base, lm_problem, outer
 from learned_loss.objectives import artifact

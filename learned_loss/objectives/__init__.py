@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Mapping, NamedTuple
 
-from learned_loss import errors
+from learned_loss.core import errors
 from learned_loss.objectives import artifact, learned, loss_truncation, mle
 
 # The objectives of pre-training and fine-tuning: losses on the model's logits.

@@ -20,7 +20,7 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
-from learned_loss import errors
+from learned_loss.core import errors
 
 THETA = "theta.npz"
 RECORD = "artifact.json"

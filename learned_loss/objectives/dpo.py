@@ -28,7 +28,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from learned_loss import errors
+from learned_loss.core import errors
 
 BETA = 0.1
 LOSS_TYPES = ("sigmoid", "ipo")

@@ -33,8 +33,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from learned_loss.objectives import kl as kl_lib
 from learned_loss.objectives import masked
+from learned_loss.objectives import kl as kl_lib
 
 BETA = 0.04
 CLIP_EPS = 0.2

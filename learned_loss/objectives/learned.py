@@ -53,7 +53,7 @@ from typing import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-from learned_loss import errors
+from learned_loss.core import errors
 from learned_loss.objectives import mle
 
 TOKEN_FEATURES = ("log_prob", "entropy", "max_log_prob", "position", "ref_log_prob", "length",

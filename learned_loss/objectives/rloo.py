@@ -24,8 +24,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from learned_loss.objectives import kl as kl_lib
 from learned_loss.objectives import masked
+from learned_loss.objectives import kl as kl_lib
 
 KL_COEF = 0.05
 CLIP_RANGE = 0.2

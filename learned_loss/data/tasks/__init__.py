@@ -19,31 +19,12 @@ See base.py for the conventions every family follows (difficulty 1..5,
 single-line ASCII, fits 256 tokens).
 """
 
-from learned_loss.data.tasks.base import CATEGORIES
-from learned_loss.data.tasks.base import DIFFICULTIES
-from learned_loss.data.tasks.base import MAX_SEQ_LEN
-from learned_loss.data.tasks.base import Example
-from learned_loss.data.tasks.base import Family
-from learned_loss.data.tasks.base import TaskError
-from learned_loss.data.tasks.base import check_fits
-from learned_loss.data.tasks.base import encode_example
-from learned_loss.data.tasks.base import input_id
-from learned_loss.data.tasks.base import prompt_tokens
-from learned_loss.data.tasks.base import sequence_length
-from learned_loss.data.tasks.base import task_text
-from learned_loss.data.tasks import partition
-from learned_loss.data.tasks import roles
-from learned_loss.data.tasks.partition import difficulty_range
-from learned_loss.data.tasks.partition import input_space
-from learned_loss.data.tasks.partition import split_of
-from learned_loss.data.tasks.registry import FAMILIES
-from learned_loss.data.tasks.registry import family_names
-from learned_loss.data.tasks.registry import get_family
-from learned_loss.data.tasks.registry import sample_example
-from learned_loss.data.tasks.scoring import exact_match
-from learned_loss.data.tasks.scoring import graded_score
-from learned_loss.data.tasks.scoring import score
-from learned_loss.data.tasks.splits import SPLIT_NAMES
-from learned_loss.data.tasks.splits import families_for
-from learned_loss.data.tasks.splits import split_families
+from learned_loss.data.tasks import partition, roles
+from learned_loss.data.tasks.base import CATEGORIES, check_fits, DIFFICULTIES, encode_example
+from learned_loss.data.tasks.base import Example, Family, input_id, MAX_SEQ_LEN, prompt_tokens
+from learned_loss.data.tasks.base import sequence_length, task_text, TaskError
+from learned_loss.data.tasks.partition import difficulty_range, input_space, split_of
+from learned_loss.data.tasks.registry import FAMILIES, family_names, get_family, sample_example
+from learned_loss.data.tasks.scoring import exact_match, graded_score, score
+from learned_loss.data.tasks.splits import families_for, split_families, SPLIT_NAMES
 from learned_loss.data.tasks.splits import training_families

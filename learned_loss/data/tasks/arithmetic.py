@@ -11,10 +11,7 @@ import math
 
 import numpy as np
 
-from learned_loss.data.tasks.base import Family
-from learned_loss.data.tasks.base import family
-from learned_loss.data.tasks.base import number
-from learned_loss.data.tasks.base import randint
+from learned_loss.data.tasks.base import family, Family, number, randint
 
 
 def _f(name, templates, sample_fn, answer_fn) -> Family:

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from learned_loss import errors
+from learned_loss.core import errors
 from learned_loss.data import tokenizer
 
 CATEGORIES: tuple[str, ...] = ("string", "list", "arithmetic", "formatting")

@@ -8,13 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from learned_loss.data.tasks.base import Family
-from learned_loss.data.tasks.base import family
-from learned_loss.data.tasks.base import ints
-from learned_loss.data.tasks.base import length_for
-from learned_loss.data.tasks.base import letters
-from learned_loss.data.tasks.base import number
-from learned_loss.data.tasks.base import randint
+from learned_loss.data.tasks.base import Family, family, ints, length_for, letters, number, randint
 from learned_loss.data.tasks.base import words
 
 

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from learned_loss.data.tasks.base import Family
-from learned_loss.data.tasks.base import family
-from learned_loss.data.tasks.base import ints
-from learned_loss.data.tasks.base import randint
+from learned_loss.data.tasks.base import family, Family, ints, randint
 
 
 def _f(name, templates, sample_fn, answer_fn) -> Family:

@@ -30,13 +30,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from learned_loss.data.tasks.base import DIFFICULTIES
-from learned_loss.data.tasks.base import Example
-from learned_loss.data.tasks.base import TaskError
-from learned_loss.data.tasks.base import input_id
-from learned_loss.data.tasks.base import make_example
-from learned_loss.data.tasks.registry import get_family
-from learned_loss.data.tasks.registry import sample_example
+from learned_loss.data.tasks.base import DIFFICULTIES, Example, input_id, make_example, TaskError
+from learned_loss.data.tasks.registry import get_family, sample_example
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 # (split, upper end of its interval of u); in order of u.

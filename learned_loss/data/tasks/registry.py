@@ -8,15 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from learned_loss.data.tasks import arithmetic
-from learned_loss.data.tasks import formatting
-from learned_loss.data.tasks import lists
-from learned_loss.data.tasks import strings
-from learned_loss.data.tasks.base import CATEGORIES
-from learned_loss.data.tasks.base import Example
-from learned_loss.data.tasks.base import Family
-from learned_loss.data.tasks.base import TaskError
-from learned_loss.data.tasks.base import make_example
+from learned_loss.data.tasks import arithmetic, formatting, lists, strings
+from learned_loss.data.tasks.base import CATEGORIES, Example, Family, make_example, TaskError
 
 
 def _registry() -> dict[str, Family]:

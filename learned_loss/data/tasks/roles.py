@@ -31,8 +31,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from learned_loss.data.tasks.base import TaskError
-from learned_loss.data.tasks.splits import split_families
-from learned_loss.data.tasks.splits import training_families
+from learned_loss.data.tasks.splits import split_families, training_families
 
 TASK_ROLES: tuple[str, ...] = ("finetune", "clean_validation", "pairs", "reward_model",
                                "rl_prompts")

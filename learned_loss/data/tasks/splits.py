@@ -18,10 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from learned_loss.data.tasks.base import CATEGORIES
-from learned_loss.data.tasks.base import TaskError
-from learned_loss.data.tasks.registry import FAMILIES
-from learned_loss.data.tasks.registry import get_family
+from learned_loss.data.tasks.base import CATEGORIES, TaskError
+from learned_loss.data.tasks.registry import FAMILIES, get_family
 
 SPLIT_NAMES: tuple[str, ...] = ("meta_train", "meta_valid", "heldout")
 

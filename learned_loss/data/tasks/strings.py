@@ -8,13 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from learned_loss.data.tasks.base import LOWER
-from learned_loss.data.tasks.base import VOWELS
-from learned_loss.data.tasks.base import Family
-from learned_loss.data.tasks.base import family
-from learned_loss.data.tasks.base import length_for
-from learned_loss.data.tasks.base import letters
-from learned_loss.data.tasks.base import randint
+from learned_loss.data.tasks.base import Family, family, length_for, letters, LOWER, randint, VOWELS
 from learned_loss.data.tasks.base import words
 
 _SMALL = "abcd"  # a small alphabet, so that counts and repeats are non-trivial

@@ -1,0 +1,92 @@
+"""Entry-point plumbing shared by `experiments/`: flag parsing and one-line errors.
+
+A user mistake (an unknown config key, a mesh that does not fit the devices, a missing corpus,
+a workdir of another model) ends the program with a single `error: ...` line that names the
+problem and the fix, and exit status 2; a traceback is kept for real bugs.
+"""
+
+from __future__ import annotations
+
+import logging as std_logging
+import re
+import sys
+from typing import Callable, Sequence
+
+from absl import app, flags, logging
+
+from learned_loss.core.errors import UserError  # noqa: F401  (re-exported: cli.UserError)
+
+EXIT_USER_ERROR = 2
+# Libraries whose INFO lines drown the run's own (orbax logs a dozen lines per checkpoint).
+QUIET_BELOW_WARNING = ("/orbax/", "/tensorflow_datasets/", "/jax/_src/")
+
+
+def fail(message: str) -> None:
+    """Prints one line to stderr and exits with EXIT_USER_ERROR."""
+    first = " ".join(str(message).split())
+    print(f"error: {first}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def _unknown_key_message(error: Exception, argv: Sequence[str]) -> str | None:
+    """Turns ml_collections' "'lrr' Did you mean 'lr'" into a message naming the flag."""
+    text = str(error).replace("\\'", "'").replace('\\"', '"').replace("\\n", " ")
+    key = re.search(r"'([A-Za-z0-9_]+)'", text)
+    if not key:
+        return None
+    flag = next((a.split("=")[0] for a in argv if re.search(
+        rf"^--[\w]+(\.[\w]+)*\.{re.escape(key.group(1))}(\.|=|$)", a)), None)
+    hint = re.search(r'Did you mean "([^"]+)"', text)
+    where = f" in {flag}" if flag else ""
+    fix = f" (did you mean {hint.group(1)!r}?)" if hint else ""
+    return (f"unknown config key {key.group(1)!r}{where}{fix}; only fields that the config file "
+            f"defines can be overridden")
+
+
+def check_run_flags(argv: Sequence[str], config, workdir: str | None, example: str) -> None:
+    """The checks every training entry point makes before it starts (UserError naming the fix)."""
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments {argv[1:]}; pass settings as --config.FIELD")
+    if workdir is None:
+        raise UserError("--workdir is required: the folder for checkpoints and metrics")
+    if config is None:
+        raise UserError(f"--config is required, e.g. --config={example}")
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+    """absl flag parsing with one-line errors for bad flags and unknown config keys."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as e:
+        fail(_unknown_key_message(e, argv) or f"bad flag: {e}")
+    except flags.Error as e:
+        fail(str(e))
+    return []
+
+
+def _quiet_libraries(record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or not any(
+        part in record.pathname for part in QUIET_BELOW_WARNING)
+
+
+class Preempted(Exception):
+    """SIGTERM arrived between the runs of a job (loop.raise_if_stopped): what finished is
+    saved and a re-run resumes, so `run` logs it and exits 0."""
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+    """`absl.app.run(main)` where a UserError (every error class of a user's mistake subclasses
+    it) prints one line and exits 2."""
+
+    def guarded(argv):
+        logging.get_absl_handler().addFilter(_quiet_libraries)
+        if "tensorflow_datasets" in sys.modules:  # Its progress bars would fill the log.
+            sys.modules["tensorflow_datasets"].disable_progress_bar()
+        try:
+            main(argv)
+        except UserError as e:
+            fail(str(e))
+        except Preempted as e:  # Saved and resumable: not a failure.
+            logging.warning("%s", e)
+
+    app.run(guarded, flags_parser=parse_flags)

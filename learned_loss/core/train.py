@@ -1,0 +1,172 @@
+"""The inner loop: a training state and one pure, jitted step generic over the objective.
+
+`step(state, batch, theta)` takes the objective's parameters theta as an argument (empty for MLE)
+so that an outer loop can differentiate through it (truncated backprop) or vmap it over a
+population (evolution strategies).
+
+Shapes: B batch, T sequence length.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from learned_loss import objectives
+from learned_loss.core import sharding
+from learned_loss.core import model as model_lib
+from learned_loss.objectives import mle
+
+class TrainState(NamedTuple):
+    params: Any
+    opt_state: Any
+    step: jax.Array  # [] int32: optimizer steps taken.
+    rng: jax.Array  # [2] uint32: raw key data (checkpointable), split once per step.
+
+
+def learning_rate_schedule(cfg: Mapping[str, Any], num_steps: int) -> optax.Schedule:
+    """Linear warm-up to `lr`, then cosine decay to `lr * min_lr_ratio` at `num_steps`."""
+    warmup = min(int(cfg["warmup_steps"]), max(num_steps - 1, 0))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=cfg["lr"], warmup_steps=warmup,
+        decay_steps=max(num_steps, warmup + 1), end_value=cfg["lr"] * cfg["min_lr_ratio"])
+
+
+def _decay_mask(params):
+    """Weight decay on matrices only; not on biases, norm scales or offsets (GPT-2 practice)."""
+    return jax.tree.map(lambda x: x.ndim >= 2, params)
+
+
+def make_optimizer(cfg: Mapping[str, Any], num_steps: int) -> optax.GradientTransformation:
+    """Global-norm clipping followed by AdamW (Loshchilov and Hutter 2019).
+
+    `eps_root > 0` keeps adam differentiable (meta-gradients through the update are wrong or
+    NaN with the default 0).
+    """
+    if cfg["name"] != "adamw":
+        raise ValueError(f"optimizer.name={cfg['name']!r} is not supported; use 'adamw'")
+    schedule = learning_rate_schedule(cfg, num_steps)
+    return optax.chain(
+        optax.clip_by_global_norm(cfg["grad_clip"]),
+        optax.adamw(schedule, b1=cfg["b1"], b2=cfg["b2"], eps=cfg["eps"],
+                    eps_root=cfg["eps_root"], weight_decay=cfg["weight_decay"],
+                    mask=_decay_mask))
+
+
+def init_state(model: model_lib.Model, optimizer: optax.GradientTransformation,
+               rng: jax.Array, seq_len: int) -> TrainState:
+    """Fresh parameters and optimizer state. rng: a typed PRNG key."""
+    init_rng, state_rng = jax.random.split(rng)
+    params = model.init(init_rng, jnp.zeros((1, seq_len), jnp.int32))
+    return TrainState(params=params, opt_state=optimizer.init(params),
+                      step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(state_rng))
+
+
+LossFn = Callable[[Any, Mapping[str, jax.Array], Any], tuple[jax.Array, dict]]
+
+
+def objective_loss(model: model_lib.Model, objective: objectives.Objective) -> LossFn:
+    """`loss_fn(params, batch, theta)`: the objective on the model's logits of batch['inputs'].
+
+    When the objective reads the reference model's log-probabilities, theta is
+    {'objective': its theta, 'reference': the frozen reference params} (`step_theta`).
+    """
+
+    def loss_fn(params, batch, theta):
+        logits = model.apply(params, batch["inputs"]).logits  # [B, T, V]
+        if objective.needs_reference:
+            theta, reference = theta["objective"], theta["reference"]
+            ref_logits = model.apply(reference, batch["inputs"]).logits
+            ref_lp = mle.token_log_likelihood(ref_logits, batch["targets"])  # [B, T]
+            batch = dict(batch, ref_log_probs=jax.lax.stop_gradient(ref_lp))
+        return objective.loss(theta, logits, batch)
+
+    return loss_fn
+
+
+def step_theta(objective: objectives.Objective, reference_params: Any = None) -> Any:
+    """What the train step takes as theta for `objective`: its theta, plus a copy of the
+    reference params (never the state's own buffers, which the step donates) when it needs them.
+    """
+    if not objective.needs_reference:
+        return objective.theta
+    if reference_params is None:
+        raise ValueError(f"objective {objective.name!r} reads a reference model; pass the "
+                         f"reference params (e.g. the initial params of the run)")
+    return {"objective": objective.theta, "reference": jax.tree.map(jnp.copy, reference_params)}
+
+
+def apply_gradients(state: TrainState, grads: Any,
+                    optimizer: optax.GradientTransformation) -> tuple[TrainState, dict]:
+    """One optimizer update of `state` with `grads`; the rng advances once."""
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    rng = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state.rng))[0])
+    norms = {"grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params)}
+    return state._replace(params=params, opt_state=opt_state, step=state.step + 1,
+                          rng=rng), norms
+
+
+def train_step(state: TrainState, batch: Mapping[str, jax.Array], theta: Any, *,
+               optimizer: optax.GradientTransformation, loss_fn: LossFn
+               ) -> tuple[TrainState, dict]:
+    """One optimizer step on `loss_fn`. batch: e.g. {'inputs': [B, T], 'targets': [B, T], ...};
+    the loss also sees batch['step'] ([] int32: the steps taken before this one)."""
+    batch = dict(batch, step=state.step)  # Step-dependent objectives (e.g. a warm-up) read it.
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, theta)
+    state, norms = apply_gradients(state, grads, optimizer)
+    return state, dict(metrics, **norms)
+
+
+def eval_step(params: Any, batch: Mapping[str, jax.Array], theta: Any, *,
+              loss_fn: LossFn) -> dict:
+    """The loss's metrics on a batch, without an update."""
+    return loss_fn(params, batch, theta)[1]
+
+
+def state_shardings(state: TrainState, optimizer: optax.GradientTransformation,
+                    rules: sharding.Rules, mesh: jax.sharding.Mesh) -> TrainState:
+    """NamedSharding for every leaf: params by the rules, moments like their params, and the
+    step, rng and every optimizer scalar replicated."""
+    specs = sharding.param_specs(state.params, rules, mesh)
+    opt_specs = sharding.opt_state_specs(optimizer, state.params, specs)
+    return sharding.named(mesh, TrainState(params=specs, opt_state=opt_specs, step=P(), rng=P()))
+
+
+def compile_steps(model: model_lib.Model, optimizer: optax.GradientTransformation,
+                  objective: objectives.Objective | None, state_sh: TrainState, mesh: jax.sharding.Mesh,
+                  loss_fn: LossFn | None = None):
+    """The jitted train and eval steps with explicit shardings; the train step donates state.
+
+    The loss is `objective` on the model's logits, or `loss_fn(params, batch, theta)` when given
+    (e.g. a reward model's Bradley-Terry loss, or DPO). Batches are split over the batch axes.
+    Returns (train(state, batch, theta) -> (state, metrics), evaluate(params, batch, theta)).
+    """
+    if loss_fn is None:
+        loss_fn = objective_loss(model, objective)
+    batch_sh = NamedSharding(mesh, sharding.batch_spec(mesh))
+    replicated = NamedSharding(mesh, P())
+    train = jax.jit(
+        functools.partial(train_step, optimizer=optimizer, loss_fn=loss_fn),
+        in_shardings=(state_sh, batch_sh, None), out_shardings=(state_sh, replicated),
+        donate_argnums=(0,))
+    evaluate = jax.jit(
+        functools.partial(eval_step, loss_fn=loss_fn),
+        in_shardings=(state_sh.params, batch_sh, None), out_shardings=replicated)
+    return train, evaluate
+
+
+def create_sharded_state(model: model_lib.Model, optimizer: optax.GradientTransformation,
+                         rng: jax.Array, seq_len: int, rules: sharding.Rules,
+                         mesh: jax.sharding.Mesh) -> tuple[TrainState, TrainState]:
+    """Initialises the state directly into its shardings. Returns (state, shardings)."""
+    init = functools.partial(init_state, model, optimizer, seq_len=seq_len)
+    abstract = jax.eval_shape(init, rng)
+    state_sh = state_shardings(abstract, optimizer, rules, mesh)
+    state = jax.jit(init, out_shardings=state_sh)(rng)
+    return state, state_sh

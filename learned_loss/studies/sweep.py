@@ -1,0 +1,176 @@
+"""Sweeps: a config's `get_sweep()` points, each run in its own workdir (experiments/sweep.py).
+
+A config file may define `get_sweep(arg)` (or `get_sweep()`) returning a list of override dicts
+{dotted config key: value}; `product` and `zipped` build such lists. Each point runs the entry
+module (`python -m ENTRY --config=FILE:ARG --workdir=ROOT/points/NAME --config.KEY=VALUE ...`)
+as its own process, so a point that fails (non-zero exit) is recorded and the others go on.
+
+ROOT/sweep.json records the points (name, overrides, command, status, return code, wall time and
+the tail of a failed point's log); ROOT/points/NAME/log.txt holds each point's output and
+ROOT/points/NAME/DONE marks a finished point, which a re-run skips.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import itertools
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from concurrent import futures
+from typing import Any, Callable, Mapping, Sequence
+
+from learned_loss.core import errors, files
+
+SWEEP_FILE = "sweep.json"
+DONE = "DONE"
+
+
+class SweepError(errors.UserError):
+    """A config without `get_sweep`, or a sweep that is not a list of override dicts."""
+
+
+def product(**axes: Sequence[Any]) -> list[dict[str, Any]]:
+    """Every combination of the axes' values: product(a=[1, 2], b=[3]) -> [{a:1,b:3},{a:2,b:3}]."""
+    keys = list(axes)
+    return [dict(zip(keys, values)) for values in itertools.product(*(axes[k] for k in keys))]
+
+
+def zipped(**axes: Sequence[Any]) -> list[dict[str, Any]]:
+    """The axes' values side by side; every axis must have the same length."""
+    lengths = {k: len(v) for k, v in axes.items()}
+    if len(set(lengths.values())) > 1:
+        raise SweepError(f"zipped axes differ in length: {lengths}")
+    keys = list(axes)
+    return [dict(zip(keys, values)) for values in zip(*(axes[k] for k in keys))]
+
+
+def load_sweep(config_spec: str) -> list[dict[str, Any]]:
+    """The override dicts of `get_sweep` in FILE[:ARG]."""
+    path, _, arg = config_spec.partition(":")
+    if not os.path.exists(path):
+        raise SweepError(f"config file {path} does not exist")
+    spec = importlib.util.spec_from_file_location("_sweep_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_sweep"):
+        raise SweepError(f"{path} defines no get_sweep(); add one returning a list of override "
+                         f"dicts (learned_loss.studies.sweep.product / zipped)")
+    try:
+        points = module.get_sweep(arg) if arg else module.get_sweep()
+    except TypeError:
+        points = module.get_sweep()
+    if not isinstance(points, list) or not points or not all(isinstance(p, dict)
+                                                             for p in points):
+        raise SweepError(f"{path}: get_sweep() must return a non-empty list of dicts, got "
+                         f"{type(points).__name__}")
+    return points
+
+
+def flag_value(value: Any) -> str:
+    """A config override as config_flags parses it (tuples and lists as Python literals)."""
+    if isinstance(value, (tuple, list)):
+        return repr(tuple(value))
+    return str(value)
+
+
+def point_name(index: int, overrides: Mapping[str, Any]) -> str:
+    """A stable, file-system-safe name: '003-lr=0.001,seeds=3'."""
+    text = ",".join(f"{k}={flag_value(v)}" for k, v in overrides.items())
+    return f"{index:03d}-" + re.sub(r"[^A-Za-z0-9_.=,+-]", "_", text)[:120]
+
+
+@dataclasses.dataclass
+class Point:
+    name: str
+    overrides: dict[str, Any]
+    command: list[str]
+
+
+def points(config_spec: str, root: str, entry: str, extra_flags: Sequence[str] = (),
+           python: str = sys.executable) -> list[Point]:
+    """One Point per override dict, with the command line that runs it."""
+    out = []
+    for i, overrides in enumerate(load_sweep(config_spec)):
+        name = point_name(i, overrides)
+        workdir = os.path.join(root, "points", name)
+        command = [python, "-m", entry, f"--config={config_spec}", f"--workdir={workdir}"]
+        command += [f"--config.{k}={flag_value(v)}" for k, v in overrides.items()]
+        out.append(Point(name, dict(overrides), command + list(extra_flags)))
+    return out
+
+
+def print_commands(pts: Sequence[Point]) -> str:
+    """One shell command line per point (for a cluster scheduler)."""
+    return "\n".join(shlex.join(p.command) for p in pts) + "\n"
+
+
+def _tail(path: str, lines: int = 20) -> str:
+    with open(path, errors="replace") as f:
+        return "".join(f.readlines()[-lines:])
+
+
+def run_point(point: Point, root: str, env: Mapping[str, str] | None = None) -> dict:
+    """Runs one point to the end; its record for sweep.json."""
+    workdir = os.path.join(root, "points", point.name)
+    os.makedirs(workdir, exist_ok=True)
+    log = os.path.join(workdir, "log.txt")
+    start = time.time()
+    with open(log, "w") as f:
+        rc = subprocess.run(point.command, stdout=f, stderr=subprocess.STDOUT,
+                            env=dict(env) if env is not None else None).returncode
+    record = {"name": point.name, "overrides": point.overrides, "command": point.command,
+              "returncode": rc, "status": "done" if rc == 0 else "failed",
+              "seconds": round(time.time() - start, 1)}
+    if rc == 0:
+        with open(os.path.join(workdir, DONE), "w") as f:
+            f.write("")
+    else:
+        record["log_tail"] = _tail(log)
+    return record
+
+
+def _write_records(root: str, records: Mapping[str, dict]) -> None:
+    files.write_json(os.path.join(root, SWEEP_FILE),
+                     {"points": [records[k] for k in sorted(records)]}, indent=1)
+
+
+def read_records(root: str) -> dict[str, dict]:
+    path = os.path.join(root, SWEEP_FILE)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return {r["name"]: r for r in json.load(f)["points"]}
+
+
+def run(pts: Sequence[Point], root: str, parallel: int = 1, log: Callable[[str], None] = print,
+        env: Mapping[str, str] | None = None) -> dict[str, dict]:
+    """Runs the unfinished points, `parallel` processes at a time; finished points (DONE) are
+    skipped. Returns name -> record (also in ROOT/sweep.json, updated as points end)."""
+    if parallel < 1:
+        raise SweepError(f"--parallel must be >= 1, got {parallel}")
+    os.makedirs(root, exist_ok=True)
+    records = read_records(root)
+    todo = []
+    for p in pts:
+        if os.path.exists(os.path.join(root, "points", p.name, DONE)):
+            records.setdefault(p.name, {"name": p.name, "overrides": p.overrides,
+                                        "command": p.command, "status": "done",
+                                        "returncode": 0})
+            log(f"{p.name}: finished earlier, skipped")
+        else:
+            todo.append(p)
+    _write_records(root, records)
+    with futures.ThreadPoolExecutor(max_workers=parallel) as pool:
+        running = {pool.submit(run_point, p, root, env): p for p in todo}
+        for done in futures.as_completed(running):
+            record = done.result()
+            records[record["name"]] = record
+            _write_records(root, records)
+            log(f"{record['name']}: {record['status']} ({record['seconds']:.0f}s)")
+    return records

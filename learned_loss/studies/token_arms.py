@@ -1,0 +1,339 @@
+"""The token-level arms: how each method trains a model from noisy demonstrations and how a
+model is scored. The noisy-demonstration grid (noisy_demonstrations.py) and the objective
+comparison (compare.py) both train their token-level cells here.
+
+A cell is (family set, noise, method, model, seed). Each trains a fresh model on the family
+set's noisy train split with the method, then scores greedy exact match and the graded score on
+the set's clean `test` split (inputs no split that any run trains on holds: `tasks.partition`),
+plus the answer negative log-likelihood there. A seed resamples the data: each seed's dataset
+(train inputs, which of them are corrupted and how, validation and test inputs) is built with
+its own seed, and it draws its own initialisation and batches; cells of the same seed share
+their data, so arms are compared on the same examples (paired by seed). The family sets are the
+evaluation families: no learned objective may have been meta-trained, validated or tuned on
+them (`check_roles`).
+
+Methods (all with the same inner optimizer and batch):
+  mle               maximum likelihood on the noisy demonstrations
+  mle_clean         MLE on the same inputs with their gold answers: the headroom's top
+  mle_clean_valid   MLE with the clean validation examples (what the meta-learned methods see
+                    as their meta-objective) added to the training data
+  mle_2x            MLE with twice the step budget
+  loss_truncation   Kang and Hashimoto 2020 (objectives/loss_truncation.py)
+  learned_offline   the learned token loss of a meta-training artifact, frozen
+  learned_online    Meta-Weight-Net-style online meta-weighting on the clean validation examples
+  learned_closed_form  a closed form fitted to learned_offline's network (interpret.py), frozen
+
+`train_cells` trains the seeds of one (family set, noise, method, model) as one vmapped
+program; `score` scores a model; `data_seen` is what a method saw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from learned_loss import objectives
+from learned_loss.core import errors, evaluation
+from learned_loss.core import model as model_lib
+from learned_loss.data import instruction_tasks, paths, tasks
+from learned_loss.meta import base, lm_problem, outer
+from learned_loss.objectives import artifact as artifact_lib
+
+METHODS = ("mle", "mle_clean", "mle_clean_valid", "mle_2x", "loss_truncation",
+           "learned_offline", "learned_online")
+# Also available: the closed form fitted to the offline artifact (learned_loss/meta/interpret.py).
+EXTRA_METHODS = ("learned_closed_form",)
+# What each method trains on besides the noisy demonstrations' inputs: its rows (`rows_of`).
+CLEAN_TRAIN = ("mle_clean",)  # the train inputs with their gold answers, instead of the noisy
+WITH_VALID = ("mle_clean_valid",)  # the clean validation examples added to the noisy ones
+READS_VALID = ("mle_clean_valid", "learned_online")  # learn from the clean validation examples
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    family_set: str
+    noise: str
+    method: str
+    model: str
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.family_set}-{self.noise}-{self.method}-{self.model}-s{self.seed}"
+
+
+
+@dataclasses.dataclass
+class Data:
+    train: lm_problem.Demonstrations  # noisy
+    train_clean: lm_problem.Demonstrations  # the same inputs with their gold answers
+    valid: lm_problem.Demonstrations  # clean: the meta-objective of the learned methods
+    test_rows: lm_problem.Demonstrations  # clean test inputs
+    test_examples: list
+    info: Any
+
+
+def evaluation_families(config, family_set: str) -> tuple[str, ...]:
+    """The families of a family set, resolved for their role (fine-tuning; held-out families
+    refused)."""
+    return tasks.roles.resolve(config.tasks, "finetune", config.family_sets[family_set])
+
+
+def data_args(config, family_set: str, noise: str, seed: int) -> dict[str, Any]:
+    """build_instruction_tasks's arguments (but data_dir) of one (family set, noise kind,
+    seed): the seed offsets `tasks.seed`, so each seed draws its own inputs and corruptions."""
+    spec, t = config.noises[noise], config.tasks
+    return dict(families=evaluation_families(config, family_set),
+                examples_per_family=t.examples_per_family,
+                difficulty=tasks.difficulty_range(t.difficulty), label_noise=float(spec.rho),
+                seed=t.seed + seed, seq_len=config.data.seq_len,
+                noise_kinds=tuple(spec.kinds), splits=dict(config.data.splits))
+
+
+def build_data(config, family_set: str, noise: str, seed: int) -> Data:
+    """The demonstrations of one (family set, noise kind, seed)."""
+    info = instruction_tasks.build_instruction_tasks(paths.data_dir(config.data.data_dir),
+                                                     **data_args(config, family_set, noise, seed))
+    seq_len = config.data.seq_len
+    records = {split: instruction_tasks.load_split(info, split)
+               for split in ("train", "validation", "test")}
+    rows = {split: lm_problem.encode_records(r, seq_len) for split, r in records.items()}
+    test = records["test"]
+    examples = sorted((instruction_tasks.to_example(test[i], gold=True)
+                       for i in range(len(test))), key=lambda e: (e.family, e.prompt))
+    per_family: dict[str, list] = {}
+    for e in examples:
+        per_family.setdefault(e.family, []).append(e)
+    chosen = [e for f in sorted(per_family) for e in per_family[f][:config.eval.per_family]]
+    return Data(rows["train"], lm_problem.encode_records(records["train"], seq_len, gold=True),
+                rows["validation"], rows["test"], chosen, info)
+
+
+def artifact_roles(path: str) -> dict[str, list[str]]:
+    """The families by role of the meta-training behind an artifact, as the arm that uses it
+    sees them (all meta roles); an artifact that does not record them is refused."""
+    meta = artifact_lib.load(path).provenance
+    # A token or preference loss keeps its run's provenance under 'provenance', a learned
+    # reward at the top level.
+    record = meta.get("provenance", meta).get("extra", {}).get(tasks.roles.RECORD_KEY)
+    if record is None:
+        raise tasks.TaskError(f"the artifact at {path} does not record the families its "
+                              f"meta-training used ({tasks.roles.RECORD_KEY}), so it cannot be "
+                              f"checked against the evaluation families; meta-train it again "
+                              f"with this version")
+    return tasks.roles.as_meta(record)
+
+
+def task_roles(method: str, families) -> dict[str, list[str]]:
+    """The task roles a method gives the families it fine-tunes on: fine-tuning, and clean
+    validation examples when it learns from them."""
+    return tasks.roles.record({"finetune": families,
+                               "clean_validation": families if method in READS_VALID else ()})
+
+
+def method_roles(config, method: str, family_set: str, noise: str) -> dict[str, list[str]]:
+    """The families by role of one method on one family set: its task roles on the set, and
+    the meta roles of the artifact it uses."""
+    own = task_roles(method, evaluation_families(config, family_set))
+    if method in ("learned_offline", "learned_closed_form"):
+        return tasks.roles.merge(own, artifact_roles(method_objective(config, method, noise)[1]))
+    return own
+
+
+def check_roles(config, cells: Sequence[Cell]) -> dict[str, dict[str, list[str]]]:
+    """Every method's families by role; TaskError before anything trains when an evaluation
+    family has a meta role in any method (`tasks.roles.refuse_conflicts`)."""
+    arms, evaluated = {}, set()
+    for cell in cells:
+        evaluated.update(evaluation_families(config, cell.family_set))
+        arms[cell.method] = tasks.roles.merge(
+            arms.get(cell.method, {}), method_roles(config, cell.method, cell.family_set,
+                                                    cell.noise))
+    tasks.roles.refuse_conflicts(arms, sorted(evaluated))
+    return arms
+
+
+def model_of(cfg) -> model_lib.Model:
+    return model_lib.build(model_lib.ModelConfig.from_config(cfg))
+
+
+def method_objective(config, method: str, noise: str) -> tuple[objectives.Objective, str]:
+    """(objective, where its theta came from) of a method."""
+    if method in ("mle", "mle_clean", "mle_clean_valid", "mle_2x"):
+        return objectives.build("mle"), ""
+    if method == "loss_truncation":
+        lt = config.loss_truncation
+        return objectives.build({"name": "loss_truncation", "drop_fraction": lt.drop_fraction,
+                                 "warmup_steps": lt.warmup_steps}), ""
+    if method in ("learned_offline", "learned_closed_form"):
+        field = "artifacts" if method == "learned_offline" else "closed_forms"
+        paths_by_noise = dict(config.learned[field])
+        path = paths_by_noise.get(noise) or paths_by_noise.get("default", "")
+        if not path:
+            raise errors.UserError(f"{method} needs learned.{field}[{noise!r}] or ['default']: "
+                                   f"an artifact of experiments/meta_train.py (artifacts) or of "
+                                   f"experiments/interpret_objective.py (closed_forms)")
+        return objectives.build({"name": "learned_token_loss", "path": path}), path
+    if method == "learned_online":
+        return objectives.build({"name": "learned_token_loss",
+                                 "features": tuple(config.learned.online_features),
+                                 "hidden": config.learned.hidden}), "online"
+    raise errors.UserError(f"unknown method {method!r}; choose among {METHODS + EXTRA_METHODS}")
+
+
+def rows_of(method: str, data: Data) -> lm_problem.Demonstrations:
+    """The rows a method fine-tunes on."""
+    if method in CLEAN_TRAIN:
+        return data.train_clean
+    if method in WITH_VALID:
+        return lm_problem.concatenate([data.train, data.valid])
+    return data.train
+
+
+def method_steps(config, method: str) -> int:
+    return config.steps * (2 if method == "mle_2x" else 1)
+
+
+def data_seen(config, method: str, data: Data) -> dict[str, int]:
+    """What a method saw while fine-tuning, by kind: distinct noisy and clean demonstrations
+    (rows it could draw) and the tokens it processed (steps x batch x T; online, the look-ahead's
+    clean validation batch at every step besides)."""
+    train = len(data.train)
+    clean = {"mle_clean": train}.get(method, len(data.valid) if method in READS_VALID else 0)
+    tokens = method_steps(config, method) * config.batch_size * config.data.seq_len
+    if method == "learned_online":
+        tokens *= 1 + config.learned.lookahead
+    return {"noisy_demonstrations": 0 if method in CLEAN_TRAIN else train,
+            "clean_demonstrations": clean, "gold_answers_in_pairs": 0,
+            "gold_scored_prompts": 0, "labeler_queries": 0, "tokens": int(tokens)}
+
+
+def train_cells(config, cells: Sequence[Cell], data: Sequence[Data], *, init_params: Any = None,
+                segments: int = 1, on_segment=None) -> tuple[Any, list[Any], dict]:
+    """Trains the models of `cells`, which differ only in their seed, as one program vmapped
+    over the seeds: each seed its own data (`data[i]` for `cells[i]`), initialisation, batches
+    and, online, theta.
+
+    init_params: the parameters every seed starts from (a pre-trained checkpoint; its model
+    must be `config.model`); None: a fresh initialisation from each seed's key.
+    segments: the run is cut into this many equal spans of steps, and after each one but the
+    last `on_segment(step, model, inners)` is called with the per-cell inner states (for
+    learning curves). Segments draw their own keys, so a run in several differs from a run in
+    one.
+
+    Returns (model, per-cell final inner states {'params', ..., 'reference' when the objective
+    reads one}, facts shared by the cells). Online, facts['online_skipped'] is per cell.
+    """
+    first = cells[0]
+    if any(dataclasses.replace(c, seed=first.seed) != first for c in cells):
+        raise ValueError(f"cells of one group must differ only in seed: {cells}")
+    if len(data) != len(cells):
+        raise ValueError(f"{len(cells)} cells but data for {len(data)}")
+    model_cfg = config.model if first.model == config.model.variant else config.transfer.model
+    model = model_of(model_cfg)
+    objective, source = method_objective(config, first.method, first.noise)
+    train_rows = lm_problem.stack([rows_of(first.method, d) for d in data])  # [S, N, T]
+    valid_rows = lm_problem.stack([d.valid for d in data])  # [S, V, T]
+    steps = method_steps(config, first.method)
+    optimizer = lm_problem.inner_optimizer(config.lr)
+
+    def problem_of(train, valid) -> base.InnerProblem:
+        return lm_problem.lm_problem(model, optimizer, objective, train, valid,
+                                     batch_size=config.batch_size,
+                                     valid_batch_size=config.batch_size,
+                                     seq_len=config.data.seq_len, init_params=init_params)
+
+    rows = (lm_problem.Demonstrations(*map(jnp.asarray, train_rows)),
+            lm_problem.Demonstrations(*map(jnp.asarray, valid_rows)))
+    keys = jnp.stack([jax.random.split(jax.random.key(c.seed)) for c in cells])  # [S, 2]
+    theta = jax.tree.map(jnp.asarray, objective.theta)
+    online = first.method == "learned_online"
+    if online:
+        opt = outer.make_optimizer(config.learned.online_outer)
+
+        def init(theta, init_key, rows):
+            return theta, opt.init(theta), problem_of(*rows).init(init_key), jnp.zeros(())
+
+        def advance(carry, run_key, rows, n):
+            step = outer.online_step(problem_of(*rows), opt, lookahead=config.learned.lookahead)
+
+            def body(carry, k):
+                theta, opt_state, inner = carry
+                theta, opt_state, inner, m = step(theta, opt_state, inner, k)
+                return (theta, opt_state, inner), m["skipped"]
+
+            theta, opt_state, inner, skipped = carry
+            (theta, opt_state, inner), s = jax.lax.scan(
+                body, (theta, opt_state, inner), jax.random.split(run_key, n))
+            return theta, opt_state, inner, skipped + s.sum()
+    else:
+        def init(theta, init_key, rows):
+            return theta, problem_of(*rows).init(init_key)
+
+        def advance(carry, run_key, rows, n):
+            theta, inner = carry
+            return theta, base.unroll(problem_of(*rows), theta, inner, run_key, n)[0]
+
+    def per_cell(carry) -> list[Any]:
+        inner = carry[2] if online else carry[1]
+        return [jax.tree.map(lambda x, i=i: x[i], inner) for i in range(len(cells))]
+
+    bounds = [round(steps * i / segments) for i in range(segments + 1)]
+    if segments == 1:
+        def whole(theta, init_key, run_key, rows):
+            return advance(init(theta, init_key, rows), run_key, rows, steps)
+
+        carry = jax.jit(jax.vmap(whole, in_axes=(None, 0, 0, 0)))(theta, keys[:, 0],
+                                                                  keys[:, 1], rows)
+    else:
+        seg_keys = jax.vmap(lambda k: jax.random.split(k, segments))(keys[:, 1])  # [S, G]
+        carry = jax.jit(jax.vmap(init, in_axes=(None, 0, 0)))(theta, keys[:, 0], rows)
+        span = jax.jit(jax.vmap(advance, in_axes=(0, 0, 0, None)), static_argnums=3)
+        for g in range(segments):
+            carry = span(carry, seg_keys[:, g], rows, bounds[g + 1] - bounds[g])
+            if on_segment is not None and g < segments - 1:
+                on_segment(bounds[g + 1], model, per_cell(carry))
+    inners = per_cell(carry)
+    facts = {"steps": steps, "theta_source": source, "train_rows": train_rows.inputs.shape[1],
+             "corrupted_rows": [int(c) for c in train_rows.corrupted.sum(axis=1)],
+             "params": model_lib.param_count(inners[0]["params"]),
+             "seeds_vmapped": len(cells)}
+    if online:
+        facts["online_skipped"] = [float(s) for s in np.asarray(carry[3])]
+    return model, inners, facts
+
+
+def train_cell(config, cell: Cell, data: Data) -> tuple[Any, dict]:
+    """One cell (`train_cells` of one seed). Returns ((model, final inner state), facts)."""
+    model, inners, facts = train_cells(config, [cell], [data])
+    for key in ("online_skipped", "corrupted_rows"):
+        if key in facts:
+            facts[key] = facts[key][0]
+    return (model, inners[0]), facts
+
+
+_answer_nll = jax.jit(lm_problem.answer_nll, static_argnums=0)
+
+
+def score(config, model, params, data: Data, *, reference_params: Any = None,
+          rng: jax.Array | None = None) -> dict:
+    """Greedy exact match, graded score and completion length on the clean test prompts, the
+    test NLL, and per-prompt correctness ('per_prompt'); with `reference_params`, also the
+    sequence-level KL to that model ('kl', sampled with `rng`)."""
+    result = evaluation.evaluate(model, params, data.test_examples,
+                                 batch_size=config.eval.batch_size,
+                                 max_new_tokens=config.eval.max_new_tokens,
+                                 reference_params=reference_params, rng=rng)
+    rows = {k: jnp.asarray(v) for k, v in data.test_rows.batch().items()}
+    overall = result["overall"]
+    out = {"exact_match": overall["exact_match"], "graded": overall["graded"],
+           "length": overall["length"], "test_nll": float(_answer_nll(model, params, rows)),
+           "families": {f: v["exact_match"] for f, v in result["families"].items()},
+           "per_prompt": result["per_prompt"]}
+    if reference_params is not None:
+        out["kl"] = overall["kl_to_reference"]
+    return out
