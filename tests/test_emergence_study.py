@@ -177,7 +177,7 @@ def test_sigterm_stops_a_study_between_runs_and_exits_cleanly(sigterm_received, 
 
     # The entry points (cli.run) log it and exit 0: the job is resumable, not failed.
     code = ("import os, signal\n"
-            "from learned_loss import cli, loop\n"
+            "from learned_loss.core import cli, loop\n"
             "loop.StopSignal()\n"
             "os.kill(os.getpid(), signal.SIGTERM)\n"
             "cli.run(lambda argv: loop.raise_if_stopped('the next run'))\n")
