@@ -35,7 +35,6 @@ exist.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -319,8 +318,7 @@ class Grid:
         self.store = store.Store(os.path.join(workdir, "cells"))
         self.settings = dict(settings)
         self.total = len(self.settings)
-        self.done = {k for k in sorted(self.settings)
-                     if self.store.read(k, self.settings[k]) is not None}
+        self.done = {k for k in sorted(self.settings) if self.read(k) is not None}
         self._todo_at_start = self.total - len(self.done)
         self._finished = 0
         self._clock = clock
@@ -331,6 +329,10 @@ class Grid:
 
     def path(self, key: str) -> str:
         return self.store.path(key)
+
+    def read(self, key: str) -> dict | None:
+        """A finished cell, checked against its settings (None while it is not done)."""
+        return self.store.read(key, self.settings[key])
 
     def record(self, key: str, cell: Mapping[str, Any]) -> None:
         self.store.write(key, self.settings[key], cell)
@@ -495,8 +497,7 @@ def _token_group(config, workdir, grid, objective, noise, todo, data, pre, artif
 
 
 def _sft_cell(grid, noise: str, seed: int) -> dict:
-    with open(grid.path(cell_key("mle", noise, seed))) as f:
-        return json.load(f)
+    return grid.read(cell_key("mle", noise, seed))
 
 
 def _rlhf_cell(config, workdir, grid, objective, noise, seed, data, pre, artifact, meta_seed):
