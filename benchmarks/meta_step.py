@@ -5,7 +5,7 @@
   .venv/bin/python benchmarks/meta_step.py --model mini --batch 16 --memory-ks 8,32
 
 Everything runs in one process on the first device, on `lm_problem` (learned_loss/meta) with the
-learned token loss at its MLE initialisation, `lm_problem.inner_optimizer` (clipped adam,
+learned token loss at its MLE initialisation, `train.constant_adam` (clipped adam,
 eps_root > 0) and a fresh random model. The demonstrations are synthetic: random byte rows whose
 last `--answer-len` positions are the masked answer, so no dataset has to be built.
 
@@ -47,9 +47,11 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import models  # noqa: E402
+from learned_loss.core import train  # noqa: E402
 from learned_loss.core import model as model_lib  # noqa: E402
 from learned_loss import objectives  # noqa: E402
 from learned_loss.meta import base, es, lm_problem, tbptt  # noqa: E402
+from learned_loss.data import training_rows  # noqa: E402
 from learned_loss.objectives import learned  # noqa: E402
 
 TARGET_RATIO = 4.0
@@ -68,12 +70,12 @@ MEMORY_ONLY = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_
 
 
 def synthetic_rows(num_rows: int, seq_len: int, answer_len: int, vocab_size: int,
-                   rng: np.random.Generator) -> lm_problem.Demonstrations:
+                   rng: np.random.Generator) -> training_rows.Demonstrations:
     """Random byte rows [N, T]; the last `answer_len` targets are the answer (mask 1)."""
     tokens = rng.integers(0, min(256, vocab_size), size=(num_rows, seq_len + 1)).astype(np.int32)
     mask = np.zeros((num_rows, seq_len), np.float32)
     mask[:, -answer_len:] = 1.0
-    return lm_problem.Demonstrations(inputs=tokens[:, :-1], targets=tokens[:, 1:], mask=mask,
+    return training_rows.Demonstrations(inputs=tokens[:, :-1], targets=tokens[:, 1:], mask=mask,
                                      corrupted=np.zeros((num_rows,), bool))
 
 
@@ -88,8 +90,8 @@ def build_problem(args, features):
     else:
         objective = objectives.build("mle")
     problem = lm_problem.lm_problem(
-        model_lib.build(cfg), lm_problem.inner_optimizer(args.lr), objective, train_rows,
-        valid_rows, batch_size=args.batch, valid_batch_size=args.batch, seq_len=args.seq_len)
+        model_lib.build(cfg), train.make_optimizer(train.constant_adam(args.lr), differentiable=True),
+        objective, train_rows, valid_rows, batch_size=args.batch, valid_batch_size=args.batch, seq_len=args.seq_len)
     return problem, objective
 
 

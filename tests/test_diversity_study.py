@@ -11,8 +11,8 @@ import pytest
 
 from configs import diversity as diversity_config
 from learned_loss.core import cli, evaluation
-from learned_loss.data import tasks
-from learned_loss.meta import lm_problem
+from learned_loss.data import tasks, training_rows
+
 from learned_loss.report import studies as study_report
 from learned_loss.studies import diversity
 from tests import runs
@@ -52,19 +52,19 @@ def test_a_held_out_family_cannot_be_trained_on():
 
 def test_demonstrations_round_robin_fit_and_are_deterministic():
     families = ("uppercase", "list_sum", "to_binary")
-    rows = lm_problem.sample_demonstrations(families, 30, 96, (1,), seed=3)
-    again = lm_problem.sample_demonstrations(families, 30, 96, (1,), seed=3)
-    other = lm_problem.sample_demonstrations(families, 30, 96, (1,), seed=4)
+    rows = training_rows.sample_demonstrations(families, 30, 96, (1,), seed=3)
+    again = training_rows.sample_demonstrations(families, 30, 96, (1,), seed=3)
+    other = training_rows.sample_demonstrations(families, 30, 96, (1,), seed=4)
     assert rows.inputs.shape == (30, 96) and rows.mask.shape == (30, 96)
-    assert lm_problem.rows_hash(rows) == lm_problem.rows_hash(again)
-    assert lm_problem.rows_hash(rows) != lm_problem.rows_hash(other)
+    assert training_rows.rows_hash(rows) == training_rows.rows_hash(again)
+    assert training_rows.rows_hash(rows) != training_rows.rows_hash(other)
     assert (rows.mask.sum(axis=1) >= 2).all()  # An answer byte and the EOS at least.
     # Difficulties cycle within each family: with one family, every other row is at 5.
-    mixed = lm_problem.sample_demonstrations(("uppercase",), 40, 96, (1, 5), seed=0)
+    mixed = training_rows.sample_demonstrations(("uppercase",), 40, 96, (1, 5), seed=0)
     lengths = mixed.mask.sum(axis=1)
     assert lengths[1::2].mean() > lengths[0::2].max()
     # Round-robin: row i is of family i mod 3, each family's draws in its own order.
-    alone = lm_problem.sample_demonstrations(("list_sum",), 10, 96, (1,), seed=3)
+    alone = training_rows.sample_demonstrations(("list_sum",), 10, 96, (1,), seed=3)
     np.testing.assert_array_equal(rows.inputs[1::3], alone.inputs)
     np.testing.assert_array_equal(rows.mask[1::3], alone.mask)
 

@@ -15,7 +15,8 @@ import pytest
 from configs import emergence as emergence_config
 from learned_loss.core import cli, loop
 from learned_loss.core import model as model_lib
-from learned_loss.meta import lm_problem
+
+from learned_loss.data import training_rows
 from learned_loss.report import studies as study_report
 from learned_loss.studies import emergence
 from tests import runs
@@ -36,7 +37,7 @@ def _rows(lengths, seq_len=12):
     mask = np.zeros(inputs.shape, np.float32)
     for i, n in enumerate(lengths):
         mask[i, 2:2 + n] = 1.0
-    return lm_problem.Demonstrations(inputs, targets, mask, np.zeros(len(lengths), bool))
+    return training_rows.Demonstrations(inputs, targets, mask, np.zeros(len(lengths), bool))
 
 
 def test_token_records_follow_the_argmax_under_teacher_forcing():
@@ -84,13 +85,13 @@ def test_the_jump_moves_with_length_while_per_token_accuracy_is_smooth():
 
 def test_text_windows_are_spread_over_the_corpus_with_every_token_a_loss_token():
     docs = [{"path": f"d{i}.txt", "text": "abcdefgh" * 40} for i in range(4)]
-    rows = lm_problem.text_windows(docs, 16, 8)
+    rows = training_rows.text_windows(docs, 16, 8)
     assert rows.inputs.shape == rows.targets.shape == rows.mask.shape == (8, 16)
     assert rows.mask.min() == 1.0 and not rows.corrupted.any()
     # Targets are the inputs shifted by one token.
     np.testing.assert_array_equal(rows.inputs[:, 1:], rows.targets[:, :-1])
     with pytest.raises(cli.UserError, match="fewer than the 1000 asked for"):
-        lm_problem.text_windows(docs, 16, 1000)
+        training_rows.text_windows(docs, 16, 1000)
 
 
 def test_pretraining_lowers_the_text_nll():
@@ -100,8 +101,8 @@ def test_pretraining_lowers_the_text_nll():
     config.pretrain.steps = 40
     config.pretrain.lr = 1e-2
     docs = [{"path": f"d{i}.txt", "text": "abcdefgh" * 60} for i in range(4)]
-    text = (lm_problem.text_windows(docs, config.data.seq_len, 16),
-            lm_problem.text_windows(docs, config.data.seq_len, 4, offset=0.5))
+    text = (training_rows.text_windows(docs, config.data.seq_len, 16),
+            training_rows.text_windows(docs, config.data.seq_len, 4, offset=0.5))
     model = emergence.model_config(config, "s1")
     params, nll = emergence.pretrain(config, model_lib.build(model), text,
                                            jax.random.key(0))

@@ -8,7 +8,8 @@ import pytest
 
 from learned_loss import objectives
 from learned_loss.core import model as model_lib
-from learned_loss.meta import interpret, lm_problem
+from learned_loss.meta import interpret
+from learned_loss.data import training_rows
 from learned_loss.objectives import learned, mle
 
 
@@ -63,7 +64,7 @@ def test_token_table_and_plots(tmp_path):
     mask = np.zeros((5, 8), np.float32)
     mask[:, 5:7] = 1.0
     mask[2, 4] = 1.0
-    rows = lm_problem.Demonstrations(
+    rows = training_rows.Demonstrations(
         inputs=rng.integers(4, 200, (5, 8)).astype(np.int32),
         targets=rng.integers(4, 200, (5, 8)).astype(np.int32), mask=mask,
         corrupted=np.array([False, True, False, False, True]))

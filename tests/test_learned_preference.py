@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from configs import rlhf as rlhf_configs
-from learned_loss.core import cli
+from learned_loss.core import cli, train
 from learned_loss.core import model as model_lib
 from learned_loss.data import preference_pairs, tasks
-from learned_loss.meta import base, es, lm_problem, preference_problem, tbptt
+from learned_loss.meta import base, es, preference_problem, tbptt
 from learned_loss.objectives import artifact, learned
 from learned_loss.rlhf import training
 from learned_loss.rlhf import data as rlhf_data
@@ -174,25 +174,26 @@ def test_flipped_labels_show_in_the_disagreement_flag():
 def _problem(tiny, rows, lr=1e-2):
     model, params = tiny
     return preference_problem.preference_problem(
-        model, lm_problem.inner_optimizer(lr), *rows, reference_params=params, batch_size=4,
+        model, train.make_optimizer(train.constant_adam(lr), differentiable=True), *rows,
+        reference_params=params, batch_size=4,
         valid_batch_size=6, beta=BETA)
 
 
 def test_an_inner_step_at_init_is_a_dpo_step(tiny, rows):
     model, params = tiny
-    optimizer = lm_problem.inner_optimizer(1e-2)
+    optimizer = train.make_optimizer(train.constant_adam(1e-2), differentiable=True)
     problem = _problem(tiny, rows)
     theta = learned.init_preference_loss(jax.random.key(3))
     inner = problem.init(jax.random.key(0))
     meta_loss = jax.jit(problem.meta_loss)
     # At the start the policy is the reference: delta = 0 and the meta-loss is log 2.
     assert float(meta_loss(inner, jax.random.key(9))) == pytest.approx(np.log(2.0), abs=1e-6)
-    train = {k: jnp.asarray(v) for k, v in rows[0].batch().items()}
+    pairs = {k: jnp.asarray(v) for k, v in rows[0].batch().items()}
     dpo_loss = training.dpo_loss_fn(model, beta=BETA)
 
     @jax.jit
     def dpo_step(p, opt_state, key):
-        batch = preference_problem.draw(train, key, 4)
+        batch = preference_problem.draw(pairs, key, 4)
         grads = jax.grad(lambda q: dpo_loss(q, batch, params)[0])(p)
         updates, opt_state = optimizer.update(grads, opt_state, p)
         return jax.tree.map(lambda a, u: a + u, p, updates), opt_state

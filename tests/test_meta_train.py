@@ -123,7 +123,8 @@ def test_tbptt_through_adam_matches_finite_differences(data_dir):
     objective = objectives.build({"name": "learned_token_loss", "features": ["log_prob",
                                                                             "position"],
                                   "hidden": 4})
-    problem = _tiny_problem(objective, lm_problem.inner_optimizer(1e-2), data_dir)
+    optimizer = train.make_optimizer(train.constant_adam(1e-2), differentiable=True)
+    problem = _tiny_problem(objective, optimizer, data_dir)
     key = jax.random.key(0)
     theta = dict(objective.theta, w1=jnp.array([0.5, -0.3, 0.2, 0.1]), b1=jnp.array(0.1))
     inner = problem.init(key)
@@ -241,8 +242,9 @@ def test_es_population_over_pop_and_batch_over_data_matches_one_device(data_dir)
                                   "hidden": 4})
     theta = dict(objective.theta, w1=jnp.array([0.5, -0.3, 0.2, 0.1]))
     grads, losses = [], []
+    optimizer = train.make_optimizer(train.constant_adam(1e-2), differentiable=True)
     for m in (None, mesh):
-        problem = lm_problem.lm_problem(setup.model, lm_problem.inner_optimizer(1e-2), objective,
+        problem = lm_problem.lm_problem(setup.model, optimizer, objective,
                                         setup.train_rows, setup.valid_rows, batch_size=8,
                                         valid_batch_size=8, seq_len=64, mesh=m)
         estimator = es.antithetic_es(problem, base.TruncationSchedule(2, 4, 4), num_pairs=2,

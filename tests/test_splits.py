@@ -16,8 +16,8 @@ import pytest
 from configs import compare, diversity, emergence, finetune, meta_preference, meta_train_reward
 from configs import meta_train, noisy_demonstrations as noisy, pretrain, rlhf
 from learned_loss.core import pretraining
-from learned_loss.data import instruction_tasks, preference_pairs, tasks
-from learned_loss.meta import lm_problem, preference_run
+from learned_loss.data import instruction_tasks, preference_pairs, tasks, training_rows
+from learned_loss.meta import preference_run
 from learned_loss.meta import run as meta_run
 from learned_loss.rlhf import data as rlhf_data
 from learned_loss.rlhf import pipeline as rlhf_pipeline
@@ -140,7 +140,7 @@ def _pretrain(out, config):
 def _diversity(out, config):
     families = diversity_study.train_families(config)
     order = diversity_study.family_order(families, 0)
-    rows = lm_problem.sample_demonstrations(order[:3], 64, config.data.seq_len,
+    rows = training_rows.sample_demonstrations(order[:3], 64, config.data.seq_len,
                                             (config.tasks.difficulty,), 0)
     assert len(rows) == 64
     held = diversity_study.eval_examples(diversity_study.heldout_families(config), config)
@@ -151,7 +151,7 @@ def _diversity(out, config):
 def _emergence(out, config):
     families = tasks.roles.resolve(config.tasks, "finetune")
     for split, rows in (("train", 256), ("test", config.eval_rows)):
-        demos = lm_problem.sample_demonstrations(families, rows, config.data.seq_len,
+        demos = training_rows.sample_demonstrations(families, rows, config.data.seq_len,
                                                  tuple(config.difficulties), config.seed, split)
         assert len(demos) == rows
 

@@ -18,7 +18,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from learned_loss import objectives
-from learned_loss.core import sharding
+from learned_loss.core import errors, sharding
 from learned_loss.core import model as model_lib
 from learned_loss.objectives import mle
 
@@ -29,8 +29,18 @@ class TrainState(NamedTuple):
     rng: jax.Array  # [2] uint32: raw key data (checkpointable), split once per step.
 
 
-def learning_rate_schedule(cfg: Mapping[str, Any], num_steps: int) -> optax.Schedule:
-    """Linear warm-up to `lr`, then cosine decay to `lr * min_lr_ratio` at `num_steps`."""
+def learning_rate_schedule(cfg: Mapping[str, Any],
+                           num_steps: int | None = None) -> optax.ScalarOrSchedule:
+    """The optimizer config's rate: 'warmup_cosine' (linear warm-up to `lr`, then cosine decay
+    to `lr * min_lr_ratio` at `num_steps`) or 'constant' (`lr` throughout, a float)."""
+    kind = cfg.get("schedule", "warmup_cosine")
+    if kind == "constant":
+        return float(cfg["lr"])
+    if kind != "warmup_cosine":
+        raise errors.UserError(f"optimizer.schedule={kind!r} is not supported; use "
+                               f"'warmup_cosine' or 'constant'")
+    if num_steps is None:
+        raise ValueError("a warmup_cosine schedule needs the run's num_steps")
     warmup = min(int(cfg["warmup_steps"]), max(num_steps - 1, 0))
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=cfg["lr"], warmup_steps=warmup,
@@ -42,20 +52,39 @@ def _decay_mask(params):
     return jax.tree.map(lambda x: x.ndim >= 2, params)
 
 
-def make_optimizer(cfg: Mapping[str, Any], num_steps: int) -> optax.GradientTransformation:
-    """Global-norm clipping followed by AdamW (Loshchilov and Hutter 2019).
+def make_optimizer(cfg: Mapping[str, Any], num_steps: int | None = None, *,
+                   differentiable: bool = False) -> optax.GradientTransformation:
+    """The one optimizer factory: global-norm clipping, then Adam (Kingma and Ba 2015) or AdamW
+    (Loshchilov and Hutter 2019: decoupled weight decay on matrices) at the config's rate
+    (`learning_rate_schedule`).
 
-    `eps_root > 0` keeps adam differentiable (meta-gradients through the update are wrong or
-    NaN with the default 0).
+    differentiable: the update is differentiated through (meta-gradients by TBPTT, online
+    meta-weighting). Adam's update m / (sqrt(v + eps_root) + eps) has an infinite derivative
+    at v = 0 unless eps_root > 0, so a config with eps_root = 0 is refused.
     """
-    if cfg["name"] != "adamw":
-        raise ValueError(f"optimizer.name={cfg['name']!r} is not supported; use 'adamw'")
-    schedule = learning_rate_schedule(cfg, num_steps)
-    return optax.chain(
-        optax.clip_by_global_norm(cfg["grad_clip"]),
-        optax.adamw(schedule, b1=cfg["b1"], b2=cfg["b2"], eps=cfg["eps"],
-                    eps_root=cfg["eps_root"], weight_decay=cfg["weight_decay"],
-                    mask=_decay_mask))
+    if cfg["name"] not in ("adam", "adamw"):
+        raise errors.UserError(f"optimizer.name={cfg['name']!r} is not supported; use 'adamw' "
+                               f"or 'adam'")
+    if differentiable and not cfg["eps_root"] > 0:
+        raise errors.UserError(f"optimizer.eps_root={cfg['eps_root']} makes adam's update "
+                               f"non-differentiable at zero second moments; set it > 0 (1e-8) "
+                               f"for meta-gradients")
+    rate = learning_rate_schedule(cfg, num_steps)
+    adam = [optax.scale_by_adam(b1=cfg["b1"], b2=cfg["b2"], eps=cfg["eps"],
+                                eps_root=cfg["eps_root"])]
+    if cfg["name"] == "adamw":
+        adam.append(optax.add_decayed_weights(cfg["weight_decay"], _decay_mask))
+    # Nested as optax.adam / optax.adamw nest theirs, so checkpointed states keep their layout.
+    return optax.chain(optax.clip_by_global_norm(cfg["grad_clip"]),
+                       optax.chain(*adam, optax.scale_by_learning_rate(rate)))
+
+
+def constant_adam(lr: float, *, b1: float = 0.9, b2: float = 0.99,
+                  grad_clip: float = 1.0) -> dict[str, Any]:
+    """`make_optimizer`'s config of clipped Adam at a constant rate, eps_root > 0: the inner
+    optimizer of meta-training and of the token-level cells (differentiable)."""
+    return {"name": "adam", "schedule": "constant", "lr": lr, "b1": b1, "b2": b2, "eps": 1e-8,
+            "eps_root": 1e-8, "grad_clip": grad_clip}
 
 
 def init_state(model: model_lib.Model, optimizer: optax.GradientTransformation,

@@ -368,7 +368,6 @@ def build_preference_pairs(
     spec = pairs_spec(names, pairs_per_family=pairs_per_family, difficulty=difficulty, tau=tau,
                       length_bias=length_bias, length_scale=length_scale, seed=seed,
                       seq_len=seq_len, splits=splits)
-    counts = dict(spec.counts)
     policy = {str(k): tuple(str(s) for s in v) for k, v in (policy_samples or {}).items()}
     policy_hash = _policy_hash(policy)
     hash_hex = instruction_tasks.dataset_key(

@@ -28,11 +28,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import optimize, special  # noqa: E402
 
-from learned_loss.meta import lm_problem  # noqa: E402
+
+from learned_loss.data import training_rows  # noqa: E402
 from learned_loss.objectives import artifact, learned, mle  # noqa: E402
 
 
-def token_table(model, params, rows: lm_problem.Demonstrations, features: Sequence[str],
+def token_table(model, params, rows: training_rows.Demonstrations, features: Sequence[str],
                 reference: Any = None, batch_size: int = 256) -> dict[str, np.ndarray]:
     """Every answer token of `rows` under `params`: {feature name: [N], 'corrupted': [N] bool,
     'example': [N] row index}. `reference`: the reference params (for 'ref_log_prob')."""

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from learned_loss.core import errors
-from learned_loss.meta import base, es, pes, tbptt
+from learned_loss.meta import base, es, fit, pes, tbptt
 
 ESTIMATORS = ("tbptt", "es", "pes", "full_es")
 
@@ -135,3 +135,27 @@ def online_step(problem: base.InnerProblem, optimizer: optax.GradientTransformat
                                          "skipped": 1.0 - finite.astype(jnp.float32)}
 
     return step
+
+
+def online_runner(problem_of: fit.ProblemOf, optimizer: optax.GradientTransformation, *,
+                  lookahead: int) -> fit.Runner:
+    """`fit`'s runner of online meta-weighting: each step one `online_step`. The carry is
+    (theta, its optimizer state, the inner state, the count of skipped meta-updates [])."""
+
+    def init(theta, init_key, data):
+        return theta, optimizer.init(theta), problem_of(data).init(init_key), jnp.zeros(())
+
+    def advance(carry, run_key, data, num_steps):
+        step = online_step(problem_of(data), optimizer, lookahead=lookahead)
+
+        def body(carry, key):
+            theta, opt_state, inner = carry
+            theta, opt_state, inner, metrics = step(theta, opt_state, inner, key)
+            return (theta, opt_state, inner), metrics["skipped"]
+
+        theta, opt_state, inner, skipped = carry
+        (theta, opt_state, inner), s = jax.lax.scan(
+            body, (theta, opt_state, inner), jax.random.split(run_key, num_steps))
+        return theta, opt_state, inner, skipped + s.sum()
+
+    return fit.Runner(init=init, advance=advance, inner=lambda carry: carry[2])

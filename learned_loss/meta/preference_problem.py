@@ -10,7 +10,7 @@ a reward model")
     delta = (log pi(y_w | x) - log pi_ref(y_w | x)) - (log pi(y_l | x) - log pi_ref(y_l | x))
 
 (sums over each completion and its EOS, `training.completion_log_prob`), an inner step is one step
-of a differentiable adam (`lm_problem.inner_optimizer`) on the learned preference loss
+of a differentiable adam (`train.constant_adam`) on the learned preference loss
 
     L_theta(pi) = mean over a batch of f_theta(beta delta),
     f_theta(x) = -log sigmoid(x) + h_theta(x / 4)                  (`learned.preference_loss`)
@@ -35,7 +35,7 @@ inner step nearly invariant to a rescaling of f, so theta cannot win by merely r
 size.
 
 Pairs live on device as stacked arrays (`PairRows`, rows [N, W]); each inner step and each
-meta-loss draws a batch of rows uniformly with replacement from its key (as `lm_problem.draw`),
+meta-loss draws a batch of rows uniformly with replacement from its key (as `training_rows.draw`),
 split over the mesh's `data` axis when a mesh is given. Label noise beyond the labeler's own:
 `flip_labels` swaps a seeded fraction of the pairs (symmetric flips, the noise model of cDPO and
 robust DPO).
@@ -193,7 +193,7 @@ def preference_problem(model: model_lib.Model, optimizer: optax.GradientTransfor
     by DPO's loss on the gold-ordered `valid_rows` (module docstring).
 
     reference_params: the SFT policy: where every run starts, and the frozen reference.
-    optimizer: differentiable for TBPTT (`lm_problem.inner_optimizer`).
+    optimizer: differentiable for TBPTT (`train.constant_adam`).
     mesh: when it has a `data` axis, each inner and meta-loss batch of pairs is split over it
     (under a population vmap with `spmd_axis_name='pop'` the pairs then shard over `pop` x
     `data`), as in `lm_problem.lm_problem`.

@@ -40,10 +40,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from learned_loss import objectives
-from learned_loss.core import cli, files, provenance, sharding
+from learned_loss.core import cli, files, provenance, sharding, train
 from learned_loss.core import model as model_lib
-from learned_loss.data import paths, preference_pairs, tasks
-from learned_loss.meta import base, lm_problem, preference_problem
+from learned_loss.data import paths, preference_pairs, tasks, training_rows
+from learned_loss.meta import base, fit, lm_problem, preference_problem
 from learned_loss.meta import run as run_lib
 from learned_loss.objectives import artifact, learned
 
@@ -110,36 +110,30 @@ def build_pairs(config, families: Sequence[str]
 
 
 def gold_demonstrations(records: Sequence[Mapping[str, Any]],
-                        seq_len: int) -> lm_problem.Demonstrations:
+                        seq_len: int) -> training_rows.Demonstrations:
     """The gold answer of each pair's prompt as a demonstration (rows [N, T]), for the SFT of
     the reference policy."""
     rows = [tasks.encode_example(tasks.Example(r["family"], r["prompt"], r["gold_answer"],
                                                r["difficulty"], r["phrasing"]), seq_len)
             for r in records]
-    return lm_problem.Demonstrations(
+    return training_rows.Demonstrations(
         inputs=np.stack([r["inputs"] for r in rows]).astype(np.int32),
         targets=np.stack([r["targets"] for r in rows]).astype(np.int32),
         mask=np.stack([r["mask"] for r in rows]).astype(np.float32),
         corrupted=np.zeros(len(rows), bool))
 
 
-def sft_reference(model: model_lib.Model, demonstrations: lm_problem.Demonstrations, *,
+def sft_reference(model: model_lib.Model, demonstrations: training_rows.Demonstrations, *,
                   steps: int, lr: float, batch_size: int, seq_len: int, key: jax.Array) -> Any:
     """A fresh model (from `key`) after `steps` steps of MLE on `demonstrations` (0: the fresh
     model). A pure function of its arguments, so every start of a run gets the same params."""
-    problem = lm_problem.lm_problem(model, lm_problem.inner_optimizer(lr),
-                                    objectives.build("mle"), demonstrations, demonstrations,
-                                    batch_size=batch_size, valid_batch_size=batch_size,
-                                    seq_len=seq_len)
-
-    def train(key):
-        init_key, run_key = jax.random.split(key)
-        inner = problem.init(init_key)
-        if steps:
-            inner = base.unroll(problem, (), inner, run_key, steps)[0]
-        return inner["params"]
-
-    return jax.jit(train)(key)
+    optimizer = train.make_optimizer(train.constant_adam(lr), differentiable=True)
+    runner = fit.plain(lambda rows: lm_problem.lm_problem(
+        model, optimizer, objectives.build("mle"), rows, rows, batch_size=batch_size,
+        valid_batch_size=batch_size, seq_len=seq_len))
+    if not steps:
+        return model.init(jax.random.split(key)[0], jnp.zeros((1, seq_len), jnp.int32))
+    return runner.inner(fit.fit_one(runner, (), key, demonstrations, steps))["params"]
 
 
 class PreferenceSetup:
@@ -163,7 +157,8 @@ class PreferenceSetup:
         self.mv_train, self.mv_valid, mv_records, self.mv_info = build_pairs(config,
                                                                              valid_families)
         self.reference = self.make_reference(records + mv_records)
-        self.optimizer = lm_problem.inner_optimizer(config.inner.lr)
+        self.optimizer = train.make_optimizer(train.constant_adam(config.inner.lr),
+                                              differentiable=True)
         self.problem = self.make_problem(self.train_rows, self.valid_rows)
         # The sanity check trains on the clean (gold-ordered) validation pairs.
         self.clean_problem = self.make_problem(

@@ -32,10 +32,10 @@ from absl import logging
 
 from learned_loss import objectives
 from learned_loss.core import cli, evaluation, files, loop, metrics, policy, pretraining, provenance
-from learned_loss.core import sharding
+from learned_loss.core import sharding, train
 from learned_loss.core import checkpoint as checkpoint_lib
 from learned_loss.core import model as model_lib
-from learned_loss.data import instruction_tasks, paths, tasks, text_corpus
+from learned_loss.data import instruction_tasks, paths, tasks, text_corpus, training_rows
 from learned_loss.meta import base, lm_problem, outer
 from learned_loss.objectives import artifact
 
@@ -74,13 +74,13 @@ def rows_args(config, families: Sequence[str]) -> dict[str, Any]:
 
 
 def build_rows(config, families: Sequence[str]
-               ) -> tuple[lm_problem.Demonstrations, lm_problem.Demonstrations, Any]:
+               ) -> tuple[training_rows.Demonstrations, training_rows.Demonstrations, Any]:
     """(noisy train rows, clean validation rows, TasksInfo) of `families`."""
     info = instruction_tasks.build_instruction_tasks(paths.data_dir(config.data.data_dir),
                                                      **rows_args(config, families))
     seq_len = config.data.seq_len
-    train = lm_problem.encode_records(instruction_tasks.load_split(info, "train"), seq_len)
-    valid = lm_problem.encode_records(instruction_tasks.load_split(info, "validation"), seq_len)
+    train = training_rows.encode_records(instruction_tasks.load_split(info, "train"), seq_len)
+    valid = training_rows.encode_records(instruction_tasks.load_split(info, "validation"), seq_len)
     return train, valid, info
 
 
@@ -94,8 +94,8 @@ def text_rows(config):
     train = text_corpus.load_split(corpus, "train")
     valid = text_corpus.load_split(corpus, "validation")
     n, m = d.windows, d.valid_windows
-    return (lm_problem.text_windows(train, d.seq_len, n, 0.0), lm_problem.text_windows(valid, d.seq_len, m, 0.0),
-            lm_problem.text_windows(train, d.seq_len, n, 0.5), lm_problem.text_windows(valid, d.seq_len, m, 0.5),
+    return (training_rows.text_windows(train, d.seq_len, n, 0.0), training_rows.text_windows(valid, d.seq_len, m, 0.0),
+            training_rows.text_windows(train, d.seq_len, n, 0.5), training_rows.text_windows(valid, d.seq_len, m, 0.5),
             corpus)
 
 
@@ -158,7 +158,8 @@ class Setup:
         else:
             self.settings = {"features": list(config.objective.features),
                              "hidden": int(config.objective.hidden)}
-        self.optimizer = lm_problem.inner_optimizer(config.inner.lr)
+        self.optimizer = train.make_optimizer(train.constant_adam(config.inner.lr),
+                                              differentiable=True)
         if config.data.get("source", "tasks") == "text":
             if config.mode != "offline":
                 raise cli.UserError("online meta-weighting scores exact match on task "

@@ -28,8 +28,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from learned_loss.core import pretraining, store
-from learned_loss.data import preference_pairs, tasks
-from learned_loss.meta import lm_problem
+from learned_loss.data import preference_pairs, tasks, training_rows
+
 from learned_loss.meta import run as meta_run
 from learned_loss.objectives import artifact as artifact_lib
 from learned_loss.studies import token_arms
@@ -122,7 +122,7 @@ def roles(config, workdir: str) -> dict[str, dict[str, list[str]]]:
 # ---- data seen --------------------------------------------------------------------------------
 
 
-def gold_pair_rows(shared_dir: str, seq_len: int) -> lm_problem.Demonstrations:
+def gold_pair_rows(shared_dir: str, seq_len: int) -> training_rows.Demonstrations:
     """The gold answers inside the train preference pairs of an RLHF stage (one per pair that
     holds the gold answer as chosen or rejected), as clean demonstrations [G, T]."""
     records = [preference_pairs.decode_record(r)
@@ -132,8 +132,8 @@ def gold_pair_rows(shared_dir: str, seq_len: int) -> lm_problem.Demonstrations:
                                                r["difficulty"], r["phrasing"], r["input_id"]),
                                  seq_len)
             for r in records if "gold" in (r["source_chosen"], r["source_rejected"])]
-    stacked = {k: np.stack([row[k] for row in rows]) for k in lm_problem.KEYS}
-    return lm_problem.Demonstrations(stacked["inputs"], stacked["targets"], stacked["mask"],
+    stacked = {k: np.stack([row[k] for row in rows]) for k in training_rows.KEYS}
+    return training_rows.Demonstrations(stacked["inputs"], stacked["targets"], stacked["mask"],
                                      np.zeros(len(rows), bool))
 
 

@@ -50,8 +50,8 @@ from learned_loss.core import train
 from learned_loss.core import checkpoint as checkpoint_lib
 from learned_loss.core import metrics as metrics_lib
 from learned_loss.core import model as model_lib
-from learned_loss.data import tasks
-from learned_loss.meta import lm_problem
+from learned_loss.data import tasks, training_rows
+
 from learned_loss.report import render as report
 from learned_loss.rlhf import pipeline as rlhf_pipeline
 from learned_loss.studies import token_arms
@@ -541,7 +541,7 @@ def _gold_pairs_cell(config, workdir, grid, noise, seed, data, pre):
         raise cli.UserError(f"{GOLD_PAIRS} needs the preference pairs in {shared}, which the "
                             f"RLHF arms build; re-run with an RLHF arm in config.objectives")
     gold = arms_lib.gold_pair_rows(shared, config.data.seq_len)
-    extended = token_arms.Data(lm_problem.concatenate([data.train, gold]), data.train_clean,
+    extended = token_arms.Data(training_rows.concatenate([data.train, gold]), data.train_clean,
                                data.valid, data.test_rows, data.test_examples, data.info)
     cfg = noisy_view(config)
     cell = token_arms.Cell(FAMILY_SET, noise, "mle", config.model.variant, seed)

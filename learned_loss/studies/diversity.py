@@ -7,7 +7,7 @@ fixed budget, help on families never trained on, and do the gains diminish?
   `pretrain`);
   2. for each seed, a seeded order of the meta-train families; for each count k in `counts`
      (0: all of them) the first k families of that order (nested subsets), `rows`
-     demonstrations drawn round-robin over them (lm_problem.sample_demonstrations), and
+     demonstrations drawn round-robin over them (training_rows.sample_demonstrations), and
      `steps` MLE steps of `batch` rows from the pre-trained parameters: the same budget for
      every k;
   3. greedy exact match and graded score on the held-out families (the task suite's `heldout`
@@ -34,8 +34,8 @@ import optax
 from learned_loss import objectives
 from learned_loss.core import cli, evaluation, files, loop, pretraining, provenance, store, train
 from learned_loss.core import model as model_lib
-from learned_loss.data import tasks
-from learned_loss.meta import lm_problem
+from learned_loss.data import tasks, training_rows
+
 from learned_loss.report import render as report
 
 STUDY_FILE = "diversity.json"
@@ -96,7 +96,7 @@ def make_trainer(model: model_lib.Model, optimizer: optax.GradientTransformation
     def run(params, rows, key):
         def body(carry, k):
             params, opt_state = carry
-            batch = lm_problem.draw(rows, k, batch_size)
+            batch = training_rows.draw(rows, k, batch_size)
             grads = jax.grad(lambda p: loss(p, batch, ())[0])(params)
             updates, opt_state = optimizer.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), None
@@ -210,7 +210,7 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any],
             loop.raise_if_stopped(f"the cell of {count} families, seed {seed}")
             subset = order[:count]
             start = time.time()
-            rows = lm_problem.sample_demonstrations(subset, config.rows, config.data.seq_len,
+            rows = training_rows.sample_demonstrations(subset, config.rows, config.data.seq_len,
                                                     (config.tasks.difficulty,), seed)
             params = trainer(pre.params, {k: jnp.asarray(v) for k, v in rows.batch().items()},
                              jax.random.key(seed))
@@ -224,7 +224,7 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any],
                                  "families": {f: r["exact_match"]
                                               for f, r in result["families"].items()}}
             cell = {"count": count, "seed": seed, "families": list(subset), **scores,
-                    "data_hash": lm_problem.rows_hash(rows), "seconds": time.time() - start,
+                    "data_hash": training_rows.rows_hash(rows), "seconds": time.time() - start,
                     "tokens": config.steps * config.batch * config.data.seq_len}
             cell = done.write(cell_key(count, seed), settings, cell)
             cells.append(cell)

@@ -36,10 +36,10 @@ import ml_collections
 import numpy as np
 
 from learned_loss import objectives
-from learned_loss.core import cli, files, loop, pretraining, provenance, store
+from learned_loss.core import cli, files, loop, pretraining, provenance, store, train
 from learned_loss.core import model as model_lib
-from learned_loss.data import tasks, text_corpus
-from learned_loss.meta import base, lm_problem
+from learned_loss.data import tasks, text_corpus, training_rows
+from learned_loss.meta import fit, lm_problem
 from learned_loss.studies import emergence_metrics
 
 STUDY_FILE = "emergence.json"
@@ -81,7 +81,7 @@ def _argmax(model: model_lib.Model, params: Any, inputs: jax.Array) -> jax.Array
     return jnp.argmax(model.apply(params, inputs).logits, axis=-1)
 
 
-def token_records(model: model_lib.Model, params: Any, rows: lm_problem.Demonstrations,
+def token_records(model: model_lib.Model, params: Any, rows: training_rows.Demonstrations,
                   batch_size: int = 256) -> list[dict]:
     """Per example {'length': L, 'token_correct': [L] bool}: the argmax of each answer token
     (and the EOS) under teacher forcing against its target."""
@@ -105,14 +105,14 @@ def bucket_metrics(records: Sequence[Mapping[str, Any]], edges: Sequence[int]) -
                                               b.per_token_accuracy, b.predicted_exact_match)]
 
 
-def text_rows(config) -> tuple[lm_problem.Demonstrations, lm_problem.Demonstrations, dict]:
+def text_rows(config) -> tuple[training_rows.Demonstrations, training_rows.Demonstrations, dict]:
     """(train windows, test windows, the corpus's provenance) for pre-training: the reported
     text NLL is read on the test split."""
     corpus = pretraining.prepare_corpus(config, config.data.corpus_valid_fraction)
     seq_len = config.data.seq_len
-    train = lm_problem.text_windows(text_corpus.load_split(corpus, "train"), seq_len,
+    train = training_rows.text_windows(text_corpus.load_split(corpus, "train"), seq_len,
                                     config.pretrain.windows)
-    valid = lm_problem.text_windows(text_corpus.load_split(corpus, "test"), seq_len,
+    valid = training_rows.text_windows(text_corpus.load_split(corpus, "test"), seq_len,
                                     config.pretrain.test_windows)
     return train, valid, corpus.provenance()
 
@@ -121,15 +121,14 @@ def pretrain(config, model, text, key) -> tuple[Any, float]:
     """`pretrain.steps` of MLE from a random initialisation on text windows (every token a
     loss token), in one compiled scan; returns the parameters and the NLL (nats per token) of
     the validation windows."""
-    train, valid = text
-    problem = lm_problem.lm_problem(
-        model, lm_problem.inner_optimizer(config.pretrain.lr), objectives.build("mle"), train,
-        valid, batch_size=config.batch, valid_batch_size=config.batch,
-        seq_len=config.data.seq_len)
-    run = jax.jit(lambda k: base.unroll(problem, (), problem.init(k), k,
-                                        config.pretrain.steps)[0]["params"])
-    params = run(key)
-    rows = {k: jnp.asarray(v) for k, v in valid.batch().items()}
+    text_train, text_valid = text
+    optimizer = train.make_optimizer(train.constant_adam(config.pretrain.lr), differentiable=True)
+    runner = fit.plain(lambda rows: lm_problem.lm_problem(
+        model, optimizer, objectives.build("mle"), *rows, batch_size=config.batch,
+        valid_batch_size=config.batch, seq_len=config.data.seq_len))
+    params = runner.inner(fit.fit_one(runner, (), key, (text_train, text_valid),
+                                      config.pretrain.steps))["params"]
+    rows = {k: jnp.asarray(v) for k, v in text_valid.batch().items()}
     nll = float(jax.jit(lm_problem.answer_nll, static_argnums=0)(model, params, rows))
     return params, nll
 
@@ -147,26 +146,27 @@ def train_size(config, size: str, train_rows, eval_rows, log, text=None) -> dict
         pre = {"steps": config.pretrain.steps, "test_nll": nll,
                "seconds": time.time() - start}
         log(f"emergence: {size} pre-trained {config.pretrain.steps} steps: text NLL {nll:.3f}")
-    problem = lm_problem.lm_problem(
-        model, lm_problem.inner_optimizer(config.lr), objectives.build("mle"), train_rows,
-        eval_rows, batch_size=config.batch, valid_batch_size=config.batch,
-        seq_len=config.data.seq_len, init_params=init_params)
-    segment = config.steps // config.checkpoints
-    advance = jax.jit(lambda inner, key: base.unroll(problem, (), inner, key, segment)[0])
-    inner = problem.init(jax.random.fold_in(key, 0))
+    optimizer = train.make_optimizer(train.constant_adam(config.lr), differentiable=True)
+    runner = fit.plain(lambda rows: lm_problem.lm_problem(
+        model, optimizer, objectives.build("mle"), *rows, batch_size=config.batch,
+        valid_batch_size=config.batch, seq_len=config.data.seq_len, init_params=init_params))
     evals = []
-    for i in range(1, config.checkpoints + 1):
-        inner = advance(inner, jax.random.fold_in(key, i))
-        records = token_records(model, inner["params"], eval_rows)
-        buckets = bucket_metrics(records, config.buckets)
+
+    def evaluate(step, carry):
+        records = token_records(model, runner.inner(carry)["params"], eval_rows)
         tokens = sum(r["length"] for r in records)
-        evals.append({"step": i * segment, "buckets": buckets,
+        evals.append({"step": step, "buckets": bucket_metrics(records, config.buckets),
                       "per_token_accuracy": sum(sum(r["token_correct"]) for r in records)
                       / tokens,
                       "exact_match": float(np.mean([all(r["token_correct"])
                                                     for r in records]))})
-        log(f"emergence: {size} step {i * segment}: per-token accuracy "
+        log(f"emergence: {size} step {step}: per-token accuracy "
             f"{evals[-1]['per_token_accuracy']:.3f}, exact match {evals[-1]['exact_match']:.3f}")
+
+    steps = config.steps // config.checkpoints * config.checkpoints  # Whole segments.
+    carry = fit.fit_one(runner, (), key, (train_rows, eval_rows), steps,
+                        segments=config.checkpoints, on_segment=evaluate)
+    evaluate(steps, carry)
     params = model_lib.matmul_param_count(cfg) - cfg.d_model * cfg.vocab_size
     return {"size": size, "params": params, "evals": evals, "pretrain": pre,
             "seconds": time.time() - start}
@@ -222,16 +222,16 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
     seq_len = config.data.seq_len
     families = tasks.roles.resolve(config.tasks, "finetune")
     difficulties = tuple(config.difficulties)
-    train_rows = lm_problem.sample_demonstrations(families, config.rows, seq_len, difficulties,
+    train_rows = training_rows.sample_demonstrations(families, config.rows, seq_len, difficulties,
                                                   config.seed)
-    eval_rows = lm_problem.sample_demonstrations(families, config.eval_rows, seq_len,
+    eval_rows = training_rows.sample_demonstrations(families, config.eval_rows, seq_len,
                                                  difficulties, config.seed + 10_000, "test")
-    hashes = {"train": lm_problem.rows_hash(train_rows), "eval": lm_problem.rows_hash(eval_rows)}
+    hashes = {"train": training_rows.rows_hash(train_rows), "eval": training_rows.rows_hash(eval_rows)}
     text, corpus = None, None
     if config.pretrain.steps:
         *text, corpus = text_rows(config)
-        hashes.update(text_train=lm_problem.rows_hash(text[0]),
-                      text_test=lm_problem.rows_hash(text[1]))
+        hashes.update(text_train=training_rows.rows_hash(text[0]),
+                      text_test=training_rows.rows_hash(text[1]))
     provenance.write(workdir, provenance.collect(config, extra={
         "data_hashes": hashes, "text_corpus": corpus,
         tasks.roles.RECORD_KEY: tasks.roles.record({"finetune": families})}))

@@ -37,10 +37,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from learned_loss import objectives
-from learned_loss.core import errors, evaluation
+from learned_loss.core import errors, evaluation, train
 from learned_loss.core import model as model_lib
-from learned_loss.data import instruction_tasks, paths, tasks
-from learned_loss.meta import base, lm_problem, outer
+from learned_loss.data import instruction_tasks, paths, tasks, training_rows
+from learned_loss.meta import base, fit, lm_problem, outer
 from learned_loss.objectives import artifact as artifact_lib
 
 METHODS = ("mle", "mle_clean", "mle_clean_valid", "mle_2x", "loss_truncation",
@@ -69,10 +69,10 @@ class Cell:
 
 @dataclasses.dataclass
 class Data:
-    train: lm_problem.Demonstrations  # noisy
-    train_clean: lm_problem.Demonstrations  # the same inputs with their gold answers
-    valid: lm_problem.Demonstrations  # clean: the meta-objective of the learned methods
-    test_rows: lm_problem.Demonstrations  # clean test inputs
+    train: training_rows.Demonstrations  # noisy
+    train_clean: training_rows.Demonstrations  # the same inputs with their gold answers
+    valid: training_rows.Demonstrations  # clean: the meta-objective of the learned methods
+    test_rows: training_rows.Demonstrations  # clean test inputs
     test_examples: list
     info: Any
 
@@ -101,7 +101,7 @@ def build_data(config, family_set: str, noise: str, seed: int) -> Data:
     seq_len = config.data.seq_len
     records = {split: instruction_tasks.load_split(info, split)
                for split in ("train", "validation", "test")}
-    rows = {split: lm_problem.encode_records(r, seq_len) for split, r in records.items()}
+    rows = {split: training_rows.encode_records(r, seq_len) for split, r in records.items()}
     test = records["test"]
     examples = sorted((instruction_tasks.to_example(test[i], gold=True)
                        for i in range(len(test))), key=lambda e: (e.family, e.prompt))
@@ -109,7 +109,7 @@ def build_data(config, family_set: str, noise: str, seed: int) -> Data:
     for e in examples:
         per_family.setdefault(e.family, []).append(e)
     chosen = [e for f in sorted(per_family) for e in per_family[f][:config.eval.per_family]]
-    return Data(rows["train"], lm_problem.encode_records(records["train"], seq_len, gold=True),
+    return Data(rows["train"], training_rows.encode_records(records["train"], seq_len, gold=True),
                 rows["validation"], rows["test"], chosen, info)
 
 
@@ -185,12 +185,12 @@ def method_objective(config, method: str, noise: str) -> tuple[objectives.Object
     raise errors.UserError(f"unknown method {method!r}; choose among {METHODS + EXTRA_METHODS}")
 
 
-def rows_of(method: str, data: Data) -> lm_problem.Demonstrations:
+def rows_of(method: str, data: Data) -> training_rows.Demonstrations:
     """The rows a method fine-tunes on."""
     if method in CLEAN_TRAIN:
         return data.train_clean
     if method in WITH_VALID:
-        return lm_problem.concatenate([data.train, data.valid])
+        return training_rows.concatenate([data.train, data.valid])
     return data.train
 
 
@@ -236,67 +236,35 @@ def train_cells(config, cells: Sequence[Cell], data: Sequence[Data], *, init_par
     model_cfg = config.model if first.model == config.model.variant else config.transfer.model
     model = model_of(model_cfg)
     objective, source = method_objective(config, first.method, first.noise)
-    train_rows = lm_problem.stack([rows_of(first.method, d) for d in data])  # [S, N, T]
-    valid_rows = lm_problem.stack([d.valid for d in data])  # [S, V, T]
+    train_rows = training_rows.stack([rows_of(first.method, d) for d in data])  # [S, N, T]
+    valid_rows = training_rows.stack([d.valid for d in data])  # [S, V, T]
     steps = method_steps(config, first.method)
-    optimizer = lm_problem.inner_optimizer(config.lr)
+    optimizer = train.make_optimizer(train.constant_adam(config.lr), differentiable=True)
 
-    def problem_of(train, valid) -> base.InnerProblem:
-        return lm_problem.lm_problem(model, optimizer, objective, train, valid,
+    def problem_of(rows) -> base.InnerProblem:
+        return lm_problem.lm_problem(model, optimizer, objective, *rows,
                                      batch_size=config.batch_size,
                                      valid_batch_size=config.batch_size,
                                      seq_len=config.data.seq_len, init_params=init_params)
 
-    rows = (lm_problem.Demonstrations(*map(jnp.asarray, train_rows)),
-            lm_problem.Demonstrations(*map(jnp.asarray, valid_rows)))
-    keys = jnp.stack([jax.random.split(jax.random.key(c.seed)) for c in cells])  # [S, 2]
-    theta = jax.tree.map(jnp.asarray, objective.theta)
+    rows = (training_rows.Demonstrations(*map(jnp.asarray, train_rows)),
+            training_rows.Demonstrations(*map(jnp.asarray, valid_rows)))
     online = first.method == "learned_online"
     if online:
-        opt = outer.make_optimizer(config.learned.online_outer)
-
-        def init(theta, init_key, rows):
-            return theta, opt.init(theta), problem_of(*rows).init(init_key), jnp.zeros(())
-
-        def advance(carry, run_key, rows, n):
-            step = outer.online_step(problem_of(*rows), opt, lookahead=config.learned.lookahead)
-
-            def body(carry, k):
-                theta, opt_state, inner = carry
-                theta, opt_state, inner, m = step(theta, opt_state, inner, k)
-                return (theta, opt_state, inner), m["skipped"]
-
-            theta, opt_state, inner, skipped = carry
-            (theta, opt_state, inner), s = jax.lax.scan(
-                body, (theta, opt_state, inner), jax.random.split(run_key, n))
-            return theta, opt_state, inner, skipped + s.sum()
+        runner = outer.online_runner(problem_of, outer.make_optimizer(config.learned.online_outer),
+                                     lookahead=config.learned.lookahead)
     else:
-        def init(theta, init_key, rows):
-            return theta, problem_of(*rows).init(init_key)
-
-        def advance(carry, run_key, rows, n):
-            theta, inner = carry
-            return theta, base.unroll(problem_of(*rows), theta, inner, run_key, n)[0]
+        runner = fit.plain(problem_of)
 
     def per_cell(carry) -> list[Any]:
-        inner = carry[2] if online else carry[1]
-        return [jax.tree.map(lambda x, i=i: x[i], inner) for i in range(len(cells))]
+        return fit.unstack(runner.inner(carry), len(cells))
 
-    bounds = [round(steps * i / segments) for i in range(segments + 1)]
-    if segments == 1:
-        def whole(theta, init_key, run_key, rows):
-            return advance(init(theta, init_key, rows), run_key, rows, steps)
-
-        carry = jax.jit(jax.vmap(whole, in_axes=(None, 0, 0, 0)))(theta, keys[:, 0],
-                                                                  keys[:, 1], rows)
-    else:
-        seg_keys = jax.vmap(lambda k: jax.random.split(k, segments))(keys[:, 1])  # [S, G]
-        carry = jax.jit(jax.vmap(init, in_axes=(None, 0, 0)))(theta, keys[:, 0], rows)
-        span = jax.jit(jax.vmap(advance, in_axes=(0, 0, 0, None)), static_argnums=3)
-        for g in range(segments):
-            carry = span(carry, seg_keys[:, g], rows, bounds[g + 1] - bounds[g])
-            if on_segment is not None and g < segments - 1:
-                on_segment(bounds[g + 1], model, per_cell(carry))
+    callback = None
+    if on_segment is not None:
+        callback = lambda step, carry: on_segment(step, model, per_cell(carry))
+    carry = fit.fit(runner, jax.tree.map(jnp.asarray, objective.theta),
+                    fit.seed_keys([c.seed for c in cells]), rows, steps, segments=segments,
+                    on_segment=callback)
     inners = per_cell(carry)
     facts = {"steps": steps, "theta_source": source, "train_rows": train_rows.inputs.shape[1],
              "corrupted_rows": [int(c) for c in train_rows.corrupted.sum(axis=1)],
