@@ -370,7 +370,8 @@ def _preset(name: str, description: str, families: Sequence[str], examples_per_f
             seq_len: int, difficulty: tuple[int, int] = (1, 1)) -> InstructionTasksConfig:
     return InstructionTasksConfig(name=name, description=description, families=families,
                                   examples_per_family=examples_per_family,
-                                  difficulty=difficulty, seq_len=seq_len, splits=_SFT_SPLITS)
+                                  difficulty=difficulty, seq_len=seq_len,
+                                  splits=dict(_SFT_SPLITS))
 
 
 PRESETS: tuple[InstructionTasksConfig, ...] = (
