@@ -48,7 +48,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     # of this interpreter unless text_dir names another directory (smoke: its email package).
     config.data.text_dir = ""
     config.data.pattern = v["pattern"]
-    config.data.data_dir = ""  # Empty: $LEARNED_LOSS_DATA_DIR or ~/.cache/learned_loss/tfds.
+    config.data.data_dir = ""  # Empty: $TFDS_DATA_DIR or ~/.cache/learned_loss/tfds.
     config.data.corpus_valid_fraction = v["valid"]
     # Text pre-training of every size before the tasks: without it these sizes stay near
     # chance on copying tasks (per-token accuracy 0.18 after 3000 task steps at s4 and s6).

@@ -66,7 +66,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.tasks.difficulty = v.get("difficulty", (1, 1))
 
     config.data = ml_collections.ConfigDict()
-    config.data.data_dir = ""  # Empty: $LEARNED_LOSS_DATA_DIR or ~/.cache/learned_loss/tfds.
+    config.data.data_dir = ""  # Empty: $TFDS_DATA_DIR or ~/.cache/learned_loss/tfds.
     config.data.seq_len = v["seq_len"]
     config.data.global_batch_size = v["batch"]
     config.data.valid_fraction = 0.1

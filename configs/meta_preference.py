@@ -90,7 +90,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.meta_valid.horizon = v["eval_horizon"]
 
     config.data = ml_collections.ConfigDict()
-    config.data.data_dir = ""  # Empty: $LEARNED_LOSS_DATA_DIR or ~/.cache/learned_loss/tfds.
+    config.data.data_dir = ""  # Empty: $TFDS_DATA_DIR or ~/.cache/learned_loss/tfds.
     config.data.seq_len = v["seq_len"]  # T: a scored sequence has T + 1 tokens.
     config.data.valid_fraction = 0.2
 

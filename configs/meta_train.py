@@ -86,7 +86,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.meta_valid.horizon = v["eval_horizon"]
 
     config.data = ml_collections.ConfigDict()
-    config.data.data_dir = ""  # Empty: $LEARNED_LOSS_DATA_DIR or ~/.cache/learned_loss/tfds.
+    config.data.data_dir = ""  # Empty: $TFDS_DATA_DIR or ~/.cache/learned_loss/tfds.
     config.data.seq_len = v["seq_len"]
     config.data.valid_fraction = 0.2  # Clean validation inputs: the meta-objective.
     config.data.test_fraction = 0.1  # Clean test inputs: what an online run is scored on.

@@ -98,7 +98,7 @@ def fine_tuning(config, arg: str, *, steps: int, examples: int, seq_len: int) ->
     for key in ("label_noise", "noise_kinds", "families"):
         del config.tasks[key]
     config.data = ml_collections.ConfigDict()
-    config.data.data_dir = ""  # Empty: $LEARNED_LOSS_DATA_DIR or ~/.cache/learned_loss/tfds.
+    config.data.data_dir = ""  # Empty: $TFDS_DATA_DIR or ~/.cache/learned_loss/tfds.
     config.data.seq_len = seq_len
     # Validation and test hold distinct inputs (`tasks.partition`): 10% of 500 examples a
     # family fits the evaluation families' input spaces at difficulty 1.

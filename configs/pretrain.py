@@ -41,7 +41,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.data.text_dir = ""  # Empty: the Python standard library source of this interpreter.
     config.data.pattern = v["pattern"]
     config.data.valid_fraction = v["valid"]
-    config.data.data_dir = ""  # Empty: $LEARNED_LOSS_DATA_DIR or ~/.cache/learned_loss/tfds.
+    config.data.data_dir = ""  # Empty: $TFDS_DATA_DIR or ~/.cache/learned_loss/tfds.
     config.data.seq_len = v["seq_len"]
     config.data.global_batch_size = v["batch"]
     # Task-suite text mixed into the training corpus: this many examples of each training

@@ -76,7 +76,7 @@ def get_config(arg: str = "easy") -> ml_collections.ConfigDict:
     config.tasks.families = v["families"]
     config.tasks.difficulty = v.get("difficulty", (1, 1))
     config.data = ml_collections.ConfigDict()
-    config.data.data_dir = ""  # Empty: $LEARNED_LOSS_DATA_DIR or ~/.cache/learned_loss/tfds.
+    config.data.data_dir = ""  # Empty: $TFDS_DATA_DIR or ~/.cache/learned_loss/tfds.
 
     # Pairs of the SFT policy's samples (and gold answers and corruptions), labelled by the
     # simulated Bradley-Terry labeler of `learned_loss.data.preference_pairs`.

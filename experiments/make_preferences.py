@@ -47,7 +47,7 @@ _TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k likeliest tokens (
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 48, "Longest policy sample.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Prompts generated together.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data_dir (empty: "
-                                "$LEARNED_LOSS_DATA_DIR or ~/.cache/learned_loss/tfds).")
+                                "$TFDS_DATA_DIR or ~/.cache/learned_loss/tfds).")
 _KNOBS = ("policy", "split", "families", "pairs_per_family", "difficulty", "tau", "length_bias",
           "length_scale", "seq_len", "seed", "samples_per_prompt", "temperature", "top_k",
           "max_new_tokens", "batch_size", "data_dir")

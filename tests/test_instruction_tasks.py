@@ -2,13 +2,17 @@
 builder)."""
 
 import dataclasses
+import os
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
-from learned_loss.data import tasks
+from configs import finetune
+from learned_loss.data import builders, paths, tasks
 from learned_loss.data import instruction_tasks as itasks
 from learned_loss.data.tasks import TaskError
+from tests import runs
 
 FAMILIES = ("add", "reverse_string", "first_char", "sort_ascending", "json_list")
 KNOBS = dict(families=FAMILIES, examples_per_family=40, difficulty=(1, 3), label_noise=0.3,
@@ -16,9 +20,16 @@ KNOBS = dict(families=FAMILIES, examples_per_family=40, difficulty=(1, 3), label
 
 
 def _records(info, split):
-    source = itasks.load_split(info, split)
+    return _sorted_records(itasks.load_split(info, split))
+
+
+def _sorted_records(source):
     records = [itasks.decode_record(source[i]) for i in range(len(source))]
     return sorted(records, key=lambda r: (r["family"], r["index"]))
+
+
+def _builder_records(builder, split):
+    return _sorted_records(builder.as_data_source(split=split))
 
 
 @pytest.fixture(scope="module")
@@ -295,3 +306,95 @@ def test_a_family_too_small_for_its_evaluation_split_is_refused(tmp_path):
     assert "to_binary" in message and "difficulty 1" in message and "10 inputs" in message
     assert "difficulty=(1, 2)" in message and "\n" not in message
     assert not (tmp_path / "instruction_tasks").exists()
+
+
+# ---- by name, the TFDS way ------------------------------------------------------------------
+
+
+def test_by_name_with_knobs_writes_build_instruction_tasks_records(built, tmp_path):
+    _, info = built
+    config = itasks.InstructionTasksConfig(**KNOBS)
+    assert config.name == info.config_name  # Named by its content, as build_instruction_tasks.
+    builder = tfds.builder("instruction_tasks", config=config, data_dir=str(tmp_path))
+    builder.download_and_prepare()
+    for split in ("train", "validation"):
+        assert _builder_records(builder, split) == _records(info, split)
+    # build_instruction_tasks finds that dataset and reuses it.
+    assert itasks.build_instruction_tasks(str(tmp_path), **KNOBS).reused
+
+
+@pytest.mark.parametrize("variant", sorted(finetune.VARIANTS))
+def test_presets_are_the_finetune_variants(variant):
+    config = finetune.get_config(variant)
+    families = tasks.roles.resolve(config.tasks, "finetune")
+    preset = itasks.InstructionTasks.builder_configs[variant]
+    knobs = itasks.InstructionTasksConfig(**itasks.sft_args(config, families))
+    assert preset.spec() == knobs.spec()
+
+
+def test_a_preset_by_name_writes_build_instruction_tasks_records(tmp_path):
+    builder = tfds.builder("instruction_tasks", config="smoke", data_dir=str(tmp_path / "a"))
+    builder.download_and_prepare()
+    assert builder.data_dir.endswith("instruction_tasks/smoke/2.0.0")
+    preset = builder.builder_config
+    info = itasks.build_instruction_tasks(
+        str(tmp_path / "b"), families=preset.families,
+        examples_per_family=preset.examples_per_family, difficulty=preset.difficulty,
+        label_noise=preset.label_noise, seed=preset.seed, seq_len=preset.seq_len,
+        splits=preset.splits, noise_kinds=preset.noise_kinds)
+    for split in ("train", "validation"):
+        assert _builder_records(builder, split) == _records(info, split)
+    assert builder.info.metadata[builders.CONTENT_NAME] == info.config_name
+    assert tfds.builder("instruction_tasks").builder_config.name == "tiny"  # The default.
+
+
+def test_the_tfds_build_command_builds_a_preset(tmp_path):
+    done = runs.run_module("experiments.tfds_build", "instruction_tasks", "--config=smoke",
+                           f"--data_dir={tmp_path}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    built_by_cli = tfds.builder("instruction_tasks", config="smoke", data_dir=str(tmp_path))
+    by_python = tfds.builder("instruction_tasks", config="smoke", data_dir=str(tmp_path / "py"))
+    by_python.download_and_prepare()
+    assert _builder_records(built_by_cli, "train") == _builder_records(by_python, "train")
+    unknown = runs.run_module("experiments.tfds_build", "instruction_tasks", "--config=nope",
+                              f"--data_dir={tmp_path}")
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip().splitlines()[-1].startswith(
+        "error: instruction_tasks has no config 'nope'")
+
+
+def test_an_unknown_config_name_is_one_line_naming_the_choices(tmp_path):
+    for make in (lambda: tfds.builder("instruction_tasks", config="nope", data_dir=str(tmp_path)),
+                 lambda: itasks.InstructionTasks(config="nope:2.0.0")):
+        with pytest.raises(builders.UnknownConfigError) as err:
+            make()
+        message = str(err.value)
+        assert "no config 'nope'" in message and "'easy'" in message and "\n" not in message
+    with pytest.raises(TaskError):  # Knobs are checked when the config is made.
+        itasks.InstructionTasksConfig(families=("nope",))
+
+
+def test_the_data_dir_is_the_config_then_tfds_data_dir_then_the_default(tmp_path, monkeypatch):
+    monkeypatch.delenv(paths.DEPRECATED_ENV_VAR, raising=False)
+    monkeypatch.delenv(paths.ENV_VAR, raising=False)
+    assert paths.data_dir("") == os.path.expanduser("~/.cache/learned_loss/tfds")
+    monkeypatch.setenv(paths.DEPRECATED_ENV_VAR, str(tmp_path / "old"))
+    assert paths.data_dir("") == str(tmp_path / "old")  # Deprecated, still read.
+    monkeypatch.setenv(paths.ENV_VAR, str(tmp_path / "env"))
+    assert paths.data_dir("") == str(tmp_path / "env")
+    assert paths.data_dir(str(tmp_path / "configured")) == str(tmp_path / "configured")
+    builder = tfds.builder("instruction_tasks", config="smoke")
+    assert builder.data_dir.startswith(str(tmp_path / "env"))
+    builder.download_and_prepare()
+    assert (tmp_path / "env" / "instruction_tasks" / "smoke").is_dir()
+
+
+def test_a_named_dataset_built_by_other_generators_is_refused(tmp_path, monkeypatch):
+    tfds.builder("instruction_tasks", config="smoke", data_dir=str(tmp_path)
+                 ).download_and_prepare()
+    tfds.builder("instruction_tasks", config="smoke", data_dir=str(tmp_path)
+                 ).download_and_prepare()  # Current: reused.
+    monkeypatch.setattr(tasks.partition, "VERSION", tasks.partition.VERSION + 1)
+    stale = tfds.builder("instruction_tasks", config="smoke", data_dir=str(tmp_path))
+    with pytest.raises(builders.StaleDatasetError, match="delete that directory"):
+        stale.download_and_prepare()

@@ -5,8 +5,10 @@ import os
 import pathlib
 
 import pytest
+import tensorflow_datasets as tfds
 
-from learned_loss.data import text_corpus
+from configs import pretrain
+from learned_loss.data import builders, paths, text_corpus
 from learned_loss.data.text_corpus import CorpusError
 
 VALID_FRACTION = 0.25
@@ -217,3 +219,75 @@ def test_default_text_dir_is_the_stdlib():
     stdlib = text_corpus.default_text_dir()
     assert os.path.isfile(os.path.join(stdlib, "os.py"))
     assert os.path.isfile(os.path.join(stdlib, "json", "decoder.py"))
+
+
+# ---- by name, the TFDS way ------------------------------------------------------------------
+
+
+def _builder_files(builder):
+    out = []
+    for split in text_corpus.SPLITS:
+        source = builder.as_data_source(split=split)
+        out += sorted((split, r["path"].decode(), r["text"].decode())
+                      for r in (source[i] for i in range(len(source))))
+    return out
+
+
+def _info_files(info):
+    return [(split, path, text) for split in text_corpus.SPLITS
+            for path, text in sorted(_read_split(info, split))]
+
+
+def test_by_name_with_a_directory_writes_build_text_corpus_records(corpus, tmp_path):
+    src, _, _, info = corpus
+    config = text_corpus.TextCorpusConfig(text_dir=str(src), valid_fraction=VALID_FRACTION)
+    assert config.name == info.config_name  # Named by its content, as build_text_corpus.
+    builder = tfds.builder("text_corpus", config=config, data_dir=str(tmp_path))
+    builder.download_and_prepare()
+    assert _builder_files(builder) == _info_files(info)
+    again = text_corpus.build_text_corpus(str(src), str(tmp_path), valid_fraction=VALID_FRACTION)
+    assert again.reused
+
+
+def test_a_preset_by_name_writes_build_text_corpus_records(tmp_path):
+    builder = tfds.builder("text_corpus", config="stdlib_email", data_dir=str(tmp_path / "a"))
+    builder.download_and_prepare()
+    info = text_corpus.build_text_corpus(None, str(tmp_path / "b"), pattern="email/**/*.py",
+                                         valid_fraction=0.1)
+    assert _builder_files(builder) == _info_files(info)
+    assert builder.info.metadata[builders.CONTENT_NAME] == info.config_name
+    assert tfds.builder("text_corpus").builder_config.name == "stdlib"  # The default.
+
+
+@pytest.mark.parametrize("variant", sorted(pretrain.VARIANTS))
+def test_presets_cover_the_pretrain_variants(variant):
+    data = pretrain.get_config(variant).data
+    presets = [(c.text_dir, c.pattern, c.valid_fraction) for c in text_corpus.PRESETS]
+    assert (data.text_dir, data.pattern, data.valid_fraction) in presets
+
+
+def test_an_unknown_config_name_is_a_user_error(tmp_path):
+    with pytest.raises(builders.UnknownConfigError, match="no config 'nope'.*'stdlib'"):
+        tfds.builder("text_corpus", config="nope", data_dir=str(tmp_path))
+
+
+def test_tfds_data_dir_is_honoured(corpus, tmp_path, monkeypatch):
+    src = corpus[0]
+    monkeypatch.setenv(paths.ENV_VAR, str(tmp_path / "env"))
+    config = text_corpus.TextCorpusConfig(text_dir=str(src), valid_fraction=VALID_FRACTION)
+    builder = text_corpus.TextCorpus(config=config)
+    builder.download_and_prepare()
+    assert builder.data_dir == str(tmp_path / "env" / "text_corpus" / config.name / "2.0.0")
+    assert paths.data_dir("") == str(tmp_path / "env")
+
+
+def test_a_named_corpus_whose_files_changed_is_refused(tmp_path):
+    src = tmp_path / "src"
+    _write_corpus(src)
+    config = text_corpus.TextCorpusConfig(name="mine", text_dir=str(src),
+                                          valid_fraction=VALID_FRACTION)
+    text_corpus.TextCorpus(config=config, data_dir=str(tmp_path / "tfds")).download_and_prepare()
+    (src / "top_0.py").write_text("changed = 1\n")
+    stale = text_corpus.TextCorpus(config=config, data_dir=str(tmp_path / "tfds"))
+    with pytest.raises(builders.StaleDatasetError, match="mine"):
+        stale.download_and_prepare()

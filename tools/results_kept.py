@@ -44,7 +44,7 @@ def _clean(value):
 
 
 def _run(args: list[str], folder: str) -> None:
-    env = dict(os.environ, LEARNED_LOSS_DATA_DIR=os.path.join(folder, "tfds"),
+    env = dict(os.environ, TFDS_DATA_DIR=os.path.join(folder, "tfds"),
                LEARNED_LOSS_CACHE=os.path.join(folder, "cache"))
     proc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True)

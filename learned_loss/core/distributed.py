@@ -6,6 +6,10 @@ the number of processes and its own id. They come from flags (`--coordinator_add
 LEARNED_LOSS_COORDINATOR_ADDRESS, LEARNED_LOSS_NUM_PROCESSES and LEARNED_LOSS_PROCESS_ID.
 `--coordinator_address=auto` lets JAX detect the cluster itself (Cloud TPU, SLURM, ...).
 With none of them set, this is a no-op: a single-process run.
+
+Joining starts jax's preemption service too (`jax_enable_preemption_service`, on by default and
+kept on here): its SIGTERM handler and sync manager are what `loop.StopSignal` asks, through
+orbax, for the step at which every host saves and stops.
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ def initialize(address: Optional[str] = None, num_processes: Optional[int] = Non
     """Joins the multi-host job if one is configured. Returns whether it did.
 
     CPU processes talk over gloo (the only CPU collectives that work across processes here);
-    the setting only affects the CPU backend, so it is harmless on GPU and TPU.
+    the setting only affects the CPU backend, so it is harmless on GPU and TPU. The preemption
+    service must be on when `jax.distributed.initialize` runs (it is read there, once), or no
+    host would stop on SIGTERM: set here whatever the environment says.
     """
     address = address if address is not None else _value(_ADDRESS.value, "COORDINATOR_ADDRESS")
     num = num_processes if num_processes is not None else _value(
@@ -51,6 +57,7 @@ def initialize(address: Optional[str] = None, num_processes: Optional[int] = Non
                              "--coordinator_address; pass all three (or none)")
         return False
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.config.update("jax_enable_preemption_service", True)
     if address == "auto":
         jax.distributed.initialize()
     else:

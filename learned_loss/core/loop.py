@@ -15,15 +15,16 @@ from typing import Any, Callable, Mapping, Optional
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 from absl import logging
-from jax.experimental import multihost_utils
 
 from learned_loss.core import cli, metrics, perf, provenance, sharding
 from learned_loss.core import checkpoint as checkpoint_lib
 from learned_loss.core import model as model_lib
 
 
-_SIGTERM = {"received": False}  # Process-wide: a job of several runs sees one signal.
+# Process-wide: a job of several runs sees one signal. `checks` counts the multi-host checks.
+_SIGTERM = {"received": False, "checks": 0}
 
 
 def _on_sigterm(signum, frame):
@@ -32,24 +33,44 @@ def _on_sigterm(signum, frame):
 
 
 class StopSignal:
-    """Turns SIGTERM (preemption) into a flag checked between steps; all hosts agree on it.
+    """Turns SIGTERM (preemption) into a stop that every host takes at the same check.
+
+    One process: a Python SIGTERM handler sets a flag, read between steps.
+
+    Several (`jax.distributed`): orbax's preemption check, `ocp.multihost.reached_preemption`,
+    over jax's preemption sync manager, which `jax.distributed.initialize` starts with a SIGTERM
+    handler of its own (`distributed.initialize` keeps that service on). When any host receives
+    SIGTERM, the coordination service tells the others; each host publishes the number of its
+    latest check, and every host answers True at the check numbered one past the largest, so
+    all stop after the same step. Until a notice arrives the hosts exchange nothing (the check
+    used to gather every host's flag at every step). No Python handler is installed then: it
+    would replace jax's, and no host would hear of the signal.
+
+    The check number is this process's count of checks, not a run's step: every host runs the
+    same program and counts alike, and the count never goes back when a job starts its next run
+    (from step 0 or a resumed step), which the sync point needs (it fires on equality only).
 
     The flag is the process's: once a run has stopped on it, a job that runs several (a study,
     the compare run) stops too, at its next `raise_if_stopped`, instead of going on.
     """
 
     def __init__(self):
-        if threading.current_thread() is threading.main_thread():  # Python's rule for handlers.
-            signal.signal(signal.SIGTERM, _on_sigterm)
+        self.shared = jax.distributed.is_initialized()  # jax's handler owns SIGTERM then.
+        if not self.shared and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _on_sigterm)  # Python's rule: main thread only.
 
     @property
     def received(self) -> bool:
         return _SIGTERM["received"]
 
     def should_stop(self) -> bool:
-        if jax.process_count() == 1:
+        """Whether to save and stop now; on several hosts, called at the same points on each
+        (once per step, and between runs)."""
+        if self.received or not self.shared:
             return self.received
-        return bool(np.any(multihost_utils.process_allgather(np.int32(self.received))))
+        _SIGTERM["checks"] += 1
+        _SIGTERM["received"] = bool(ocp.multihost.reached_preemption(_SIGTERM["checks"]))
+        return self.received
 
 
 def raise_if_stopped(before: str) -> None:

@@ -48,11 +48,17 @@ too small for them is a TaskError naming the family, the difficulty, how many
 inputs exist and the fix. No input occurs in two splits, of this dataset or of any
 other one built from the task suite (the partition is fixed).
 
-The dataset is keyed by its content: the BuilderConfig name is a hash of every
-argument, a fingerprint of the task generators and the partition's version, so
-different knobs or generators build a different dataset under `data_dir` and the
-same ones reuse it. Examples that do not fit seq_len are a TaskError at build time,
-never dropped.
+`build_instruction_tasks` keys the dataset by its content: the BuilderConfig name is
+a hash of every argument, a fingerprint of the task generators and the partition's
+version, so different knobs or generators build a different dataset under `data_dir`
+and the same ones reuse it. Examples that do not fit seq_len are a TaskError at build
+time, never dropped.
+
+By name, the TFDS way (`builders.ByName`): `config` is one of the presets of
+`PRESETS` (the variants of configs/finetune.py: 'smoke', 'easy', 'words', 'tiny', the
+default) or an `InstructionTasksConfig` of your own knobs; left unnamed, the latter
+is named by its content and builds the very dataset `build_instruction_tasks` builds
+for the same knobs. The data dir defaults to `paths.data_dir()`.
 
 No TensorFlow: TFDS writes and reads ArrayRecord without it.
 
@@ -61,6 +67,9 @@ No TensorFlow: TFDS writes and reads ArrayRecord without it.
                                  label_noise=0.1, seed=0, seq_len=256,
                                  noise_kinds=("off_by_one", "dropped_last_char"))
   train = load_split(info, "train")        # random access: train[i]['prompt'] (bytes)
+
+  tfds.builder("instruction_tasks", config="easy", data_dir="/tmp/tfds").download_and_prepare()
+  tfds build --imports=learned_loss.data instruction_tasks --config=easy --data_dir=/tmp/tfds
 """
 
 from __future__ import annotations
@@ -78,7 +87,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from learned_loss.core import errors
-from learned_loss.data import tasks
+from learned_loss.data import builders, tasks
 from learned_loss.data.tasks import Example, partition, TaskError
 
 # Every corruption kind, in the order a configured set is put in (so the set, not its order,
@@ -289,22 +298,104 @@ def generate_split(spec: _Spec, split: str, count: int) -> list[dict[str, Any]]:
     return records
 
 
+def task_spec(families: Sequence[str], *, examples_per_family: int,
+              difficulty: int | tuple[int, int], label_noise: float, seed: int, seq_len: int,
+              splits: Mapping[str, float] = DEFAULT_SPLITS,
+              noise_kinds: Sequence[str] = DEFAULT_KINDS) -> _Spec:
+    """The checked knobs of a dataset (`build_instruction_tasks`'s arguments but data_dir);
+    `generate_split(spec, split, count)` for each `spec.counts` gives its records in memory."""
+    names = check_families(families)
+    kinds = check_noise_kinds(noise_kinds)
+    if not 0.0 <= label_noise <= 1.0:
+        raise ValueError(f"label_noise must lie in [0, 1], got {label_noise}")
+    if seed < 0 or seq_len < 1:
+        raise ValueError(f"seed must be >= 0 and seq_len >= 1, got {seed}, {seq_len}")
+    counts = split_counts(examples_per_family, splits, "examples_per_family")
+    return _Spec(names, int(examples_per_family), partition.difficulty_range(difficulty),
+                 float(label_noise), int(seed), int(seq_len), tuple(counts.items()), kinds)
+
+
+def content_key(spec: _Spec) -> str:
+    """`dataset_key` of a spec: what a dataset of these knobs is keyed by."""
+    return dataset_key(dataclasses.asdict(spec), spec.families)
+
+
+def content_name(spec: _Spec) -> str:
+    """The content-keyed BuilderConfig name of a spec: 'h' + 16 hex digits of its key."""
+    return f"h{content_key(spec)[:16]}"
+
+
 # ---- TFDS builder ---------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(eq=False)
 class InstructionTasksConfig(tfds.core.BuilderConfig):
-    """The generation knobs; `name` is their hash (see `build_instruction_tasks`)."""
+    """The knobs of one dataset: `build_instruction_tasks`'s arguments but data_dir (see there),
+    checked on construction. Left unnamed, it is named by its content (`content_name`), so that
+    it builds the very dataset `build_instruction_tasks` builds for the same knobs. Lists stand
+    for tuples (`tfds build --config='{"families": ["add"], ...}'` gives JSON)."""
 
-    spec: _Spec | None = None
+    name: str = ""
+    families: Sequence[str] = ()
+    examples_per_family: int = 1000
+    difficulty: int | Sequence[int] = 1
+    label_noise: float = 0.0
+    noise_kinds: Sequence[str] = DEFAULT_KINDS
+    seed: int = 0
+    seq_len: int = 256
+    splits: Mapping[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_SPLITS))
+
+    def __post_init__(self):
+        spec = self.spec()
+        if not self.name:
+            self.name = content_name(spec)
+            self.description = self.description or str(spec)
+
+    def spec(self) -> _Spec:
+        """The checked knobs (TaskError or ValueError names a bad one)."""
+        return task_spec(self.families, examples_per_family=self.examples_per_family,
+                         difficulty=self.difficulty, label_noise=self.label_noise,
+                         seed=self.seed, seq_len=self.seq_len, splits=dict(self.splits),
+                         noise_kinds=self.noise_kinds)
 
 
-class InstructionTasks(tfds.core.GeneratorBasedBuilder):
+# The fine-tuning variants of configs/finetune.py as named datasets, so that `--config=easy`
+# builds what `experiments.finetune --config=configs/finetune.py:easy` trains on
+# (tests/test_instruction_tasks.py keeps them in step with `sft_args` of each variant).
+EASY_FAMILIES = ("count_words", "list_length", "count_digits", "count_vowels")
+_SFT_SPLITS = {"train": 0.9, "validation": 0.1}  # data.valid_fraction = 0.1
+
+
+def _preset(name: str, description: str, families: Sequence[str], examples_per_family: int,
+            seq_len: int, difficulty: tuple[int, int] = (1, 1)) -> InstructionTasksConfig:
+    return InstructionTasksConfig(name=name, description=description, families=families,
+                                  examples_per_family=examples_per_family,
+                                  difficulty=difficulty, seq_len=seq_len,
+                                  splits=dict(_SFT_SPLITS))
+
+
+PRESETS: tuple[InstructionTasksConfig, ...] = (
+    _preset("smoke", "Two easy families, 40 examples each (seconds).", EASY_FAMILIES[:2], 40,
+            64),
+    _preset("easy", "Four easy families a small model learns from scratch.", EASY_FAMILIES,
+            2000, 48),
+    _preset("words", "count_words alone.", EASY_FAMILIES[:1], 2000, 48),
+    # configs/tasks.py's split (seed 0, 15% meta-valid, 25% held out); difficulty 1-3 because
+    # at 1 some families have fewer distinct inputs than the validation split needs.
+    _preset("tiny", "Every meta-train family at difficulties 1-3.",
+            tasks.families_for("meta_train", seed=0, meta_valid_fraction=0.15,
+                               heldout_fraction=0.25), 1000, 160, (1, 3)),
+)
+
+
+class InstructionTasks(builders.ByName, tfds.core.GeneratorBasedBuilder):
     """Task-suite demonstrations with label noise (see module docstring)."""
 
     VERSION = tfds.core.Version("2.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release.",
                      "2.0.0": "Inputs partitioned into splits; records carry input_id."}
+    BUILDER_CONFIGS = list(PRESETS)
+    DEFAULT_BUILDER_CONFIG_NAME = "tiny"
 
     def _info(self) -> tfds.core.DatasetInfo:
         # Built by hand, like text_corpus: no builder package metadata files.
@@ -323,10 +414,14 @@ class InstructionTasks(tfds.core.GeneratorBasedBuilder):
             metadata=tfds.core.MetadataDict(),
         )
 
+    def content_name(self) -> str:
+        return content_name(self.builder_config.spec())
+
     def _split_generators(self, dl_manager: Any) -> dict[str, Iterator[Any]]:
         del dl_manager  # Nothing to download.
-        spec = self.builder_config.spec
-        self.info.metadata.update({"spec": json.dumps(dataclasses.asdict(spec))})
+        spec = self.builder_config.spec()
+        self.info.metadata.update({"spec": json.dumps(dataclasses.asdict(spec)),
+                                   builders.CONTENT_NAME: content_name(spec)})
         records = getattr(self, "_records", None) or {
             split: generate_split(spec, split, count) for split, count in spec.counts
         }
@@ -395,23 +490,6 @@ def prepare_or_reuse(builder: Any, records: Mapping[str, Sequence[Any]], unit: s
     return reused
 
 
-def task_spec(families: Sequence[str], *, examples_per_family: int,
-              difficulty: int | tuple[int, int], label_noise: float, seed: int, seq_len: int,
-              splits: Mapping[str, float] = DEFAULT_SPLITS,
-              noise_kinds: Sequence[str] = DEFAULT_KINDS) -> _Spec:
-    """The checked knobs of a dataset (`build_instruction_tasks`'s arguments but data_dir);
-    `generate_split(spec, split, count)` for each `spec.counts` gives its records in memory."""
-    names = check_families(families)
-    kinds = check_noise_kinds(noise_kinds)
-    if not 0.0 <= label_noise <= 1.0:
-        raise ValueError(f"label_noise must lie in [0, 1], got {label_noise}")
-    if seed < 0 or seq_len < 1:
-        raise ValueError(f"seed must be >= 0 and seq_len >= 1, got {seed}, {seq_len}")
-    counts = split_counts(examples_per_family, splits, "examples_per_family")
-    return _Spec(names, int(examples_per_family), partition.difficulty_range(difficulty),
-                 float(label_noise), int(seed), int(seq_len), tuple(counts.items()), kinds)
-
-
 def sft_args(config, families: Sequence[str]) -> dict[str, Any]:
     """`build_instruction_tasks`'s arguments (but data_dir) of a fine-tuning config
     (configs/finetune.py): its `tasks` knobs, `data.seq_len`, and train / validation splits of
@@ -456,22 +534,19 @@ def build_instruction_tasks(
         TaskError: unknown or repeated family, or an example longer than seq_len.
         ValueError: a knob out of range, or an unknown or repeated noise kind.
     """
-    names = check_families(families)
-    spec = task_spec(names, examples_per_family=examples_per_family, difficulty=difficulty,
-                     label_noise=label_noise, seed=seed, seq_len=seq_len, splits=splits,
-                     noise_kinds=noise_kinds)
-    hash_hex = dataset_key(dataclasses.asdict(spec), names)
+    config = InstructionTasksConfig(families=families, examples_per_family=examples_per_family,
+                                    difficulty=difficulty, label_noise=label_noise, seed=seed,
+                                    seq_len=seq_len, splits=splits, noise_kinds=noise_kinds)
+    spec = config.spec()
     records = {split: generate_split(spec, split, count) for split, count in spec.counts}
-
-    config = InstructionTasksConfig(name=f"h{hash_hex[:16]}", description=str(spec), spec=spec)
     builder = InstructionTasks(config=config, data_dir=data_dir)
     reused = prepare_or_reuse(builder, records, "examples")
     return TasksInfo(
         config_name=config.name,
-        config_hash=hash_hex,
+        config_hash=content_key(spec),
         data_dir=os.path.abspath(data_dir),
         builder_dir=str(builder.data_dir),
-        families=names,
+        families=spec.families,
         examples_per_family=spec.examples_per_family,
         difficulty=spec.difficulty,
         label_noise=spec.label_noise,

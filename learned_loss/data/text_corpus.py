@@ -18,16 +18,26 @@ is what a run may read to choose or learn anything (its evaluations, a learned
 objective's meta-objective); test is read by no meta-objective, only by the final
 scores of the studies.
 
-The dataset is keyed by its content: the BuilderConfig name holds the corpus
-hash (sha256 over the sorted (path, bytes) pairs) and the validation permille,
-so a changed directory or split fraction is built afresh under `data_dir`, and
-an unchanged one is reused without being rebuilt. Records come back in TFDS's
-own order (it shuffles on write); sort by path where order matters.
+`build_text_corpus` keys the dataset by its content: the BuilderConfig name holds
+the corpus hash (sha256 over the sorted (path, bytes) pairs) and the validation
+permille, so a changed directory or split fraction is built afresh under
+`data_dir`, and an unchanged one is reused without being rebuilt. Records come back
+in TFDS's own order (it shuffles on write); sort by path where order matters.
+
+By name, the TFDS way (`builders.ByName`): `config` is 'stdlib' (the default: the
+standard library's `**/*.py`, 2% validation, as configs/pretrain.py:tiny, small and
+paper) or 'stdlib_email' (its `email/**/*.py`, 10% validation, as
+configs/pretrain.py:smoke), or a `TextCorpusConfig` naming `text_dir`, `pattern` and
+`valid_fraction`; left unnamed, the latter is named by its content and builds the
+very dataset `build_text_corpus` builds. The data dir defaults to `paths.data_dir()`.
 
 No TensorFlow: TFDS writes and reads ArrayRecord without it.
 
   info = build_text_corpus(None, "/tmp/tfds")   # the stdlib corpus
   train = load_split(info, "train")             # random access: train[i]['text']
+
+  tfds.builder("text_corpus", config="stdlib", data_dir="/tmp/tfds").download_and_prepare()
+  tfds build --imports=learned_loss.data text_corpus --config=stdlib --data_dir=/tmp/tfds
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ from typing import Any
 import tensorflow_datasets as tfds
 
 from learned_loss.core import errors
+from learned_loss.data import builders
 
 SPLITS = ("train", "validation", "test")
 _PERMILLE = 1000
@@ -216,26 +227,59 @@ def _decode(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
 
 
-@dataclasses.dataclass(eq=False)
-class TextCorpusConfig(tfds.core.BuilderConfig):
-    """Where the text comes from; `name` must encode the content (see `_config_name`)."""
-
-    text_dir: str = ""
-    pattern: str = "**/*.py"
-    valid_permille: int = 20
-    corpus_hash: str = ""
-
-
 def _config_name(hash_hex: str, valid_permille: int) -> str:
+    """The content-keyed BuilderConfig name: corpus hash prefix and validation permille."""
     return f"h{hash_hex[:16]}_valid{valid_permille}"
 
 
-class TextCorpus(tfds.core.GeneratorBasedBuilder):
+@dataclasses.dataclass(eq=False)
+class TextCorpusConfig(tfds.core.BuilderConfig):
+    """Where the text comes from: `text_dir` ('' for `default_text_dir()`), the glob `pattern`
+    and `valid_fraction`, as `build_text_corpus` takes them. Left unnamed, it reads and hashes
+    the directory and is named by its content. `corpus_hash`, when set, is what the files must
+    still hash to when the dataset is written."""
+
+    name: str = ""
+    text_dir: str = ""
+    pattern: str = "**/*.py"
+    valid_fraction: float = 0.02
+    corpus_hash: str = ""
+
+    def __post_init__(self):
+        permille = _to_permille(self.valid_fraction)
+        if not self.name:
+            self.corpus_hash = self.corpus_hash or corpus_hash(self.source_dir(), self.pattern)
+            self.name = _config_name(self.corpus_hash, permille)
+
+    @property
+    def valid_permille(self) -> int:
+        return _to_permille(self.valid_fraction)
+
+    def source_dir(self) -> str:
+        """The absolute directory read (CorpusError if unusable)."""
+        return str(_check_dir(self.text_dir or default_text_dir()))
+
+
+# The corpora of configs/pretrain.py's variants (text_dir '': the running interpreter's
+# standard library), kept in step by tests/test_text_corpus.py.
+PRESETS: tuple[TextCorpusConfig, ...] = (
+    TextCorpusConfig(name="stdlib", description="The standard library's Python files, 2% "
+                     "validation (configs/pretrain.py:tiny, small, paper).",
+                     pattern="**/*.py", valid_fraction=0.02),
+    TextCorpusConfig(name="stdlib_email", description="The standard library's email package, "
+                     "10% validation (configs/pretrain.py:smoke).",
+                     pattern="email/**/*.py", valid_fraction=0.1),
+)
+
+
+class TextCorpus(builders.ByName, tfds.core.GeneratorBasedBuilder):
     """A local directory of text files, one example per file (see module docstring)."""
 
     VERSION = tfds.core.Version("2.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release.",
                      "2.0.0": "A test split as large as the validation split."}
+    BUILDER_CONFIGS = list(PRESETS)
+    DEFAULT_BUILDER_CONFIG_NAME = "stdlib"
 
     def _info(self) -> tfds.core.DatasetInfo:
         # Built by hand: `dataset_info_from_configs` needs a builder package
@@ -249,24 +293,29 @@ class TextCorpus(tfds.core.GeneratorBasedBuilder):
             metadata=tfds.core.MetadataDict(),
         )
 
+    def content_name(self) -> str:
+        cfg = self.builder_config
+        return _config_name(corpus_hash(cfg.source_dir(), cfg.pattern), cfg.valid_permille)
+
     def _split_generators(self, dl_manager: Any) -> dict[str, Iterator[Any]]:
         del dl_manager  # Nothing to download.
         cfg = self.builder_config
-        corpus = _read_corpus(cfg.text_dir, cfg.pattern)
+        text_dir = cfg.source_dir()
+        corpus = _read_corpus(text_dir, cfg.pattern)
         found = _hash_corpus(corpus)
-        if found != cfg.corpus_hash:
+        if cfg.corpus_hash and found != cfg.corpus_hash:
             raise CorpusError(
-                f"text corpus {cfg.text_dir} changed while building (hash {found[:16]}, "
+                f"text corpus {text_dir} changed while building (hash {found[:16]}, "
                 f"expected {cfg.corpus_hash[:16]}); build again"
             )
-        fraction = cfg.valid_permille / _PERMILLE
-        splits = _split_corpus(corpus, cfg.valid_permille, cfg.text_dir, fraction)
+        splits = _split_corpus(corpus, cfg.valid_permille, text_dir, cfg.valid_fraction)
         self.info.metadata.update(
             {
-                "text_dir": cfg.text_dir,
+                "text_dir": text_dir,
                 "pattern": cfg.pattern,
-                "corpus_hash": cfg.corpus_hash,
+                "corpus_hash": found,
                 "valid_permille": cfg.valid_permille,
+                builders.CONTENT_NAME: _config_name(found, cfg.valid_permille),
             }
         )
         return {name: self._generate_examples(files) for name, files in splits.items()}
@@ -316,7 +365,7 @@ def build_text_corpus(
         description=f"{pattern} under {text_dir}",
         text_dir=text_dir,
         pattern=pattern,
-        valid_permille=permille,
+        valid_fraction=valid_fraction,
         corpus_hash=hash_hex,
     )
     builder = TextCorpus(config=config, data_dir=data_dir)
