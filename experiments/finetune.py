@@ -121,7 +121,7 @@ def run(config, workdir: str) -> dict:
     # Loop: resume, train, evaluate, checkpoint.
     return loop.run(loop.Run(
         config=config, workdir=workdir, mesh=mesh, model_config=model_cfg, state=state,
-        state_shardings=state_sh, train_step=train_step,
+        train_step=train_step,
         schedule=train.learning_rate_schedule(config.optimizer, tc.num_steps),
         train_iter=train_iter, seq_len=seq_len, global_batch_size=batch_size,
         evaluate=evaluate, data_hash=info.config_hash, theta=theta,

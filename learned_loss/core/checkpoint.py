@@ -159,6 +159,16 @@ def finished(workdir: str, step: int) -> bool:
     return step in Checkpointer(workdir, read_only=True).steps()
 
 
+def reached(workdir: str, step: int) -> bool:
+    """Whether the newest checkpoint in `workdir` is at `step` or later (read-only)."""
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        return False
+    ckpt = Checkpointer(workdir, read_only=True)
+    steps = ckpt.steps()
+    ckpt.close()
+    return bool(steps) and steps[-1] >= step
+
+
 def _shape_fields(model_config: Optional[dict]) -> Optional[dict]:
     """The model fields that decide the parameters' shapes and meaning.
 

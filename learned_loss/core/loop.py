@@ -1,9 +1,12 @@
-"""The outer shell of a training run, shared by pre-training and fine-tuning.
+"""The outer shell of a training run, one for every training loop.
 
-Given a sharded state, a data iterator and jitted steps, `run` trains to `num_steps` and owns
-everything around the step: resuming from the workdir's newest good checkpoint (state and
-data-iterator position), provenance, metrics (JSONL and TensorBoard) with progress and MFU,
-periodic evaluation, periodic checkpoints, and a final checkpoint on SIGTERM (preemption).
+`drive(state, step_fn, ...)` takes steps to `num_steps` and owns everything around the step:
+resuming from the workdir's newest good checkpoint (the state, and what else a caller restores,
+such as the data iterator's position), provenance, metrics (JSONL and TensorBoard) with a
+progress line, periodic evaluation, periodic checkpoints, a final checkpoint on SIGTERM
+(preemption), and closing it all. Its callers: `run` here (pre-training, fine-tuning and the
+RLHF stages: a sharded language model, a data iterator and jitted steps, with throughput and
+MFU), and the meta-training runs (`meta/run.py`, `meta/reward_run.py`).
 """
 
 from __future__ import annotations
@@ -11,14 +14,15 @@ from __future__ import annotations
 import dataclasses
 import signal
 import threading
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from learned_loss.core import cli, metrics, perf, provenance, sharding
+from learned_loss.core import cli, metrics, perf, sharding
+from learned_loss.core import provenance as provenance_lib
 from learned_loss.core import checkpoint as checkpoint_lib
 from learned_loss.core import model as model_lib
 
@@ -89,7 +93,6 @@ class Run:
     mesh: jax.sharding.Mesh
     model_config: model_lib.ModelConfig
     state: Any  # A sharded TrainState (fresh, or initialised from another run).
-    state_shardings: Any
     train_step: Callable  # (state, batch, theta) -> (state, metrics)
     schedule: Callable[[int], float]
     train_iter: Any  # Yields process-local numpy batches; get_state/set_state.
@@ -127,65 +130,139 @@ def mean_eval_metrics(eval_step, state, batches, mesh, theta=()) -> dict[str, fl
     return {f"valid/{k}": float(np.mean([v[k] for v in values])) for k in values[0]}
 
 
+class Result(NamedTuple):
+    """How `drive` ended."""
+
+    state: Any
+    start: int  # The step it resumed from (0: a fresh start).
+    step: int  # The step it reached: num_steps, or earlier when SIGTERM stopped it.
+    last: dict[str, float]  # The record of the last logged step ({} when none was logged).
+
+
+def drive(state: Any, step_fn: Callable[[Any, int], tuple[Any, Mapping[str, Any]]], *,
+          workdir: str, num_steps: int, model_config: Mapping[str, Any],
+          checkpoint_every: int, log_every: int = 1, eval_every: int = 0,
+          evaluate: Optional[Callable[[Any], Mapping[str, float]]] = None,
+          keep_checkpoints: int = 1, async_checkpoints: bool = False, data: Any = None,
+          provenance: Optional[Callable[[int], Mapping[str, Any]]] = None,
+          log_keys: Sequence[str] = (),
+          log_extra: Optional[Callable[[int, metrics.Progress], Mapping[str, float]]] = None,
+          ) -> Result:
+    """Takes steps from the workdir's newest good checkpoint (or from `state` at step 0) to
+    `num_steps`.
+
+    Args:
+      state: the state at step 0, a pytree of arrays placed as `step_fn` wants them (a
+        restored checkpoint is placed the same way).
+      step_fn: (state, i) -> (state, metrics): takes step i + 1 (i steps are done). The
+        metrics, a mapping of scalars on device or host, are read only at logged steps.
+      workdir: where checkpoints/, metrics.jsonl, tensorboard/ and provenance.json go.
+      num_steps: the step to stop at.
+      model_config: what the state's shapes depend on; saved in every checkpoint, and a
+        checkpoint of another is refused (checkpoint.CheckpointMismatchError).
+      checkpoint_every: steps between checkpoints; the last step and a SIGTERM save one too.
+      log_every: steps between records of metrics.jsonl (and the last step).
+      eval_every: evaluate at the logged steps that are multiples of it (0: none) and at the
+        last step.
+      evaluate: state -> {name: value}, added to those records.
+      keep_checkpoints: how many of the newest checkpoints to keep.
+      async_checkpoints: write checkpoints in a background thread.
+      data: what a checkpoint holds beside the state (the data iterator's position): an
+        object with get_state() -> JSON and set_state(JSON), which raises ValueError for a
+        position of other data.
+      provenance: start step -> the provenance record of this start (process 0 writes it).
+      log_keys: the names (a trailing '/': all names under it) on the progress line.
+      log_extra: (step, progress) -> scalars added to each record (learning rate, throughput).
+    Returns:
+      The state, start, step reached and last record.
+    """
+    stopper = StopSignal()
+    is_main = jax.process_index() == 0
+    ckpt = checkpoint_lib.Checkpointer(workdir, keep=keep_checkpoints,
+                                       async_save=async_checkpoints)
+    writer = None
+    try:
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+        start = 0
+        restored = ckpt.restore_latest(abstract, model_config=dict(model_config))
+        if restored is not None:
+            state, start = restored.state, restored.step
+            if data is not None:
+                try:
+                    data.set_state(restored.meta["data"])
+                except ValueError as e:
+                    raise checkpoint_lib.CheckpointMismatchError(f"{workdir}: {e}") from None
+            logging.info("resumed from checkpoint %d in %s", start, workdir)
+        if is_main and provenance is not None:
+            provenance_lib.write(workdir, provenance(start))
+        writer = metrics.MetricWriter(workdir, enabled=is_main, resume_step=start)
+        progress = metrics.Progress(num_steps, start_step=start, log=False)
+
+        last: dict[str, float] = {}
+        step = start
+        while step < num_steps:
+            state, step_metrics = step_fn(state, step)
+            step += 1
+            if step % log_every == 0 or step == num_steps:
+                last = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+                line = progress.update(step)
+                if log_extra is not None:
+                    last.update(log_extra(step, progress))
+                if evaluate is not None and (
+                        (eval_every and step % eval_every == 0) or step == num_steps):
+                    last.update(evaluate(state))
+                writer.write(step, last)
+                if is_main:
+                    logging.info("%s%s", line, "".join(
+                        f" | {k} {last[k]:.4f}" for k in sorted(last) if _shown(k, log_keys)))
+            stop = stopper.should_stop()
+            if step % checkpoint_every == 0 or step == num_steps or stop:
+                meta = {} if data is None else {"data": data.get_state()}
+                ckpt.save(step, state, dict(meta, model=dict(model_config)))
+            if stop:
+                logging.warning("SIGTERM received: saved checkpoint %d, stopping", step)
+                break
+        ckpt.wait()
+    finally:
+        ckpt.close()
+        if writer is not None:
+            writer.close()
+    return Result(state, start, step, last)
+
+
+def _shown(name: str, keys: Sequence[str]) -> bool:
+    return any(name == k or (k.endswith("/") and name.startswith(k)) for k in keys)
+
+
 def run(r: Run) -> dict[str, float]:
     """Trains to `config.train.num_steps`, resuming from the workdir. Returns the last metrics."""
     tc = r.config.train
-    ckpt = checkpoint_lib.Checkpointer(r.workdir, keep=tc.keep_checkpoints,
-                                       async_save=tc.async_checkpoints)
-    model_dict = r.config.model.to_dict()
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            r.state, r.state_shardings)
-    state, start = r.state, 0
-    restored = ckpt.restore_latest(abstract, model_config=model_dict)
-    if restored is not None:
-        state, start = restored.state, restored.step
-        try:
-            r.train_iter.set_state(restored.meta["data"])
-        except ValueError as e:
-            raise checkpoint_lib.CheckpointMismatchError(f"{r.workdir}: {e}") from None
-        logging.info("resumed from checkpoint %d in %s", start, r.workdir)
-
-    is_main = jax.process_index() == 0
-    if is_main:
-        provenance.write(r.workdir, provenance.collect(
-            r.config, corpus_hash=r.data_hash, mesh=r.mesh,
-            extra=dict(r.provenance_extra, resumed_from_step=start,
-                       param_count=model_lib.param_count(state.params))))
-    writer = metrics.MetricWriter(r.workdir, enabled=is_main, resume_step=start)
-    progress = metrics.Progress(tc.num_steps, start_step=start, log=False)
     tokens_per_step = r.global_batch_size * r.seq_len
     flops_per_step = model_lib.flops_per_token(r.model_config, r.seq_len) * tokens_per_step
     peak = (tc.peak_flops_per_device or perf.peak_flops_per_device()) * r.mesh.devices.size
 
-    stopper = StopSignal()
-    last: dict[str, float] = {}
-    step = start
-    while step < tc.num_steps:
-        batch = sharding.shard_batch(next(r.train_iter), r.mesh)
-        state, step_metrics = r.train_step(state, batch, r.theta)
-        step += 1
-        if step % tc.log_every == 0 or step == tc.num_steps:
-            last = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-            last["lr"] = float(r.schedule(step - 1))
-            line = progress.update(step, tokens_seen=step * tokens_per_step)
-            if progress.steps_per_sec:
-                last["perf/tokens_per_s"] = progress.tokens_per_sec
-                last["perf/mfu"] = progress.steps_per_sec * flops_per_step / peak
-                last["perf/eta_s"] = progress.eta_seconds
-            if step % tc.eval_every == 0 or step == tc.num_steps:
-                last.update(r.evaluate(state))
-            writer.write(step, last)
-            if is_main:
-                shown = " | ".join(f"{k} {last[k]:.4f}" for k in sorted(last)
-                                   if k == "loss" or k.startswith("valid/"))
-                logging.info("%s | %s", line, shown)
-        stop = stopper.should_stop()
-        if step % tc.checkpoint_every == 0 or step == tc.num_steps or stop:
-            ckpt.save(step, state, {"data": r.train_iter.get_state(), "model": model_dict})
-        if stop:
-            logging.warning("SIGTERM received: saved checkpoint %d, stopping", step)
-            break
-    ckpt.wait()
-    ckpt.close()
-    writer.close()
-    return last
+    def step_fn(state, step):
+        del step
+        return r.train_step(state, sharding.shard_batch(next(r.train_iter), r.mesh), r.theta)
+
+    def log_extra(step, progress) -> dict[str, float]:
+        out = {"lr": float(r.schedule(step - 1))}
+        if progress.steps_per_sec:
+            out["perf/tokens_per_s"] = progress.steps_per_sec * tokens_per_step
+            out["perf/mfu"] = progress.steps_per_sec * flops_per_step / peak
+            out["perf/eta_s"] = progress.eta_seconds
+        return out
+
+    def provenance(start):
+        return provenance_lib.collect(
+            r.config, corpus_hash=r.data_hash, mesh=r.mesh,
+            extra=dict(r.provenance_extra, resumed_from_step=start,
+                       param_count=model_lib.param_count(r.state.params)))
+
+    return drive(r.state, step_fn, workdir=r.workdir, num_steps=tc.num_steps,
+                 model_config=r.config.model.to_dict(), checkpoint_every=tc.checkpoint_every,
+                 log_every=tc.log_every, eval_every=tc.eval_every, evaluate=r.evaluate,
+                 keep_checkpoints=tc.keep_checkpoints, async_checkpoints=tc.async_checkpoints,
+                 data=r.train_iter, provenance=provenance,
+                 log_keys=("loss", "valid/", "perf/tokens_per_s"), log_extra=log_extra).last

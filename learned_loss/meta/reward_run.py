@@ -38,7 +38,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from learned_loss.core import cli, files, loop, metrics, policy, provenance, sharding, train
+from learned_loss.core import cli, files, loop, policy, provenance, sharding, train
 from learned_loss.core import checkpoint as checkpoint_lib
 from learned_loss.data import tasks
 from learned_loss.meta import host_es, outer, reward_problem
@@ -154,18 +154,6 @@ class Setup:
         return {k: out.summary.get(k, float("nan")) for k in SUMMARY_KEYS + ("diverged",)}
 
 
-def _resume(workdir: str, state: Any, model_dict: dict, keep: int):
-    """(checkpointer, state, step): the newest good outer checkpoint, or `state` at step 0."""
-    ckpt = checkpoint_lib.Checkpointer(workdir, keep=keep, async_save=False)
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-    restored = ckpt.restore_latest(abstract, model_config=model_dict)
-    if restored is None:
-        return ckpt, state, 0
-    logging.info("resumed the outer loop from step %d in %s", restored.step, workdir)
-    return ckpt, restored.state, restored.step
-
-
 def outer_optimizer(oc) -> optax.GradientTransformation:
     """The optimizer of theta on the ES step: outer.optimizer 'sgd' (a step proportional to
     the estimate, so that coordinates with no signal only random-walk) or 'adam' (each
@@ -180,12 +168,8 @@ def outer_optimizer(oc) -> optax.GradientTransformation:
 def finished(config, workdir: str) -> bool:
     """Whether the workdir holds the artifact and an outer checkpoint at outer.num_steps or
     later (then a re-run leaves everything as it is, and skips the set-up)."""
-    if not os.path.isdir(os.path.join(workdir, ARTIFACT)):
-        return False
-    ckpt = checkpoint_lib.Checkpointer(workdir, read_only=True)
-    steps = ckpt.steps()
-    ckpt.close()
-    return bool(steps) and steps[-1] >= config.outer.num_steps
+    return (os.path.isdir(os.path.join(workdir, ARTIFACT))
+            and checkpoint_lib.reached(workdir, config.outer.num_steps))
 
 
 def _population_metrics(outcomes: list[reward_problem.Outcome]) -> dict[str, float]:
@@ -216,20 +200,12 @@ def run(config, workdir: str) -> dict[str, Any]:
                          sigma=ec.sigma)
     optimizer = outer_optimizer(oc)
     state = host_es.init_state(es, optimizer, theta0, jax.random.key(config.seed))
-    step_fn = host_es.outer_step_fn(es, optimizer)
-    # What the outer state's shapes depend on: a checkpoint of another is refused.
-    model_dict = {"objective": learned.REWARD_ARTIFACT, "hidden": int(config.reward.hidden),
-                  "strategy": ec.strategy}
-    ckpt, state, start = _resume(workdir, state, model_dict, oc.keep_checkpoints)
-    provenance.write(workdir, s.provenance(start))
-    writer = metrics.MetricWriter(workdir, resume_step=start)
+    es_step = host_es.outer_step_fn(es, optimizer)
     valid_key = jax.random.key(config.seed + 1)
     baseline = s.validate(theta0, valid_key)  # The same run on the reward model's score.
-    stopper = loop.StopSignal()
-    progress = metrics.Progress(oc.num_steps, start_step=start, log=False)
-    step = start
     last_valid = None  # The validation run under the newest theta, once there is one.
-    while step < oc.num_steps:
+
+    def step_fn(state, step):
         outcomes: list[reward_problem.Outcome] = []
         position = step * config.inner.horizon
 
@@ -237,42 +213,39 @@ def run(config, workdir: str) -> dict[str, Any]:
             outcomes.append(s.problem.run(theta, key, position))
             return outcomes[-1].loss
 
-        state, step_metrics, _ = step_fn(state, meta_loss)
-        step += 1
-        record = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-        record.update(_population_metrics(outcomes))
-        last_valid = None
-        if step % oc.eval_every == 0 or step == oc.num_steps:
-            last_valid = s.validate(state.theta, valid_key)
-            record.update({f"valid/{k}": v for k, v in last_valid.items()})
-            record.update({f"valid_rm/{k}": v for k, v in baseline.items()})
-        writer.write(step, record)
-        logging.info("%s | gold mean %.3f best %.3f | length %.2f | diverged %.2f%s",
-                     progress.update(step), record.get("fitness/mean_gold", float("nan")),
-                     record.get("fitness/best_gold", float("nan")),
-                     record.get("fitness/mean_length", float("nan")), record["diverged"],
-                     f" | valid gold {record['valid/gold_graded']:.3f} (RM "
-                     f"{baseline['gold_graded']:.3f})" if "valid/gold_graded" in record else "")
-        stop = stopper.should_stop()
-        if step % oc.checkpoint_every == 0 or step == oc.num_steps or stop:
-            ckpt.save(step, state, {"model": model_dict})
-        if stop:
-            logging.warning("SIGTERM received: saved outer checkpoint %d, stopping", step)
-            break
-    ckpt.wait()
-    ckpt.close()
-    writer.close()
-    if step < oc.num_steps:
+        state, metrics, _ = es_step(state, meta_loss)
+        metrics = dict(metrics)
+        metrics.update(_population_metrics(outcomes))
+        return state, metrics
+
+    def evaluate(state):
+        nonlocal last_valid
+        last_valid = s.validate(state.theta, valid_key)
+        out = {f"valid/{k}": v for k, v in last_valid.items()}
+        out.update({f"valid_rm/{k}": v for k, v in baseline.items()})
+        return out
+
+    # What the outer state's shapes depend on: a checkpoint of another is refused.
+    model_dict = {"objective": learned.REWARD_ARTIFACT, "hidden": int(config.reward.hidden),
+                  "strategy": ec.strategy}
+    done = loop.drive(state, step_fn, workdir=workdir, num_steps=oc.num_steps,
+                      model_config=model_dict, checkpoint_every=oc.checkpoint_every,
+                      eval_every=oc.eval_every, evaluate=evaluate,
+                      keep_checkpoints=oc.keep_checkpoints, provenance=s.provenance,
+                      log_keys=("fitness/mean_gold", "fitness/best_gold",
+                                "fitness/mean_length", "diverged", "valid/gold_graded",
+                                "valid_rm/gold_graded"))
+    if done.step < oc.num_steps:
         return {}
-    theta = jax.device_get(state.theta)
+    theta = jax.device_get(done.state.theta)
     final = {"learned_reward": last_valid or s.validate(theta, valid_key),
              "reward_model": baseline,
              "sft": s.problem.evaluate(s.reference[1], s.valid_evaluator),
-             "outer_steps": step, "wall_time_s": time.time() - start_time}
+             "outer_steps": done.step, "wall_time_s": time.time() - start_time}
     files.write_json(os.path.join(workdir, FINAL), final)
     artifact.save(os.path.join(workdir, ARTIFACT), learned.REWARD_ARTIFACT, theta,
                   {"features": list(learned.REWARD_FEATURES), "hidden": int(config.reward.hidden)},
-                  config.to_dict(), dict(s.provenance(start), final=final))
+                  config.to_dict(), dict(s.provenance(done.start), final=final))
     logging.info("wrote the learned reward to %s: gold %.3f on r_theta vs %.3f on the reward "
                  "model", os.path.join(workdir, ARTIFACT), final["learned_reward"]["gold_graded"],
                  baseline["gold_graded"])

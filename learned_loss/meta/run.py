@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from absl import logging
 
 from learned_loss import objectives
-from learned_loss.core import cli, evaluation, files, loop, metrics, policy, pretraining, provenance
+from learned_loss.core import cli, evaluation, files, loop, policy, pretraining, provenance
 from learned_loss.core import sharding, train
 from learned_loss.core import checkpoint as checkpoint_lib
 from learned_loss.core import model as model_lib
@@ -211,19 +211,6 @@ class Setup:
         return path
 
 
-def _resume(workdir: str, state: Any, model_dict: dict, keep: int):
-    """(checkpointer, state, step): the newest good checkpoint's state in `state`'s shardings,
-    or `state` itself at step 0."""
-    ckpt = checkpoint_lib.Checkpointer(workdir, keep=keep, async_save=False)
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-    restored = ckpt.restore_latest(abstract, model_config=model_dict)
-    if restored is None:
-        return ckpt, state, 0
-    logging.info("resumed from step %d in %s", restored.step, workdir)
-    return ckpt, restored.state, restored.step
-
-
 def _validation_run(problem: base.InnerProblem, horizon: int):
     """(theta, key) -> meta-loss after a fresh inner run of `horizon` steps."""
 
@@ -239,6 +226,10 @@ def run_offline(config, workdir: str, setup=None) -> dict[str, float]:
     metrics. setup: the objective's half (default: `Setup(config)`, the token loss)."""
     s = Setup(config) if setup is None else setup
     oc = config.outer
+    if (os.path.isdir(os.path.join(workdir, ARTIFACT))
+            and checkpoint_lib.reached(workdir, oc.num_steps)):
+        logging.info("meta-training in %s is finished; its artifact is kept as it is", workdir)
+        return {}
     estimator = outer.make_estimator(config.estimator, s.problem, s.pop_mesh)
     optimizer = outer.make_optimizer(oc)
     theta0 = s.theta0
@@ -246,62 +237,44 @@ def run_offline(config, workdir: str, setup=None) -> dict[str, float]:
     # same compiled programs (the population and batch axes are split inside the step).
     state = jax.device_put(outer.init(estimator, optimizer, theta0, jax.random.key(config.seed)),
                            s.replicated)
-    step_fn = jax.jit(outer.outer_step(estimator, optimizer))
+    outer_step = jax.jit(outer.outer_step(estimator, optimizer))
     sanity = jax.jit(outer.sanity_check(s.clean_problem, oc.sanity_steps))
     validate = s.validator()
     valid_key = jax.random.key(config.seed + 1)
-
-    model_dict = config.model.to_dict()
-    ckpt, state, start = _resume(workdir, state, model_dict, oc.keep_checkpoints)
-    if start >= oc.num_steps and os.path.isdir(os.path.join(workdir, ARTIFACT)):
-        logging.info("meta-training in %s is finished; its artifact is kept as it is", workdir)
-        ckpt.close()
-        return {}
-    provenance.write(workdir, s.provenance("offline", start))
-    writer = metrics.MetricWriter(workdir, resume_step=start)
     # The same validation under theta's initialisation (MLE or DPO), for comparison.
     baseline = {f"meta_valid/{s.baseline}_{k}": v for k, v in validate(theta0, valid_key).items()}
-    stopper = loop.StopSignal()
-    progress = metrics.Progress(oc.num_steps, start_step=start, log=False)
-    last: dict[str, float] = {}
     rejected = 0
-    step = start
-    while step < oc.num_steps:
-        candidate, step_metrics = step_fn(state)
+
+    def step_fn(state, step):
+        nonlocal rejected
+        candidate, metrics = outer_step(state)
         passed, before, after = sanity(candidate.theta, jax.random.fold_in(valid_key, step))
         if bool(passed):
             state = candidate
         else:  # Keep the old theta and optimizer state; the estimator and step move on.
             rejected += 1
             state = candidate._replace(theta=state.theta, opt_state=state.opt_state)
-        step += 1
-        if step % oc.log_every == 0 or step == oc.num_steps:
-            last = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-            last.update({"rejected": float(not bool(passed)), "sanity/before": float(before),
-                         "sanity/after": float(after), "rejected_total": float(rejected)})
-            if step % oc.eval_every == 0 or step == oc.num_steps:
-                last.update({f"meta_valid/{k}": v
-                             for k, v in validate(state.theta, valid_key).items()})
-                last.update(baseline)
-            writer.write(step, last)
-            logging.info("%s | meta_loss %.4f | grad_norm %.3g | diverged %.2f%s",
-                         progress.update(step), last["meta_loss"], last["grad_norm"],
-                         last["diverged"], "".join(f" | {k} {v:.4f}" for k, v in last.items()
-                                                   if k.startswith("meta_valid/")))
-        stop = stopper.should_stop()
-        if step % oc.checkpoint_every == 0 or step == oc.num_steps or stop:
-            ckpt.save(step, state, {"model": model_dict})
-        if stop:
-            logging.warning("SIGTERM received: saved outer checkpoint %d, stopping", step)
-            break
-    ckpt.wait()
-    ckpt.close()
-    writer.close()
-    if step >= oc.num_steps:
-        path = s.save_artifact(workdir, state.theta, {"mode": "offline", "outer_steps": step,
-                                                      "last_metrics": last})
+        metrics = dict(metrics)
+        metrics.update({"rejected": float(not bool(passed)), "sanity/before": before,
+                        "sanity/after": after, "rejected_total": float(rejected)})
+        return state, metrics
+
+    def evaluate(state):
+        out = {f"meta_valid/{k}": v for k, v in validate(state.theta, valid_key).items()}
+        out.update(baseline)
+        return out
+
+    done = loop.drive(state, step_fn, workdir=workdir, num_steps=oc.num_steps,
+                      model_config=config.model.to_dict(), checkpoint_every=oc.checkpoint_every,
+                      log_every=oc.log_every, eval_every=oc.eval_every, evaluate=evaluate,
+                      keep_checkpoints=oc.keep_checkpoints,
+                      provenance=lambda start: s.provenance("offline", start),
+                      log_keys=("meta_loss", "grad_norm", "diverged", "meta_valid/"))
+    if done.step >= oc.num_steps:
+        path = s.save_artifact(workdir, done.state.theta, {
+            "mode": "offline", "outer_steps": done.step, "last_metrics": done.last})
         logging.info("wrote the learned objective to %s", path)
-    return last
+    return done.last
 
 
 def run_online(config, workdir: str) -> dict[str, Any]:
@@ -310,45 +283,35 @@ def run_online(config, workdir: str) -> dict[str, Any]:
     s = Setup(config)
     oc = config.online
     optimizer = outer.make_optimizer(config.outer)
-    step_fn = jax.jit(outer.online_step(s.problem, optimizer, lookahead=oc.lookahead,
-                                        remat=config.estimator.remat))
+    online_step = jax.jit(outer.online_step(s.problem, optimizer, lookahead=oc.lookahead,
+                                            remat=config.estimator.remat))
     key = jax.random.key(config.seed)
     theta = jax.tree.map(jnp.asarray, s.objective.theta)
     state = jax.device_put({"theta": theta, "opt_state": optimizer.init(theta),
                             "inner": s.problem.init(jax.random.fold_in(key, 0)),
                             "step": jnp.zeros((), jnp.int32)}, s.replicated)
-    model_dict = config.model.to_dict()
-    ckpt, state, start = _resume(workdir, state, model_dict, keep=2)
-    provenance.write(workdir, s.provenance("online", start))
-    writer = metrics.MetricWriter(workdir, resume_step=start)
-    stopper = loop.StopSignal()
-    step = start
-    while step < oc.num_steps:
-        theta, opt_state, inner, m = step_fn(state["theta"], state["opt_state"], state["inner"],
-                                             jax.random.fold_in(key, step + 1))
-        step += 1
-        state = {"theta": theta, "opt_state": opt_state, "inner": inner,
-                 "step": jnp.asarray(step, jnp.int32)}
-        if step % oc.log_every == 0 or step == oc.num_steps:
-            writer.write(step, {k: float(v) for k, v in jax.device_get(m).items()})
-        stop = stopper.should_stop()
-        if step % oc.checkpoint_every == 0 or step == oc.num_steps or stop:
-            ckpt.save(step, state, {"model": model_dict})
-        if stop:
-            break
-    ckpt.wait()
-    ckpt.close()
-    writer.close()
-    if step < oc.num_steps:
+
+    def step_fn(state, step):
+        theta, opt_state, inner, metrics = online_step(
+            state["theta"], state["opt_state"], state["inner"], jax.random.fold_in(key, step + 1))
+        return {"theta": theta, "opt_state": opt_state, "inner": inner,
+                "step": jnp.asarray(step + 1, jnp.int32)}, metrics
+
+    done = loop.drive(state, step_fn, workdir=workdir, num_steps=oc.num_steps,
+                      model_config=config.model.to_dict(), checkpoint_every=oc.checkpoint_every,
+                      log_every=oc.log_every, keep_checkpoints=2,
+                      provenance=lambda start: s.provenance("online", start),
+                      log_keys=("meta_loss",))
+    if done.step < oc.num_steps:
         return {}
     start_time = time.time()
     examples = eval_examples(s.info, config.eval.prompts_per_family)
-    result = evaluation.evaluate(s.model, state["inner"]["params"], examples,
+    result = evaluation.evaluate(s.model, done.state["inner"]["params"], examples,
                                  batch_size=config.inner.batch_size,
                                  max_new_tokens=config.eval.max_new_tokens)
     result["eval_seconds"] = time.time() - start_time
     files.write_json(os.path.join(workdir, "online_eval.json"), result)
-    s.save_artifact(workdir, state["theta"], {"mode": "online", "inner_steps": step})
+    s.save_artifact(workdir, done.state["theta"], {"mode": "online", "inner_steps": done.step})
     return result
 
 

@@ -282,7 +282,7 @@ def train_reward_model(config, sft, info, mesh, workdir: str):
                                                 stage.state_sh, mesh, loss_fn=loss_fn)
     last = loop.run(loop.Run(
         config=stage.config, workdir=workdir, mesh=mesh, model_config=stage.model_config,
-        state=stage.state, state_shardings=stage.state_sh, train_step=train_step,
+        state=stage.state, train_step=train_step,
         schedule=stage.schedule,
         train_iter=rlhf_data_iterator(train_pairs, rc.global_batch_size, config.seed),
         seq_len=seq_len, global_batch_size=rc.global_batch_size,
@@ -416,7 +416,7 @@ def train_rl(config, algorithm: str, sft, families, mesh, reference, reward, eva
 
     return loop.run(loop.Run(
         config=stage.config, workdir=workdir, mesh=mesh, model_config=stage.model_config,
-        state=stage.state, state_shardings=stage.state_sh, train_step=train_step,
+        state=stage.state, train_step=train_step,
         schedule=lambda step: stage.schedule(step * r.epochs * r.minibatches),
         train_iter=source, seq_len=sft.config.data.seq_len,
         global_batch_size=rows, evaluate=lambda s: evaluator(stage.model, s.params),
@@ -450,7 +450,7 @@ def train_dpo(config, sft, info, mesh, reference, evaluator, workdir: str,
 
     return loop.run(loop.Run(
         config=stage.config, workdir=workdir, mesh=mesh, model_config=stage.model_config,
-        state=stage.state, state_shardings=stage.state_sh, train_step=train_step,
+        state=stage.state, train_step=train_step,
         schedule=stage.schedule,
         train_iter=rlhf_data_iterator(train_pairs, d.global_batch_size, config.seed),
         seq_len=seq_len, global_batch_size=d.global_batch_size, evaluate=evaluate,
