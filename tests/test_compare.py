@@ -46,8 +46,15 @@ def _table(markdown):
     return rows
 
 
-def test_smoke_compare_cells_report_and_resume(tmp_path):
-    workdir, cache = tmp_path / "w", tmp_path / "cache"
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One pre-training cache for the end-to-end runs of this file: the smoke config's
+    pre-training is trained by the first of them and read back by the others."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def test_smoke_compare_cells_report_and_resume(tmp_path, cache):
+    workdir = tmp_path / "w"
     first = _run(workdir, cache)
     assert first.returncode == 0, first.stderr[-3000:]
     config = compare_config.get_config("smoke")
@@ -305,11 +312,11 @@ def test_kept_sft_policy_reads_back_and_starts_meta_training_inner_runs(tmp_path
         meta_run.initial_params(meta, model)
 
 
-def test_learned_and_rlhf_objectives_through_the_compare(tmp_path):
+def test_learned_and_rlhf_objectives_through_the_compare(tmp_path, cache):
     """ES meta-training in the run, online meta-weighting, PPO and DPO from the kept MLE model,
     sharing one reward model, and MLE given the gold answers of their pairs."""
     workdir = tmp_path / "w"
-    result = _run(workdir, tmp_path / "cache", "--config.seeds=1",
+    result = _run(workdir, cache, "--config.seeds=1",
                   "--config.objectives=('mle','mle_clean','learned_es','learned_online','ppo',"
                   "'dpo','mle_gold_pairs')")
     assert result.returncode == 0, result.stderr[-3000:]
