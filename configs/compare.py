@@ -7,7 +7,8 @@ that build it), then for each objective x noise kind x seed a fine-tuning run fr
 checkpoint with the same step budget, scored on the clean test split of `families` (test
 inputs of families that no arm gives a meta role: the run refuses one), then the report.
 
-Objectives (`objectives`, learned_loss/studies/arms.py; run in this order):
+Objectives (`objectives`: arms of the table in learned_loss/studies/arms.py, `arms.TABLE`;
+run in this order):
   token level, trained on the noisy demonstrations (learned_loss/studies/noisy_demonstrations.py):
     mle, mle_clean (the same inputs without corruption: the headroom's top; required),
     mle_clean_valid (MLE plus the clean validation examples), mle_2x (twice the steps),

@@ -39,3 +39,28 @@ def test_meta_compute_of_a_learned_token_loss(tmp_path):
     runs = 2 * cfg.estimator.population
     tokens = 3 * runs * cfg.estimator.unroll_length * cfg.inner.batch_size * cfg.data.seq_len
     assert got == {"outer_steps": 3, "tokens": tokens}
+
+
+def test_the_table_of_arms_names_real_methods_and_controls():
+    from configs import compare as compare_config
+    from learned_loss.rlhf import training
+    from learned_loss.studies import token_arms
+
+    for arm in arms.TABLE:
+        if arm.kind == "rlhf":
+            assert arm.method in training.ALGORITHMS + ("dpo",), arm
+        else:
+            assert arm.method in token_arms.METHODS, arm
+        assert set(arm.controls) <= set(arms.ARMS) - {arm.name}, arm
+        assert arm.meta_trainer in ("", "online", "tbptt", "es", "preference", "reward"), arm
+        assert arm.data
+    assert [a.name for a in arms.TABLE if a.budget != 1] == ["mle_2x"]
+    assert arms.BY_NAME["mle_2x"].budget == 2
+    # The learned arms meta-trained before the grid are the ones the config meta-trains.
+    assert set(arms.META_TRAINED) == {"learned_tbptt", "learned_es", "learned_preference",
+                                      "learned_reward"}
+    assert set(arms.META_TRAINED) <= set(compare_config.get_config("paper").meta)
+    # Every learned arm is tested against the hand-made arm or control it should beat.
+    learned = [a.name for a in arms.TABLE if a.meta_trainer]
+    assert {a for a, _ in arms.PAIRINGS} == set(learned) | {"dpo"}
+    assert compare_config.get_config("paper").objectives == arms.ARMS

@@ -54,7 +54,7 @@ from learned_loss.core import errors, files  # noqa: E402
 from learned_loss.core import metrics as metrics_lib  # noqa: E402
 from learned_loss.rlhf import overoptimization  # noqa: E402
 from learned_loss.report import studies as study_report
-from learned_loss.studies import statistics, sweep
+from learned_loss.studies import arms, statistics, sweep
 from learned_loss.data.tasks import roles as task_roles  # noqa: E402
 from learned_loss.studies.statistics import mean_ci, paired  # noqa: E402  (re-exported)
 
@@ -65,11 +65,8 @@ BASELINE = "mle"
 CLEAN = "mle_clean"  # MLE on the same demonstrations without corruption, same budget.
 # Tested beside every arm against the baseline, where both arms ran: (a, b) tests a - b. Each
 # asks whether a learned arm beats the hand-made method it replaces, or an arm beats the MLE
-# control that sees its extra clean data.
-PAIRINGS = (("learned_preference", "dpo"), ("learned_reward", "rloo"),
-            ("dpo", "mle_gold_pairs"), ("learned_preference", "mle_gold_pairs"),
-            ("learned_tbptt", "mle_clean_valid"), ("learned_es", "mle_clean_valid"),
-            ("learned_online", "mle_clean_valid"))
+# control that sees its extra clean data (each arm's `controls` in the table of arms).
+PAIRINGS = arms.PAIRINGS
 # (key in a cell's data_seen, column title); then meta_training's seconds and tokens.
 DATA_SEEN = (("noisy_demonstrations", "noisy demonstrations"),
              ("clean_demonstrations", "clean demonstrations"),
@@ -241,9 +238,9 @@ def comparison_tests(cells: Sequence[Mapping[str, Any]], baseline: str = BASELIN
     order = arm_order(cells, baseline)
     tests = []
     for noise in sorted({n for n, _ in order}):
-        arms = [o for n, o in order if n == noise]
-        pairs = [(o, baseline) for o in arms if o != baseline and baseline in arms]
-        pairs += [(a, b) for a, b in PAIRINGS if a in arms and b in arms]
+        ran = [o for n, o in order if n == noise]
+        pairs = [(o, baseline) for o in ran if o != baseline and baseline in ran]
+        pairs += [(a, b) for a, b in PAIRINGS if a in ran and b in ran]
         tests += [dict(a=a, b=b, group=noise, **paired(_by_seed(groups[(noise, a)]),
                                                          _by_seed(groups[(noise, b)])))
                   for a, b in pairs]
@@ -543,8 +540,8 @@ def findings_section(inputs: Inputs, found: Sequence[Mapping[str, Any]], method:
                f"by {statistics.NAMES[method]} at alpha {statistics.ALPHA}.")
     else:
         how = f"No comparison: no noise kind has {BASELINE} and another arm, nor a pairing."
-    arms = sorted({c["objective"] for c in inputs.cells})
-    return Section("Findings", [scope(inputs.provenance, arms), how] + [f["text"] for f in found],
+    names = sorted({c["objective"] for c in inputs.cells})
+    return Section("Findings", [scope(inputs.provenance, names), how] + [f["text"] for f in found],
                    [], {}, [])
 
 
@@ -568,7 +565,11 @@ def data_seen_section(rows: Sequence[Mapping[str, Any]]) -> Section:
     body = [[r["noise"], r["objective"]] + [_fmt_count(r["seen"][k]) for k, _ in DATA_SEEN]
             + [_fmt_count(r["meta"][k]) for k, _ in META_SEEN] for r in rows]
     text = "What each arm saw, averaged over seeds ('–': not recorded)."
-    return Section("Data seen per arm", [text], [Table(header, body)], {}, [])
+    learns = "; ".join(f"{name}: {arms.BY_NAME[name].data}"
+                       for name in dict.fromkeys(r["objective"] for r in rows)
+                       if name in arms.BY_NAME)
+    paragraphs = [text] + ([f"What each arm learns from: {learns}."] if learns else [])
+    return Section("Data seen per arm", paragraphs, [Table(header, body)], {}, [])
 
 
 def artifacts_section(rows: Sequence[Mapping[str, Any]]) -> Section:

@@ -1,7 +1,8 @@
 """The arms of the objective comparison (learned_loss/studies/compare.py): what each one is, which
 families it gives which role, what data it sees and the meta-training compute behind it.
 
-Arms, by how they train (configs/compare.py lists them):
+`TABLE` is the one list of arms (name, kind, method, meta-trainer, data, controls, budget); the
+configs, the comparison and the report read it. Arms, by how they train (`kind`):
   token level   TOKEN: fine-tuning from the pre-trained model on the noisy demonstrations
                 (learned_loss/studies/noisy_demonstrations.py's methods), `mle_clean` on the same
                 inputs' gold answers (the top of the headroom)
@@ -20,6 +21,7 @@ report's "data seen per arm" table.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import types
@@ -34,17 +36,66 @@ from learned_loss.meta import run as meta_run
 from learned_loss.objectives import artifact as artifact_lib
 from learned_loss.studies import token_arms
 
-# Arm -> learned_loss/studies/noisy_demonstrations.py method.
-TOKEN = {"mle": "mle", "mle_clean": "mle_clean", "mle_clean_valid": "mle_clean_valid",
-         "mle_2x": "mle_2x", "loss_truncation": "loss_truncation",
-         "learned_tbptt": "learned_offline", "learned_es": "learned_offline",
-         "learned_online": "learned_online"}
-GOLD_PAIRS = "mle_gold_pairs"
-# RLHF arm -> (rlhf_pipeline algorithm, its stage directory).
-RLHF = {"ppo": "ppo", "rloo": "rloo", "dpo": "dpo", "learned_preference": "dpo",
-        "learned_reward": "rloo"}
-META_TRAINED = ("learned_tbptt", "learned_es", "learned_preference", "learned_reward")
-ARMS = tuple(TOKEN) + (GOLD_PAIRS,) + tuple(RLHF)
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """One arm of the comparison: how it trains, what it sees, what it is tested against."""
+
+    name: str
+    kind: str  # 'token', 'gold_pairs' or 'rlhf' (module docstring)
+    # token and gold_pairs: the token_arms method it fine-tunes with; rlhf: the pipeline's
+    # algorithm (learned_loss/rlhf/pipeline.py).
+    method: str
+    # How its objective is learned: '' (hand-made), 'online' (during fine-tuning), or the
+    # meta-training run before the grid: 'tbptt', 'es' (learned_loss/meta/run.py),
+    # 'preference' (meta/preference_run.py), 'reward' (meta/reward_run.py).
+    meta_trainer: str
+    data: str  # what it learns from, in words (the report's data-seen table counts it)
+    controls: tuple[str, ...] = ()  # arms it is tested against besides the baseline (mle)
+
+    @property
+    def budget(self) -> int:
+        """Fine-tuning steps in multiples of `config.steps` (RLHF's stages come on top)."""
+        return token_arms.BUDGET.get(self.method, 1) if self.kind == "token" else 1
+
+
+NOISY = "the noisy demonstrations"
+TABLE = (
+    Arm("mle", "token", "mle", "", NOISY),
+    Arm("mle_clean", "token", "mle_clean", "", "the same inputs with their gold answers"),
+    Arm("mle_clean_valid", "token", "mle_clean_valid", "",
+        f"{NOISY} and the clean validation examples"),
+    Arm("mle_2x", "token", "mle_2x", "", f"{NOISY}, for twice the steps"),
+    Arm("loss_truncation", "token", "loss_truncation", "", NOISY),
+    Arm("learned_tbptt", "token", "learned_offline", "tbptt",
+        f"{NOISY}; its loss meta-trained on families of its own", ("mle_clean_valid",)),
+    Arm("learned_es", "token", "learned_offline", "es",
+        f"{NOISY}; its loss meta-trained on families of its own", ("mle_clean_valid",)),
+    Arm("learned_online", "token", "learned_online", "online",
+        f"{NOISY}, weighted by the clean validation examples", ("mle_clean_valid",)),
+    Arm("mle_gold_pairs", "gold_pairs", "mle", "",
+        f"{NOISY} and the gold answers inside the RLHF arms' train pairs"),
+    Arm("ppo", "rlhf", "ppo", "", "its SFT policy's data, labelled pairs, RL prompts"),
+    Arm("rloo", "rlhf", "rloo", "", "its SFT policy's data, labelled pairs, RL prompts"),
+    Arm("dpo", "rlhf", "dpo", "", "its SFT policy's data and labelled pairs",
+        ("mle_gold_pairs",)),
+    Arm("learned_preference", "rlhf", "dpo", "preference",
+        "its SFT policy's data and labelled pairs; its preference loss meta-trained",
+        ("dpo", "mle_gold_pairs")),
+    Arm("learned_reward", "rlhf", "rloo", "reward",
+        "its SFT policy's data and RL prompts; its reward meta-trained on families of its own",
+        ("rloo",)),
+)
+BY_NAME = {arm.name: arm for arm in TABLE}
+ARMS = tuple(BY_NAME)
+# Views of the table that the comparison's code branches on.
+TOKEN = {a.name: a.method for a in TABLE if a.kind == "token"}  # arm -> token_arms method
+GOLD_PAIRS = next(a.name for a in TABLE if a.kind == "gold_pairs")
+RLHF = {a.name: a.method for a in TABLE if a.kind == "rlhf"}  # arm -> pipeline algorithm
+META_TRAINED = tuple(a.name for a in TABLE if a.meta_trainer not in ("", "online"))
+# (a, b): a - b is tested beside every arm against the baseline (the report's pairings).
+PAIRINGS = tuple((a.name, control) for a in TABLE for control in a.controls)
 ARTIFACT = "artifact"
 TIMING = "timing.json"  # seconds a meta-training run took, beside its artifact's folder
 

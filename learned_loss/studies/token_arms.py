@@ -51,6 +51,7 @@ EXTRA_METHODS = ("learned_closed_form",)
 CLEAN_TRAIN = ("mle_clean",)  # the train inputs with their gold answers, instead of the noisy
 WITH_VALID = ("mle_clean_valid",)  # the clean validation examples added to the noisy ones
 READS_VALID = ("mle_clean_valid", "learned_online")  # learn from the clean validation examples
+BUDGET = {"mle_2x": 2}  # steps in multiples of config.steps, where not 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,7 +196,8 @@ def rows_of(method: str, data: Data) -> training_rows.Demonstrations:
 
 
 def method_steps(config, method: str) -> int:
-    return config.steps * (2 if method == "mle_2x" else 1)
+    """A method's fine-tuning steps: `config.steps` times its budget (`BUDGET`)."""
+    return config.steps * BUDGET.get(method, 1)
 
 
 def data_seen(config, method: str, data: Data) -> dict[str, int]:
