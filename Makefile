@@ -6,10 +6,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WORKDIR ?= workdirs/demo
-# Multi-device code is tested on 8 simulated CPU devices, compiled without LLVM's expensive
-# passes (same numbers, faster: tests/conftest.py); test files run in 2 workers (most of a
-# test's time is a single-threaded subprocess start or compile). The 15 slowest are listed.
-TEST_ENV := XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_llvm_disable_expensive_passes=true"
+# Multi-device code is tested on 8 simulated CPU devices; test files run in 2 workers (most of
+# a test's time is a single-threaded subprocess start or compile). The 15 slowest are listed.
+TEST_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=8
 
 .PHONY: setup chromium test demo bench clean
 

@@ -1,24 +1,16 @@
-"""Shared test set-up: 8 simulated CPU devices, unless the caller already chose a count, XLA's
-cheaper LLVM pipeline, and one persistent compilation cache for the run.
+"""Shared test set-up: 8 simulated CPU devices, unless the caller already chose a count, and one
+persistent compilation cache for the run.
 
-Most of the suite's time is compiling small programs. `runs.FAST_COMPILE` skips LLVM's expensive
-optimisation passes: the meta-training smoke run's outer step compiled about 3x faster, and
-`python -m tools.results_kept --check=tools/results_kept.json` run with it gave bitwise the
-numbers recorded without it (every comparison cell and fine-tuning step: without fast math, LLVM
-may not reorder float arithmetic, so those passes change speed, not results). With a shared
-cache (a fresh folder per `pytest` run, removed at its end) each program is compiled once; a
-cached executable is the same program, so results stay bitwise identical too.
+Most of the suite's time is entry-point processes compiling the same small programs again; with
+a shared cache (a fresh folder per `pytest` run, removed at its end) each program is compiled
+once. A cached executable is the same program, so results stay bitwise identical.
 """
 
 import os
 import shutil
 import tempfile
 
-from tests import runs
-
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-if runs.FAST_COMPILE not in os.environ["XLA_FLAGS"]:
-    os.environ["XLA_FLAGS"] += " " + runs.FAST_COMPILE
 
 _CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
 

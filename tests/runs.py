@@ -7,14 +7,12 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# XLA without LLVM's expensive passes: the same numbers, compiled faster (tests/conftest.py).
-FAST_COMPILE = "--xla_llvm_disable_expensive_passes=true"
 
 
 def env(devices: int = 1, **extra) -> dict:
     """The environment of a child process with `devices` simulated CPU devices."""
     out = dict(os.environ)
-    out["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}"
+    out["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     out["JAX_PLATFORMS"] = "cpu"
     out.update(extra)
     return out
