@@ -131,8 +131,6 @@ def sft_reference(model: model_lib.Model, demonstrations: training_rows.Demonstr
     runner = fit.plain(lambda rows: lm_problem.lm_problem(
         model, optimizer, objectives.build("mle"), rows, rows, batch_size=batch_size,
         valid_batch_size=batch_size, seq_len=seq_len))
-    if not steps:
-        return model.init(jax.random.split(key)[0], jnp.zeros((1, seq_len), jnp.int32))
     return runner.inner(fit.fit_one(runner, (), key, demonstrations, steps))["params"]
 
 
