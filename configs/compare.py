@@ -143,4 +143,4 @@ def get_sweep(arg: str = "tiny") -> list[dict]:
     """`experiments/sweep.py` points: the fine-tuning rate against the fraction of swapped
     answers (does a learned objective's edge over MLE grow with the noise?)."""
     del arg  # The same points for every variant.
-    return sweep.product(**{"lr": (1e-3, 3e-3), "noises.swap30.rho": (0.1, 0.3, 0.5)})
+    return sweep.product(**{"optimizer.lr": (1e-3, 3e-3), "noises.swap30.rho": (0.1, 0.3, 0.5)})

@@ -70,7 +70,14 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.data.data_dir = ""  # Empty: $TFDS_DATA_DIR or ~/.cache/learned_loss/tfds.
     config.data.seq_len = v["seq_len"]
     config.data.global_batch_size = v["batch"]
-    config.data.valid_fraction = 0.1
+    # Each family's examples split by these fractions; the run trains on 'train' and evaluates
+    # on 'validation' (a 'test' split may be asked for too, as the comparison's cells do).
+    config.data.splits = {"train": 0.9, "validation": 0.1}
+    # How batches are drawn from the train split: 'epochs' (shuffled passes, every example once
+    # per pass) or 'uniform' (rows drawn with replacement from the run's key, batch i from
+    # step_keys(run key)[i]: the batches of a token-level cell of configs/compare.py, whose
+    # `token_arms.finetune_config` gives the fine-tuning config of a cell).
+    config.data.sampler = "epochs"
 
     config.optimizer = optimizers.adamw(v["lr"], v["warmup"], weight_decay=0.0)
 

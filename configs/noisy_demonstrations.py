@@ -17,6 +17,7 @@ with `model`.
 import ml_collections
 
 from configs import models, tasks
+from learned_loss.core import train
 from learned_loss.studies import token_arms
 
 # Meta-train-split families never meta-trained on: integer, yes/no and string answers, each with
@@ -85,7 +86,9 @@ def fine_tuning(config, arg: str, *, steps: int, examples: int, seq_len: int) ->
     configs/compare.py):
     the budget, the model, tasks and data splits, loss truncation and the online learned loss."""
     config.steps = steps
-    config.lr = 3e-3
+    # Every arm's inner optimizer (learned_loss.core.train.make_optimizer): clipped Adam at a
+    # constant rate, differentiable (eps_root > 0) for the online arm's look-ahead.
+    config.optimizer = ml_collections.ConfigDict(train.constant_adam(3e-3))
     config.batch_size = 32
     config.model = models.model_config("nano", max_len=seq_len)
     if arg == "smoke":

@@ -25,7 +25,8 @@ from learned_loss import objectives
 from learned_loss.core import cli, distributed, evaluation, loop, train
 from learned_loss.core import checkpoint as checkpoint_lib
 from learned_loss.core import model as model_lib
-from learned_loss.data import instruction_tasks, paths, pipeline, tasks
+from learned_loss.data import instruction_tasks, paths, pipeline, tasks, training_rows
+from learned_loss.meta import base
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/finetune.py:VARIANT).",
                                           lock_config=True)
@@ -53,6 +54,24 @@ def encoded_demonstrations(source, seq_len: int) -> pipeline.EncodedSource:
     return pipeline.EncodedSource(source, encode)
 
 
+def train_batches(config, records):
+    """The iterator of training batches of `config.data.sampler` over the train split."""
+    d = config.data
+    placement = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    if d.sampler == "epochs":
+        return pipeline.make_example_iterator(encoded_demonstrations(records, d.seq_len),
+                                              global_batch_size=d.global_batch_size,
+                                              seed=config.seed, **placement)
+    if d.sampler == "uniform":
+        # The run key is init_state's second half of key(seed), as in a token-level cell.
+        run_key = jax.random.split(jax.random.key(config.seed))[1]
+        return training_rows.UniformBatches(
+            training_rows.encode_records(records, d.seq_len),
+            base.step_keys(run_key, config.train.num_steps), d.global_batch_size, **placement)
+    raise cli.UserError(f"data.sampler={d.sampler!r} is not supported; use 'epochs' or "
+                        f"'uniform'")
+
+
 def initial_params(config, abstract_state) -> Any:
     """Parameters from the newest good checkpoint of `config.init_from` (read-only)."""
     source = checkpoint_lib.Checkpointer(config.init_from, read_only=True)
@@ -76,10 +95,7 @@ def run(config, workdir: str) -> dict:
     # Data: demonstrations of the training families only.
     families = tasks.roles.resolve(config.tasks, "finetune")
     info = prepare_tasks(config, families)
-    train_iter = pipeline.make_example_iterator(
-        encoded_demonstrations(instruction_tasks.load_split(info, "train"), seq_len),
-        global_batch_size=config.data.global_batch_size, seed=config.seed,
-        process_index=jax.process_index(), process_count=jax.process_count())
+    train_iter = train_batches(config, instruction_tasks.load_split(info, "train"))
     valid = instruction_tasks.load_split(info, "validation")
     valid_encoded = encoded_demonstrations(valid, seq_len)
     batch_size = config.data.global_batch_size
@@ -91,7 +107,7 @@ def run(config, workdir: str) -> dict:
     if not eval_batches:
         raise cli.UserError(f"the validation split has {len(valid)} examples, fewer than one "
                             f"batch of {batch_size}; raise tasks.examples_per_family or "
-                            f"data.valid_fraction")
+                            f"the validation fraction in data.splits")
     eval_examples = _eval_examples(valid, tc.eval_prompts_per_family)
 
     # Model, optimizer, sharded state and steps.

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import compare as compare_config
-from learned_loss.core import checkpoint, cli, pretraining
+from learned_loss.core import checkpoint, cli, pretraining, train
 from learned_loss.data import tasks
 from learned_loss.studies import arms, compare, sweep, token_arms
 from tests import runs
@@ -144,7 +144,7 @@ def test_smoke_compare_cells_report_and_resume(tmp_path, cache):
 
     # Other settings in the same workdir: the finished cells are refused, not reported as
     # computed under them, and nothing is changed.
-    changed = _run(workdir, cache, "--config.lr=0.01")
+    changed = _run(workdir, cache, "--config.optimizer.lr=0.01")
     assert changed.returncode != 0 and "Traceback" not in changed.stderr
     assert "computed with other settings" in changed.stderr
     assert _cells(workdir) == again
@@ -297,7 +297,9 @@ def test_kept_sft_policy_reads_back_and_starts_meta_training_inner_runs(tmp_path
     model = token_arms.model_of(config.model)
     params = model.init(jax.random.key(7), np.zeros((1, config.data.seq_len), np.int32))
     path = compare.sft_dir(str(tmp_path), "swap30", 0)
-    compare.write_sft(config, path, params, 8, config.families)
+    inner = {"params": params, "step": 8,
+             "opt_state": train.make_optimizer(config.optimizer).init(params)}
+    compare.write_sft(config, path, inner, 0, config.families)
     loaded = policy.load(path)
     assert loaded.step == 8
     for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(params)):
@@ -409,7 +411,9 @@ def test_parallel_runs_share_one_pretraining(tmp_path):
         time.sleep(1.0)
         model = token_arms.model_of(config.model)
         params = model.init(jax.random.key(1), np.zeros((1, config.data.seq_len), np.int32))
-        compare.write_sft(config, path, params, pretrain_config.train.num_steps, ())
+        inner = {"params": params, "step": pretrain_config.train.num_steps,
+                 "opt_state": train.make_optimizer(config.optimizer).init(params)}
+        compare.write_sft(config, path, inner, 0, ())
 
     with futures.ThreadPoolExecutor(2) as pool:
         loaded = list(pool.map(lambda _: compare.pretrained(config, fake_pretrain), range(2)))

@@ -136,7 +136,7 @@ def test_seeds_trained_together_match_seeds_trained_alone(tmp_path):
     cells = [c for c in noisy_demonstrations.grid(config) if c.method == "loss_truncation"]
     assert [c.seed for c in cells] == [0, 1]
     _, inners, facts = token_arms.train_cells(config, cells, data)
-    assert facts["seeds_vmapped"] == 2
+    assert facts["seeds_in_program"] == 2
     (_, alone), _ = token_arms.train_cell(config, cells[1], data[1])
     together = jax.tree.leaves(inners[1]["params"])
     for a, b in zip(together, jax.tree.leaves(alone["params"])):

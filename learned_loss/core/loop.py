@@ -94,7 +94,7 @@ class Run:
     model_config: model_lib.ModelConfig
     state: Any  # A sharded TrainState (fresh, or initialised from another run).
     train_step: Callable  # (state, batch, theta) -> (state, metrics)
-    schedule: Callable[[int], float]
+    schedule: Callable[[int], float] | float  # train.learning_rate_schedule: a rate or a float
     train_iter: Any  # Yields process-local numpy batches; get_state/set_state.
     seq_len: int
     global_batch_size: int
@@ -247,7 +247,8 @@ def run(r: Run) -> dict[str, float]:
         return r.train_step(state, sharding.shard_batch(next(r.train_iter), r.mesh), r.theta)
 
     def log_extra(step, progress) -> dict[str, float]:
-        out = {"lr": float(r.schedule(step - 1))}
+        rate = r.schedule(step - 1) if callable(r.schedule) else r.schedule
+        out = {"lr": float(rate)}
         if progress.steps_per_sec:
             out["perf/tokens_per_s"] = progress.steps_per_sec * tokens_per_step
             out["perf/mfu"] = progress.steps_per_sec * flops_per_step / peak

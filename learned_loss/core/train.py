@@ -130,24 +130,39 @@ def step_theta(objective: objectives.Objective, reference_params: Any = None) ->
     return {"objective": objective.theta, "reference": jax.tree.map(jnp.copy, reference_params)}
 
 
+def next_rng(rng: jax.Array) -> jax.Array:
+    """A state's rng ([2] uint32 key data) after one step."""
+    return jax.random.key_data(jax.random.split(jax.random.wrap_key_data(rng))[0])
+
+
 def apply_gradients(state: TrainState, grads: Any,
                     optimizer: optax.GradientTransformation) -> tuple[TrainState, dict]:
     """One optimizer update of `state` with `grads`; the rng advances once."""
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    rng = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state.rng))[0])
     norms = {"grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params)}
     return state._replace(params=params, opt_state=opt_state, step=state.step + 1,
-                          rng=rng), norms
+                          rng=next_rng(state.rng)), norms
+
+
+def gradients(loss_fn: LossFn, params: Any, batch: Mapping[str, jax.Array], theta: Any,
+              step: jax.Array) -> tuple[Any, dict]:
+    """(d loss / d params, the loss's metrics) on `batch` after `step` ([] int32) steps, which
+    the loss sees as batch['step'] (step-dependent objectives such as a warm-up read it).
+
+    The one gradient of every training step: the sharded loop's (`train_step`) and the
+    in-memory inner runs' (`learned_loss.meta.lm_problem`), so both take the same arithmetic.
+    """
+    batch = dict(batch, step=step)
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, theta)
+    return grads, metrics
 
 
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], theta: Any, *,
                optimizer: optax.GradientTransformation, loss_fn: LossFn
                ) -> tuple[TrainState, dict]:
-    """One optimizer step on `loss_fn`. batch: e.g. {'inputs': [B, T], 'targets': [B, T], ...};
-    the loss also sees batch['step'] ([] int32: the steps taken before this one)."""
-    batch = dict(batch, step=state.step)  # Step-dependent objectives (e.g. a warm-up) read it.
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, theta)
+    """One optimizer step on `loss_fn`. batch: e.g. {'inputs': [B, T], 'targets': [B, T], ...}."""
+    grads, metrics = gradients(loss_fn, state.params, batch, theta, state.step)
     state, norms = apply_gradients(state, grads, optimizer)
     return state, dict(metrics, **norms)
 

@@ -363,7 +363,7 @@ class InstructionTasksConfig(tfds.core.BuilderConfig):
 # builds what `experiments.finetune --config=configs/finetune.py:easy` trains on
 # (tests/test_instruction_tasks.py keeps them in step with `sft_args` of each variant).
 EASY_FAMILIES = ("count_words", "list_length", "count_digits", "count_vowels")
-_SFT_SPLITS = {"train": 0.9, "validation": 0.1}  # data.valid_fraction = 0.1
+_SFT_SPLITS = {"train": 0.9, "validation": 0.1}  # configs/finetune.py data.splits
 
 
 def _preset(name: str, description: str, families: Sequence[str], examples_per_family: int,
@@ -492,13 +492,16 @@ def prepare_or_reuse(builder: Any, records: Mapping[str, Sequence[Any]], unit: s
 
 def sft_args(config, families: Sequence[str]) -> dict[str, Any]:
     """`build_instruction_tasks`'s arguments (but data_dir) of a fine-tuning config
-    (configs/finetune.py): its `tasks` knobs, `data.seq_len`, and train / validation splits of
-    `data.valid_fraction`."""
+    (configs/finetune.py): its `tasks` knobs, `data.seq_len` and `data.splits` (which must
+    hold 'train' and 'validation')."""
     t, d = config.tasks, config.data
+    splits = dict(d.splits)
+    if not {"train", "validation"} <= set(splits):
+        raise TaskError(f"data.splits={splits} needs a 'train' and a 'validation' split (the run "
+                        f"trains on one and evaluates on the other); add the missing one")
     return dict(families=tuple(families), examples_per_family=t.examples_per_family,
                 difficulty=partition.difficulty_range(t.difficulty), label_noise=t.label_noise,
-                seed=t.seed, seq_len=d.seq_len, noise_kinds=tuple(t.noise_kinds),
-                splits={"train": 1.0 - d.valid_fraction, "validation": d.valid_fraction})
+                seed=t.seed, seq_len=d.seq_len, noise_kinds=tuple(t.noise_kinds), splits=splits)
 
 
 def build_instruction_tasks(

@@ -214,6 +214,9 @@ class LMIterator:
             ValueError: if the state was saved by a pipeline with a different
                 seed, seq_len, global batch size or corpus (window count).
         """
+        if state.get("sampler", "epochs") != "epochs":
+            raise ValueError(f"data iterator state is of the {state['sampler']!r} sampler but "
+                             f"this run reads epochs; resume with the same data.sampler")
         for key, value in self._identity().items():
             if key in state and int(state[key]) != value:
                 raise ValueError(

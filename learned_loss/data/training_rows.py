@@ -132,3 +132,49 @@ def draw(rows: Mapping[str, jax.Array], key: jax.Array, batch_size: int) -> dict
     n = rows["inputs"].shape[0]
     index = jax.random.randint(key, (batch_size,), 0, n)
     return {k: jnp.take(rows[k], index, axis=0) for k in KEYS}
+
+
+_draw = jax.jit(draw, static_argnums=2)
+
+
+class UniformBatches:
+    """A data iterator (the `loop.run` kind: next, get_state, set_state) of batches drawn by
+    `draw` from in-memory rows, batch i from keys[i]: the batches of an in-memory run keyed the
+    same way (`learned_loss.meta.base.step_keys`), so a sharded run can take exactly the steps of
+    a token-level cell. Yields this process's contiguous block of each global batch."""
+
+    def __init__(self, rows: Demonstrations, keys: jax.Array, global_batch_size: int, *,
+                 process_index: int = 0, process_count: int = 1):
+        if global_batch_size % process_count:
+            raise errors.UserError(f"global batch {global_batch_size} does not divide over "
+                                   f"{process_count} processes; choose a multiple")
+        self._rows = {k: jnp.asarray(v) for k, v in rows.batch().items()}
+        self._keys = keys  # [num_steps] typed keys
+        self._batch = global_batch_size
+        self._local = slice(process_index * global_batch_size // process_count,
+                            (process_index + 1) * global_batch_size // process_count)
+        self._hash = rows_hash(rows)
+        self._next = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._next >= len(self._keys):
+            raise StopIteration
+        batch = _draw(self._rows, self._keys[self._next], self._batch)
+        self._next += 1
+        return {k: np.asarray(v[self._local]) for k, v in batch.items()}  # [B / hosts, T]
+
+    def get_state(self) -> dict[str, Any]:
+        return {"next_index": self._next, "sampler": "uniform", "rows": self._hash,
+                "global_batch_size": self._batch}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Resumes at the saved position; ValueError for a state of other rows or batches."""
+        mine = self.get_state()
+        for key in ("sampler", "rows", "global_batch_size"):
+            if state.get(key) != mine[key]:
+                raise ValueError(f"data iterator state has {key}={state.get(key)!r} but this "
+                                 f"run has {key}={mine[key]!r}; resume with the same data config")
+        self._next = int(state["next_index"])

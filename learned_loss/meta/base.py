@@ -80,13 +80,19 @@ def unroll(problem: InnerProblem, theta: Any, inner: Any, key: jax.Array, num_st
     in the step's activations instead of O(num_steps), at the cost of a second forward pass.
     """
     step = jax.checkpoint(problem.step) if remat else problem.step
-    step_key, loss_key = jax.random.split(key)
 
     def body(carry, k):
         return step(theta, carry, k), None
 
-    inner, _ = jax.lax.scan(body, inner, jax.random.split(step_key, num_steps))
-    return inner, problem.meta_loss(inner, loss_key)
+    inner, _ = jax.lax.scan(body, inner, step_keys(key, num_steps))
+    return inner, problem.meta_loss(inner, jax.random.split(key)[1])
+
+
+def step_keys(key: jax.Array, num_steps: int) -> jax.Array:
+    """[num_steps] keys of the steps of an unroll from `key` (its meta-loss reads the second
+    half of split(key)). A run keyed the same way elsewhere takes the same batches:
+    experiments/finetune.py's 'uniform' sampler."""
+    return jax.random.split(jax.random.split(key)[0], num_steps)
 
 
 class Particles(NamedTuple):

@@ -3,8 +3,8 @@
 An in-memory training run (a token-level cell of the comparison, a study's cell, an emergence
 size, the SFT reference of preference meta-training) is an inner problem (`base.InnerProblem`:
 `init`, `step`, `meta_loss`) trained for a number of steps under a fixed objective theta. `fit`
-runs S of them, one per seed, as one compiled program vmapped over the seeds: each seed its own
-data, initialisation and batches. A run can be cut into segments, with a callback between
+runs S of them, one per seed, as one compiled program mapped over the seeds (one after another):
+each seed its own data, initialisation and batches, and the arithmetic of a run trained alone. A run can be cut into segments, with a callback between
 them (learning curves, evaluations).
 
 Keys: seed s's key splits into (init key, run key); a run in one segment unrolls all its steps
@@ -34,7 +34,7 @@ ProblemOf = Callable[[Any], base.InnerProblem]  # a seed's data -> its inner pro
 
 @dataclasses.dataclass(frozen=True)
 class Runner:
-    """What a run carries between steps, for one seed (vmapped by `fit`).
+    """What a run carries between steps, for one seed (mapped over the seeds by `fit`).
 
     init(theta, init_key, data) -> carry;  advance(carry, run_key, data, num_steps) -> carry;
     inner(carry) -> the inner state ({'params', 'opt_state', 'step', ...}).
@@ -76,18 +76,23 @@ def fit(runner: Runner, theta: Any, keys: jax.Array, data: Any, steps: int, *,
     from `seed_keys`), seed s on `data`'s s-th slice (every leaf [S, ...]). After each segment
     but the last, `on_segment(step, carry)` sees the stacked carries. Returns the stacked final
     carries (`runner.inner` of one is its inner state)."""
+    # Seeds one after another (lax.map), each the program of a run trained alone: a seed's numbers
+    # are bitwise those of the same run alone or in experiments/finetune.py, which a vmap over
+    # the seeds would change (batched matmuls round differently).
     if segments == 1:
         def whole(theta, init_key, run_key, data):
             return runner.advance(runner.init(theta, init_key, data), run_key, data, steps)
 
-        return jax.jit(jax.vmap(whole, in_axes=(None, 0, 0, 0)))(theta, keys[:, 0], keys[:, 1],
-                                                                 data)
+        return jax.jit(lambda theta, xs: jax.lax.map(lambda x: whole(theta, *x), xs))(
+            theta, (keys[:, 0], keys[:, 1], data))
     ends = bounds(steps, segments)
     segment_keys = jax.vmap(lambda k: jax.random.split(k, segments))(keys[:, 1])  # [S, G]
-    carry = jax.jit(jax.vmap(runner.init, in_axes=(None, 0, 0)))(theta, keys[:, 0], data)
-    span = jax.jit(jax.vmap(runner.advance, in_axes=(0, 0, 0, None)), static_argnums=3)
+    carry = jax.jit(lambda theta, xs: jax.lax.map(lambda x: runner.init(theta, *x), xs))(
+        theta, (keys[:, 0], data))
+    span = jax.jit(lambda xs, n: jax.lax.map(lambda x: runner.advance(*x, n), xs),
+                   static_argnums=1)
     for g in range(segments):
-        carry = span(carry, segment_keys[:, g], data, ends[g + 1] - ends[g])
+        carry = span((carry, segment_keys[:, g], data), ends[g + 1] - ends[g])
         if on_segment is not None and g < segments - 1:
             on_segment(ends[g + 1], carry)
     return carry

@@ -10,8 +10,9 @@ Demonstrations live on device as stacked arrays (`training_rows.Demonstrations`,
 each inner step draws a batch of rows uniformly with replacement from its key
 (`training_rows.draw`). The meta-validation batch is drawn the same way from the clean rows.
 
-Inner state: {'params', 'opt_state', 'step' [] int32, and 'reference' (the run's initial params)
-when the objective reads a reference model}.
+Inner state: {'params', 'opt_state', 'step' [] int32, 'metrics' (the objective's metrics of the
+last step), and 'reference' (the run's initial params) when the objective reads a reference
+model}.
 
 Shapes: N rows, B batch, T sequence length.
 """
@@ -67,16 +68,20 @@ def lm_problem(model: model_lib.Model, optimizer: optax.GradientTransformation,
                  "step": jnp.zeros((), jnp.int32)}
         if objective.needs_reference:
             inner["reference"] = params
+        # The last step's metrics, zero before the first: kept as train.train_step returns
+        # them, so that an inner run's arithmetic is the sharded step's (tests/test_one_engine.py).
+        metrics = jax.eval_shape(lambda: step(objective.theta, inner, key)["metrics"])
+        inner["metrics"] = jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics)
         return inner
 
     def step(theta, inner, key):
-        batch = dict(shard(training_rows.draw(train, key, batch_size)), step=inner["step"])
+        batch = shard(training_rows.draw(train, key, batch_size))
         if objective.needs_reference:  # train.objective_loss's theta for such objectives.
             theta = {"objective": theta, "reference": inner["reference"]}
-        grads = jax.grad(lambda p: loss(p, batch, theta)[0])(inner["params"])
+        grads, metrics = train_lib.gradients(loss, inner["params"], batch, theta, inner["step"])
         updates, opt_state = optimizer.update(grads, inner["opt_state"], inner["params"])
         return dict(inner, params=optax.apply_updates(inner["params"], updates),
-                    opt_state=opt_state, step=inner["step"] + 1)
+                    opt_state=opt_state, step=inner["step"] + 1, metrics=metrics)
 
     def meta_loss(inner, key):
         return answer_nll(model, inner["params"], shard(training_rows.draw(valid, key, valid_batch_size)))

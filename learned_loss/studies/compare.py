@@ -10,7 +10,7 @@
      first gets an SFT policy of its own (WORKDIR/meta/learned_reward_sft);
   3. the token-level arms (learned_loss/studies/noisy_demonstrations.py), the seeds of one (arm,
   noise) as
-     one vmapped program, each from the pre-trained parameters with the same step budget and
+     one program, each from the pre-trained parameters with the same step budget and
      its seed's own data; MLE's models are also kept as SFT policies in WORKDIR/sft/NOISE-sSEED;
   4. the RLHF arms, each a learned_loss/rlhf/pipeline.py run in WORKDIR/runs/KEY from the SFT
      policy of its noise kind and seed; the cells of one noise kind and seed share their
@@ -49,7 +49,6 @@ from learned_loss.core import cli, evaluation, files, loop, policy, pretraining,
 from learned_loss.core import train
 from learned_loss.core import checkpoint as checkpoint_lib
 from learned_loss.core import metrics as metrics_lib
-from learned_loss.core import model as model_lib
 from learned_loss.data import tasks, training_rows
 
 from learned_loss.report import render as report
@@ -170,7 +169,7 @@ def reward_sft(config, workdir: str, pre: policy.Policy) -> str:
     cell = token_arms.Cell("reward", "clean", "mle", config.model.variant, 0)
     data = token_arms.build_data(view, "reward", "clean", 0)
     _, inners, facts = token_arms.train_cells(view, [cell], [data], init_params=pre.params)
-    write_sft(config, path, inners[0]["params"], facts["steps"], families)
+    write_sft(view, path, inners[0], 0, families)
     return path
 
 
@@ -204,18 +203,23 @@ def greedy_exact_match(config, model, params, data: token_arms.Data) -> float:
                                max_new_tokens=config.eval.max_new_tokens)["overall"]["exact_match"]
 
 
-def write_sft(config, workdir: str, params, step: int, families) -> None:
-    """Keeps a fine-tuned model as a policy workdir (`policy.load` reads it; the RLHF
-    pipeline's sft_from): a provenance.json with a fine-tuning config and one checkpoint."""
+def write_sft(config, workdir: str, inner: Mapping[str, Any], seed: int, families) -> None:
+    """Keeps a token-level cell's model as a policy workdir (`policy.load` reads it; the RLHF
+    pipeline's sft_from): a provenance.json with the run's config (the pre-training config's
+    sections, the cell's optimizer, steps, families and seed) and one checkpoint of the cell's
+    final training state: `inner` ({'params', 'opt_state', 'step'}, from token_arms.train_cells)
+    and the rng a sharded run of seed `seed` holds after as many steps."""
+    step = int(inner["step"])
     sft = _copy(config.pretrain)
     sft.tasks.families = tuple(families)
     sft.train.num_steps = step
-    sft.seed = 0
-    model = model_lib.build(model_lib.ModelConfig.from_config(config.model))
-    optimizer = train.make_optimizer(sft.optimizer, step)
-    state = train.init_state(model, optimizer, jax.random.key(0), config.data.seq_len)
-    state = state._replace(params=params, opt_state=optimizer.init(params),
-                           step=jnp.asarray(step, jnp.int32))
+    sft.seed = seed
+    sft.optimizer = config.optimizer.to_dict()
+    run_key = jax.random.split(jax.random.key(seed))[1]  # train.init_state's state rng.
+    rng = jax.lax.fori_loop(0, step, lambda _, r: train.next_rng(r),
+                            jax.random.key_data(run_key))
+    state = train.TrainState(params=inner["params"], opt_state=inner["opt_state"],
+                             step=jnp.asarray(step, jnp.int32), rng=rng)
     tmp = workdir + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     provenance.write(tmp, provenance.collect(sft, extra={
@@ -405,7 +409,7 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any], log=loggi
                                                             sft_from=sft_from)
                           for m in arms_lib.meta_seeds(config, "learned_reward")})
 
-    # Token-level objectives: one vmapped group per (objective, noise, meta seed).
+    # Token-level objectives: one program per (objective, noise, meta seed).
     grid.restart_clock()  # The ETA counts cells only, not pre- and meta-training.
     step0: dict[tuple[str, int], float] = {}
     for noise in config.noise_order:
@@ -477,8 +481,7 @@ def _token_group(config, workdir, grid, objective, noise, todo, data, pre, artif
     seconds = (time.time() - t0) / len(todo)
     for i, (s, d, inner) in enumerate(zip(todo, data, inners)):
         if keep_sft and objective == "mle":
-            write_sft(config, sft_dir(workdir, noise, s), inner["params"], facts["steps"],
-                      config.families)
+            write_sft(cfg, sft_dir(workdir, noise, s), inner, s, config.families)
         key = cell_key(objective, noise, s, meta_seed)
         if key in grid.done:
             continue

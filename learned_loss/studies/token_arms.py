@@ -23,7 +23,7 @@ Methods (all with the same inner optimizer and batch):
   learned_online    Meta-Weight-Net-style online meta-weighting on the clean validation examples
   learned_closed_form  a closed form fitted to learned_offline's network (interpret.py), frozen
 
-`train_cells` trains the seeds of one (family set, noise, method, model) as one vmapped
+`train_cells` trains the seeds of one (family set, noise, method, model) as one
 program; `score` scores a model; `data_seen` is what a method saw.
 """
 
@@ -34,6 +34,7 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from learned_loss import objectives
@@ -52,6 +53,7 @@ CLEAN_TRAIN = ("mle_clean",)  # the train inputs with their gold answers, instea
 WITH_VALID = ("mle_clean_valid",)  # the clean validation examples added to the noisy ones
 READS_VALID = ("mle_clean_valid", "learned_online")  # learn from the clean validation examples
 BUDGET = {"mle_2x": 2}  # steps in multiples of config.steps, where not 1
+FINETUNE_METHODS = ("mle", "mle_2x")  # experiments/finetune.py trains them (finetune_config)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,6 +202,34 @@ def method_steps(config, method: str) -> int:
     return config.steps * BUDGET.get(method, 1)
 
 
+def finetune_config(config, cell: Cell, base: ml_collections.ConfigDict
+                    ) -> ml_collections.ConfigDict:
+    """The experiments/finetune.py config that trains what an MLE cell trains: `base` (a
+    configs/finetune.py config, whose logging, evaluation, checkpoints and mesh are kept) with the
+    cell's seed, model, families, noise, data, batch, optimizer and steps, and batches drawn the
+    cell's way (data.sampler 'uniform'). Started from the same parameters (a fresh
+    initialisation, or `init_from` holding the cell's `init_params`), it takes the cell's steps:
+    tests/test_one_engine.py checks that the parameters agree bitwise."""
+    if cell.method not in FINETUNE_METHODS:
+        raise errors.UserError(f"method {cell.method!r} is not fine-tuning by MLE on the noisy "
+                               f"demonstrations; finetune_config takes {FINETUNE_METHODS}")
+    spec = config.noises[cell.noise]
+    out = ml_collections.ConfigDict(base.to_dict())
+    out.seed = cell.seed
+    model = config.model if cell.model == config.model.variant else config.transfer.model
+    out.model = model.to_dict()
+    out.tasks.update(config.tasks.to_dict())
+    out.tasks.update(families=evaluation_families(config, cell.family_set),
+                     label_noise=float(spec.rho), noise_kinds=tuple(spec.kinds),
+                     seed=config.tasks.seed + cell.seed)
+    out.data.update(data_dir=config.data.data_dir, seq_len=config.data.seq_len,
+                    global_batch_size=config.batch_size, splits=dict(config.data.splits),
+                    sampler="uniform")
+    out.optimizer = config.optimizer.to_dict()
+    out.train.num_steps = method_steps(config, cell.method)
+    return out
+
+
 def data_seen(config, method: str, data: Data) -> dict[str, int]:
     """What a method saw while fine-tuning, by kind: distinct noisy and clean demonstrations
     (rows it could draw) and the tokens it processed (steps x batch x T; online, the look-ahead's
@@ -216,8 +246,8 @@ def data_seen(config, method: str, data: Data) -> dict[str, int]:
 
 def train_cells(config, cells: Sequence[Cell], data: Sequence[Data], *, init_params: Any = None,
                 segments: int = 1, on_segment=None) -> tuple[Any, list[Any], dict]:
-    """Trains the models of `cells`, which differ only in their seed, as one program vmapped
-    over the seeds: each seed its own data (`data[i]` for `cells[i]`), initialisation, batches
+    """Trains the models of `cells`, which differ only in their seed, as one program over
+    the seeds (`fit.fit`): each seed its own data (`data[i]` for `cells[i]`), initialisation, batches
     and, online, theta.
 
     init_params: the parameters every seed starts from (a pre-trained checkpoint; its model
@@ -241,7 +271,8 @@ def train_cells(config, cells: Sequence[Cell], data: Sequence[Data], *, init_par
     train_rows = training_rows.stack([rows_of(first.method, d) for d in data])  # [S, N, T]
     valid_rows = training_rows.stack([d.valid for d in data])  # [S, V, T]
     steps = method_steps(config, first.method)
-    optimizer = train.make_optimizer(train.constant_adam(config.lr), differentiable=True)
+    optimizer = train.make_optimizer(config.optimizer, steps,
+                                     differentiable=first.method == "learned_online")
 
     def problem_of(rows) -> base.InnerProblem:
         return lm_problem.lm_problem(model, optimizer, objective, *rows,
@@ -271,7 +302,7 @@ def train_cells(config, cells: Sequence[Cell], data: Sequence[Data], *, init_par
     facts = {"steps": steps, "theta_source": source, "train_rows": train_rows.inputs.shape[1],
              "corrupted_rows": [int(c) for c in train_rows.corrupted.sum(axis=1)],
              "params": model_lib.param_count(inners[0]["params"]),
-             "seeds_vmapped": len(cells)}
+             "seeds_in_program": len(cells)}
     if online:
         facts["online_skipped"] = [float(s) for s in np.asarray(carry[3])]
     return model, inners, facts
