@@ -1,18 +1,19 @@
-"""The easy-families SFT run (configs/finetune.py:easy) learns its families from scratch: 85%
+"""The easy-families SFT run (configs/finetune.py:easy) learns its families from scratch: 80%
 exact match on their validation inputs (distinct, and in no training split).
 
-Measured here at the config's 1000 steps on its 4 x 200 validation prompts, seeds 0, 1 and 2
-(`--config.seed=S`; another CPU's rounding re-rolls a run as another seed does): 0.954, 0.978
-and 0.969. The bar, 0.85, keeps a margin of 0.104 below the lowest.
+Measured here at the config's 400 steps on its 4 x 200 validation prompts, seeds 0, 1 and 2
+(`--config.seed=S`; another CPU's rounding re-rolls a run as another seed does): 0.945, 0.899
+and 0.9275. The bar, 0.80, keeps a margin of 0.099 below the lowest.
 
-It must train a model to the end (about 2.5 minutes): what it checks is that the budget learns
-the families. Its own file, so that it runs beside the others in the two test workers."""
+It must train a model to the end (under a minute alone on 2 cores): what it checks is that the
+budget learns the families. Its own file, so that it runs beside the others in the two test
+workers."""
 
 from configs import finetune as finetune_config
 from tests import runs
 
 
-def test_sft_on_easy_families_reaches_85_percent(tmp_path):
+def test_sft_on_easy_families_reaches_80_percent(tmp_path):
     steps = finetune_config.VARIANTS["easy"]["steps"]
     workdir = tmp_path / "run"
     # Evaluated and saved once, at the end: the budget itself is the config's.
@@ -23,4 +24,4 @@ def test_sft_on_easy_families_reaches_85_percent(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     final = runs.metrics(workdir)[-1]
     assert final["step"] == steps
-    assert final["valid/exact_match"] >= 0.85, final
+    assert final["valid/exact_match"] >= 0.80, final
