@@ -162,10 +162,11 @@ def test_cell_settings_follow_what_each_cell_depends_on():
             *parents, leaf = key.split(".")
             for part in parents:
                 section = section[part]
+            assert leaf in section, key  # a change of a real field, not a new one
             section[leaf] = value
         return {o: compare.cell_settings(c, o, "swap30") != h for o, h in base.items()}
 
-    assert changed(lr=0.5) == {"mle": True, "learned_tbptt": True, "ppo": True}
+    assert changed(**{"optimizer.lr": 0.5}) == {"mle": True, "learned_tbptt": True, "ppo": True}
     assert changed(seeds=7) == {"mle": False, "learned_tbptt": False, "ppo": False}
     assert changed(**{"rlhf.dpo.beta": 0.3}) == {"mle": False, "learned_tbptt": False,
                                                   "ppo": True}
