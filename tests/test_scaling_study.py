@@ -185,10 +185,15 @@ def test_smoke_study_end_to_end_with_report_and_resume(tmp_path):
     assert new_md.replace("runs of this workdir: 2", "runs of this workdir: 1") == md
     md = new_md
 
-    # A run of other settings is refused, not reported as if it had these.
-    changed = runs.run("experiments.scaling", workdir, "configs/scaling.py:smoke", *overrides,
-                       "--config.pretrain.optimizer.lr=0.01", timeout=600)
-    assert changed.returncode == 2 and "other settings" in changed.stderr
+    # A run of other settings is refused (in process: before anything trains), not reported
+    # as if it had these.
+    changed = scaling_config.get_config("smoke")
+    changed.objectives = ("mle",)
+    changed.pretrain.optimizer.lr = 0.01
+    with pytest.raises(cli.UserError, match="other settings"):
+        scaling.run(changed, str(workdir))
+    with open(workdir / "scaling.json") as f:
+        assert json.load(f)["rows"] == study["rows"]
 
     # A malformed study file: the report refuses it and the old one is kept.
     (workdir / "scaling.json").write_text("{")
