@@ -25,7 +25,7 @@ other jobs).
 
 import ml_collections
 
-from configs import models, tasks
+from configs import models, outer_loop, tasks
 
 # Meta-train families whose prompts, gold answers and corruptions fit 64 tokens and whose
 # inputs at difficulty 1 are plenty for their validation pairs; none of them is an evaluation
@@ -110,27 +110,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.inner.valid_batch_size = v["batch"]
     config.inner.init_from = ""  # A fine-tuning workdir: its newest checkpoint replaces the SFT.
 
-    config.estimator = ml_collections.ConfigDict()
-    config.estimator.name = v["estimator"]  # tbptt, es, pes or full_es
-    config.estimator.population = v["population"]  # particles (tbptt) or antithetic pairs
-    config.estimator.unroll_length = v["unroll"]  # K inner steps per outer step
-    config.estimator.min_horizon, config.estimator.max_horizon = v["horizon"]
-    config.estimator.remat = True
-    config.estimator.sigma = 0.01  # ES / PES perturbation scale
-    config.estimator.shaping = "rank"  # es: rank, zscore or none
-    config.estimator.clip = 0.0  # es / pes: clip of loss differences (0: none)
-    config.estimator.strategy = "open_es"  # full_es: open_es, snes or cma_es
-
-    config.outer = ml_collections.ConfigDict()
-    config.outer.lr = 1e-2
-    config.outer.grad_clip = 1.0
-    config.outer.num_steps = v["steps"]
-    config.outer.log_every = v["log"]
-    config.outer.eval_every = v["eval"]
-    config.outer.checkpoint_every = v["ckpt"]
-    config.outer.keep_checkpoints = 2
-    # Every candidate theta must lower DPO's gold-order loss of clean pairs in a fresh run.
-    config.outer.sanity_steps = v["sanity_steps"]
+    config.estimator = outer_loop.estimator(v)
+    # outer.sanity_steps: every candidate theta must lower DPO's gold-order loss of clean
+    # pairs in a fresh run.
+    config.outer = outer_loop.outer(v, lr=1e-2)
 
     # experiments/interpret_objective.py: the artifact to read, and the inner run (under it, on
     # the training families) whose margins beta * delta set the range the closed forms fit.

@@ -19,7 +19,7 @@ training splits; held-out families are never used. Variants: `smoke` (seconds, f
 
 import ml_collections
 
-from configs import models, objectives, tasks
+from configs import models, objectives, outer_loop, tasks
 
 # Four meta-train families with integer answers (off-by-one noise applies), two of them often
 # of several characters (a dropped last character applies), each with far more distinct inputs
@@ -106,27 +106,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.inner.valid_batch_size = v["batch"]
     config.inner.init_from = ""  # A pre-training workdir; empty: a fresh initialisation per run.
 
-    config.estimator = ml_collections.ConfigDict()
-    config.estimator.name = v["estimator"]  # tbptt, es, pes or full_es
-    config.estimator.population = v["population"]  # particles (tbptt) or antithetic pairs
-    config.estimator.unroll_length = v["unroll"]  # K inner steps per outer step
-    config.estimator.min_horizon, config.estimator.max_horizon = v["horizon"]
-    config.estimator.remat = True
-    config.estimator.sigma = 0.01  # ES / PES perturbation scale
-    config.estimator.shaping = "rank"  # es: rank, zscore or none
-    config.estimator.clip = 0.0  # es / pes: clip of loss differences (0: none)
-    config.estimator.strategy = "open_es"  # full_es: open_es, snes or cma_es
-
-    config.outer = ml_collections.ConfigDict()
-    config.outer.lr = 3e-3
-    config.outer.grad_clip = 1.0
-    config.outer.num_steps = v["steps"]
-    config.outer.log_every = v["log"]
-    config.outer.eval_every = v["eval"]
-    config.outer.checkpoint_every = v["ckpt"]
-    config.outer.keep_checkpoints = 2
-    # Every candidate theta must lower the clean loss in a fresh run of this many steps.
-    config.outer.sanity_steps = v["sanity_steps"]
+    config.estimator = outer_loop.estimator(v)
+    # outer.sanity_steps: every candidate theta must lower the clean loss in a fresh run of
+    # this many steps.
+    config.outer = outer_loop.outer(v, lr=3e-3)
 
     config.online = ml_collections.ConfigDict()
     config.online.num_steps = v["online_steps"]
