@@ -23,7 +23,7 @@ describes now; it stores that name under `metadata[CONTENT_NAME]` when it writes
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from learned_loss.core import errors
 from learned_loss.data import paths
@@ -83,3 +83,20 @@ class ByName:
         if self.is_prepared():
             self.check_current()
         super().download_and_prepare(**kwargs)
+
+
+def record_splits(builder: Any, counts: Iterable[tuple[str, int]],
+                  generate: Callable[[str, int], Sequence[Mapping[str, Any]]]
+                  ) -> dict[str, Iterator[Any]]:
+    """`_split_generators` of a builder of in-memory records: the records handed to it
+    (`builder._records`, split -> records, as `instruction_tasks.prepare_or_reuse` does) or else
+    `generate(split, count)` for each (split, count) of `counts`, keyed by `keyed_records`."""
+    records = getattr(builder, "_records", None) or {
+        split: generate(split, count) for split, count in counts}
+    return {split: keyed_records(recs) for split, recs in records.items()}
+
+
+def keyed_records(records: Sequence[Mapping[str, Any]]) -> Iterator[tuple[str, Any]]:
+    """(key, record) of each record (`_generate_examples`): 'family/index', unique in a split."""
+    for rec in records:
+        yield f"{rec['family']}/{rec['index']}", rec

@@ -422,14 +422,11 @@ class InstructionTasks(builders.ByName, tfds.core.GeneratorBasedBuilder):
         spec = self.builder_config.spec()
         self.info.metadata.update({"spec": json.dumps(dataclasses.asdict(spec)),
                                    builders.CONTENT_NAME: content_name(spec)})
-        records = getattr(self, "_records", None) or {
-            split: generate_split(spec, split, count) for split, count in spec.counts
-        }
-        return {split: self._generate_examples(recs) for split, recs in records.items()}
+        return builders.record_splits(self, spec.counts,
+                                      lambda split, count: generate_split(spec, split, count))
 
     def _generate_examples(self, records: Sequence[dict[str, Any]]) -> Iterator[Any]:
-        for rec in records:
-            yield f"{rec['family']}/{rec['index']}", rec
+        return builders.keyed_records(records)
 
 
 @dataclasses.dataclass(frozen=True)

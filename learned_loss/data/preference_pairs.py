@@ -56,7 +56,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from learned_loss.data import instruction_tasks, tasks
+from learned_loss.data import builders, instruction_tasks, tasks
 from learned_loss.data.instruction_tasks import DEFAULT_SPLITS
 from learned_loss.data.instruction_tasks import decode_record  # noqa: F401 (re-exported)
 from learned_loss.data.instruction_tasks import load_split  # noqa: F401 (re-exported)
@@ -253,15 +253,11 @@ class PreferencePairs(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager: Any) -> dict[str, Iterator[Any]]:
         del dl_manager  # Nothing to download.
         cfg = self.builder_config
-        records = getattr(self, "_records", None) or {
-            split: _generate_split(cfg.spec, split, count, cfg.policy_samples or {})
-            for split, count in cfg.spec.counts
-        }
-        return {split: self._generate_examples(recs) for split, recs in records.items()}
+        return builders.record_splits(self, cfg.spec.counts, lambda split, count: _generate_split(
+            cfg.spec, split, count, cfg.policy_samples or {}))
 
     def _generate_examples(self, records: Sequence[dict[str, Any]]) -> Iterator[Any]:
-        for rec in records:
-            yield f"{rec['family']}/{rec['index']}", rec
+        return builders.keyed_records(records)
 
 
 @dataclasses.dataclass(frozen=True)
