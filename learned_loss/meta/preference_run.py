@@ -252,21 +252,23 @@ def run_margins(setup: PreferenceSetup, theta: Any, steps: int, snapshots: int,
         raise cli.UserError(f"interpret.steps={steps} and interpret.snapshots={snapshots}: "
                             f"need 1 <= snapshots <= steps")
     problem, beta, model = setup.problem, setup.config.inner.beta, setup.model
-    advance = jax.jit(lambda th, inner, key, n: base.unroll(problem, th, inner, key, n)[0],
-                      static_argnums=3)
     margin_fn = jax.jit(lambda p, ref, rows: preference_problem.margins(model, p, ref, rows,
                                                                           beta))
     rows = setup.train_rows.batch()
-    key = jax.random.key(setup.config.seed + 2)
-    inner = problem.init(key)
-    done, out = 0, []
-    for i in range(snapshots):
-        n = (i + 1) * steps // snapshots - done
-        inner = advance(theta, inner, jax.random.fold_in(key, i), n)
-        done += n
+    runner = fit.plain(lambda _: problem)
+    out = []
+
+    def snapshot(step, carry):
+        del step
+        params = runner.inner(carry)["params"]
         for start in range(0, len(setup.train_rows), chunk):
             part = {k: jnp.asarray(v[start:start + chunk]) for k, v in rows.items()}
-            out.append(np.asarray(margin_fn(inner["params"], setup.reference, part)))
+            out.append(np.asarray(margin_fn(params, setup.reference, part)))
+
+    # The run in `snapshots` segments (fit.bounds), read after each one and at the end.
+    final = fit.fit_one(runner, theta, jax.random.key(setup.config.seed + 2), (), steps,
+                        segments=snapshots, on_segment=snapshot)
+    snapshot(steps, final)
     return np.concatenate(out)
 
 
