@@ -4,8 +4,8 @@ An in-memory training run (a token-level cell of the comparison, a study's cell,
 size, the SFT reference of preference meta-training) is an inner problem (`base.InnerProblem`:
 `init`, `step`, `meta_loss`) trained for a number of steps under a fixed objective theta. `fit`
 runs S of them, one per seed, as one compiled program mapped over the seeds (one after another):
-each seed its own data, initialisation and batches, and the arithmetic of a run trained alone. A run can be cut into segments, with a callback between
-them (learning curves, evaluations).
+each seed its own data, initialisation and batches, and the arithmetic of a run trained alone.
+A run can be cut into segments, with a callback between them (learning curves, evaluations).
 
 Keys: seed s's key splits into (init key, run key); a run in one segment unrolls all its steps
 from the run key (`base.unroll`), a run in G segments splits the run key into G and unrolls

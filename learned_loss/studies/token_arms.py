@@ -247,8 +247,8 @@ def data_seen(config, method: str, data: Data) -> dict[str, int]:
 def train_cells(config, cells: Sequence[Cell], data: Sequence[Data], *, init_params: Any = None,
                 segments: int = 1, on_segment=None) -> tuple[Any, list[Any], dict]:
     """Trains the models of `cells`, which differ only in their seed, as one program over
-    the seeds (`fit.fit`): each seed its own data (`data[i]` for `cells[i]`), initialisation, batches
-    and, online, theta.
+    the seeds (`fit.fit`): each seed its own data (`data[i]` for `cells[i]`), initialisation,
+    batches and, online, theta.
 
     init_params: the parameters every seed starts from (a pre-trained checkpoint; its model
     must be `config.model`); None: a fresh initialisation from each seed's key.
