@@ -26,7 +26,7 @@ from learned_loss.core import cli, distributed, evaluation, loop, train
 from learned_loss.core import checkpoint as checkpoint_lib
 from learned_loss.core import model as model_lib
 from learned_loss.data import instruction_tasks, paths, pipeline, tasks, training_rows
-from learned_loss.meta import base
+from learned_loss.meta import base, fit
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/finetune.py:VARIANT).",
                                           lock_config=True)
@@ -63,8 +63,8 @@ def train_batches(config, records):
                                               global_batch_size=d.global_batch_size,
                                               seed=config.seed, **placement)
     if d.sampler == "uniform":
-        # The run key is init_state's second half of key(seed), as in a token-level cell.
-        run_key = jax.random.split(jax.random.key(config.seed))[1]
+        # The run key of seed `config.seed` (init_state's state rng), as in a token-level cell.
+        run_key = fit.seed_keys([config.seed])[0, 1]
         return training_rows.UniformBatches(
             training_rows.encode_records(records, d.seq_len),
             base.step_keys(run_key, config.train.num_steps), d.global_batch_size, **placement)

@@ -50,6 +50,7 @@ from learned_loss.core import train
 from learned_loss.core import checkpoint as checkpoint_lib
 from learned_loss.core import metrics as metrics_lib
 from learned_loss.data import tasks, training_rows
+from learned_loss.meta import fit
 
 from learned_loss.report import render as report
 from learned_loss.rlhf import pipeline as rlhf_pipeline
@@ -215,7 +216,7 @@ def write_sft(config, workdir: str, inner: Mapping[str, Any], seed: int, familie
     sft.train.num_steps = step
     sft.seed = seed
     sft.optimizer = config.optimizer.to_dict()
-    run_key = jax.random.split(jax.random.key(seed))[1]  # train.init_state's state rng.
+    run_key = fit.seed_keys([seed])[0, 1]  # train.init_state's state rng.
     rng = jax.lax.fori_loop(0, step, lambda _, r: train.next_rng(r),
                             jax.random.key_data(run_key))
     state = train.TrainState(params=inner["params"], opt_state=inner["opt_state"],
