@@ -62,8 +62,7 @@ def test_offline_run_logs_and_writes_an_artifact(offline, data_dir):
     config = _config(data_dir)
     setup = meta_run.Setup(config)
     validate, key = setup.validator(), jax.random.key(config.seed + 1)
-    theta = jax.device_put(art.theta, setup.replicated)  # Placed as the outer state holds it.
-    assert validate(theta, key)["nll"] == last["meta_valid/nll"]
+    assert validate(art.theta, key)["nll"] == last["meta_valid/nll"]
     assert validate(setup.theta0, key)["nll"] == last["meta_valid/mle_nll"]
     # The two validations differ, so the first check tells the artifact from the initialisation
     # (4 outer steps of adam at 3e-3 are too few to expect the learned NLL below MLE's).

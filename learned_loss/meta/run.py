@@ -192,7 +192,10 @@ class Setup:
         """(theta, key) -> {'nll'}: the clean answer NLL on the meta-valid families after a fresh
         inner run of meta_valid.horizon steps."""
         run = _validation_run(self.valid_problem, self.config.meta_valid.horizon)
-        return lambda theta, key: {"nll": float(run(theta, key))}
+        # Replicated like theta (the outer state is), so that theta's initialisation and every
+        # outer step's theta are read by one compiled program.
+        return lambda theta, key: {
+            "nll": float(run(jax.device_put(theta, self.replicated), key))}
 
     def provenance(self, mode: str, start: int) -> dict:
         return provenance.collect(self.config, corpus_hash=self.data_hash, mesh=self.mesh,
