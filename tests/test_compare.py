@@ -3,6 +3,7 @@ matches the cells, resume without recomputing, clear refusals of bad configs."""
 
 import json
 import os
+import re
 import subprocess
 import time
 from concurrent import futures
@@ -142,11 +143,12 @@ def test_smoke_compare_cells_report_and_resume(tmp_path, cache):
     assert new["metrics"]["test_nll"] == pytest.approx(old["metrics"]["test_nll"], abs=1e-4)
     assert new["families"] == old["families"]
 
-    # Other settings in the same workdir: the finished cells are refused, not reported as
-    # computed under them, and nothing is changed.
-    changed = _run(workdir, cache, "--config.optimizer.lr=0.01")
-    assert changed.returncode != 0 and "Traceback" not in changed.stderr
-    assert "computed with other settings" in changed.stderr
+    # Other settings in the same workdir: the finished cells are refused (in process: before
+    # anything trains), not reported as computed under them, and nothing is changed.
+    changed = compare_config.get_config("smoke")
+    changed.optimizer.lr = 0.01
+    with pytest.raises(cli.UserError, match="computed with other settings"):
+        compare.run(changed, str(workdir), _never_pretrain)
     assert _cells(workdir) == again
 
 
@@ -206,17 +208,23 @@ def test_bad_configs_are_refused_before_any_training(tmp_path):
     assert not (tmp_path / "w" / "cells").exists()
 
 
+def _never_pretrain(config, path):
+    raise AssertionError(f"a refused run must not pre-train ({path})")
+
+
 def test_an_evaluation_family_in_a_meta_role_is_refused_before_anything_trains(tmp_path):
     config = compare_config.get_config("smoke")
     family = config.families[0]
-    result = _run(tmp_path / "w", tmp_path / "cache",
-                  "--config.objectives=('mle','mle_clean','learned_tbptt')",
-                  f"--config.meta.learned_tbptt.meta_valid.families=('{family}',)")
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert (f"arm learned_tbptt gives the evaluation family {family} the meta role "
-            f"'meta_valid'") in result.stderr
+    config.objectives = ("mle", "mle_clean", "learned_tbptt")
+    config.meta.learned_tbptt.meta_valid.families = (family,)
+    config.cache_dir = str(tmp_path / "cache")
+    message = (f"arm learned_tbptt gives the evaluation family {family} the meta role "
+               f"'meta_valid'")
+    with pytest.raises(cli.UserError, match=re.escape(message)):
+        compare.run(config, str(tmp_path / "w"), _never_pretrain)
     assert not (tmp_path / "cache").exists() and not (tmp_path / "w" / "cells").exists()
     # The same check in the library: the learned reward's families and the pre-training mix.
+    config = compare_config.get_config("smoke")
     config.objectives = ("mle", "mle_clean", "learned_reward")
     config.meta.learned_reward.rlhf.tasks.families = (family,)
     with pytest.raises(tasks.TaskError, match="'fitness'|'meta_train'|'meta_valid'"):

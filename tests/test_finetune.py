@@ -10,6 +10,7 @@ import pytest
 
 from configs import finetune as finetune_config
 from experiments import finetune
+from learned_loss.core import cli
 from learned_loss.data import instruction_tasks, preference_pairs, tasks, tokenizer
 from tests import runs
 
@@ -140,10 +141,12 @@ def test_heldout_family_is_refused(data_dir, tmp_path):
                       f"--config.tasks.families=('{heldout[0]}',)")
     assert result.returncode != 0
     assert f"['{heldout[0]}'] are held out" in result.stderr.splitlines()[-1]
-    result = runs.run("experiments.finetune", tmp_path, "configs/finetune.py:smoke",
-                      f"--config.data.data_dir={data_dir}", "--config.tasks.families=()",
-                      "--config.tasks.train_split=heldout")
-    assert result.returncode != 0 and "evaluation only" in result.stderr.splitlines()[-1]
+    # The same refusal of a held-out split, in process.
+    config = finetune_config.get_config("smoke")
+    config.data.data_dir, config.tasks.families = str(data_dir), ()
+    config.tasks.train_split = "heldout"
+    with pytest.raises(cli.UserError, match="evaluation only"):
+        finetune.run(config, str(tmp_path))
     assert not os.path.exists(tmp_path / "checkpoints")
 
 
