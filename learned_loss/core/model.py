@@ -375,7 +375,9 @@ def build(cfg: ModelConfig) -> Model:
         return Transformer(cfg)(tokens, cache)
 
     fn = hk.without_apply_rng(hk.transform(forward))
-    return Model(config=cfg, init=fn.init, apply=fn.apply)
+    # init jitted: one program per input shape instead of haiku's eager pass through the model,
+    # op by op (the same parameters, bit for bit).
+    return Model(config=cfg, init=jax.jit(fn.init), apply=fn.apply)
 
 
 # ---------------------------------------------------------------------------------------------
