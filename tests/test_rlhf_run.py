@@ -161,15 +161,12 @@ def test_rerun_resumes_and_reproduces(finished):
     """Both runs started again find every stage finished: no new steps, the same analysis."""
     workdirs, sft, data_dir = finished
     first, second = workdirs["ppo"], workdirs["dpo"]
-    before = {name: runs.metrics(path) for name, path in (
-        ("ppo", first / "ppo"), ("reward_model", first / "reward_model"),
-        ("dpo", second / "dpo"))}
+    stages = (first / "ppo", first / "reward_model", second / "dpo")
+    before = [runs.metrics(stage) for stage in stages]
     analyses = {a: _json(w / "overoptimization.json") for a, w in workdirs.items()}
     for done in (_first(first, sft, data_dir), _second(second, first, sft, data_dir)):
         assert done.returncode == 0, done.stderr[-3000:]
-    assert {name: runs.metrics(path) for name, path in (
-        ("ppo", first / "ppo"), ("reward_model", first / "reward_model"),
-        ("dpo", second / "dpo"))} == before
+    assert [runs.metrics(stage) for stage in stages] == before
     for algorithm, workdir in workdirs.items():
         again = _json(workdir / "overoptimization.json")
         for key in ("sft", "best_of_n", "rl", "length"):
