@@ -12,6 +12,7 @@ import optax
 import pytest
 
 from configs import meta_train as meta_configs
+from configs import objectives as objective_configs
 from experiments import finetune
 from learned_loss import objectives
 from learned_loss.core import cli, policy, sharding, train
@@ -221,11 +222,14 @@ def _last_evaluation_again(workdir: str) -> dict[str, float]:
 
 
 def test_meta_train_user_errors(tmp_path, data_dir):
-    wrong = runs.run("experiments.meta_train", tmp_path / "a", "configs/meta_train.py:smoke",
-                     "--config.objective=mle", f"--config.data.data_dir={data_dir}")
-    assert wrong.returncode == 2 and "learned_token_loss" in wrong.stderr
+    # In process (a UserError is one line and exit 2 at every entry point: tests/test_errors.py;
+    # `--config.objective=NAME` parses to objective_config(NAME): test_learned_objectives.py).
+    wrong = _config(data_dir)
+    wrong.objective = objective_configs.objective_config("mle")
+    with pytest.raises(cli.UserError, match="learned_token_loss"):
+        meta_run.run(wrong, str(tmp_path / "a"))
     assert not os.path.exists(tmp_path / "a" / "artifact")
-    heldout = _config(data_dir)  # In process: the same refusal of a held-out family.
+    heldout = _config(data_dir)  # The same for a held-out family.
     heldout.tasks.families = ("lowercase",)
     with pytest.raises(cli.UserError, match="held-out"):
         meta_run.run(heldout, str(tmp_path / "b"))

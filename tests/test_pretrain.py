@@ -1,14 +1,18 @@
-"""The pre-training entry point as a real process: determinism, kill/resume, SIGTERM, bad input."""
+"""The pre-training entry point as a real process: determinism, kill/resume, SIGTERM, a bad
+flag; the refusals of bad settings, in process."""
 
 import os
 import shutil
 import signal
 import time
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from configs import pretrain as pretrain_config
+from learned_loss.core import cli, pretraining
 from tests import runs
 
 MODULE = "experiments.pretrain"
@@ -17,10 +21,15 @@ STEPS = 60
 
 
 @pytest.fixture(scope="module")
-def overrides(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("tfds")
-    return (f"--config.data.data_dir={data_dir}", f"--config.train.num_steps={STEPS}",
-            "--config.train.log_every=1", "--config.train.checkpoint_every=10")
+def settings(tmp_path_factory):
+    """The file's config fields ('section.key': value) on top of CONFIG."""
+    return {"data.data_dir": str(tmp_path_factory.mktemp("tfds")), "train.num_steps": STEPS,
+            "train.log_every": 1, "train.checkpoint_every": 10}
+
+
+@pytest.fixture(scope="module")
+def overrides(settings):
+    return tuple(f"--config.{name}={value}" for name, value in settings.items())
 
 
 @pytest.fixture(scope="module")
@@ -163,21 +172,37 @@ def test_unknown_config_key(overrides, tmp_path):
     _assert_one_line_error(result, "unknown config key 'lrr'", "--config.optimizer.lrr", "'lr'")
 
 
-def test_mesh_that_does_not_divide_the_devices(overrides, tmp_path):
-    result = runs.run(MODULE, tmp_path, CONFIG, *overrides, "--config.mesh.shape.data=3",
-                      devices=8)
-    _assert_one_line_error(result, "mesh.shape", "8 are available")
+def _config(settings, **fields):
+    """CONFIG with the file's settings and `fields` ('section.key': value), for refusals checked
+    in process (a UserError is one line and exit 2 at every entry point: tests/test_errors.py;
+    the bad flag above is the command line's own)."""
+    config = pretrain_config.get_config("smoke")
+    for name, value in {**settings, **fields}.items():
+        section, key = name.rsplit(".", 1)
+        owner = config
+        for part in section.split("."):
+            owner = owner[part]
+        owner[key] = value
+    return config
 
 
-def test_missing_corpus_directory(overrides, tmp_path):
-    result = runs.run(MODULE, tmp_path / "w", CONFIG, *overrides,
-                      f"--config.data.text_dir={tmp_path}/nowhere")
-    _assert_one_line_error(result, "nowhere", "does not exist")
+def test_mesh_that_does_not_divide_the_devices(settings, tmp_path):
+    assert jax.device_count() == 8  # tests/conftest.py
+    config = _config(settings, **{"mesh.shape.data": 3})
+    with pytest.raises(cli.UserError, match="mesh.shape.*8 are available"):
+        pretraining.run(config, str(tmp_path / "w"))
+    assert not os.path.exists(tmp_path / "w" / "checkpoints")
 
 
-def test_workdir_of_another_model_is_refused(reference, overrides, tmp_path):
+def test_missing_corpus_directory(settings, tmp_path):
+    config = _config(settings, **{"data.text_dir": f"{tmp_path}/nowhere"})
+    with pytest.raises(cli.UserError, match="nowhere.*does not exist"):
+        pretraining.run(config, str(tmp_path / "w"))
+
+
+def test_workdir_of_another_model_is_refused(reference, settings, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(reference, workdir)
-    result = runs.run(MODULE, workdir, CONFIG, *overrides, "--config.model.d_ff=128")
-    _assert_one_line_error(result, "different model", "d_ff")
+    with pytest.raises(cli.UserError, match="different model.*d_ff"):
+        pretraining.run(_config(settings, **{"model.d_ff": 128}), str(workdir))
     assert sorted(os.listdir(workdir / "checkpoints")) == ["40", "50", "60"]

@@ -15,11 +15,14 @@ asserts its direction."""
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
 
-from learned_loss.core import provenance
+from configs import rlhf as rlhf_config
+from learned_loss.core import cli, provenance
+from learned_loss.rlhf import pipeline as rlhf_pipeline
 from tests import runs
 
 ALGORITHMS = ("ppo", "dpo")
@@ -175,12 +178,14 @@ def test_rerun_resumes_and_reproduces(finished):
 
 
 def test_bad_inputs_are_user_errors(tmp_path):
-    result = runs.run("experiments.rlhf", tmp_path / "a", "configs/rlhf.py:smoke",
-                      f"--config.sft_from={tmp_path / 'nothing'}")
-    assert result.returncode != 0
-    assert "provenance.json" in result.stderr and "Traceback" not in result.stderr
-    result = runs.run("experiments.rlhf", tmp_path / "b", "configs/rlhf.py:smoke",
-                      "--config.algorithms=ppo,a2c")
-    assert result.returncode != 0
-    assert "unknown algorithms ['a2c']" in result.stderr and "Traceback" not in result.stderr
-    assert not os.path.exists(tmp_path / "b" / "overoptimization.json")
+    """Refused in process before anything is written (a UserError is one line and exit 2 at
+    every entry point: tests/test_errors.py)."""
+    config = rlhf_config.get_config("smoke")
+    config.sft_from = str(tmp_path / "nothing")
+    with pytest.raises(cli.UserError, match="provenance.json"):
+        rlhf_pipeline.run(config, str(tmp_path / "a"))
+    config = rlhf_config.get_config("smoke")
+    config.algorithms = ("ppo", "a2c")
+    with pytest.raises(cli.UserError, match=re.escape("unknown algorithms ['a2c']")):
+        rlhf_pipeline.run(config, str(tmp_path / "b"))
+    assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
