@@ -177,12 +177,7 @@ def _config(settings, **fields):
     in process (a UserError is one line and exit 2 at every entry point: tests/test_errors.py;
     the bad flag above is the command line's own)."""
     config = pretrain_config.get_config("smoke")
-    for name, value in {**settings, **fields}.items():
-        section, key = name.rsplit(".", 1)
-        owner = config
-        for part in section.split("."):
-            owner = owner[part]
-        owner[key] = value
+    config.update_from_flattened_dict({**settings, **fields})
     return config
 
 
