@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -12,7 +13,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def env(devices: int = 1, **extra) -> dict:
     """The environment of a child process with `devices` simulated CPU devices."""
     out = dict(os.environ)
-    out["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    # The parent's other XLA flags (the suite's optimisation level, see conftest) are kept.
+    others = re.sub(r"--xla_force_host_platform_device_count=\S*", "", out.get("XLA_FLAGS", ""))
+    out["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} {others.strip()}".strip()
     out["JAX_PLATFORMS"] = "cpu"
     out.update(extra)
     return out
