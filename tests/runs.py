@@ -8,14 +8,22 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Names the XLA optimisation level of `long_run` children, where conftest chose the suite's
+# levels (the caller set none).
+LONG_RUN_LEVEL = "LEARNED_LOSS_TEST_LONG_RUN_XLA_LEVEL"
 
 
-def env(devices: int = 1, **extra) -> dict:
-    """The environment of a child process with `devices` simulated CPU devices."""
+def env(devices: int = 1, long_run: bool = False, **extra) -> dict:
+    """The environment of a child process with `devices` simulated CPU devices. `long_run`: an
+    entry point that trains for a minute or more, compiled at the suite's level for those."""
     out = dict(os.environ)
     # The parent's other XLA flags (the suite's optimisation level, see conftest) are kept.
-    others = re.sub(r"--xla_force_host_platform_device_count=\S*", "", out.get("XLA_FLAGS", ""))
-    out["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} {others.strip()}".strip()
+    flags = re.sub(r"--xla_force_host_platform_device_count=\S*", "", out.get("XLA_FLAGS", ""))
+    level = out.get(LONG_RUN_LEVEL)
+    if long_run and level:
+        flags = re.sub(r"--xla_backend_optimization_level=\S*",
+                       f"--xla_backend_optimization_level={level}", flags)
+    out["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} {flags.strip()}".strip()
     out["JAX_PLATFORMS"] = "cpu"
     out.update(extra)
     return out
@@ -27,9 +35,10 @@ def command(module: str, workdir, config: str, *overrides: str) -> list[str]:
 
 
 def run(module: str, workdir, config: str, *overrides: str, devices: int = 1,
-        timeout: float = 240) -> subprocess.CompletedProcess:
+        timeout: float = 240, long_run: bool = False) -> subprocess.CompletedProcess:
     return subprocess.run(command(module, workdir, config, *overrides), cwd=ROOT,
-                          env=env(devices), capture_output=True, text=True, timeout=timeout)
+                          env=env(devices, long_run), capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def run_module(module: str, *flags: str, devices: int = 1,

@@ -6,12 +6,14 @@ model orders clean pairs mostly as the gold scores do, a short PPO run raises th
 and a re-run resumes every finished stage and reproduces the analysis. (One device: the steps
 themselves run on the 8-device mesh in tests/test_rlhf.py.)
 
-The two thresholds on training results were measured here over the seeds 0, 1 and 2
+The two thresholds on training results were measured over the seeds 0, 1 and 2
 (`--config.seed=S` for the SFT policy and the pipeline; another CPU's rounding re-rolls a run
-as another seed does): the reward model's gold accuracy was 0.889, 1.000 and 0.792, and PPO's
-proxy rose by at least 0.239, 0.345 and 0.257 over the SFT policy's. The gold score of PPO's
-samples rose on two seeds (+0.051, +0.133) and fell on the third (0.700 -> 0.457), so no test
-asserts its direction."""
+as another seed does), on two machines and XLA optimisation levels (3, and 1: what the suite
+gives these runs, see tests/conftest.py): the reward model's gold accuracy was 0.889, 1.000 and
+0.792, then 0.815, 0.962 and 0.792; PPO's proxy rose by at least 0.239, 0.345 and 0.257, then
+0.207, 0.176 and 0.126 over the SFT policy's. The gold score of PPO's samples rose on four of
+the six runs and fell on two (0.700 -> 0.457, 0.700 -> 0.524), so no test asserts its
+direction."""
 
 import json
 import os
@@ -43,7 +45,7 @@ OVERRIDES = ("--config.preferences.tau=0.02",
 def _rlhf(workdir, sft, data_dir, *extra):
     return runs.run("experiments.rlhf", workdir, "configs/rlhf.py:words",
                     f"--config.sft_from={sft}", f"--config.data.data_dir={data_dir}",
-                    *OVERRIDES, *extra, timeout=900)
+                    *OVERRIDES, *extra, timeout=900, long_run=True)
 
 
 def _first(workdir, sft, data_dir):
@@ -63,7 +65,7 @@ def finished(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("tfds")
     sft = tmp_path_factory.mktemp("sft")
     done = runs.run("experiments.finetune", sft, "configs/finetune.py:words",
-                    f"--config.data.data_dir={data_dir}", timeout=600)
+                    f"--config.data.data_dir={data_dir}", timeout=600, long_run=True)
     assert done.returncode == 0, done.stderr[-3000:]
     workdirs = {"ppo": tmp_path_factory.mktemp("rlhf"), "dpo": tmp_path_factory.mktemp("dpo")}
     done = _first(workdirs["ppo"], sft, data_dir)
@@ -85,7 +87,7 @@ def test_reward_model_orders_clean_pairs_like_the_gold_scores(finished):
     assert prefs["splits"]["train"]["pairs_with_policy"] > 0
     final = runs.metrics(workdir / "reward_model")[-1]
     assert final["step"] == RM_STEPS
-    # 0.79 to 1.00 over three seeds (module docstring): 0.65 keeps a margin of 0.14 below the
+    # 0.79 to 1.00 over six runs (module docstring): 0.65 keeps a margin of 0.14 below the
     # lowest, well above the 0.5 of a reward model that ignores the answers.
     assert final["valid/gold_accuracy"] >= 0.65, final
 
@@ -94,8 +96,8 @@ def test_short_ppo_raises_the_proxy_reward(finished):
     curve = _json(finished[0]["ppo"] / "overoptimization.json")["rl"]["ppo"]
     assert curve["step"] == [0, 10, 20]
     # d = 0 is the SFT policy; both later evaluations beat it on the proxy. The smallest rise
-    # over three seeds was 0.239 (module docstring): 0.1 keeps a margin of 0.139.
-    assert min(curve["proxy"][1:]) > curve["proxy"][0] + 0.1, curve
+    # over six runs was 0.126 (module docstring): 0.05 keeps a margin of 0.076.
+    assert min(curve["proxy"][1:]) > curve["proxy"][0] + 0.05, curve
 
 
 def test_every_run_logs_proxy_gold_kl_and_length(finished):
