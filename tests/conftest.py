@@ -13,19 +13,22 @@ import tempfile
 from tests import runs
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-# XLA's CPU backend compiles at low LLVM optimisation levels unless the caller chose one
-# (`XLA_FLAGS=--xla_backend_optimization_level=3`, XLA's default, runs the suite as users run).
-# Most of the suite's time is compiling small programs that then run a few steps: level 0 (no
-# LLVM passes) halves that (measured: tests/test_model.py 45 s -> 24 s; the smoke comparison
-# with every arm 319 s -> 208 s). Entry points that train for a minute or more
-# (`runs.run(..., long_run=True)`) get level 1, whose programs run as fast as at 3 and 1.7x
-# faster than at 0 (configs/finetune.py:easy, 300 steps: 7.7, 7.0 and 4.3 steps/s at levels
-# 1, 3 and 0). The numbers move only in the last bits (about 1e-7 relative in
-# `tools/results_kept`), as they do on another CPU, which every threshold in the suite keeps a
-# margin for; determinism and bitwise resume hold within a level.
+# Unless the caller chose an optimisation level (`XLA_FLAGS=--xla_backend_optimization_level=3`,
+# XLA's default, runs the suite as users run), XLA's CPU backend compiles for compile time:
+# most of the suite's time is compiling small programs that then run a few steps.
+# `runs.FAST_COMPILE`, LLVM level 0 (no LLVM passes) and the older fusion emitters, halves it
+# (measured: tests/test_model.py 45 s -> 24 s at level 0; the smoke comparison with every arm
+# 319 s -> 208 s; test_rlhf, test_meta_estimators and test_learned_preference 109 s -> 76 s
+# with the older emitters on top). Entry points that train for a minute or more
+# (`runs.run(..., long_run=True)`) get `runs.FAST_RUN`, level 1 with the current emitters,
+# whose programs run as fast as at 3 and 1.7x faster than at 0 (configs/finetune.py:easy, 300
+# steps: 7.7, 7.0 and 4.3 steps/s at levels 1, 3 and 0). The numbers move only in the last bits
+# (about 1e-7 relative in `tools/results_kept` at level 0), as they do on another CPU, which
+# every threshold in the suite keeps a margin for; determinism and bitwise resume hold under
+# any one set of flags.
 if "--xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
-    os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
-    os.environ.setdefault(runs.LONG_RUN_LEVEL, "1")
+    os.environ["XLA_FLAGS"] += " " + " ".join(runs.FAST_COMPILE)
+    os.environ.setdefault(runs.CHOSEN, "1")
 
 _CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
 

@@ -8,21 +8,23 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Names the XLA optimisation level of `long_run` children, where conftest chose the suite's
-# levels (the caller set none).
-LONG_RUN_LEVEL = "LEARNED_LOSS_TEST_LONG_RUN_XLA_LEVEL"
+# XLA flags of the suite where the caller chose none (tests/conftest.py says why): most
+# processes compile many small programs and run each a few steps; `long_run` children train
+# for a minute or more.
+FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
+FAST_RUN = ("--xla_backend_optimization_level=1",)
+# Set (to "1") by conftest when it chose these flags.
+CHOSEN = "LEARNED_LOSS_TEST_XLA_FLAGS_CHOSEN"
 
 
 def env(devices: int = 1, long_run: bool = False, **extra) -> dict:
     """The environment of a child process with `devices` simulated CPU devices. `long_run`: an
-    entry point that trains for a minute or more, compiled at the suite's level for those."""
+    entry point that trains for a minute or more (FAST_RUN in place of FAST_COMPILE)."""
     out = dict(os.environ)
-    # The parent's other XLA flags (the suite's optimisation level, see conftest) are kept.
+    # The parent's other XLA flags are kept.
     flags = re.sub(r"--xla_force_host_platform_device_count=\S*", "", out.get("XLA_FLAGS", ""))
-    level = out.get(LONG_RUN_LEVEL)
-    if long_run and level:
-        flags = re.sub(r"--xla_backend_optimization_level=\S*",
-                       f"--xla_backend_optimization_level={level}", flags)
+    if long_run and out.get(CHOSEN):
+        flags = " ".join([f for f in flags.split() if f not in FAST_COMPILE] + list(FAST_RUN))
     out["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} {flags.strip()}".strip()
     out["JAX_PLATFORMS"] = "cpu"
     out.update(extra)
