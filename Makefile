@@ -8,7 +8,11 @@ STAMP := $(VENV)/.installed
 WORKDIR ?= workdirs/demo
 # Multi-device code is tested on 8 simulated CPU devices; test files run in 2 workers (most of
 # a test's time is a single-threaded subprocess start or compile). The 15 slowest are listed.
-TEST_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=8
+# tests/conftest.py adds XLA flags that compile faster unless these name an optimisation level:
+# `make test TEST_XLA_FLAGS="--xla_force_host_platform_device_count=8
+# --xla_backend_optimization_level=3"` runs the suite with XLA's defaults, as users run.
+TEST_XLA_FLAGS ?= --xla_force_host_platform_device_count=8
+TEST_ENV := XLA_FLAGS="$(TEST_XLA_FLAGS)"
 
 .PHONY: setup chromium test demo bench clean
 

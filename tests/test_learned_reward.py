@@ -144,10 +144,13 @@ def test_rl_at_init_is_rl_on_the_reward_model(problem):
     theta0 = learned.init_reward(jax.random.key(7))
     on_init, init_metrics = problem.train(theta0, key, 0)
     start = problem.init_state.params
-    # The runs moved the policy (so the comparison says something), and moved it identically.
+    # The runs moved the policy (so the comparison says something), and moved it alike: the two
+    # are different programs (one reads the learned reward), whose rounding differences grow
+    # over the RL steps (largest 1.7e-5 measured, with the suite's compile flags; below 1e-7
+    # with XLA's defaults), 3000 times less than the policy moved.
     assert max(float(jnp.abs(a - b).max()) for a, b in
                zip(jax.tree.leaves(on_rm), jax.tree.leaves(start))) > 0.05
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), on_rm,
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4), on_rm,
                  on_init)
     for name in ("proxy_reward", "score", "policy_loss", "length"):
         assert init_metrics[name] == pytest.approx(rm_metrics[name], rel=1e-6, abs=1e-7), name
