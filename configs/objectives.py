@@ -30,6 +30,10 @@ def objective_config(name: str = "mle") -> ObjectiveConfig:
     # features, hidden: the learned token loss's inputs and width when there is no `path`.
     # drop_fraction, warmup_steps: loss truncation (Kang and Hashimoto 2020): after
     #   `warmup_steps` of MLE, drop the `drop_fraction` of each batch's highest-loss examples.
+    # q: generalized cross-entropy (Zhang and Sabuncu 2018), in (0, 1].
+    # sce_alpha, sce_beta: symmetric cross-entropy (Wang et al. 2019), the weights of CE and RCE.
+    # bootstrap_beta, bootstrap_kind: bootstrapping (Reed et al. 2015), the label's weight in
+    #   the target and 'soft' or 'hard'.
     return ObjectiveConfig(dict(name=name, **objectives.DEFAULTS))
 
 

@@ -1,8 +1,8 @@
 """Training objectives, chosen by name from the config.
 
 An objective's loss is a pure function `loss(theta, logits, batch) -> (loss, metrics)`; theta
-holds the objective's own parameters (empty for MLE and loss truncation; the network of a
-learned objective). `build(cfg)` turns the config's `objective` section (or a bare name) into an
+holds the objective's own parameters (empty for MLE and the hand-made robust losses; the network
+of a learned objective). `build(cfg)` turns the config's `objective` section (or a bare name) into an
 `Objective`: the loss with its settings bound, and its theta (loaded from a meta-training
 artifact for a learned objective with a `path`).
 """
@@ -13,15 +13,17 @@ import functools
 from typing import Any, Callable, Mapping, NamedTuple
 
 from learned_loss.core import errors
-from learned_loss.objectives import artifact, learned, loss_truncation, mle
+from learned_loss.objectives import artifact, learned, loss_truncation, mle, robust
 
 # The objectives of pre-training and fine-tuning: losses on the model's logits.
-TOKEN_OBJECTIVES = ("mle", "loss_truncation", "learned_token_loss")
+TOKEN_OBJECTIVES = ("mle", "loss_truncation", "gce", "sce", "bootstrap", "learned_token_loss")
 
 # Settings of each objective when the config leaves them out (configs/objectives.py holds the
-# same defaults as overridable fields).
+# same defaults as overridable fields). The robust losses' are their papers' (`robust`): GCE's
+# q = 0.7, SCE's alpha = 0.1 and beta = 1.0 (CIFAR-10), soft bootstrapping's beta = 0.95.
 DEFAULTS = {"path": "", "features": learned.TOKEN_FEATURES, "hidden": 32,
-            "drop_fraction": 0.3, "warmup_steps": 100}
+            "drop_fraction": 0.3, "warmup_steps": 100, "q": 0.7, "sce_alpha": 0.1,
+            "sce_beta": 1.0, "bootstrap_beta": 0.95, "bootstrap_kind": "soft"}
 
 
 class Objective(NamedTuple):
@@ -38,7 +40,7 @@ def build(cfg: str | Mapping[str, Any]) -> Objective:
     """The objective named by `cfg` (a name, or a section with `name` and its settings).
 
     Raises:
-      ValueError: an unknown name.
+      UserError: an unknown name, or a robust loss's setting out of its range.
       artifact.ArtifactError: a learned objective's `path` holds no readable artifact.
     """
     cfg = {"name": cfg} if isinstance(cfg, str) else dict(cfg)
@@ -50,6 +52,20 @@ def build(cfg: str | Mapping[str, Any]) -> Objective:
         fn = functools.partial(loss_truncation.loss, drop_fraction=settings["drop_fraction"],
                                warmup_steps=settings["warmup_steps"])
         return Objective(name, fn, ())
+    robust_losses = {
+        "gce": lambda: functools.partial(robust.gce_loss, q=settings["q"]),
+        "sce": lambda: functools.partial(robust.sce_loss, alpha=settings["sce_alpha"],
+                                         beta=settings["sce_beta"]),
+        "bootstrap": lambda: functools.partial(robust.bootstrap_loss,
+                                               beta=settings["bootstrap_beta"],
+                                               kind=settings["bootstrap_kind"]),
+    }
+    if name in robust_losses:
+        robust.check_settings(q=settings["q"], alpha=settings["sce_alpha"],
+                              beta=settings["sce_beta"],
+                              bootstrap_beta=settings["bootstrap_beta"],
+                              kind=settings["bootstrap_kind"])
+        return Objective(name, robust_losses[name](), ())
     if name == "learned_token_loss":
         if settings["path"]:
             art = artifact.load(settings["path"], expected_name=name)
