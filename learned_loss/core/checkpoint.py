@@ -39,13 +39,11 @@ class Restored(NamedTuple):
 
 
 @jax.jit
-@jax.jit
 def fingerprint(tree: Any) -> jax.Array:
     """[2 * leaves] float32: the sum and the sum of squares of every leaf.
 
     Saved with each checkpoint and checked after restoring, so that damaged array files that
-    still decode are caught instead of silently resuming from garbage. One compiled program per
-    state structure (op by op, it was four small programs per leaf shape).
+    still decode are caught instead of silently resuming from garbage.
     """
     leaves = [x.astype(jnp.float32) for x in jax.tree.leaves(tree)]
     return jnp.stack([f(x) for x in leaves for f in (jnp.sum, lambda y: jnp.sum(y * y))])

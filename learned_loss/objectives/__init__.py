@@ -53,19 +53,18 @@ def build(cfg: str | Mapping[str, Any]) -> Objective:
                                warmup_steps=settings["warmup_steps"])
         return Objective(name, fn, ())
     robust_losses = {
-        "gce": lambda: functools.partial(robust.gce_loss, q=settings["q"]),
-        "sce": lambda: functools.partial(robust.sce_loss, alpha=settings["sce_alpha"],
-                                         beta=settings["sce_beta"]),
-        "bootstrap": lambda: functools.partial(robust.bootstrap_loss,
-                                               beta=settings["bootstrap_beta"],
-                                               kind=settings["bootstrap_kind"]),
+        "gce": functools.partial(robust.gce_loss, q=settings["q"]),
+        "sce": functools.partial(robust.sce_loss, alpha=settings["sce_alpha"],
+                                 beta=settings["sce_beta"]),
+        "bootstrap": functools.partial(robust.bootstrap_loss, beta=settings["bootstrap_beta"],
+                                       kind=settings["bootstrap_kind"]),
     }
     if name in robust_losses:
         robust.check_settings(q=settings["q"], alpha=settings["sce_alpha"],
                               beta=settings["sce_beta"],
                               bootstrap_beta=settings["bootstrap_beta"],
                               kind=settings["bootstrap_kind"])
-        return Objective(name, robust_losses[name](), ())
+        return Objective(name, robust_losses[name], ())
     if name == "learned_token_loss":
         if settings["path"]:
             art = artifact.load(settings["path"], expected_name=name)
