@@ -16,7 +16,8 @@ with `model`.
 
 import ml_collections
 
-from configs import models, tasks
+from configs import meta_train, models, tasks
+from learned_loss import objectives
 from learned_loss.core import train
 from learned_loss.studies import token_arms
 
@@ -110,6 +111,27 @@ def fine_tuning(config, arg: str, *, steps: int, examples: int, seq_len: int) ->
     config.loss_truncation = ml_collections.ConfigDict()
     config.loss_truncation.drop_fraction = 0.3
     config.loss_truncation.warmup_steps = steps // 5
+    # The robust losses (learned_loss/objectives/robust.py) at their papers' settings, which
+    # `tuning` replaces by the best of its grid.
+    config.robust = ml_collections.ConfigDict(
+        {k: objectives.DEFAULTS[k] for k in ("q", "sce_alpha", "sce_beta", "bootstrap_beta",
+                                             "bootstrap_kind")})
+    # mle_early_stop: greedy exact match on the clean validation examples this many times along
+    # the run (the last at its end); the best parameters are kept.
+    config.early_stopping = ml_collections.ConfigDict({"evaluations": 2 if arg == "smoke" else 8})
+    # The hand-made baselines' settings chosen on families of their own
+    # (learned_loss/studies/tuning.py): the offline learned loss's inner families, `seeds` runs
+    # of every setting of `grids` (0 seeds: the settings above, untuned).
+    config.tuning = ml_collections.ConfigDict()
+    config.tuning.families = meta_train.NOISY_FAMILIES[:2] if arg == "smoke" else \
+        meta_train.NOISY_FAMILIES
+    config.tuning.seeds = 0 if arg == "smoke" else 3
+    config.tuning.grids = ml_collections.ConfigDict({
+        "loss_truncation": {"drop_fraction": (0.1, 0.2, 0.3, 0.5)},
+        "gce": {"q": (0.3, 0.5, 0.7, 1.0)},
+        "sce": {"sce_alpha": (0.1, 1.0), "sce_beta": (0.1, 1.0)},
+        "bootstrap": {"bootstrap_beta": (0.6, 0.8, 0.95)},
+    })
 
     config.learned = ml_collections.ConfigDict()
     config.learned.lookahead = 1

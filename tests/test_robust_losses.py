@@ -64,16 +64,18 @@ def test_bootstrapping_soft_and_hard():
     assert float(ce) == pytest.approx(_mean(CE), rel=1e-6)
 
 
-def test_bootstrap_target_holds_the_prediction_fixed():
-    """d/dz of -sum_k (beta onehot_k + (1 - beta) sg(p_k)) log p_k is p - target: with the
-    target fixed, the gradient at t = 1 (uniform p, y = 1) is p - (beta e_1 + (1 - beta) p)."""
-    mask = {"targets": BATCH["targets"], "mask": jnp.asarray([[0.0, 1.0]])}
-    grad = jax.grad(lambda z: robust.bootstrap_loss((), z, mask, beta=0.8, kind="soft")[0])(
-        LOGITS)
-    p = np.full(3, 1.0 / 3.0)
-    expected = p - (0.8 * np.eye(3)[1] + 0.2 * p)
-    np.testing.assert_allclose(np.asarray(grad[0, 1]), expected, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(grad[0, 0]), 0.0)  # Not in the mask.
+def test_soft_bootstrap_differentiates_through_its_target():
+    """At t = 0 (p = (1/2, 1/4, 1/4), y = 0): the gradient is beta (p - e_y) plus (1 - beta)
+    dH/dz, with dH/dz_j = -p_j (log p_j + H) = (-1/4, 1/8, 1/8) log 2. Held fixed, the target
+    would leave beta (p - e_y) alone: MLE's direction."""
+    only_first = {"targets": BATCH["targets"], "mask": jnp.asarray([[1.0, 0.0]])}
+    grad = jax.grad(lambda z: robust.bootstrap_loss((), z, only_first, beta=0.8,
+                                                    kind="soft")[0])(LOGITS)
+    p = np.asarray([0.5, 0.25, 0.25])
+    d_entropy = np.asarray([-0.25, 0.125, 0.125]) * math.log(2.0)
+    np.testing.assert_allclose(np.asarray(grad[0, 0]), 0.8 * (p - np.eye(3)[0]) + 0.2 * d_entropy,
+                               atol=1e-6)
+    np.testing.assert_allclose(np.asarray(grad[0, 1]), 0.0)  # Not in the mask.
 
 
 def test_the_mask_picks_the_tokens():

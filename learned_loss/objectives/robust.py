@@ -23,10 +23,14 @@ non-PAD target, as `mle.loss`):
   Bootstrapping", ICLR workshop): cross-entropy against a target that mixes the label with the
   model's own prediction,
       soft:  l = -sum_k (beta * onehot_k + (1 - beta) * p_k) log p_k
+               = beta * (-log p_y) + (1 - beta) * H(p)
       hard:  l = -beta * log p_y - (1 - beta) * log p_{argmax p}
-  beta = 1 is cross-entropy. The prediction in the target is held fixed (stop_gradient), as in
-  common implementations, so that the loss pulls the model toward its own belief rather than
-  also moving the belief.
+  beta = 1 is cross-entropy. As in the paper, the soft target's prediction is differentiated
+  through, which makes soft bootstrapping minimum-entropy regularisation (Grandvalet and Bengio
+  2005). Held fixed (stop_gradient), the soft target's gradient would be beta times
+  cross-entropy's (d/dz of -sum_k c_k log p_k is p - c, and p - (beta e_y + (1 - beta) p) =
+  beta (p - e_y)), which an optimizer invariant to the gradient's scale, such as Adam, turns into
+  MLE exactly.
 
 Every loss has `mle.loss`'s signature and metrics: `loss(theta, logits, batch, **settings)`
 -> (loss [], {loss, nll, accuracy, tokens}), with theta unused and nll the plain cross-entropy
@@ -101,10 +105,9 @@ def bootstrap_loss(theta: Any, logits: jax.Array, batch: Mapping[str, jax.Array]
     check_settings(bootstrap_beta=beta, kind=kind)
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [B, T, V]
     log_p_y = jnp.take_along_axis(log_probs, batch["targets"][..., None], axis=-1)[..., 0]
-    belief = jax.lax.stop_gradient(jnp.exp(log_probs))  # [B, T, V]
     if kind == "soft":
-        own = -(belief * log_probs).sum(axis=-1)  # [B, T]
+        own = -(jnp.exp(log_probs) * log_probs).sum(axis=-1)  # [B, T]: the entropy H(p)
     else:
-        top = jnp.argmax(belief, axis=-1)  # [B, T]
+        top = jnp.argmax(log_probs, axis=-1)  # [B, T]
         own = -jnp.take_along_axis(log_probs, top[..., None], axis=-1)[..., 0]
     return _with_metrics(beta * -log_p_y + (1.0 - beta) * own, logits, batch)

@@ -5,7 +5,9 @@ families it gives which role, what data it sees and the meta-training compute be
 configs, the comparison and the report read it. Arms, by how they train (`kind`):
   token level   TOKEN: fine-tuning from the pre-trained model on the noisy demonstrations
                 (learned_loss/studies/noisy_demonstrations.py's methods), `mle_clean` on the same
-                inputs' gold answers (the top of the headroom)
+                inputs' gold answers (the top of the headroom); the hand-made ones
+                (`token_arms.HAND_MADE`) with their settings tuned on the tuning families
+                (learned_loss/studies/tuning.py)
   gold pairs    GOLD_PAIRS: MLE on the noisy demonstrations plus the gold answers that the
                 preference arms' train pairs contain: the control that gives MLE the clean data
                 a preference arm sees
@@ -67,7 +69,12 @@ TABLE = (
     Arm("mle_clean_valid", "token", "mle_clean_valid", "",
         f"{NOISY} and the clean validation examples"),
     Arm("mle_2x", "token", "mle_2x", "", f"{NOISY}, for twice the steps"),
+    Arm("mle_early_stop", "token", "mle_early_stop", "",
+        f"{NOISY}; the clean validation examples choose its stopping step"),
     Arm("loss_truncation", "token", "loss_truncation", "", NOISY),
+    Arm("gce", "token", "gce", "", NOISY),
+    Arm("sce", "token", "sce", "", NOISY),
+    Arm("bootstrap", "token", "bootstrap", "", NOISY),
     Arm("learned_tbptt", "token", "learned_offline", "tbptt",
         f"{NOISY}; its loss meta-trained on families of its own", ("mle_clean_valid",)),
     Arm("learned_es", "token", "learned_offline", "es",
@@ -163,6 +170,8 @@ def roles(config, workdir: str) -> dict[str, dict[str, list[str]]]:
     out = {}
     for arm in config.objectives:
         parts = [own_roles(arm, families), mix]
+        if TOKEN.get(arm) in token_arms.HAND_MADE and config.tuning.seeds:
+            parts.append(tasks.roles.record({"tuning": config.tuning.families}))
         if arm in META_TRAINED:
             parts += [meta_roles(config, workdir, arm, m) for m in meta_seeds(config, arm)]
         out[arm] = tasks.roles.merge(*parts)

@@ -35,6 +35,7 @@ exist.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -45,7 +46,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from learned_loss.core import cli, evaluation, files, loop, policy, pretraining, provenance, store
+from learned_loss.core import cli, files, loop, policy, pretraining, provenance, store
 from learned_loss.core import train
 from learned_loss.core import checkpoint as checkpoint_lib
 from learned_loss.core import metrics as metrics_lib
@@ -54,7 +55,7 @@ from learned_loss.meta import fit
 
 from learned_loss.report import render as report
 from learned_loss.rlhf import pipeline as rlhf_pipeline
-from learned_loss.studies import token_arms
+from learned_loss.studies import token_arms, tuning
 from learned_loss.studies import arms as arms_lib
 from learned_loss.studies.arms import GOLD_PAIRS, META_TRAINED, RLHF, TOKEN
 
@@ -196,12 +197,6 @@ def score(config, model, params, reference_params, data: token_arms.Data, seed: 
     families = scored.pop("families")
     per_prompt = scored.pop("per_prompt")
     return {"metrics": scored, "families": families, "per_prompt": per_prompt}
-
-
-def greedy_exact_match(config, model, params, data: token_arms.Data) -> float:
-    return evaluation.evaluate(model, params, data.test_examples,
-                               batch_size=config.eval.batch_size,
-                               max_new_tokens=config.eval.max_new_tokens)["overall"]["exact_match"]
 
 
 def write_sft(config, workdir: str, inner: Mapping[str, Any], seed: int, families) -> None:
@@ -410,8 +405,13 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any], log=loggi
                                                             sft_from=sft_from)
                           for m in arms_lib.meta_seeds(config, "learned_reward")})
 
+    # The hand-made arms' settings, tuned on the tuning families from the same start.
+    tables = tuning.run(view, workdir, [(TOKEN[o], n) for n in config.noise_order for o in token],
+                        init_params=pre.params, start=pretraining.cache_key(config.pretrain),
+                        log=log)
+
     # Token-level objectives: one program per (objective, noise, meta seed).
-    grid.restart_clock()  # The ETA counts cells only, not pre- and meta-training.
+    grid.restart_clock()  # The ETA counts cells only, not pre-, meta-training and tuning.
     step0: dict[tuple[str, int], float] = {}
     for noise in config.noise_order:
         for objective in token:
@@ -425,12 +425,13 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any], log=loggi
                 loop.raise_if_stopped(f"{objective} on {noise}")
                 for s in todo:
                     if (noise, s) not in step0:
-                        step0[(noise, s)] = greedy_exact_match(config, pre.model, pre.params,
+                        step0[(noise, s)] = token_arms.exact_match(config, pre.model, pre.params,
                                                                data[(noise, s)])
                 _token_group(config, workdir, grid, objective, noise, todo,
                              [data[(noise, s)] for s in todo], pre,
                              artifacts.get((objective, m), ""), m,
-                             [step0[(noise, s)] for s in todo], bool(rlhf_objs))
+                             [step0[(noise, s)] for s in todo], bool(rlhf_objs),
+                             tuning.chosen(tables, TOKEN[objective], noise))
                 log(f"{grid.progress()} | {objective} on {noise}")
 
     for noise in config.noise_order:
@@ -462,15 +463,15 @@ def _meta_seen(config, workdir: str, objective: str, meta_seed: int) -> dict:
 
 
 def _token_group(config, workdir, grid, objective, noise, todo, data, pre, artifact,
-                 meta_seed, em0, keep_sft):
+                 meta_seed, em0, keep_sft, setting):
     method = TOKEN[objective]
-    cfg = noisy_view(config, artifact)
+    cfg = tuning.apply(noisy_view(config, artifact), method, setting)
     cells = [token_arms.Cell(FAMILY_SET, noise, method, config.model.variant, s) for s in todo]
     curves = {s: [{"step": 0, "exact_match": em}] for s, em in zip(todo, em0)}
 
     def on_segment(step, model, inners):
         for s, d, inner in zip(todo, data, inners):
-            curves[s].append({"step": step, "exact_match": greedy_exact_match(
+            curves[s].append({"step": step, "exact_match": token_arms.exact_match(
                 config, model, inner["params"], d)})
 
     t0 = time.time()
@@ -489,7 +490,7 @@ def _token_group(config, workdir, grid, objective, noise, todo, data, pre, artif
         curve = curves[s] + [{"step": facts["steps"],
                               "exact_match": scored[s]["metrics"]["exact_match"]}]
         cell_facts = dict(facts)
-        for name in ("online_skipped", "corrupted_rows"):
+        for name in token_arms.PER_CELL_FACTS:
             if name in facts:
                 cell_facts[name] = facts[name][i]
         cell_facts.update(data_hash=d.info.config_hash, method=method, artifact=artifact)
@@ -545,8 +546,7 @@ def _gold_pairs_cell(config, workdir, grid, noise, seed, data, pre):
         raise cli.UserError(f"{GOLD_PAIRS} needs the preference pairs in {shared}, which the "
                             f"RLHF arms build; re-run with an RLHF arm in config.objectives")
     gold = arms_lib.gold_pair_rows(shared, config.data.seq_len)
-    extended = token_arms.Data(training_rows.concatenate([data.train, gold]), data.train_clean,
-                               data.valid, data.test_rows, data.test_examples, data.info)
+    extended = dataclasses.replace(data, train=training_rows.concatenate([data.train, gold]))
     cfg = noisy_view(config)
     cell = token_arms.Cell(FAMILY_SET, noise, "mle", config.model.variant, seed)
     t0 = time.time()

@@ -14,13 +14,15 @@ t-test p, raw and Holm-adjusted over every test against MLE (learned_loss/studie
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from typing import Any, Iterable, Mapping, Sequence
 
 from learned_loss.core import errors, files, provenance, store
-from learned_loss.studies import statistics, token_arms
+from learned_loss.studies import statistics, token_arms, tuning
 from learned_loss.studies.token_arms import Cell
+
 
 
 def grid(config) -> list[Cell]:
@@ -51,13 +53,18 @@ def grid(config) -> list[Cell]:
 
 
 def run_cells(config, workdir: str, cells: Sequence[Cell], log=print) -> list[dict]:
-    """Runs every unfinished cell, writing WORKDIR/cells/KEY.json. The unfinished seeds of one
-    (family set, noise, method, model) train together (`train_cells`); a cell's `seconds` is
-    its share of that group's wall time. The families' roles are checked first."""
+    """Runs every unfinished cell, writing WORKDIR/cells/KEY.json. The hand-made methods are
+    tuned first (learned_loss/studies/tuning.py), and each of their cells trains with its
+    tuned setting. The unfinished seeds of one (family set, noise, method, model) train
+    together (`train_cells`); a cell's `seconds` is its share of that group's wall time. The
+    families' roles are checked first."""
     token_arms.check_roles(config, cells)
+    tables = tuning.run(config, workdir, [(c.method, c.noise) for c in cells], log=log)
+    configs = {c.key: tuning.apply(config, c.method, tuning.chosen(tables, c.method, c.noise))
+               for c in cells}
     data_cache: dict[tuple[str, str, int], token_arms.Data] = {}
     kept = store.Store(os.path.join(workdir, "cells"))
-    settings = {cell.key: cell_settings(config, cell) for cell in cells}
+    settings = {cell.key: cell_settings(configs[cell.key], cell) for cell in cells}
     done: dict[str, dict] = {}
     for cell in cells:
         found = kept.read(cell.key, settings[cell.key])
@@ -76,17 +83,18 @@ def run_cells(config, workdir: str, cells: Sequence[Cell], log=print) -> list[di
                 data_cache[(family_set, noise, cell.seed)] = token_arms.build_data(
                     config, family_set, noise, cell.seed)
         data = [data_cache[(family_set, noise, c.seed)] for c in group]
+        cfg = configs[group[0].key]
         t0 = time.time()
-        model, inners, facts = token_arms.train_cells(config, group, data)
+        model, inners, facts = token_arms.train_cells(cfg, group, data)
         for i, (cell, inner) in enumerate(zip(group, inners)):
             cell_facts = dict(facts)
-            for key in ("online_skipped", "corrupted_rows"):
+            for key in token_arms.PER_CELL_FACTS:
                 if key in facts:
                     cell_facts[key] = facts[key][i]
-            scored = token_arms.score(config, model, inner["params"], data[i])
+            scored = token_arms.score(cfg, model, inner["params"], data[i])
             result = dict(dataclasses.asdict(cell), **scored, **cell_facts,
                           data_hash=data[i].info.config_hash,
-                          data_seen=token_arms.data_seen(config, method, data[i]))
+                          data_seen=token_arms.data_seen(cfg, method, data[i]))
             done[cell.key] = result
         seconds = (time.time() - t0) / len(group)
         for cell in group:
@@ -102,8 +110,9 @@ def run_cells(config, workdir: str, cells: Sequence[Cell], log=print) -> list[di
 
 # What a cell's numbers do not depend on: which cells there are (the other family sets, noise
 # kinds, methods and seeds) and the interpretation settings.
+# The tuning section is there too: a tuned cell's config holds its chosen setting.
 GRID_KEYS = ("variant", "family_sets", "set_order", "noises", "noise_order", "methods", "seeds",
-             "transfer", "interpret")
+             "transfer", "interpret", "tuning")
 
 
 def cell_settings(config, cell: Cell) -> str:
@@ -182,8 +191,23 @@ def write_summary(workdir: str, results: Sequence[Mapping[str, Any]]) -> dict:
            f"{statistics.ALPHA}.")
     text = "".join(f"{p}\n\n" for p in ["## Findings", how] + [f["text"] for f in found])
     text += "".join(f"## {m}\n\n{markdown(rows, m)}\n" for m, rows in summary.items())
+    text += tuning_section(workdir)
     files.write_atomic(os.path.join(workdir, "summary.md"), text)
     return summary
+
+
+def tuning_section(workdir: str) -> str:
+    """summary.md's tuning section from WORKDIR/tuning.json ('' when nothing was tuned): every
+    setting tried and, per noise kind, the best hand-made baseline on the tuning families."""
+    path = os.path.join(workdir, tuning.FILE)
+    if not os.path.exists(path):
+        return ""
+    with open(path, encoding="utf-8") as f:
+        tables = json.load(f)
+    best = [f"Best hand-made baseline on {noise} (chosen on the tuning families): "
+            f"{tuning.best_baseline(tables, noise)}."
+            for noise in dict.fromkeys(t["noise"] for t in tables)]
+    return "## Tuning\n\n" + tuning.markdown(tables) + "\n" + "\n\n".join(best) + "\n"
 
 
 def markdown(rows: Sequence[Mapping[str, Any]], metric: str) -> str:

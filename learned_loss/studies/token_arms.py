@@ -18,7 +18,11 @@ Methods (all with the same inner optimizer and batch):
   mle_clean_valid   MLE with the clean validation examples (what the meta-learned methods see
                     as their meta-objective) added to the training data
   mle_2x            MLE with twice the step budget
+  mle_early_stop    MLE that keeps the parameters with the best exact match on the clean
+                    validation examples, evaluated `early_stopping.evaluations` times along the
+                    run (the last evaluation is the end of the run)
   loss_truncation   Kang and Hashimoto 2020 (objectives/loss_truncation.py)
+  gce, sce, bootstrap  the robust losses of objectives/robust.py (settings in `robust`)
   learned_offline   the learned token loss of a meta-training artifact, frozen
   learned_online    Meta-Weight-Net-style online meta-weighting on the clean validation examples
   learned_closed_form  a closed form fitted to learned_offline's network (interpret.py), frozen
@@ -44,14 +48,22 @@ from learned_loss.data import instruction_tasks, paths, tasks, training_rows
 from learned_loss.meta import base, fit, lm_problem, outer
 from learned_loss.objectives import artifact as artifact_lib
 
-METHODS = ("mle", "mle_clean", "mle_clean_valid", "mle_2x", "loss_truncation",
-           "learned_offline", "learned_online")
+METHODS = ("mle", "mle_clean", "mle_clean_valid", "mle_2x", "mle_early_stop", "loss_truncation",
+           "gce", "sce", "bootstrap", "learned_offline", "learned_online")
+ROBUST = ("gce", "sce", "bootstrap")  # objectives/robust.py; their settings: `config.robust`
+EARLY_STOP = ("mle_early_stop",)
+# The hand-made baselines: tuned, and the best of them chosen, on families of their own
+# (studies/tuning.py; the meta role `tuning`).
+HAND_MADE = ("loss_truncation",) + ROBUST + EARLY_STOP
 # Also available: the closed form fitted to the offline artifact (learned_loss/meta/interpret.py).
 EXTRA_METHODS = ("learned_closed_form",)
 # What each method trains on besides the noisy demonstrations' inputs: its rows (`rows_of`).
 CLEAN_TRAIN = ("mle_clean",)  # the train inputs with their gold answers, instead of the noisy
 WITH_VALID = ("mle_clean_valid",)  # the clean validation examples added to the noisy ones
-READS_VALID = ("mle_clean_valid", "learned_online")  # learn from the clean validation examples
+# Learn from, or select by, the clean validation examples of the families they fine-tune on.
+READS_VALID = ("mle_clean_valid", "mle_early_stop", "learned_online")
+# Facts of `train_cells` that hold one value per cell.
+PER_CELL_FACTS = ("online_skipped", "corrupted_rows", "stopped_at", "valid_exact_match")
 BUDGET = {"mle_2x": 2}  # steps in multiples of config.steps, where not 1
 FINETUNE_METHODS = ("mle", "mle_2x")  # experiments/finetune.py trains them (finetune_config)
 
@@ -76,8 +88,9 @@ class Data:
     train_clean: training_rows.Demonstrations  # the same inputs with their gold answers
     valid: training_rows.Demonstrations  # clean: the meta-objective of the learned methods
     test_rows: training_rows.Demonstrations  # clean test inputs
-    test_examples: list
+    test_examples: list  # scored: `eval.per_family` test inputs a family
     info: Any
+    valid_examples: list  # early stopping and tuning: `eval.per_family` validation inputs a family
 
 
 def evaluation_families(config, family_set: str) -> tuple[str, ...]:
@@ -105,15 +118,21 @@ def build_data(config, family_set: str, noise: str, seed: int) -> Data:
     records = {split: instruction_tasks.load_split(info, split)
                for split in ("train", "validation", "test")}
     rows = {split: training_rows.encode_records(r, seq_len) for split, r in records.items()}
-    test = records["test"]
-    examples = sorted((instruction_tasks.to_example(test[i], gold=True)
-                       for i in range(len(test))), key=lambda e: (e.family, e.prompt))
-    per_family: dict[str, list] = {}
-    for e in examples:
-        per_family.setdefault(e.family, []).append(e)
-    chosen = [e for f in sorted(per_family) for e in per_family[f][:config.eval.per_family]]
+    chosen = {split: examples_of(records[split], config.eval.per_family)
+              for split in ("validation", "test")}
     return Data(rows["train"], training_rows.encode_records(records["train"], seq_len, gold=True),
-                rows["validation"], rows["test"], chosen, info)
+                rows["validation"], rows["test"], chosen["test"], info, chosen["validation"])
+
+
+def examples_of(records, per_family: int) -> list:
+    """The first `per_family` examples of each family (by prompt) of a split's records, with
+    their gold answers, sorted by family."""
+    examples = sorted((instruction_tasks.to_example(records[i], gold=True)
+                       for i in range(len(records))), key=lambda e: (e.family, e.prompt))
+    by_family: dict[str, list] = {}
+    for e in examples:
+        by_family.setdefault(e.family, []).append(e)
+    return [e for f in sorted(by_family) for e in by_family[f][:per_family]]
 
 
 def artifact_roles(path: str) -> dict[str, list[str]]:
@@ -142,6 +161,8 @@ def method_roles(config, method: str, family_set: str, noise: str) -> dict[str, 
     """The families by role of one method on one family set: its task roles on the set, and
     the meta roles of the artifact it uses."""
     own = task_roles(method, evaluation_families(config, family_set))
+    if method in HAND_MADE and config.tuning.seeds:
+        own = tasks.roles.merge(own, tasks.roles.record({"tuning": config.tuning.families}))
     if method in ("learned_offline", "learned_closed_form"):
         return tasks.roles.merge(own, artifact_roles(method_objective(config, method, noise)[1]))
     return own
@@ -166,8 +187,10 @@ def model_of(cfg) -> model_lib.Model:
 
 def method_objective(config, method: str, noise: str) -> tuple[objectives.Objective, str]:
     """(objective, where its theta came from) of a method."""
-    if method in ("mle", "mle_clean", "mle_clean_valid", "mle_2x"):
+    if method in ("mle", "mle_clean", "mle_clean_valid", "mle_2x", "mle_early_stop"):
         return objectives.build("mle"), ""
+    if method in ROBUST:
+        return objectives.build(dict(config.robust, name=method)), ""
     if method == "loss_truncation":
         lt = config.loss_truncation
         return objectives.build({"name": "loss_truncation", "drop_fraction": lt.drop_fraction,
@@ -255,10 +278,13 @@ def train_cells(config, cells: Sequence[Cell], data: Sequence[Data], *, init_par
     segments: the run is cut into this many equal spans of steps, and after each one but the
     last `on_segment(step, model, inners)` is called with the per-cell inner states (for
     learning curves). Segments draw their own keys, so a run in several differs from a run in
-    one.
+    one. Early stopping (`EARLY_STOP`) cuts the run into `early_stopping.evaluations` segments
+    instead, and `on_segment` sees those.
 
     Returns (model, per-cell final inner states {'params', ..., 'reference' when the objective
-    reads one}, facts shared by the cells). Online, facts['online_skipped'] is per cell.
+    reads one}, facts shared by the cells). Online, facts['online_skipped'] is per cell; with
+    early stopping the params are each cell's best on the clean validation examples, and
+    facts['stopped_at'] and facts['valid_exact_match'] (at that step) are per cell.
     """
     first = cells[0]
     if any(dataclasses.replace(c, seed=first.seed) != first for c in cells):
@@ -292,26 +318,75 @@ def train_cells(config, cells: Sequence[Cell], data: Sequence[Data], *, init_par
     def per_cell(carry) -> list[Any]:
         return fit.unstack(runner.inner(carry), len(cells))
 
-    callback = None
-    if on_segment is not None:
-        callback = lambda step, carry: on_segment(step, model, per_cell(carry))
+    best = None
+    if first.method in EARLY_STOP:
+        best = BestOnValidation(config, model, data)
+        segments = early_stopping_evaluations(config, steps)
+
+    def callback(step, carry):
+        inners = per_cell(carry)
+        if best is not None:
+            best.offer(step, inners)
+        if on_segment is not None:
+            on_segment(step, model, inners)
+
     carry = fit.fit(runner, jax.tree.map(jnp.asarray, objective.theta),
                     fit.seed_keys([c.seed for c in cells]), rows, steps, segments=segments,
                     on_segment=callback)
     inners = per_cell(carry)
+    early = {}
+    if best is not None:
+        best.offer(steps, inners)
+        inners = [dict(inner, params=p) for inner, p in zip(inners, best.params)]
+        early = {"stopped_at": best.steps, "valid_exact_match": best.scores}
     facts = {"steps": steps, "theta_source": source, "train_rows": train_rows.inputs.shape[1],
              "corrupted_rows": [int(c) for c in train_rows.corrupted.sum(axis=1)],
              "params": model_lib.param_count(inners[0]["params"]),
              "seeds_in_program": len(cells)}
     if online:
         facts["online_skipped"] = [float(s) for s in np.asarray(carry[3])]
-    return model, inners, facts
+    return model, inners, dict(facts, **early)
+
+
+def early_stopping_evaluations(config, steps: int) -> int:
+    """How many times early stopping evaluates a run of `steps` steps (at the end of each of
+    that many equal segments); UserError when it is not within 1 .. steps."""
+    n = config.early_stopping.evaluations
+    if not 1 <= n <= steps:
+        raise errors.UserError(f"early_stopping.evaluations is {n}, but a run of {steps} steps "
+                               f"can be evaluated 1 to {steps} times; set it within that range")
+    return n
+
+
+def exact_match(config, model, params, data: Data, split: str = "test") -> float:
+    """Greedy exact match on a split's examples: the clean test inputs (`data.test_examples`)
+    or, with split 'validation', the clean validation examples (`data.valid_examples`)."""
+    examples = data.valid_examples if split == "validation" else data.test_examples
+    return evaluation.evaluate(model, params, examples, batch_size=config.eval.batch_size,
+                               max_new_tokens=config.eval.max_new_tokens)["overall"]["exact_match"]
+
+
+class BestOnValidation:
+    """Early stopping over cells trained together: each cell's parameters at its best greedy
+    exact match on its clean validation examples so far (the first of equal scores is kept)."""
+
+    def __init__(self, config, model, data: Sequence[Data]):
+        self.config, self.model, self.data = config, model, data
+        self.scores = [-1.0] * len(data)
+        self.steps = [0] * len(data)
+        self.params: list[Any] = [None] * len(data)
+
+    def offer(self, step: int, inners: Sequence[Any]) -> None:
+        for i, (inner, d) in enumerate(zip(inners, self.data)):
+            em = exact_match(self.config, self.model, inner["params"], d, "validation")
+            if em > self.scores[i]:
+                self.scores[i], self.steps[i], self.params[i] = em, step, inner["params"]
 
 
 def train_cell(config, cell: Cell, data: Data) -> tuple[Any, dict]:
     """One cell (`train_cells` of one seed). Returns ((model, final inner state), facts)."""
     model, inners, facts = train_cells(config, [cell], [data])
-    for key in ("online_skipped", "corrupted_rows"):
+    for key in PER_CELL_FACTS:
         if key in facts:
             facts[key] = facts[key][0]
     return (model, inners[0]), facts
