@@ -100,6 +100,9 @@ def test_cells_run_resume_and_summarize(tmp_path):
     assert results[1]["theta_source"] == art
     assert all(0.0 <= r["exact_match"] <= 1.0 and np.isfinite(r["test_nll"]) for r in results)
     assert results[0]["corrupted_rows"] > 0
+    # The learned method's weights on corrupted and clean rows (the diagnosis), in (0, 2).
+    assert all(0.0 < results[1][k] < 2.0 for k in ("weight_noisy", "weight_clean"))
+    assert "weight_noisy" not in results[0]
     # Per-prompt correctness: one entry per test prompt, averaging to the families' scores.
     per_prompt = results[0]["per_prompt"]
     assert len(per_prompt["input_id"]) == len(set(per_prompt["input_id"])) == 2 * 2

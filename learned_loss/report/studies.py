@@ -8,6 +8,8 @@ Each section is read from one file of the workdir, written by its experiment:
                  family scores after fine-tuning on k families at a fixed budget.
   emergence.json experiments/emergence.py (learned_loss/studies/emergence.py): exact match,
                  per-token accuracy and p^L per answer length across sizes and checkpoints.
+  headroom.json  experiments/headroom.py (learned_loss/studies/headroom.py): mle_clean - mle
+                 one axis at a time, and the regime chosen.
 
 A `Section` holds a title, paragraphs, tables of strings and PNGs; learned_loss/report/render.py
 renders it to Markdown and HTML alike. Everything is sorted and printed at fixed precision, so the
@@ -34,6 +36,7 @@ from learned_loss.core import errors  # noqa: E402
 SCALING_FILE = "scaling.json"
 DIVERSITY_FILE = "diversity.json"
 EMERGENCE_FILE = "emergence.json"
+HEADROOM_FILE = "headroom.json"
 
 
 @dataclasses.dataclass
@@ -407,6 +410,83 @@ def emergence_section(study: Mapping[str, Any]) -> Section:
                    {"emergence.png": plot_emergence(study)}, timings)
 
 
+# ---- headroom -------------------------------------------------------------------------------
+
+_AXIS_LABELS = {"rho": "fraction of answers swapped", "epochs": "passes over the training rows",
+                "model": "model size", "examples": "examples a family"}
+
+
+def _setting(row: Mapping[str, Any]) -> str:
+    return (f"rho {row['rho']:.2f}, {row['epochs']:.1f} epochs ({row['steps']} steps), "
+            f"{row['model']}, {row['examples']} a family")
+
+
+def _p(p: float) -> str:
+    return "–" if p is None or math.isnan(p) else f"{p:.3g}"
+
+
+def headroom_table(rows: Sequence[Mapping[str, Any]]) -> Table:
+    header = ["point", "setting", "params", "mle", "mle_clean", "headroom (paired)", "p",
+              "adjusted p (Holm)", "seeds", "s a cell"]
+    body = [[r["name"], _setting(r), str(r["params"]), _ci(r["mle"]), _ci(r["mle_clean"]),
+             _ci((r["headroom"], r["headroom_ci95"])), _p(r["p"]), _p(r["p_adjusted"]),
+             str(r["n"]), f"{r['seconds']:.0f}"] for r in rows]
+    return Table(header, body)
+
+
+def _axis_value(row: Mapping[str, Any], axis: str) -> Any:
+    return row["model"] if axis == "model" else row[axis]
+
+
+def plot_headroom(study: Mapping[str, Any]) -> bytes:
+    """Headroom (± 95% CI) against each axis, the base point included in every panel."""
+    rows = study["points"]
+    axes = [a for a in _AXIS_LABELS if any(r["axis"] == a for r in rows)]
+    fig, panels = plt.subplots(1, max(1, len(axes)), figsize=(3.2 * max(1, len(axes)), 3.2),
+                               squeeze=False)
+    for ax, axis in zip(panels[0], axes):
+        line = sorted((r for r in rows if r["axis"] in (axis, "base")),
+                      key=lambda r: _axis_value(r, axis) if axis != "model" else r["params"])
+        xs = [str(_axis_value(r, axis)) if axis == "model" else _axis_value(r, axis)
+              for r in line]
+        ax.errorbar(xs, [r["headroom"] for r in line], yerr=[r["headroom_ci95"] for r in line],
+                    fmt="o-", capsize=3)
+        ax.axhline(0.0, color="grey", lw=0.5)
+        ax.set(xlabel=_AXIS_LABELS[axis], ylabel="mle_clean - mle (exact match)")
+        if axis == "epochs":
+            ax.set_xscale("log")
+    fig.tight_layout()
+    return png(fig)
+
+
+def headroom_section(study: Mapping[str, Any]) -> Section:
+    for key in ("points", "choice", "base"):
+        if key not in study:
+            raise StudyError(f"headroom.json lacks {key!r}; re-run experiments/headroom.py")
+    rows = study["points"]
+    by_name = {r["name"]: r for r in rows}
+    paragraphs = [
+        f"Exact match on clean test inputs of the {len(study['families'])} evaluation families "
+        f"after MLE on noisy demonstrations (mle) and on the same inputs' gold answers "
+        f"(mle_clean), from scratch, batch {study['batch']}; headroom is their difference "
+        f"paired over {study['seeds']} seeds (mean ± 95% t-interval; p from a paired t-test, "
+        f"Holm-adjusted over all {len(rows)} points). Each point changes one setting of the "
+        f"base ({_setting(by_name['base'])})."]
+    choice = by_name.get(study["choice"])
+    if choice is None:
+        paragraphs.append(f"No point's cells took at most {study['max_cell_seconds']:.0f} s: "
+                          f"no regime is chosen.")
+    else:
+        paragraphs.append(
+            f"Regime chosen (the largest headroom among points whose cells took at most "
+            f"{study['max_cell_seconds']:.0f} s): {choice['name']} ({_setting(choice)}), "
+            f"headroom {_ci((choice['headroom'], choice['headroom_ci95']))} from mle "
+            f"{_ci(choice['mle'])} to mle_clean {_ci(choice['mle_clean'])}.")
+    timings = [(f"point {r['name']}", f"{r['seconds']:.1f} s a cell") for r in rows]
+    return Section("Headroom", paragraphs, [headroom_table(rows)],
+                   {"headroom.png": plot_headroom(study)}, timings)
+
+
 # ---- every study ----------------------------------------------------------------------------
 
 # file -> section builder, in report order.
@@ -414,6 +494,7 @@ STUDIES: tuple[tuple[str, Callable[[Mapping[str, Any]], Section]], ...] = (
     (SCALING_FILE, scaling_section),
     (DIVERSITY_FILE, diversity_section),
     (EMERGENCE_FILE, emergence_section),
+    (HEADROOM_FILE, headroom_section),
 )
 
 

@@ -62,8 +62,12 @@ CLEAN_TRAIN = ("mle_clean",)  # the train inputs with their gold answers, instea
 WITH_VALID = ("mle_clean_valid",)  # the clean validation examples added to the noisy ones
 # Learn from, or select by, the clean validation examples of the families they fine-tune on.
 READS_VALID = ("mle_clean_valid", "mle_early_stop", "learned_online")
+# The methods whose objective weighs each token (objectives/learned.py).
+LEARNED = ("learned_offline", "learned_online", "learned_closed_form")
+WEIGHT_FACTS = ("weight_noisy", "weight_clean")  # `weights_by_corruption`
 # Facts of `train_cells` that hold one value per cell.
-PER_CELL_FACTS = ("online_skipped", "corrupted_rows", "stopped_at", "valid_exact_match")
+PER_CELL_FACTS = ("online_skipped", "corrupted_rows", "stopped_at",
+                  "valid_exact_match") + WEIGHT_FACTS
 BUDGET = {"mle_2x": 2}  # steps in multiples of config.steps, where not 1
 FINETUNE_METHODS = ("mle", "mle_2x")  # experiments/finetune.py trains them (finetune_config)
 
@@ -282,7 +286,8 @@ def train_cells(config, cells: Sequence[Cell], data: Sequence[Data], *, init_par
     instead, and `on_segment` sees those.
 
     Returns (model, per-cell final inner states {'params', ..., 'reference' when the objective
-    reads one}, facts shared by the cells). Online, facts['online_skipped'] is per cell; with
+    reads one}, facts shared by the cells). Online, facts['online_skipped'] is per cell; for a
+    learned method facts['weight_noisy'] and ['weight_clean'] (`weights_by_corruption`); with
     early stopping the params are each cell's best on the clean validation examples, and
     facts['stopped_at'] and facts['valid_exact_match'] (at that step) are per cell.
     """
@@ -334,18 +339,43 @@ def train_cells(config, cells: Sequence[Cell], data: Sequence[Data], *, init_par
                     fit.seed_keys([c.seed for c in cells]), rows, steps, segments=segments,
                     on_segment=callback)
     inners = per_cell(carry)
-    early = {}
-    if best is not None:
-        best.offer(steps, inners)
-        inners = [dict(inner, params=p) for inner, p in zip(inners, best.params)]
-        early = {"stopped_at": best.steps, "valid_exact_match": best.scores}
     facts = {"steps": steps, "theta_source": source, "train_rows": train_rows.inputs.shape[1],
              "corrupted_rows": [int(c) for c in train_rows.corrupted.sum(axis=1)],
              "params": model_lib.param_count(inners[0]["params"]),
              "seeds_in_program": len(cells)}
     if online:
         facts["online_skipped"] = [float(s) for s in np.asarray(carry[3])]
-    return model, inners, dict(facts, **early)
+    if first.method in LEARNED:  # How the final weights treat corrupted and clean rows.
+        thetas = (fit.unstack(carry[0], len(cells)) if online
+                  else [objective.theta] * len(cells))
+        by_corruption = [weights_by_corruption(model, objective, theta, inner, d.train)
+                         for theta, inner, d in zip(thetas, inners, data)]
+        facts.update({k: [w[k] for w in by_corruption] for k in WEIGHT_FACTS})
+    if best is not None:
+        best.offer(steps, inners)
+        inners = [dict(inner, params=p) for inner, p in zip(inners, best.params)]
+        facts.update(stopped_at=best.steps, valid_exact_match=best.scores)
+    return model, inners, facts
+
+
+def weights_by_corruption(model, objective: objectives.Objective, theta: Any, inner: Any,
+                          rows: training_rows.Demonstrations, limit: int = 256
+                          ) -> dict[str, float]:
+    """The mean weight a learned objective (theta) gives the answer tokens of up to `limit`
+    corrupted and `limit` clean training rows under the final model (inner['params']): whether
+    it tells the noise apart ('weight_noisy', 'weight_clean'; nan when a kind has no row)."""
+    loss_fn = jax.jit(train.objective_loss(model, objective))
+    if objective.needs_reference:
+        theta = {"objective": theta, "reference": inner["reference"]}
+    out = {}
+    for key, chosen in zip(WEIGHT_FACTS, (rows.corrupted, ~rows.corrupted)):
+        index = np.flatnonzero(chosen)[:limit]
+        if not len(index):
+            out[key] = float("nan")
+            continue
+        batch = {k: jnp.asarray(v[index]) for k, v in rows.batch().items()}
+        out[key] = float(loss_fn(inner["params"], batch, theta)[1]["mean_weight"])
+    return out
 
 
 def early_stopping_evaluations(config, steps: int) -> int:
