@@ -230,3 +230,34 @@ def test_several_artifacts_enter_the_tests_by_their_mean_and_show_their_spread(t
     assert f"m0: {m0:.3f} ± " in section and f"m1: {m1:.3f} ± " in section
     assert f"| {np.std([m0, m1], ddof=1):.3f} |" in section
     assert "mle |" not in section  # arms with one artifact are not listed
+
+
+def test_learned_arms_are_tested_against_the_best_tuned_baseline(tmp_path):
+    """gce ran (cells of mle's, 0.05 higher) and was tuned with sce, which did not run and
+    scored lower on the tuning families: gce is the best hand-made baseline, and the learned
+    arm is tested against it among all of the report's tests."""
+    cells = write_workdir(tmp_path)
+    for cell in [c for c in cells if c["objective"] == "mle"]:
+        gce = dict(cell, objective="gce", metrics=dict(cell["metrics"], exact_match=cell[
+            "metrics"]["exact_match"] + 0.05 * (cell["seed"] + 1)))
+        with open(tmp_path / "cells" / f"swap30-gce-s{cell['seed']}.json", "w") as f:
+            json.dump(gce, f)
+    tables = [{"method": "sce", "noise": "swap30", "score": 0.3, "chosen": {"sce_beta": 1.0},
+               "candidates": [{"setting": {"sce_beta": 1.0}, "scores": [0.3, 0.3],
+                               "mean": 0.3, "ci95": 0.0}]},
+              {"method": "gce", "noise": "swap30", "score": 0.4, "chosen": {"q": 0.5},
+               "candidates": [{"setting": {"q": 0.5}, "scores": [0.4, 0.4], "mean": 0.4,
+                               "ci95": 0.0},
+                              {"setting": {"q": 0.9}, "scores": [0.1, 0.2], "mean": 0.15,
+                               "ci95": 0.6}]}]
+    (tmp_path / "tuning.json").write_text(json.dumps(tables))
+    report.write(str(tmp_path))
+    record = json.loads((tmp_path / "findings.json").read_text())
+    pairs = sorted((f["a"], f["b"]) for f in record["findings"])
+    assert ("learned_preference", "gce") in pairs and ("gce", "mle") in pairs
+    assert record["tests"] == 6  # the 4 of the fixture, gce vs mle, the learned arm vs gce
+    md = (tmp_path / "report.md").read_text()
+    section = md.split("## Tuning of the hand-made baselines")[1].split("## ")[0]
+    assert "Best hand-made baseline on swap30: gce." in section
+    assert "| swap30 | gce | q=0.5 | 0.400 ± 0.000 | 2 | yes |" in section
+    assert "| swap30 | gce | q=0.9 | 0.150 ± 0.600 | 2 |  |" in section

@@ -54,7 +54,7 @@ from learned_loss.core import errors, files  # noqa: E402
 from learned_loss.core import metrics as metrics_lib  # noqa: E402
 from learned_loss.rlhf import overoptimization  # noqa: E402
 from learned_loss.report import studies as study_report
-from learned_loss.studies import arms, statistics, sweep
+from learned_loss.studies import arms, statistics, sweep, tuning
 from learned_loss.data.tasks import roles as task_roles  # noqa: E402
 from learned_loss.studies.statistics import mean_ci, paired  # noqa: E402  (re-exported)
 
@@ -97,6 +97,7 @@ class Inputs:
     overoptimization: dict | None
     provenance: dict | None
     sections: list = dataclasses.field(default_factory=list)  # study_report.Section
+    tuning: list = dataclasses.field(default_factory=list)  # the tables of tuning.json
 
 
 def _read_json(path: str) -> Any:
@@ -135,8 +136,10 @@ def load(workdir: str) -> Inputs:
             os.path.dirname(path))
     over = os.path.join(workdir, "overoptimization.json")
     prov = os.path.join(workdir, "provenance.json")
+    tuned = os.path.join(workdir, tuning.FILE)
     return Inputs(cells, meta, _read_json(over) if os.path.exists(over) else None,
-                  _read_json(prov) if os.path.exists(prov) else None, sections)
+                  _read_json(prov) if os.path.exists(prov) else None, sections,
+                  _read_json(tuned) if os.path.exists(tuned) else [])
 
 
 def _last_start(inputs: Inputs) -> dict:
@@ -229,11 +232,19 @@ def arm_order(cells: Sequence[Mapping[str, Any]], baseline: str = BASELINE
     return sorted(groups, key=key)
 
 
-def comparison_tests(cells: Sequence[Mapping[str, Any]], baseline: str = BASELINE
-                     ) -> list[dict]:
+def best_baselines(tables: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """noise -> the best hand-made baseline on the tuning families (tuning.best_baseline)."""
+    return {noise: tuning.best_baseline(tables, noise)
+            for noise in dict.fromkeys(t["noise"] for t in tables)}
+
+
+def comparison_tests(cells: Sequence[Mapping[str, Any]], baseline: str = BASELINE,
+                     best: Mapping[str, str] | None = None) -> list[dict]:
     """Every test of the report, in its order: per noise kind, each arm against `baseline`
-    (in arm_order), then the PAIRINGS of which both arms ran; each statistics.paired of exact
-    match with 'a', 'b' and 'group' (the noise kind)."""
+    (in arm_order), then the PAIRINGS of which both arms ran, then each learned arm against
+    the best hand-made baseline of that noise kind (`best`, chosen on the tuning families)
+    where both ran; each statistics.paired of exact match with 'a', 'b' and 'group' (the noise
+    kind)."""
     groups = _groups(cells)
     order = arm_order(cells, baseline)
     tests = []
@@ -241,6 +252,10 @@ def comparison_tests(cells: Sequence[Mapping[str, Any]], baseline: str = BASELIN
         ran = [o for n, o in order if n == noise]
         pairs = [(o, baseline) for o in ran if o != baseline and baseline in ran]
         pairs += [(a, b) for a, b in PAIRINGS if a in ran and b in ran]
+        hand = (best or {}).get(noise)
+        if hand in ran:
+            pairs += [(a, hand) for a in ran if arms.BY_NAME[a].meta_trainer
+                      and (a, hand) not in pairs]
         tests += [dict(a=a, b=b, group=noise, **paired(_by_seed(groups[(noise, a)]),
                                                          _by_seed(groups[(noise, b)])))
                   for a, b in pairs]
@@ -559,6 +574,17 @@ def headroom_section(rows: Sequence[Mapping[str, Any]]) -> Section:
     return Section("Headroom recovered", [text], [Table(header, body)], {}, [])
 
 
+def tuning_section(tables: Sequence[Mapping[str, Any]], best: Mapping[str, str]) -> Section:
+    text = ("The hand-made baselines' settings, each tried for the tuning seeds on the tuning "
+            "families (never an evaluation family) and scored by exact match on their clean "
+            "test inputs (mean ± 95% t-interval); the best mean is the setting the arm ran "
+            "with, and the best hand-made baseline of a noise kind is the one with the best "
+            "tuning score: each learned arm is tested against it.")
+    chosen = [f"Best hand-made baseline on {noise}: {method}." for noise, method in best.items()]
+    return Section("Tuning of the hand-made baselines", [text] + chosen,
+                   [Table(list(tuning.HEADER), tuning.table_rows(tables))], {}, [])
+
+
 def data_seen_section(rows: Sequence[Mapping[str, Any]]) -> Section:
     header = (["noise", "objective"] + [title for _, title in DATA_SEEN]
               + [title for _, title in META_SEEN])
@@ -590,7 +616,8 @@ def comparison_sections(inputs: Inputs) -> tuple[list[Section], dict]:
     gets a section of its own."""
     method = correction(inputs)
     cells = per_seed(inputs.cells)
-    found = statistics.findings(comparison_tests(cells), method)
+    best = best_baselines(inputs.tuning)
+    found = statistics.findings(comparison_tests(cells, best=best), method)
     rows = summary_rows(cells, found)
     summary_images = {"exact_match.png": plot_exact_match(rows)}
     curves = mean_curves(cells)
@@ -608,6 +635,8 @@ def comparison_sections(inputs: Inputs) -> tuple[list[Section], dict]:
     headroom = headroom_rows(cells)
     if headroom:
         out.append(headroom_section(headroom))
+    if inputs.tuning:
+        out.append(tuning_section(inputs.tuning, best))
     seen = data_seen_rows(cells)
     if seen:
         out.append(data_seen_section(seen))

@@ -181,15 +181,23 @@ def best_baseline(tables: Sequence[Mapping[str, Any]], noise: str) -> str:
     return max(enumerate(of_noise), key=lambda it: (it[1]["score"], -it[0]))[1]["method"]
 
 
+HEADER = ("noise", "method", "setting", "exact match on the tuning families (95% CI)", "seeds",
+          "chosen")
+
+
+def table_rows(tables: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+    """The tuning table's rows (columns `HEADER`): every setting tried, its mean exact match on
+    the tuning families' test inputs with a 95% CI over the tuning seeds, the chosen one
+    marked."""
+    return [[t["noise"], t["method"],
+             ", ".join(f"{k}={v}" for k, v in r["setting"].items()) or "-",
+             f"{r['mean']:.3f} ± {r['ci95']:.3f}", str(len(r["scores"])),
+             "yes" if r["setting"] == t["chosen"] else ""]
+            for t in tables for r in t["candidates"]]
+
+
 def markdown(tables: Sequence[Mapping[str, Any]]) -> str:
-    """The tuning table: every setting tried, its mean exact match on the tuning families'
-    test inputs with a 95% CI over the tuning seeds, and the chosen one marked."""
-    lines = ["| noise | method | setting | exact match on the tuning families (95% CI) | seeds "
-             "| chosen |", "|---|---|---|---|---|---|"]
-    for t in tables:
-        for row in t["candidates"]:
-            setting = ", ".join(f"{k}={v}" for k, v in row["setting"].items()) or "-"
-            mark = "yes" if row["setting"] == t["chosen"] else ""
-            lines.append(f"| {t['noise']} | {t['method']} | {setting} | {row['mean']:.3f} ± "
-                         f"{row['ci95']:.3f} | {len(row['scores'])} | {mark} |")
+    """The tuning table (`table_rows`) in Markdown."""
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(tables)]
     return "\n".join(lines) + "\n"
