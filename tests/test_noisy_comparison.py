@@ -103,6 +103,8 @@ def test_cells_run_resume_and_summarize(tmp_path):
     # The learned method's weights on corrupted and clean rows (the diagnosis), in (0, 2).
     assert all(0.0 < results[1][k] < 2.0 for k in ("weight_noisy", "weight_clean"))
     assert "weight_noisy" not in results[0]
+    # Every cell: the final model's NLL of the corrupted and the clean rows as demonstrated.
+    assert all(np.isfinite(r[k]) for r in results for k in token_arms.FIT_FACTS)
     # Per-prompt correctness: one entry per test prompt, averaging to the families' scores.
     per_prompt = results[0]["per_prompt"]
     assert len(per_prompt["input_id"]) == len(set(per_prompt["input_id"])) == 2 * 2

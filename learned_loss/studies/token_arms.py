@@ -65,9 +65,10 @@ READS_VALID = ("mle_clean_valid", "mle_early_stop", "learned_online")
 # The methods whose objective weighs each token (objectives/learned.py).
 LEARNED = ("learned_offline", "learned_online", "learned_closed_form")
 WEIGHT_FACTS = ("weight_noisy", "weight_clean")  # `weights_by_corruption`
+FIT_FACTS = ("train_nll_noisy", "train_nll_clean")  # `fit_by_corruption`
 # Facts of `train_cells` that hold one value per cell.
 PER_CELL_FACTS = ("online_skipped", "corrupted_rows", "stopped_at",
-                  "valid_exact_match") + WEIGHT_FACTS
+                  "valid_exact_match") + WEIGHT_FACTS + FIT_FACTS
 BUDGET = {"mle_2x": 2}  # steps in multiples of config.steps, where not 1
 FINETUNE_METHODS = ("mle", "mle_2x")  # experiments/finetune.py trains them (finetune_config)
 
@@ -286,7 +287,8 @@ def train_cells(config, cells: Sequence[Cell], data: Sequence[Data], *, init_par
     instead, and `on_segment` sees those.
 
     Returns (model, per-cell final inner states {'params', ..., 'reference' when the objective
-    reads one}, facts shared by the cells). Online, facts['online_skipped'] is per cell; for a
+    reads one}, facts shared by the cells). Per cell: facts['train_nll_noisy'] and
+    ['train_nll_clean'] (`fit_by_corruption`); online, facts['online_skipped']; for a
     learned method facts['weight_noisy'] and ['weight_clean'] (`weights_by_corruption`); with
     early stopping the params are each cell's best on the clean validation examples, and
     facts['stopped_at'] and facts['valid_exact_match'] (at that step) are per cell.
@@ -355,7 +357,26 @@ def train_cells(config, cells: Sequence[Cell], data: Sequence[Data], *, init_par
         best.offer(steps, inners)
         inners = [dict(inner, params=p) for inner, p in zip(inners, best.params)]
         facts.update(stopped_at=best.steps, valid_exact_match=best.scores)
+    fitted = [fit_by_corruption(model, inner["params"], d.train) for inner, d in zip(inners, data)]
+    facts.update({k: [f[k] for f in fitted] for k in FIT_FACTS})
     return model, inners, facts
+
+
+def _split_by_corruption(rows: training_rows.Demonstrations, limit: int):
+    """(corrupted, clean) batches of up to `limit` rows each (None for a kind with no row)."""
+    for chosen in (rows.corrupted, ~rows.corrupted):
+        index = np.flatnonzero(chosen)[:limit]
+        yield ({k: jnp.asarray(v[index]) for k, v in rows.batch().items()} if len(index)
+               else None)
+
+
+def fit_by_corruption(model, params: Any, rows: training_rows.Demonstrations, limit: int = 256
+                      ) -> dict[str, float]:
+    """The answer NLL of the final model on up to `limit` corrupted and `limit` clean training
+    rows as demonstrated ('train_nll_noisy', 'train_nll_clean'; nan for a kind with no row):
+    how far it memorised the corrupted answers."""
+    return {key: float(_answer_nll(model, params, batch)) if batch is not None else float("nan")
+            for key, batch in zip(FIT_FACTS, _split_by_corruption(rows, limit))}
 
 
 def weights_by_corruption(model, objective: objectives.Objective, theta: Any, inner: Any,
@@ -367,15 +388,9 @@ def weights_by_corruption(model, objective: objectives.Objective, theta: Any, in
     loss_fn = jax.jit(train.objective_loss(model, objective))
     if objective.needs_reference:
         theta = {"objective": theta, "reference": inner["reference"]}
-    out = {}
-    for key, chosen in zip(WEIGHT_FACTS, (rows.corrupted, ~rows.corrupted)):
-        index = np.flatnonzero(chosen)[:limit]
-        if not len(index):
-            out[key] = float("nan")
-            continue
-        batch = {k: jnp.asarray(v[index]) for k, v in rows.batch().items()}
-        out[key] = float(loss_fn(inner["params"], batch, theta)[1]["mean_weight"])
-    return out
+    return {key: float(loss_fn(inner["params"], batch, theta)[1]["mean_weight"])
+            if batch is not None else float("nan")
+            for key, batch in zip(WEIGHT_FACTS, _split_by_corruption(rows, limit))}
 
 
 def early_stopping_evaluations(config, steps: int) -> int:
