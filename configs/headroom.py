@@ -26,7 +26,7 @@ from learned_loss.studies import headroom
 
 VARIANTS = {
     "smoke": dict(axes={"rho": (0.5,)}, seeds=2),
-    "tiny": dict(axes={"rho": (0.2, 0.4), "epochs": (1, 3, 10, 30), "model": ("mini", "tiny"),
+    "tiny": dict(axes={"rho": (0.2, 0.4, 0.5), "epochs": (1, 3, 10, 30), "model": ("mini", "tiny"),
                        "examples": (100, 250)}, seeds=5),
 }
 NOISE = "swap"  # The one noise kind of every point: swapped answers at rate `rho`.

@@ -16,7 +16,7 @@ from learned_loss.studies import headroom, noisy_demonstrations
 def test_points_change_one_axis_at_a_time_then_the_corner():
     config = headroom_config.get_config("tiny")
     names = [p["name"] for p in headroom.points(config)]
-    assert names == ["base", "rho=0.2", "rho=0.4", "epochs=1", "epochs=3", "epochs=10",
+    assert names == ["base", "rho=0.2", "rho=0.4", "rho=0.5", "epochs=1", "epochs=3", "epochs=10",
                      "epochs=30", "model=mini", "model=tiny", "examples=100", "examples=250"]
     config.corner.epochs, config.corner.rho = 30, 0.4
     corner = headroom.points(config)[-1]

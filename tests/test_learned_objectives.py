@@ -12,7 +12,7 @@ from ml_collections import config_flags
 
 from configs import objectives as objective_configs
 from learned_loss import objectives
-from learned_loss.core import train
+from learned_loss.core import errors, train
 from learned_loss.core import model as model_lib
 from learned_loss.objectives import artifact, dpo, learned, mle
 
@@ -85,6 +85,30 @@ def test_token_features_by_hand():
     np.testing.assert_allclose(col["length"], math.log(4) / 4, rtol=1e-6)
     mean = np.mean(np.log([0.25, 0.125, 0.5]) / 5)
     np.testing.assert_allclose(col["answer_log_prob"], mean, rtol=1e-5)
+
+
+def test_history_features_by_hand():
+    """Row 0 was visited twice before with answer_log_prob summing to -0.6 (mean -0.3); row 1
+    never. Its answer_log_prob now: mean(log [0.25, 0.125, 0.5]) / 5 (the tokens of
+    test_token_features_by_hand), the same in both rows."""
+    logits = jnp.log(jnp.array([[[0.5, 0.25, 0.125, 0.125]] * 4] * 2))  # [2, 4, 4]
+    batch = {"targets": jnp.array([[0, 1, 2, 0]] * 2), "mask": jnp.array([[0.0, 1, 1, 1]] * 2),
+             "history_log_prob": jnp.array([-0.3, 0.0]), "history_visits": jnp.array([2.0, 0])}
+    now = np.mean(np.log([0.25, 0.125, 0.5]) / 5)
+    x = learned.token_features(logits, batch, learned.HISTORY_FEATURES)
+    np.testing.assert_allclose(x[0, :, 0], -0.3, rtol=1e-6)  # the mean of its past visits
+    np.testing.assert_allclose(x[0, :, 1], now + 0.3, rtol=1e-5)  # moved since
+    np.testing.assert_allclose(x[1, :, 0], now, rtol=1e-5)  # first visit: itself
+    np.testing.assert_allclose(x[1, :, 1], 0.0, atol=1e-7)
+    theta = learned.init_token_loss(jax.random.key(0), learned.HISTORY_FEATURES, hidden=4)
+    _, metrics = learned.token_loss(theta, logits, batch, features=learned.HISTORY_FEATURES)
+    np.testing.assert_allclose(metrics["row_answer_log_prob"], [now, now], rtol=1e-5)
+    assert objectives.build({"name": "learned_token_loss",
+                             "features": ("log_prob",) + learned.HISTORY_FEATURES}).needs_history
+    assert not objectives.build("learned_token_loss").needs_history  # not among the defaults
+    del batch["history_visits"]
+    with pytest.raises(errors.UserError, match="only an in-memory inner run keeps"):
+        learned.token_features(logits, batch, ("history_trend",))
 
 
 def test_token_loss_feature_subsets_and_errors():

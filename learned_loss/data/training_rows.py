@@ -127,10 +127,14 @@ def stack(parts: Sequence[Demonstrations]) -> Demonstrations:
                             for f in Demonstrations._fields])
 
 
+def draw_index(key: jax.Array, num_rows: int, batch_size: int) -> jax.Array:
+    """[B] int32: the rows `draw` takes, uniformly with replacement."""
+    return jax.random.randint(key, (batch_size,), 0, num_rows)
+
+
 def draw(rows: Mapping[str, jax.Array], key: jax.Array, batch_size: int) -> dict[str, jax.Array]:
     """A batch [B, T] of rows drawn uniformly with replacement."""
-    n = rows["inputs"].shape[0]
-    index = jax.random.randint(key, (batch_size,), 0, n)
+    index = draw_index(key, rows["inputs"].shape[0], batch_size)
     return {k: jnp.take(rows[k], index, axis=0) for k in KEYS}
 
 

@@ -38,6 +38,15 @@ def answer_nll(model: model_lib.Model, params: Any, batch: Mapping[str, jax.Arra
     return mle.loss((), logits, batch)[0]
 
 
+def history_of(history: Mapping[str, jax.Array], index: jax.Array) -> dict[str, jax.Array]:
+    """The batch entries the history features read (objectives/learned.py) for rows `index`
+    [B]: {'history_visits' [B], 'history_log_prob' [B] (the mean over the visits, 0 with
+    none)} from an inner state's history {'sum' [N], 'visits' [N]}."""
+    visits = history["visits"][index]
+    return {"history_visits": visits,
+            "history_log_prob": history["sum"][index] / jnp.maximum(visits, 1.0)}
+
+
 def lm_problem(model: model_lib.Model, optimizer: optax.GradientTransformation,
                objective: objectives_lib.Objective, train_rows: training_rows.Demonstrations,
                valid_rows: training_rows.Demonstrations, *, batch_size: int, valid_batch_size: int,
@@ -68,6 +77,10 @@ def lm_problem(model: model_lib.Model, optimizer: optax.GradientTransformation,
                  "step": jnp.zeros((), jnp.int32)}
         if objective.needs_reference:
             inner["reference"] = params
+        if objective.needs_history:  # Per training row: its answer_log_prob summed, visits.
+            n = train["inputs"].shape[0]
+            inner["history"] = {"sum": jnp.zeros((n,), jnp.float32),
+                                "visits": jnp.zeros((n,), jnp.float32)}
         # The last step's metrics, zero before the first: kept as train.train_step returns
         # them, so that an inner run's arithmetic is the sharded step's (tests/test_one_engine.py).
         metrics = jax.eval_shape(lambda: step(objective.theta, inner, key)["metrics"])
@@ -75,13 +88,22 @@ def lm_problem(model: model_lib.Model, optimizer: optax.GradientTransformation,
         return inner
 
     def step(theta, inner, key):
-        batch = shard(training_rows.draw(train, key, batch_size))
+        index = training_rows.draw_index(key, train["inputs"].shape[0], batch_size)  # [B]
+        batch = {k: jnp.take(train[k], index, axis=0) for k in training_rows.KEYS}
+        if objective.needs_history:
+            batch.update(history_of(inner["history"], index))
+        batch = shard(batch)
         if objective.needs_reference:  # train.objective_loss's theta for such objectives.
             theta = {"objective": theta, "reference": inner["reference"]}
         grads, metrics = train_lib.gradients(loss, inner["params"], batch, theta, inner["step"])
         updates, opt_state = optimizer.update(grads, inner["opt_state"], inner["params"])
-        return dict(inner, params=optax.apply_updates(inner["params"], updates),
-                    opt_state=opt_state, step=inner["step"] + 1, metrics=metrics)
+        out = dict(inner, params=optax.apply_updates(inner["params"], updates),
+                   opt_state=opt_state, step=inner["step"] + 1, metrics=metrics)
+        if objective.needs_history:  # A row drawn twice in a batch counts both visits.
+            seen = jax.lax.stop_gradient(metrics["row_answer_log_prob"])  # [B]
+            out["history"] = {"sum": inner["history"]["sum"].at[index].add(seen),
+                              "visits": inner["history"]["visits"].at[index].add(1.0)}
+        return out
 
     def meta_loss(inner, key):
         return answer_nll(model, inner["params"], shard(training_rows.draw(valid, key, valid_batch_size)))

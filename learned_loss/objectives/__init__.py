@@ -34,6 +34,9 @@ class Objective(NamedTuple):
     # log-probabilities of the targets): the train step then passes theta as
     # {'objective': theta, 'reference': reference params}.
     needs_reference: bool = False
+    # True when the loss reads each training row's history in the run (learned.HISTORY_FEATURES):
+    # only an in-memory inner run (learned_loss/meta/lm_problem.py) keeps it.
+    needs_history: bool = False
 
 
 def build(cfg: str | Mapping[str, Any]) -> Objective:
@@ -76,10 +79,11 @@ def build(cfg: str | Mapping[str, Any]) -> Objective:
                                  needs_reference="ref_log_prob" in learned.CLOSED_FORMS[form])
             features = tuple(art.settings["features"])
         else:
-            features = learned.check_features(settings["features"], learned.TOKEN_FEATURES)
+            features = learned.check_features(settings["features"], learned.ALL_TOKEN_FEATURES)
             theta = learned.init_token_loss(_init_key(), features, settings["hidden"])
         fn = functools.partial(learned.token_loss, features=features)
-        return Objective(name, fn, theta, needs_reference="ref_log_prob" in features)
+        return Objective(name, fn, theta, needs_reference="ref_log_prob" in features,
+                         needs_history=learned.reads_history(features))
     raise errors.UserError(f"unknown objective {name!r}; choose one of {TOKEN_OBJECTIVES}")
 
 

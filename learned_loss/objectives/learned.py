@@ -23,7 +23,17 @@ value and its gradient, is exactly MLE's. Features (`TOKEN_FEATURES`), each scal
   answer_log_prob  the mean of log_prob over the example's answer tokens (the example-level
                 signal a soft loss truncation needs; Kang and Hashimoto 2020)
 `ref_log_prob` costs one more forward pass of the reference per step; it is only computed when
-the objective's features include it.
+the objective's features include it. Beyond the defaults, two features read each training
+row's own history in the run (`HISTORY_FEATURES`; after the area under the margin, Pleiss et al.
+2020, "Identifying mislabeled data using the area under the margin ranking", and forgetting
+events, Toneva et al. 2019): a corrupted answer is learned later than a clean one, so by the
+time it is memorised its past still tells it apart:
+  history_log_prob  the mean of the row's answer_log_prob over its earlier visits in this run
+                    (its current answer_log_prob on its first visit)
+  history_trend     answer_log_prob now minus history_log_prob (how much the row has moved)
+They need batch['history_log_prob'] and batch['history_visits'] [B], which an in-memory inner
+run keeps per training row (learned_loss/meta/lm_problem.py); the token loss then reports each
+row's current answer_log_prob as metrics['row_answer_log_prob'] [B] to update them.
 
 Learned preference loss (after DiscoPOP, Lu et al. 2024, "Discovering preference optimization
 algorithms with and for large language models"): with x = beta * delta (dpo.py's delta),
@@ -58,6 +68,8 @@ from learned_loss.objectives import mle
 
 TOKEN_FEATURES = ("log_prob", "entropy", "max_log_prob", "position", "ref_log_prob", "length",
                   "answer_log_prob")
+HISTORY_FEATURES = ("history_log_prob", "history_trend")
+ALL_TOKEN_FEATURES = TOKEN_FEATURES + HISTORY_FEATURES  # TOKEN_FEATURES: the default set
 LOG_PROB_SCALE = 5.0
 PREFERENCE_INPUT_SCALE = 4.0
 REWARD_FEATURES = ("score", "length", "finished")
@@ -125,6 +137,7 @@ def token_features(logits: jax.Array, batch: Mapping[str, jax.Array],
         return jnp.clip(lp / LOG_PROB_SCALE, -4.0, 0.0)
 
     index, length = answer_positions(mask)
+    answer_lp = row_answer_log_prob(target_lp, mask)  # [B]
     columns = {}
     for name in features:
         if name == "log_prob":
@@ -144,17 +157,43 @@ def token_features(logits: jax.Array, batch: Mapping[str, jax.Array],
         elif name == "length":
             columns[name] = jnp.broadcast_to(jnp.log1p(length) / 4.0, mask.shape)
         elif name == "answer_log_prob":
-            mean = (scaled(target_lp) * mask).sum(1, keepdims=True) / jnp.maximum(length, 1.0)
-            columns[name] = jnp.broadcast_to(mean, mask.shape)
+            columns[name] = jnp.broadcast_to(answer_lp[:, None], mask.shape)
+        elif name in HISTORY_FEATURES:
+            history = history_log_prob(batch, answer_lp)  # [B]
+            value = history if name == "history_log_prob" else answer_lp - history
+            columns[name] = jnp.broadcast_to(value[:, None], mask.shape)
         else:
-            raise errors.UserError(f"unknown token feature {name!r}; choose among {TOKEN_FEATURES}")
+            raise errors.UserError(f"unknown token feature {name!r}; choose among "
+                                   f"{ALL_TOKEN_FEATURES}")
     return jnp.stack([columns[name] for name in features], axis=-1)  # [B, T, F]
+
+
+def row_answer_log_prob(target_lp: jax.Array, mask: jax.Array) -> jax.Array:
+    """target_lp, mask [B, T] -> [B]: the mean scaled log-probability of each row's answer
+    tokens (the `answer_log_prob` feature)."""
+    scaled = jnp.clip(target_lp / LOG_PROB_SCALE, -4.0, 0.0)
+    return (scaled * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)
+
+
+def history_log_prob(batch: Mapping[str, jax.Array], answer_lp: jax.Array) -> jax.Array:
+    """[B]: each row's mean answer_log_prob over its earlier visits (batch['history_log_prob']
+    where batch['history_visits'] > 0), else its current one (`answer_lp`)."""
+    if "history_log_prob" not in batch or "history_visits" not in batch:
+        raise errors.UserError("the history features need each row's past in the run "
+                               "(batch['history_log_prob'], ['history_visits']), which only an "
+                               "in-memory inner run keeps (learned_loss/meta/lm_problem.py); "
+                               f"drop {HISTORY_FEATURES} from the features to train elsewhere")
+    return jnp.where(batch["history_visits"] > 0, batch["history_log_prob"], answer_lp)
+
+
+def reads_history(features: Sequence[str]) -> bool:
+    return any(f in HISTORY_FEATURES for f in features)
 
 
 def init_token_loss(key: jax.Array, features: Sequence[str] = TOKEN_FEATURES,
                     hidden: int = 32) -> dict:
     """Theta of the learned token loss at its MLE initialisation (every weight 1)."""
-    features = check_features(features, TOKEN_FEATURES)
+    features = check_features(features, ALL_TOKEN_FEATURES)
     return init_mlp(key, len(features), hidden)
 
 
@@ -172,7 +211,11 @@ def token_loss(theta: Params, logits: jax.Array, batch: Mapping[str, jax.Array],
     logits: [B, T, V]; batch: 'targets' [B, T], optional 'mask' [B, T], 'ref_log_probs' [B, T].
     Returns (loss [], metrics {loss, nll, accuracy, tokens, mean_weight, weight_std}).
     """
-    return weighted_nll(token_weights(theta, logits, batch, features), logits, batch)
+    value, metrics = weighted_nll(token_weights(theta, logits, batch, features), logits, batch)
+    if reads_history(features):  # Each row's answer_log_prob now, to update its history.
+        target_lp = mle.token_log_likelihood(jax.lax.stop_gradient(logits), batch["targets"])
+        metrics["row_answer_log_prob"] = row_answer_log_prob(target_lp, mle.target_mask(batch))
+    return value, metrics
 
 
 def weighted_nll(weights: jax.Array, logits: jax.Array, batch: Mapping[str, jax.Array]):

@@ -362,12 +362,18 @@ def train_cells(config, cells: Sequence[Cell], data: Sequence[Data], *, init_par
     return model, inners, facts
 
 
-def _split_by_corruption(rows: training_rows.Demonstrations, limit: int):
-    """(corrupted, clean) batches of up to `limit` rows each (None for a kind with no row)."""
+def _split_by_corruption(rows: training_rows.Demonstrations, limit: int, history: Any = None):
+    """(corrupted, clean) batches of up to `limit` rows each (None for a kind with no row),
+    with each row's history in the run when `history` (an inner state's) is given."""
     for chosen in (rows.corrupted, ~rows.corrupted):
         index = np.flatnonzero(chosen)[:limit]
-        yield ({k: jnp.asarray(v[index]) for k, v in rows.batch().items()} if len(index)
-               else None)
+        if not len(index):
+            yield None
+            continue
+        batch = {k: jnp.asarray(v[index]) for k, v in rows.batch().items()}
+        if history is not None:
+            batch.update(lm_problem.history_of(history, jnp.asarray(index)))
+        yield batch
 
 
 def fit_by_corruption(model, params: Any, rows: training_rows.Demonstrations, limit: int = 256
@@ -388,9 +394,10 @@ def weights_by_corruption(model, objective: objectives.Objective, theta: Any, in
     loss_fn = jax.jit(train.objective_loss(model, objective))
     if objective.needs_reference:
         theta = {"objective": theta, "reference": inner["reference"]}
+    batches = _split_by_corruption(rows, limit, inner.get("history"))
     return {key: float(loss_fn(inner["params"], batch, theta)[1]["mean_weight"])
             if batch is not None else float("nan")
-            for key, batch in zip(WEIGHT_FACTS, _split_by_corruption(rows, limit))}
+            for key, batch in zip(WEIGHT_FACTS, batches)}
 
 
 def early_stopping_evaluations(config, steps: int) -> int:
