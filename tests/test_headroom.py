@@ -17,10 +17,14 @@ def test_points_change_one_axis_at_a_time_then_the_corner():
     config = headroom_config.get_config("tiny")
     names = [p["name"] for p in headroom.points(config)]
     assert names == ["base", "rho=0.2", "rho=0.4", "rho=0.5", "epochs=1", "epochs=3", "epochs=10",
-                     "epochs=30", "model=mini", "model=tiny", "examples=100", "examples=250"]
-    config.corner.epochs, config.corner.rho = 30, 0.4
+                     "epochs=30", "model=mini", "model=tiny", "examples=100", "examples=250",
+                     "corner"]
+    assert headroom.points(config)[-1]["overrides"] == {"epochs": 30, "rho": 0.5}
+    config.corner.epochs, config.corner.rho, config.corner.model = 0, 0.4, "mini"
     corner = headroom.points(config)[-1]
-    assert corner["name"] == "corner" and corner["overrides"] == {"epochs": 30, "rho": 0.4}
+    assert corner["name"] == "corner" and corner["overrides"] == {"model": "mini", "rho": 0.4}
+    config.corner.rho, config.corner.model = -1.0, ""  # Every axis unset: no corner.
+    assert headroom.points(config)[-1]["name"] == "examples=250"
 
 
 def test_point_configs(tmp_path):
