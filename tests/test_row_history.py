@@ -32,11 +32,12 @@ def test_history_sums_each_rows_answer_log_prob_over_its_visits():
                                     objective, rows, rows, batch_size=4, valid_batch_size=4,
                                     seq_len=8)
     inner = problem.init(jax.random.key(0))
+    step = jax.jit(problem.step)
     expected_sum, expected_visits = np.zeros(5), np.zeros(5)
     for t in range(3):
         key = jax.random.key(10 + t)
         index = np.asarray(training_rows.draw_index(key, 5, 4))
-        inner = problem.step(objective.theta, inner, key)
+        inner = step(objective.theta, inner, key)
         np.add.at(expected_sum, index, np.asarray(inner["metrics"]["row_answer_log_prob"]))
         np.add.at(expected_visits, index, 1.0)
     np.testing.assert_allclose(inner["history"]["visits"], expected_visits)
