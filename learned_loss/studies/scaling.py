@@ -37,6 +37,7 @@ STUDY_FILE = "scaling.json"
 OBJECTIVES = ("mle", "learned")
 TIMING_FILE = "timing.json"
 SETTINGS = "settings"  # runs/POINT/settings.json: the hash of the run's config
+TEST_NLL = "test_nll"  # runs/POINT/test_nll.json: its test NLL, keyed by settings and corpus
 
 
 class Point(NamedTuple):
@@ -221,10 +222,18 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
         store.ensure(f"run {point.name}", lambda: checkpoint.finished(run_dir, point.steps),
                      lambda: pretraining.run(cfg, run_dir), run_dir, timing=timing)
         seconds = store.recorded_seconds(timing)
+        # The test NLL is kept beside the run, keyed by its settings and the corpus, so that a
+        # re-run does not restore every finished checkpoint again.
+        scored = store.Store(run_dir)
+        digest = provenance.config_hash({"run": provenance.config_hash(cfg),
+                                         "corpus": corpus.corpus_hash})
+        nll = scored.read(TEST_NLL, digest)
+        if nll is None:
+            nll = scored.write(TEST_NLL, digest, {"test_nll": test_nll(run_dir, batches)})
         rows.append({"objective": point.objective, "size": point.size, "steps": point.steps,
                      "tokens": point.steps * tokens_per_step,
                      "params": non_embedding_params(cfg.model),
-                     "test_nll": test_nll(run_dir, batches), "seconds": seconds})
+                     "test_nll": nll["test_nll"], "seconds": seconds})
         log(f"scaling: {i + 1}/{len(todo)} {point.name}: test NLL "
             f"{rows[-1]['test_nll']:.4f} ({seconds:.0f} s)")
     study = {"rows": rows, "fits": analyse(rows, config.fit), "advantage": advantage(rows),
