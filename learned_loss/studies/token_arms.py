@@ -350,7 +350,8 @@ def train_cells(config, cells: Sequence[Cell], data: Sequence[Data], *, init_par
     if first.method in LEARNED:  # How the final weights treat corrupted and clean rows.
         thetas = (fit.unstack(carry[0], len(cells)) if online
                   else [objective.theta] * len(cells))
-        by_corruption = [weights_by_corruption(model, objective, theta, inner, d.train)
+        loss_fn = jax.jit(train.objective_loss(model, objective))  # One program per group.
+        by_corruption = [weights_by_corruption(loss_fn, objective, theta, inner, d.train)
                          for theta, inner, d in zip(thetas, inners, data)]
         facts.update({k: [w[k] for w in by_corruption] for k in WEIGHT_FACTS})
     if best is not None:
@@ -364,15 +365,20 @@ def train_cells(config, cells: Sequence[Cell], data: Sequence[Data], *, init_par
 
 def _split_by_corruption(rows: training_rows.Demonstrations, limit: int, history: Any = None):
     """(corrupted, clean) batches of up to `limit` rows each (None for a kind with no row),
-    with each row's history in the run when `history` (an inner state's) is given."""
+    with each row's history in the run when `history` (an inner state's) is given. Each is
+    padded with rows of empty mask to min(limit, N) rows, so that every batch of a group has
+    one shape (one compiled program) and the padding counts in no mean."""
+    size = min(limit, len(rows))
     for chosen in (rows.corrupted, ~rows.corrupted):
-        index = np.flatnonzero(chosen)[:limit]
+        index = np.flatnonzero(chosen)[:size]
         if not len(index):
             yield None
             continue
-        batch = {k: jnp.asarray(v[index]) for k, v in rows.batch().items()}
+        padded = np.concatenate([index, np.zeros(size - len(index), index.dtype)])  # [size]
+        batch = {k: jnp.asarray(v[padded]) for k, v in rows.batch().items()}
+        batch["mask"] = batch["mask"] * jnp.asarray(np.arange(size) < len(index))[:, None]
         if history is not None:
-            batch.update(lm_problem.history_of(history, jnp.asarray(index)))
+            batch.update(lm_problem.history_of(history, jnp.asarray(padded)))
         yield batch
 
 
@@ -385,13 +391,13 @@ def fit_by_corruption(model, params: Any, rows: training_rows.Demonstrations, li
             for key, batch in zip(FIT_FACTS, _split_by_corruption(rows, limit))}
 
 
-def weights_by_corruption(model, objective: objectives.Objective, theta: Any, inner: Any,
+def weights_by_corruption(loss_fn, objective: objectives.Objective, theta: Any, inner: Any,
                           rows: training_rows.Demonstrations, limit: int = 256
                           ) -> dict[str, float]:
-    """The mean weight a learned objective (theta) gives the answer tokens of up to `limit`
-    corrupted and `limit` clean training rows under the final model (inner['params']): whether
-    it tells the noise apart ('weight_noisy', 'weight_clean'; nan when a kind has no row)."""
-    loss_fn = jax.jit(train.objective_loss(model, objective))
+    """The mean weight a learned objective (theta; `loss_fn`, its jitted
+    train.objective_loss) gives the answer tokens of up to `limit` corrupted and `limit` clean
+    training rows under the final model (inner['params']): whether it tells the noise apart
+    ('weight_noisy', 'weight_clean'; nan when a kind has no row)."""
     if objective.needs_reference:
         theta = {"objective": theta, "reference": inner["reference"]}
     batches = _split_by_corruption(rows, limit, inner.get("history"))
