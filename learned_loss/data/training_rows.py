@@ -132,10 +132,14 @@ def draw_index(key: jax.Array, num_rows: int, batch_size: int) -> jax.Array:
     return jax.random.randint(key, (batch_size,), 0, num_rows)
 
 
+def take(rows: Mapping[str, jax.Array], index: jax.Array) -> dict[str, jax.Array]:
+    """The batch [B, T] of rows `index` [B]."""
+    return {k: jnp.take(rows[k], index, axis=0) for k in KEYS}
+
+
 def draw(rows: Mapping[str, jax.Array], key: jax.Array, batch_size: int) -> dict[str, jax.Array]:
     """A batch [B, T] of rows drawn uniformly with replacement."""
-    index = draw_index(key, rows["inputs"].shape[0], batch_size)
-    return {k: jnp.take(rows[k], index, axis=0) for k in KEYS}
+    return take(rows, draw_index(key, rows["inputs"].shape[0], batch_size))
 
 
 _draw = jax.jit(draw, static_argnums=2)

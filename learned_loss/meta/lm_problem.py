@@ -89,7 +89,7 @@ def lm_problem(model: model_lib.Model, optimizer: optax.GradientTransformation,
 
     def step(theta, inner, key):
         index = training_rows.draw_index(key, train["inputs"].shape[0], batch_size)  # [B]
-        batch = {k: jnp.take(train[k], index, axis=0) for k in training_rows.KEYS}
+        batch = training_rows.take(train, index)
         if objective.needs_history:
             batch.update(history_of(inner["history"], index))
         batch = shard(batch)

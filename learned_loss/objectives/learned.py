@@ -133,27 +133,24 @@ def token_features(logits: jax.Array, batch: Mapping[str, jax.Array],
     mask = mle.target_mask(batch)  # [B, T]
     target_lp = jnp.take_along_axis(log_probs, batch["targets"][..., None], axis=-1)[..., 0]
 
-    def scaled(lp):  # [B, T] log-probabilities -> [-4, 0]
-        return jnp.clip(lp / LOG_PROB_SCALE, -4.0, 0.0)
-
     index, length = answer_positions(mask)
     answer_lp = row_answer_log_prob(target_lp, mask)  # [B]
     columns = {}
     for name in features:
         if name == "log_prob":
-            columns[name] = scaled(target_lp)
+            columns[name] = scaled_log_prob(target_lp)
         elif name == "entropy":
             entropy = -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)  # [B, T]
             columns[name] = entropy / math.log(logits.shape[-1])
         elif name == "max_log_prob":
-            columns[name] = scaled(log_probs.max(axis=-1))
+            columns[name] = scaled_log_prob(log_probs.max(axis=-1))
         elif name == "position":
             columns[name] = index / jnp.maximum(length, 1.0)
         elif name == "ref_log_prob":
             if "ref_log_probs" not in batch:
                 raise ValueError("the 'ref_log_prob' feature needs batch['ref_log_probs'] (the "
                                  "reference model's log-probabilities of the targets)")
-            columns[name] = scaled(jax.lax.stop_gradient(batch["ref_log_probs"]))
+            columns[name] = scaled_log_prob(jax.lax.stop_gradient(batch["ref_log_probs"]))
         elif name == "length":
             columns[name] = jnp.broadcast_to(jnp.log1p(length) / 4.0, mask.shape)
         elif name == "answer_log_prob":
@@ -168,11 +165,15 @@ def token_features(logits: jax.Array, batch: Mapping[str, jax.Array],
     return jnp.stack([columns[name] for name in features], axis=-1)  # [B, T, F]
 
 
+def scaled_log_prob(lp: jax.Array) -> jax.Array:
+    """Log-probabilities as the features read them: lp / LOG_PROB_SCALE, clipped to [-4, 0]."""
+    return jnp.clip(lp / LOG_PROB_SCALE, -4.0, 0.0)
+
+
 def row_answer_log_prob(target_lp: jax.Array, mask: jax.Array) -> jax.Array:
     """target_lp, mask [B, T] -> [B]: the mean scaled log-probability of each row's answer
     tokens (the `answer_log_prob` feature)."""
-    scaled = jnp.clip(target_lp / LOG_PROB_SCALE, -4.0, 0.0)
-    return (scaled * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)
+    return (scaled_log_prob(target_lp) * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)
 
 
 def history_log_prob(batch: Mapping[str, jax.Array], answer_lp: jax.Array) -> jax.Array:

@@ -232,12 +232,6 @@ def arm_order(cells: Sequence[Mapping[str, Any]], baseline: str = BASELINE
     return sorted(groups, key=key)
 
 
-def best_baselines(tables: Sequence[Mapping[str, Any]]) -> dict[str, str]:
-    """noise -> the best hand-made baseline on the tuning families (tuning.best_baseline)."""
-    return {noise: tuning.best_baseline(tables, noise)
-            for noise in dict.fromkeys(t["noise"] for t in tables)}
-
-
 def comparison_tests(cells: Sequence[Mapping[str, Any]], baseline: str = BASELINE,
                      best: Mapping[str, str] | None = None) -> list[dict]:
     """Every test of the report, in its order: per noise kind, each arm against `baseline`
@@ -616,7 +610,7 @@ def comparison_sections(inputs: Inputs) -> tuple[list[Section], dict]:
     gets a section of its own."""
     method = correction(inputs)
     cells = per_seed(inputs.cells)
-    best = best_baselines(inputs.tuning)
+    best = tuning.best_baselines(inputs.tuning)
     found = statistics.findings(comparison_tests(cells, best=best), method)
     rows = summary_rows(cells, found)
     summary_images = {"exact_match.png": plot_exact_match(rows)}

@@ -76,9 +76,11 @@ TABLE = (
     Arm("sce", "token", "sce", "", NOISY),
     Arm("bootstrap", "token", "bootstrap", "", NOISY),
     Arm("learned_tbptt", "token", "learned_offline", "tbptt",
-        f"{NOISY}; its loss meta-trained on families of its own", ("mle_clean_valid", "mle_early_stop")),
+        f"{NOISY}; its loss meta-trained on families of its own",
+        ("mle_clean_valid", "mle_early_stop")),
     Arm("learned_es", "token", "learned_offline", "es",
-        f"{NOISY}; its loss meta-trained on families of its own", ("mle_clean_valid", "mle_early_stop")),
+        f"{NOISY}; its loss meta-trained on families of its own",
+        ("mle_clean_valid", "mle_early_stop")),
     Arm("learned_online", "token", "learned_online", "online",
         f"{NOISY}, weighted by the clean validation examples",
         ("mle_clean_valid", "mle_early_stop")),
@@ -171,8 +173,8 @@ def roles(config, workdir: str) -> dict[str, dict[str, list[str]]]:
     out = {}
     for arm in config.objectives:
         parts = [own_roles(arm, families), mix]
-        if TOKEN.get(arm) in token_arms.HAND_MADE and config.tuning.seeds:
-            parts.append(tasks.roles.record({"tuning": config.tuning.families}))
+        if arm in TOKEN:
+            parts.append(token_arms.tuning_roles(config, TOKEN[arm]))
         if arm in META_TRAINED:
             parts += [meta_roles(config, workdir, arm, m) for m in meta_seeds(config, arm)]
         out[arm] = tasks.roles.merge(*parts)

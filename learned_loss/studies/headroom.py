@@ -130,7 +130,7 @@ def run(config, workdir: str, log=print) -> dict:
         results = noisy_demonstrations.run_cells(cfg, point_dir, noisy_demonstrations.grid(cfg),
                                                  log=log)
         noisy_demonstrations.write_summary(point_dir, results)
-        rows.append(summarize_point(point, cfg, results, train_rows(cfg)))
+        rows.append(summarize_point(point, cfg, results, results[0]["train_rows"]))
         log(f"headroom {point['name']}: mle_clean - mle = {rows[-1]['headroom']:+.3f} ± "
             f"{rows[-1]['headroom_ci95']:.3f}")
     for row, p in zip(rows, statistics.adjust([r["p"] for r in rows], "holm")):

@@ -24,7 +24,6 @@ from learned_loss.studies import statistics, token_arms, tuning
 from learned_loss.studies.token_arms import Cell
 
 
-
 def grid(config) -> list[Cell]:
     """Every cell of the config, in the order they run: noise kind by noise kind
     (`config.noise_order`), each over the family sets of `config.set_order`."""
@@ -204,9 +203,8 @@ def tuning_section(workdir: str) -> str:
         return ""
     with open(path, encoding="utf-8") as f:
         tables = json.load(f)
-    best = [f"Best hand-made baseline on {noise} (chosen on the tuning families): "
-            f"{tuning.best_baseline(tables, noise)}."
-            for noise in dict.fromkeys(t["noise"] for t in tables)]
+    best = [f"Best hand-made baseline on {noise} (chosen on the tuning families): {method}."
+            for noise, method in tuning.best_baselines(tables).items()]
     return "## Tuning\n\n" + tuning.markdown(tables) + "\n" + "\n\n".join(best) + "\n"
 
 

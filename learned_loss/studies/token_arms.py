@@ -162,12 +162,18 @@ def task_roles(method: str, families) -> dict[str, list[str]]:
                                "clean_validation": families if method in READS_VALID else ()})
 
 
+def tuning_roles(config, method: str) -> dict[str, list[str]]:
+    """The tuning families (meta role `tuning`) of a hand-made method whose settings are tuned
+    (`tuning.seeds` > 0); no role otherwise."""
+    tuned = method in HAND_MADE and config.tuning.seeds
+    return tasks.roles.record({"tuning": config.tuning.families if tuned else ()})
+
+
 def method_roles(config, method: str, family_set: str, noise: str) -> dict[str, list[str]]:
     """The families by role of one method on one family set: its task roles on the set, and
     the meta roles of the artifact it uses."""
-    own = task_roles(method, evaluation_families(config, family_set))
-    if method in HAND_MADE and config.tuning.seeds:
-        own = tasks.roles.merge(own, tasks.roles.record({"tuning": config.tuning.families}))
+    own = tasks.roles.merge(task_roles(method, evaluation_families(config, family_set)),
+                            tuning_roles(config, method))
     if method in ("learned_offline", "learned_closed_form"):
         return tasks.roles.merge(own, artifact_roles(method_objective(config, method, noise)[1]))
     return own

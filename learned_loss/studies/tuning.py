@@ -119,7 +119,7 @@ def choose(config, workdir: str, method: str, noise: str, *, init_params: Any = 
     kept = store.Store(os.path.join(workdir, "tuning"))
     tuned_view = view(config)
     seeds = list(range(config.tuning.seeds))
-    data = [token_arms.build_data(tuned_view, FAMILY_SET, noise, s) for s in seeds]
+    data: dict[int, token_arms.Data] = {}  # built for the seeds that train, once
     rows = []
     for index, setting in enumerate(candidates(config, method)):
         cfg = apply(tuned_view, method, setting)
@@ -127,6 +127,9 @@ def choose(config, workdir: str, method: str, noise: str, *, init_params: Any = 
         found = {s: kept.read(_key(method, noise, index, s), digest) for s in seeds}
         todo = [s for s in seeds if found[s] is None]
         if todo:
+            for s in todo:
+                if s not in data:
+                    data[s] = token_arms.build_data(tuned_view, FAMILY_SET, noise, s)
             t0 = time.time()
             cells = [token_arms.Cell(FAMILY_SET, noise, method, cfg.model.variant, s)
                      for s in todo]
@@ -168,6 +171,12 @@ def chosen(tables: Sequence[Mapping[str, Any]], method: str, noise: str) -> dict
         if (t["method"], t["noise"]) == (method, noise):
             return t["chosen"]
     return {}
+
+
+def best_baselines(tables: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """noise -> `best_baseline` of that noise, for every noise kind of `tables` in order."""
+    return {noise: best_baseline(tables, noise)
+            for noise in dict.fromkeys(t["noise"] for t in tables)}
 
 
 def best_baseline(tables: Sequence[Mapping[str, Any]], noise: str) -> str:
