@@ -12,8 +12,10 @@ run in this order):
   token level, trained on the noisy demonstrations (learned_loss/studies/noisy_demonstrations.py):
     mle, mle_clean (the same inputs without corruption: the headroom's top; required),
     mle_clean_valid (MLE plus the clean validation examples), mle_2x (twice the steps),
-    loss_truncation, learned_tbptt and learned_es (the learned token loss meta-trained offline
-    with TBPTT or antithetic ES: `meta.<name>`, or the artifact at `artifacts.<name>`),
+    mle_early_stop, loss_truncation, gce, sce, bootstrap (tuned on the tuning families),
+    learned_tbptt and learned_es (the learned token loss meta-trained offline with TBPTT or
+    antithetic ES on short runs), learned_pes (PES over whole runs, with the row-history
+    features): `meta.<name>`, or the artifact at `artifacts.<name>`,
     learned_online (Meta-Weight-Net-style, on the clean validation examples).
   RLHF, from the MLE model of the same noise kind and seed as the SFT policy
   (learned_loss/rlhf/pipeline.py, settings in `rlhf`):
@@ -24,7 +26,9 @@ run in this order):
 
 Variants: `smoke` (seconds; tests: mle, mle_clean and loss_truncation), `tiny` (`make demo`:
 mle, mle_clean, mle_clean_valid, loss_truncation and learned_tbptt; 3 seeds, 30% swapped
-answers), `paper` (every objective, four noise kinds, 5 seeds).
+answers), `swap50` (the learned objectives' regime: the token-level arms, 50% swapped answers
+and off-by-one answers, 10 seeds x 3 meta seeds), `paper` (every objective, four noise kinds,
+5 seeds).
 """
 
 import ml_collections
@@ -32,6 +36,11 @@ import ml_collections
 from configs import meta_preference, meta_train, meta_train_reward, models, pretrain, rlhf
 from configs import noisy_demonstrations as noisy
 from learned_loss.studies import arms, sweep
+
+# The token-level arms: MLE and its controls, the tuned hand-made baselines and the learned
+# token losses (offline over whole runs, and online).
+REGIME_ARMS = ("mle", "mle_clean", "mle_clean_valid", "mle_early_stop", "loss_truncation", "gce",
+               "sce", "bootstrap", "learned_pes", "learned_online")
 
 VARIANTS = {
     # objectives, noise kinds, seeds, fine-tuning steps, examples per family, families,
@@ -45,6 +54,12 @@ VARIANTS = {
                  noises=("swap30",), seeds=3, steps=200, examples=300,
                  families=noisy.TRANSFER_FAMILIES, pretrain_steps=200, meta="tiny",
                  meta_steps=8, rlhf="smoke", per_family=20, curve=2),
+    # The learned objectives' regime (README): 50% swapped answers and one systematic
+    # corruption, the token-level arms only, 10 seeds crossed with 3 meta-training seeds.
+    "swap50": dict(objectives=REGIME_ARMS, noises=("swap50", "off_by_one"), seeds=10, steps=800,
+                   examples=500, families=noisy.TRANSFER_FAMILIES, pretrain_steps=600,
+                   meta="tiny", meta_steps=200, rlhf="smoke", per_family=50, curve=4,
+                   meta_seeds=3),
     "paper": dict(objectives=arms.ARMS, noises=tuple(noisy.NOISES), seeds=5, steps=800,
                   examples=500, families=noisy.TRANSFER_FAMILIES, pretrain_steps=600,
                   meta="tiny", meta_steps=150, rlhf="easy", per_family=50, curve=4),
@@ -63,7 +78,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.seeds = v["seeds"]  # Fine-tuning seeds: each resamples the data (the paired unit).
     # Artifacts of each learned arm, meta-trained with seeds meta.NAME.seed + 0 .. meta_seeds-1;
     # each is crossed with every fine-tuning seed, and the report shows their spread.
-    config.meta_seeds = 1
+    config.meta_seeds = v.get("meta_seeds", 1)
     config.noises = {k: noisy.NOISES[k] for k in v["noises"]}
     # The noise kinds to run, in this order (a ConfigDict iterates its keys sorted).
     config.noise_order = tuple(v["noises"])
@@ -88,17 +103,25 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.meta = ml_collections.ConfigDict()
     # The token losses are meta-trained for fine-tuning the pre-trained model: their inner
     # runs start from its checkpoint (inner.init_from, set by the run).
-    for name, estimator in (("learned_tbptt", "tbptt"), ("learned_es", "es")):
-        m = meta_train.get_config(v["meta"])
+    for name, estimator in (("learned_tbptt", "tbptt"), ("learned_es", "es"),
+                            ("learned_pes", "pes")):
+        # learned_pes: configs/meta_train.py's swap50 variant (PES over whole runs of the
+        # cells' 800 steps, the row-history features) but at the smoke budget.
+        m = meta_train.get_config("swap50" if name == "learned_pes" and arg != "smoke"
+                                  else v["meta"])
         m.model = models.model_config("nano", max_len=seq_len)
         m.model.update(config.model.to_dict())
         m.data.seq_len = seq_len
         m.estimator.name = estimator
+        if name == "learned_pes":  # Horizons up to the cells' whole run.
+            m.estimator.max_horizon = v["steps"]
+            m.estimator.min_horizon = min(m.estimator.min_horizon, v["steps"])
+            m.meta_valid.horizon = v["steps"]
         m.outer.num_steps = v["meta_steps"]
         m.outer.eval_every = v["meta_steps"]
         m.outer.checkpoint_every = min(v["meta_steps"], 25)  # A stopped run resumes near.
         m.outer.log_every = 1
-        if arg == "tiny":  # Short inner runs: the demo's budget.
+        if arg == "tiny" and name != "learned_pes":  # Short inner runs: the demo's budget.
             m.estimator.min_horizon, m.estimator.max_horizon = 20, 60
             m.meta_valid.families = m.meta_valid.families[:2]
             m.meta_valid.horizon = 60
@@ -133,6 +156,7 @@ def _drop_fields_the_run_sets(config) -> None:
              (config.rlhf.tasks, ("families", "label_noise", "noise_kinds")),
              (config.meta.learned_tbptt.inner, ("init_from",)),
              (config.meta.learned_es.inner, ("init_from",)),
+             (config.meta.learned_pes.inner, ("init_from",)),
              (config.meta.learned_reward.rlhf, ("sft_from",))]
     for section, keys in drops:
         for key in keys:

@@ -20,6 +20,7 @@ training splits; held-out families are never used. Variants: `smoke` (seconds, f
 import ml_collections
 
 from configs import models, objectives, outer_loop, tasks
+from learned_loss.objectives import learned
 
 # Four meta-train families with integer answers (off-by-one noise applies), two of them often
 # of several characters (a dropped last character applies), each with far more distinct inputs
@@ -40,6 +41,14 @@ VARIANTS = {
                  valid_families=META_VALID_FAMILIES, estimator="tbptt", population=2,
                  unroll=5, horizon=(50, 300), steps=150, log=10, eval=50, ckpt=50,
                  eval_horizon=300, sanity_steps=20, online_steps=1500),
+    # The regime of configs/noisy_demonstrations.py's swap50 cells (50% swapped answers, nano,
+    # 800 steps of 32 rows): PES over whole runs (log-uniform horizons up to the cells' 800
+    # steps, so that theta is scored late in training, when the swapped answers are memorised),
+    # with the row-history features.
+    "swap50": dict(model="nano", seq_len=48, batch=32, examples=500, families=NOISY_FAMILIES,
+                   valid_families=META_VALID_FAMILIES, estimator="pes", population=8,
+                   unroll=40, horizon=(200, 800), steps=200, log=10, eval=50, ckpt=10,
+                   eval_horizon=800, sanity_steps=20, online_steps=800),
     # Pre-training on the text corpus (data.source='text'): inner runs train the scaling
     # study's middle model (configs/scaling.py) from scratch; theta is scored by the
     # validation NLL of every token.
@@ -70,6 +79,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.model = models.model_config(v["model"], max_len=v["seq_len"])
     if arg == "smoke":  # A one-layer model: seconds to compile, for tests.
         config.model.update(d_model=32, num_layers=1, num_heads=2, d_ff=64)
+    if arg == "swap50":  # From scratch the reference is a random model: not a feature.
+        config.objective.features = tuple(f for f in learned.ALL_TOKEN_FEATURES
+                                          if f != "ref_log_prob")
     if arg == "text":
         config.model.update(TEXT_MODEL)
         config.objective.features = TEXT_FEATURES
@@ -77,7 +89,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.tasks = tasks.task_config()
     config.tasks.families = v["families"]
     config.tasks.examples_per_family = v["examples"]
-    config.tasks.label_noise = 0.3
+    config.tasks.label_noise = 0.5 if arg == "swap50" else 0.3
     config.tasks.noise_kinds = ("other_answer",)
 
     config.meta_valid = ml_collections.ConfigDict()
@@ -88,8 +100,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.data_dir = ""  # Empty: $TFDS_DATA_DIR or ~/.cache/learned_loss/tfds.
     config.data.seq_len = v["seq_len"]
-    config.data.valid_fraction = 0.2  # Clean validation inputs: the meta-objective.
-    config.data.test_fraction = 0.1  # Clean test inputs: what an online run is scored on.
+    # Clean validation inputs (the meta-objective) and clean test inputs (what an online run is
+    # scored on); swap50 keeps the cells' 80% of the examples for training.
+    config.data.valid_fraction = 0.1 if arg == "swap50" else 0.2
+    config.data.test_fraction = 0.1
     # 'tasks': noisy demonstrations of tasks.families; 'text': windows of the text corpus
     # (text_dir, pattern and corpus_valid_fraction as in configs/pretrain.py), `windows` of
     # the train split for inner runs and `valid_windows` of the validation split to score them.

@@ -52,15 +52,37 @@ def test_the_table_of_arms_names_real_methods_and_controls():
         else:
             assert arm.method in token_arms.METHODS, arm
         assert set(arm.controls) <= set(arms.ARMS) - {arm.name}, arm
-        assert arm.meta_trainer in ("", "online", "tbptt", "es", "preference", "reward"), arm
+        assert arm.meta_trainer in ("", "online", "tbptt", "es", "pes", "preference",
+                                    "reward"), arm
         assert arm.data
     assert [a.name for a in arms.TABLE if a.budget != 1] == ["mle_2x"]
     assert arms.BY_NAME["mle_2x"].budget == 2
     # The learned arms meta-trained before the grid are the ones the config meta-trains.
-    assert set(arms.META_TRAINED) == {"learned_tbptt", "learned_es", "learned_preference",
-                                      "learned_reward"}
-    assert set(arms.META_TRAINED) <= set(compare_config.get_config("paper").meta)
+    assert set(arms.META_TRAINED) == {"learned_tbptt", "learned_es", "learned_pes",
+                                      "learned_preference", "learned_reward"}
+    assert arms.META_TOKEN == ("learned_tbptt", "learned_es", "learned_pes")
+    for variant in compare_config.VARIANTS:
+        config = compare_config.get_config(variant)
+        assert set(arms.META_TRAINED) <= set(config.meta)
+        # Each learned token arm is meta-trained by the estimator its row names.
+        for name in arms.META_TOKEN:
+            assert config.meta[name].estimator.name == arms.BY_NAME[name].meta_trainer
+    # learned_pes sees whole runs: its longest horizon is the cells' budget.
+    paper = compare_config.get_config("paper")
+    assert paper.meta.learned_pes.estimator.max_horizon == paper.steps
     # Every learned arm is tested against the hand-made arm or control it should beat.
     learned = [a.name for a in arms.TABLE if a.meta_trainer]
     assert {a for a, _ in arms.PAIRINGS} == set(learned) | {"dpo"}
     assert compare_config.get_config("paper").objectives == arms.ARMS
+
+
+def test_meta_compute_of_a_full_horizon_token_loss(tmp_path):
+    cfg = meta_train.get_config("smoke")
+    cfg.estimator.name = "full_es"  # Every member (pairs included) is one whole run.
+    path = str(tmp_path / "token")
+    artifact.save(path, "learned_token_loss", {"w": np.zeros(2)}, {}, cfg.to_dict(),
+                  provenance={"outer_steps": 3})
+    got = arms.meta_compute(_config(path, "learned_pes"), str(tmp_path), "learned_pes")
+    tokens = (3 * cfg.estimator.population * cfg.estimator.max_horizon * cfg.inner.batch_size
+              * cfg.data.seq_len)
+    assert got == {"outer_steps": 3, "tokens": tokens}

@@ -50,7 +50,7 @@ class Arm:
     # algorithm (learned_loss/rlhf/pipeline.py).
     method: str
     # How its objective is learned: '' (hand-made), 'online' (during fine-tuning), or the
-    # meta-training run before the grid: 'tbptt', 'es' (learned_loss/meta/run.py),
+    # meta-training run before the grid: 'tbptt', 'es', 'pes' (learned_loss/meta/run.py),
     # 'preference' (meta/preference_run.py), 'reward' (meta/reward_run.py).
     meta_trainer: str
     data: str  # what it learns from, in words (the report's data-seen table counts it)
@@ -81,6 +81,9 @@ TABLE = (
     Arm("learned_es", "token", "learned_offline", "es",
         f"{NOISY}; its loss meta-trained on families of its own",
         ("mle_clean_valid", "mle_early_stop")),
+    Arm("learned_pes", "token", "learned_offline", "pes",
+        f"{NOISY}; its loss meta-trained over whole runs on families of its own",
+        ("mle_clean_valid", "mle_early_stop")),
     Arm("learned_online", "token", "learned_online", "online",
         f"{NOISY}, weighted by the clean validation examples",
         ("mle_clean_valid", "mle_early_stop")),
@@ -104,6 +107,8 @@ TOKEN = {a.name: a.method for a in TABLE if a.kind == "token"}  # arm -> token_a
 GOLD_PAIRS = next(a.name for a in TABLE if a.kind == "gold_pairs")
 RLHF = {a.name: a.method for a in TABLE if a.kind == "rlhf"}  # arm -> pipeline algorithm
 META_TRAINED = tuple(a.name for a in TABLE if a.meta_trainer not in ("", "online"))
+# The learned token losses meta-trained before the grid (learned_loss/meta/run.py).
+META_TOKEN = tuple(a for a in META_TRAINED if a in TOKEN)
 # (a, b): a - b is tested beside every arm against the baseline (the report's pairings).
 PAIRINGS = tuple((a.name, control) for a in TABLE for control in a.controls)
 ARTIFACT = "artifact"
@@ -245,11 +250,15 @@ def meta_compute(config, workdir: str, name: str, meta_seed: int = 0) -> dict[st
         out = {"gold_scored_prompts": outer * runs * fit["prompts_per_family"] * families
                * fit["samples_per_prompt"]}
     else:
-        antithetic = 2 if est["name"] in ("es", "pes", "full_es") else 1
-        runs = est["population"] * antithetic
+        # Inner steps per outer step: es and pes unroll every particle of P antithetic pairs K
+        # steps, tbptt P particles; full_es trains its P members (pairs included) whole runs.
+        if est["name"] == "full_es":
+            steps = est["population"] * est["max_horizon"]
+        else:
+            antithetic = 2 if est["name"] in ("es", "pes") else 1
+            steps = est["population"] * antithetic * est["unroll_length"]
         rows = 2 if name == "learned_preference" else 1  # chosen and rejected
-        tokens = (outer * runs * est["unroll_length"] * cfg["inner"]["batch_size"] * rows
-                  * cfg["data"]["seq_len"])
+        tokens = outer * steps * cfg["inner"]["batch_size"] * rows * cfg["data"]["seq_len"]
         out = {}
     out.update(outer_steps=outer, tokens=int(tokens))
     timing = os.path.join(os.path.dirname(path), TIMING)

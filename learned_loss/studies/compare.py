@@ -143,7 +143,7 @@ def meta_train(config, workdir: str, name: str, meta_seed: int = 0, pretrained_d
 
     def build():
         logging.info("meta-training %s in %s", name, meta_dir)
-        if name in ("learned_tbptt", "learned_es"):
+        if name in arms_lib.META_TOKEN:
             cfg.inner.init_from = pretrained_dir
             token_run.run(cfg, meta_dir)
         elif name == "learned_preference":
@@ -397,7 +397,7 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any], log=loggi
 
     # artifacts[(name, meta seed)]: each learned arm's objective, one per meta seed.
     artifacts = {(name, m): meta_train(config, workdir, name, m, pretrained_dir=pre.workdir)
-                 for name in ("learned_tbptt", "learned_es", "learned_preference")
+                 for name in arms_lib.META_TOKEN + ("learned_preference",)
                  if name in objectives for m in arms_lib.meta_seeds(config, name)}
     if "learned_reward" in objectives:
         sft_from = reward_sft(config, workdir, pre)
