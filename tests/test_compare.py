@@ -154,8 +154,8 @@ def test_smoke_compare_cells_report_and_resume(tmp_path, cache):
 
 def test_cell_settings_follow_what_each_cell_depends_on():
     config = compare_config.get_config("smoke")
-    base = {o: compare.cell_settings(config, o, "swap30")
-            for o in ("mle", "learned_tbptt", "ppo")}
+    arms = ("mle", "learned_tbptt", "ppo", "gce", "learned_online")
+    base = {o: compare.cell_settings(config, o, "swap30") for o in arms}
 
     def changed(**updates):
         c = compare._copy(config)
@@ -168,14 +168,19 @@ def test_cell_settings_follow_what_each_cell_depends_on():
             section[leaf] = value
         return {o: compare.cell_settings(c, o, "swap30") != h for o, h in base.items()}
 
-    assert changed(**{"optimizer.lr": 0.5}) == {"mle": True, "learned_tbptt": True, "ppo": True}
-    assert changed(seeds=7) == {"mle": False, "learned_tbptt": False, "ppo": False}
-    assert changed(**{"rlhf.dpo.beta": 0.3}) == {"mle": False, "learned_tbptt": False,
-                                                  "ppo": True}
-    assert changed(**{"meta.learned_tbptt.outer.num_steps": 9}) == {
-        "mle": False, "learned_tbptt": True, "ppo": False}
-    assert changed(**{"noises.swap30.rho": 0.4}) == {"mle": True, "learned_tbptt": True,
-                                                      "ppo": True}
+    def only(*names):
+        return {o: o in names for o in arms}
+
+    assert changed(**{"optimizer.lr": 0.5}) == only(*arms)
+    assert changed(seeds=7) == only()
+    assert changed(**{"rlhf.dpo.beta": 0.3}) == only("ppo")
+    assert changed(**{"meta.learned_tbptt.outer.num_steps": 9}) == only("learned_tbptt")
+    assert changed(**{"noises.swap30.rho": 0.4}) == only(*arms)
+    # A method's own section changes its cells only: the other arms are kept.
+    assert changed(**{"robust.q": 0.5}) == only("gce")
+    assert changed(**{"tuning.seeds": 2}) == only("gce")
+    assert changed(**{"learned.lookahead": 5}) == only("learned_tbptt", "learned_online")
+    assert changed(**{"early_stopping.evaluations": 3}) == only()
 
 
 def test_bad_configs_are_refused_before_any_training(tmp_path):

@@ -115,9 +115,11 @@ GRID_KEYS = ("variant", "family_sets", "set_order", "noises", "noise_order", "me
 
 
 def cell_settings(config, cell: Cell) -> str:
-    """The hash of the settings behind one cell: the config without GRID_KEYS, plus the cell's
-    families, noise kind and model."""
-    values = {k: v for k, v in config.to_dict().items() if k not in GRID_KEYS}
+    """The hash of the settings behind one cell: the config without GRID_KEYS and the sections
+    its method does not read (`token_arms.unread`), plus the cell's families, noise kind and
+    model."""
+    drop = GRID_KEYS + token_arms.unread(cell.method)
+    values = {k: v for k, v in config.to_dict().items() if k not in drop}
     values["families"] = list(config.family_sets[cell.family_set])
     values["noise"] = config.noises[cell.noise].to_dict()
     if cell.model != config.model.variant:

@@ -70,7 +70,16 @@ FIT_FACTS = ("train_nll_noisy", "train_nll_clean")  # `fit_by_corruption`
 PER_CELL_FACTS = ("online_skipped", "corrupted_rows", "stopped_at",
                   "valid_exact_match") + WEIGHT_FACTS + FIT_FACTS
 BUDGET = {"mle_2x": 2}  # steps in multiples of config.steps, where not 1
+# The config sections only some methods read (configs/noisy_demonstrations.py's fine_tuning),
+# by the methods that read them: a cell's settings hash leaves out the others (`unread`).
+SECTION_READERS = {"loss_truncation": ("loss_truncation",), "robust": ROBUST,
+                   "early_stopping": EARLY_STOP, "learned": LEARNED}
 FINETUNE_METHODS = ("mle", "mle_2x")  # experiments/finetune.py trains them (finetune_config)
+
+
+def unread(method: str) -> tuple[str, ...]:
+    """The config sections of `SECTION_READERS` that `method` does not read."""
+    return tuple(k for k, readers in SECTION_READERS.items() if method not in readers)
 
 
 @dataclasses.dataclass(frozen=True)
