@@ -58,7 +58,7 @@ VARIANTS = {
     # corruption, the token-level arms only, 10 seeds crossed with 3 meta-training seeds.
     "swap50": dict(objectives=REGIME_ARMS, noises=("swap50", "off_by_one"), seeds=10, steps=800,
                    examples=500, families=noisy.TRANSFER_FAMILIES, pretrain_steps=600,
-                   meta="tiny", meta_steps=200, rlhf="smoke", per_family=50, curve=4,
+                   meta="tiny", meta_steps=150, rlhf="smoke", per_family=50, curve=4,
                    meta_seeds=3),
     "paper": dict(objectives=arms.ARMS, noises=tuple(noisy.NOISES), seeds=5, steps=800,
                   examples=500, families=noisy.TRANSFER_FAMILIES, pretrain_steps=600,

@@ -47,7 +47,7 @@ VARIANTS = {
     # with the row-history features.
     "swap50": dict(model="nano", seq_len=48, batch=32, examples=500, families=NOISY_FAMILIES,
                    valid_families=META_VALID_FAMILIES, estimator="pes", population=8,
-                   unroll=40, horizon=(200, 800), steps=200, log=10, eval=50, ckpt=10,
+                   unroll=40, horizon=(200, 800), steps=150, log=10, eval=50, ckpt=10,
                    eval_horizon=800, sanity_steps=20, online_steps=800),
     # Pre-training on the text corpus (data.source='text'): inner runs train the scaling
     # study's middle model (configs/scaling.py) from scratch; theta is scored by the
