@@ -267,3 +267,25 @@ def test_es_population_over_pop_and_batch_over_data_matches_one_device(data_dir)
     for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
         np.testing.assert_allclose(a, b, rtol=0.02, atol=1e-5)
     assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads[0]))
+
+
+def test_the_swap50_variant_meta_trains_in_the_grids_swap50_setting():
+    from configs import noisy_demonstrations as noisy_configs
+    from learned_loss.objectives import learned
+
+    meta = meta_configs.get_config("swap50")
+    grid = noisy_configs.get_config("tiny")
+    noise = noisy_configs.NOISES["swap50"]
+    assert meta.model.to_dict() == grid.model.to_dict()
+    assert (meta.inner.batch_size, meta.inner.lr) == (grid.batch_size, grid.optimizer.lr)
+    assert meta.tasks.examples_per_family == grid.tasks.examples_per_family
+    assert (meta.tasks.label_noise, tuple(meta.tasks.noise_kinds)) == (noise["rho"],
+                                                                        noise["kinds"])
+    train_fraction = 1.0 - meta.data.valid_fraction - meta.data.test_fraction
+    assert train_fraction == pytest.approx(grid.data.splits["train"])
+    # Whole runs: the longest horizon and meta-validation are the cells' budget, by PES.
+    assert meta.estimator.name == "pes"
+    assert meta.estimator.max_horizon == meta.meta_valid.horizon == grid.steps
+    assert set(learned.HISTORY_FEATURES) <= set(meta.objective.features)
+    # Built from these settings, the inner runs read each row's history.
+    assert objectives.build(meta.objective).needs_history
