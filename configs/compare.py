@@ -105,8 +105,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     # runs start from its checkpoint (inner.init_from, set by the run).
     for name, estimator in (("learned_tbptt", "tbptt"), ("learned_es", "es"),
                             ("learned_pes", "pes")):
-        # learned_pes: configs/meta_train.py's swap50 variant (PES over whole runs of the
-        # cells' 800 steps, the row-history features) but at the smoke budget.
+        # learned_pes: configs/meta_train.py's swap50 variant (PES over whole runs, the
+        # row-history features); `smoke` keeps the smoke variant's seconds-long runs.
         m = meta_train.get_config("swap50" if name == "learned_pes" and arg != "smoke"
                                   else v["meta"])
         m.model = models.model_config("nano", max_len=seq_len)

@@ -14,7 +14,9 @@ Families: `tasks.families` (the inner runs' tasks) and `meta_valid.families` (ou
 fresh inner runs on other tasks under the current theta) are both drawn from the task suite's
 training splits; held-out families are never used. Variants: `smoke` (seconds, for tests),
 `tiny` (the noisy-demonstration setting: 4 families, nano model, 30% swapped answers;
-`--config.tasks.noise_kinds` picks another corruption).
+`--config.tasks.noise_kinds` picks another corruption), `swap50` (the grid's swap50 cells'
+setting: PES over runs of up to their 800 steps, with the row-history features; the
+comparison's learned_pes arm), `text` (pre-training on the text corpus).
 """
 
 import ml_collections
