@@ -292,13 +292,11 @@ GRID_KEYS = ("variant", "objectives", "seeds", "meta_seeds", "noise_order", "noi
 
 def cell_settings(config, objective: str, noise: str, meta_seed: int = 0) -> str:
     """The hash of the settings behind one cell: the config without GRID_KEYS and the sections
-    its token method does not read (`token_arms.unread`, and the tuning grids unless it is
-    tuned; the RLHF arms start from the MLE cell), plus its own noise kind, its own meta-training, meta seed and artifact (a learned
+    its token method does not read (`token_arms.unread`; the RLHF arms start from the MLE
+    cell), plus its own noise kind, its own meta-training, meta seed and artifact (a learned
     objective) and the RLHF settings (an RLHF objective and the gold-pairs control, which
     trains on their pairs)."""
-    method = TOKEN.get(objective, "mle")
-    drop = GRID_KEYS + token_arms.unread(method) + (() if method in tuning.TUNABLE
-                                                     else ("tuning",))
+    drop = GRID_KEYS + token_arms.unread(TOKEN.get(objective, "mle"))
     values = {k: v for k, v in config.to_dict().items() if k not in drop}
     values["noise"] = config.noises[noise].to_dict()
     if objective in META_TRAINED:

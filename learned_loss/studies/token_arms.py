@@ -55,6 +55,7 @@ EARLY_STOP = ("mle_early_stop",)
 # The hand-made baselines: tuned, and the best of them chosen, on families of their own
 # (studies/tuning.py; the meta role `tuning`).
 HAND_MADE = ("loss_truncation",) + ROBUST + EARLY_STOP
+TUNED = ("loss_truncation",) + ROBUST  # the ones with a setting to tune (tuning.TUNABLE)
 # Also available: the closed form fitted to the offline artifact (learned_loss/meta/interpret.py).
 EXTRA_METHODS = ("learned_closed_form",)
 # What each method trains on besides the noisy demonstrations' inputs: its rows (`rows_of`).
@@ -73,7 +74,7 @@ BUDGET = {"mle_2x": 2}  # steps in multiples of config.steps, where not 1
 # The config sections only some methods read (configs/noisy_demonstrations.py's fine_tuning),
 # by the methods that read them: a cell's settings hash leaves out the others (`unread`).
 SECTION_READERS = {"loss_truncation": ("loss_truncation",), "robust": ROBUST,
-                   "early_stopping": EARLY_STOP, "learned": LEARNED}
+                   "early_stopping": EARLY_STOP, "learned": LEARNED, "tuning": TUNED}
 FINETUNE_METHODS = ("mle", "mle_2x")  # experiments/finetune.py trains them (finetune_config)
 
 

@@ -35,8 +35,8 @@ from learned_loss.core import errors, files, provenance, store
 from learned_loss.studies import statistics, token_arms
 
 # Tunable method -> the config section holding its settings.
-TUNABLE = {"loss_truncation": "loss_truncation", "gce": "robust", "sce": "robust",
-           "bootstrap": "robust"}
+TUNABLE = {method: "robust" if method in token_arms.ROBUST else method
+           for method in token_arms.TUNED}
 FAMILY_SET = "tuning"
 FILE = "tuning.json"  # the tables of a run, in its workdir
 # The config sections a tuning run depends on (besides the noise, setting and start).
