@@ -180,6 +180,38 @@ def test_fitness_is_the_gold_score_and_a_length_penalty_raises_it(problem):
     assert problem.meta_loss(length_penalty(5.0, 20.0), key, 0) == penalised.loss  # deterministic
 
 
+def test_a_population_trains_side_by_side_as_its_members_alone(problem):
+    """run_population vmaps the inner run over theta's leading axis: each member ends where its
+    own run does (to rounding: a batched program), in one program or one member per program."""
+    key = jax.random.key(4)
+    thetas = [learned.init_reward(jax.random.key(7), hidden=1), length_penalty(5.0, 20.0),
+              learned.damping_reward(0.5)]
+    members = jax.tree.map(lambda *x: jnp.stack(x), *thetas)
+    alone = [problem.run(t, key, 0) for t in thetas]
+    for per_program in (0, 2):
+        together = problem.run_population(members, key, 0, per_program)
+        assert len(together) == 3
+        for a, b in zip(alone, together):
+            jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-4),
+                         a.params, b.params)
+            assert b.summary["gold_graded"] == pytest.approx(a.summary["gold_graded"], abs=0.05)
+    # The members differ (the penalty shortens the completions), so the test can tell them
+    # apart.
+    assert together[1].summary["length"] < together[0].summary["length"]
+
+
+def test_the_damping_reward_scales_the_score_down():
+    # r = s + w1 tanh(slope s / 4), w1 = -4 factor / slope: (1 - factor) s to (slope s/4)^2 / 3.
+    score = jnp.array([-2.0, 0.5, 3.0])
+    theta = learned.damping_reward(0.9, hidden=3)
+    r = learned.reward(theta, score, jnp.array([1, 5, 9]), jnp.array([True, False, True]))
+    np.testing.assert_allclose(r, 0.1 * score, rtol=0, atol=0.9 * 3.0 * (0.01 * 3 / 4) ** 2 / 3
+                               + 1e-6)
+    assert not np.allclose(r, score)
+    assert learned.check_reward_theta(theta)["w0"].shape == (3, 3)
+    assert float(theta["w1"][1]) == float(theta["w0"][1, 0]) == 0.0  # one unit, the score only
+
+
 def test_a_diverged_run_scores_nan(problem):
     blown = dict(learned.init_reward(jax.random.key(0)), b1=jnp.asarray(jnp.nan))
     outcome = problem.run(blown, jax.random.key(3), 0)
@@ -287,7 +319,7 @@ def test_host_es_descends_a_quadratic_and_ranks_failures_last():
 
     first = loss(theta0, None)
     for _ in range(30):
-        state, metrics, losses = step(state, loss)
+        state, metrics, losses = step(state, host_es.one_at_a_time(loss))
     assert losses.shape == (8,) and metrics["diverged"] == 0.0
     assert loss(state.theta, None) < 0.2 * first
     # Every member of a step got the same key (common random numbers).
@@ -295,8 +327,33 @@ def test_host_es_descends_a_quadratic_and_ranks_failures_last():
                for i in range(1, 9))
     # A member that fails (NaN) is counted and ranks last; theta stays finite.
     failing = lambda theta, key: float("nan") if float(theta["b"]) > 0.5 else loss(theta, key)
-    state, metrics, losses = step(state, failing)
+    state, metrics, losses = step(state, host_es.one_at_a_time(failing))
     assert 0.0 < float(metrics["diverged"]) < 1.0 and np.isnan(losses).any()
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.theta))
     with pytest.raises(ValueError, match="even population"):
         host_es.host_es(theta0, population=3)
+
+
+def test_host_es_hands_the_population_over_at_once():
+    """A population loss gets every member in one pytree whose leaves lead with P: the same
+    losses as member by member, so the same step; a loss per member is required."""
+    theta0 = {"a": jnp.zeros((2,)), "b": jnp.zeros(())}
+    es = host_es.host_es(theta0, population=4, sigma=0.1)
+    optimizer = optax.sgd(0.05)
+    state = host_es.init_state(es, optimizer, theta0, jax.random.key(0))
+    step = host_es.outer_step_fn(es, optimizer)
+    loss = lambda theta, key: float(jnp.sum((theta["a"] - 1.0) ** 2) + theta["b"] ** 2)
+    seen = []
+
+    def at_once(members, key):
+        seen.append(jax.tree.map(jnp.shape, members))
+        return np.asarray(jnp.sum((members["a"] - 1.0) ** 2, axis=1) + members["b"] ** 2)
+
+    together, _, losses = step(state, at_once)
+    apart, _, losses_apart = step(state, host_es.one_at_a_time(loss))
+    assert seen == [{"a": (4, 2), "b": (4,)}]
+    np.testing.assert_allclose(losses, losses_apart, rtol=1e-6)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5), together.theta,
+                 apart.theta)
+    with pytest.raises(ValueError, match="one loss per member"):
+        step(state, lambda members, key: np.zeros(3))

@@ -123,8 +123,40 @@ def test_run_writes_metrics_final_comparison_and_a_loadable_artifact(finished, t
     with open(workdir / reward_run.FINAL, encoding="utf-8") as f:
         final = json.load(f)
     assert final["outer_steps"] == STEPS
-    assert final["reward_model"]["gold_graded"] == records[-1]["valid_rm/gold_graded"]
-    assert final["learned_reward"]["gold_graded"] == records[-1]["valid/gold_graded"]
+    # The final comparison: final.runs runs of each reward; run 0 is the meta-validation run.
+    config = meta_train_reward.get_config("smoke")
+    n_runs = config.final.runs
+    assert final["runs"] == n_runs == 2 and final["damping_factor"] == config.baseline.damping
+    assert final["reward_model"]["runs"][0]["gold_graded"] == records[-1]["valid_rm/gold_graded"]
+    assert final["learned_reward"]["runs"][0]["gold_graded"] == records[-1]["valid/gold_graded"]
+    for name in ("learned_reward", "reward_model", "damping"):
+        rs = final[name]
+        assert len(rs["runs"]) == n_runs
+        golds = [r["gold_graded"] for r in rs["runs"]]
+        assert rs["gold_graded"] == pytest.approx(np.mean(golds))
+        assert rs["gold_gain"] == pytest.approx(rs["gold_graded"] - final["sft"]["gold_graded"])
+        assert rs["proxy_gain"] == pytest.approx(rs["proxy"] - final["sft"]["proxy"])
+        assert rs["ci95"]["gold_graded"] >= 0.0
+    # r_theta against each baseline, paired over the runs, the two Holm-adjusted together.
+    tests = {t["name"]: t for t in final["tests"]}
+    assert set(tests) == {"learned_reward - reward_model", "learned_reward - damping"}
+    for other in ("reward_model", "damping"):
+        t = tests[f"learned_reward - {other}"]
+        diffs = [a["gold_graded"] - b["gold_graded"]
+                 for a, b in zip(final["learned_reward"]["runs"], final[other]["runs"])]
+        assert t["n"] == n_runs and t["mean"] == pytest.approx(np.mean(diffs))
+    # Holm over the tests with a p-value (none when every paired difference is the same),
+    # worked out: with two, the smaller p doubled and the larger no lower than that; with one,
+    # its own p.
+    finite = sorted((t for t in tests.values() if np.isfinite(t["p"])), key=lambda t: t["p"])
+    if len(finite) == 2:
+        low, high = finite
+        assert low["p_adjusted"] == pytest.approx(min(1.0, 2 * low["p"]))
+        assert high["p_adjusted"] == pytest.approx(max(low["p_adjusted"], high["p"]))
+    for t in tests.values():
+        expected = t["p"] if len(finite) == 1 else t["p_adjusted"]
+        assert t["p_adjusted"] == pytest.approx(expected, nan_ok=True)
+        assert np.isfinite(t["p_adjusted"]) == np.isfinite(t["p"])
     saved = artifact.load(str(workdir / "artifact"), expected_name=learned.REWARD_ARTIFACT)
     theta = learned.check_reward_theta(saved.theta)
     assert saved.settings["hidden"] == 4 and theta["w0"].shape == (3, 4)

@@ -7,8 +7,12 @@ suite's Python scorers, which read decoded text. Here the strategy stays under `
 `full_es`) and the members are scored in between by any Python function:
 
     candidates = ask(theta, state, key)                  jitted; [P, D] flat thetas around theta
-    loss_i = meta_loss(unravel(candidates[i]), i)        host loop: a whole inner run per member
+    losses = population_loss(members(candidates), key)   host: [P], a whole inner run per member
     grad, state, metrics = tell(theta, state, candidates, losses, key)       jitted
+
+`population_loss` gets the members as one pytree with a leading population axis, so an inner
+problem can run them side by side in one vmapped program (reward_problem's `run_population`);
+`one_at_a_time(meta_loss)` makes one from a per-member function.
 
 With Open-ES (OpenAI-ES, Salimans et al. 2017, "Evolution strategies as a scalable alternative to
 reinforcement learning"): antithetic pairs eps_i, -eps_i (member i and i + P / 2), centered-rank
@@ -23,8 +27,8 @@ Bias and variance are `full_es`'s: no truncation bias (every member is scored af
 inner run) and no backpropagation, at the price of variance that grows with dim(theta) / P. A
 member whose meta-loss is not finite (a diverged inner run) ranks last (the largest finite loss
 + 1) and is counted in metrics['diverged']; when none is finite theta stays where it is. The
-members run one after another on the host, so the meta-loss can be any Python function (a
-vmapped population in `full_es` runs them side by side).
+meta-loss can be any Python function of the members (`full_es` instead traces one program that
+holds the meta-loss too).
 
 The outer state is `outer.OuterState` (theta, optimizer state, strategy state, step, rng): one
 pytree, checkpointed whole, so a resumed run repeats the same numbers.
@@ -51,6 +55,10 @@ class HostES(NamedTuple):
     tell: Callable[..., tuple[Any, Any, dict]]  # (theta, asked, candidates, losses, key)
     unravel: Callable[[jax.Array], Any]  # [D] -> a theta pytree
     population: int
+
+    def members(self, candidates: jax.Array) -> Any:
+        """[P, D] flat candidates -> one theta pytree whose leaves lead with the axis P."""
+        return jax.vmap(self.unravel)(candidates)
 
 
 def host_es(theta: Any, *, population: int, strategy: str = "open_es", sigma: float = 0.05,
@@ -119,21 +127,39 @@ def _apply(optimizer: optax.GradientTransformation):
     return jax.jit(apply)
 
 
-def outer_step_fn(es: HostES, optimizer: optax.GradientTransformation):
-    """A function (state, meta_loss) -> (state, metrics, losses [P] np.ndarray): one outer step.
+def one_at_a_time(meta_loss: Callable[[Any, jax.Array], float]
+                  ) -> Callable[[Any, jax.Array], np.ndarray]:
+    """A population loss (`outer_step_fn`) that calls meta_loss(theta_i, key) -> float on each
+    member in turn."""
 
-    meta_loss(theta_i, key) -> float is called once per member, on the host, with the same key
-    for every member of the step (common random numbers: antithetic pairs share prompts and
-    sampling keys, so they differ only by theta); NaN/inf marks a failed run.
+    def population_loss(members: Any, key: jax.Array) -> np.ndarray:
+        size = jax.tree.leaves(members)[0].shape[0]
+        return np.array([meta_loss(jax.tree.map(lambda x: x[i], members), key)
+                         for i in range(size)], np.float32)
+
+    return population_loss
+
+
+def outer_step_fn(es: HostES, optimizer: optax.GradientTransformation):
+    """A function (state, population_loss) -> (state, metrics, losses [P] np.ndarray): one outer
+    step.
+
+    population_loss(members, key) -> [P] gets every member as one pytree with a leading axis P
+    (`HostES.members`) and one key for all of them (common random numbers: antithetic pairs
+    share prompts and sampling keys, so they differ only by theta); NaN/inf marks a failed
+    run. `one_at_a_time` adapts a per-member meta-loss.
     """
     apply = _apply(optimizer)
 
-    def step(state: outer.OuterState, meta_loss: Callable[[Any, jax.Array], float]):
+    def step(state: outer.OuterState, population_loss: Callable[[Any, jax.Array], np.ndarray]):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         ask_key, run_key, tell_key = jax.random.split(key, 3)
         candidates, asked = es.ask(state.theta, state.estimator, ask_key)  # [P, D]
-        losses = np.array([meta_loss(es.unravel(candidates[i]), run_key)
-                           for i in range(es.population)], np.float32)  # [P]
+        losses = np.asarray(population_loss(es.members(candidates), run_key),
+                            np.float32)  # [P]
+        if losses.shape != (es.population,):
+            raise ValueError(f"population_loss returned shape {losses.shape}; expected "
+                             f"({es.population},), one loss per member")
         grad, strategy_state, metrics = es.tell(state.theta, asked, candidates,
                                                 jnp.asarray(losses), tell_key)
         state, update_metrics = apply(state, grad, strategy_state)

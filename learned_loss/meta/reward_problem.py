@@ -28,6 +28,11 @@ Common random numbers: `meta_loss(theta, key, position)` trains on the prompts o
 position `position` with the sampling key `key`, so the members of one outer step (antithetic
 pairs included) see the same prompts and keys and differ only by theta.
 
+Population: `run_population(thetas, key, position)` trains M members side by side, one
+`jax.vmap` of the inner run over theta's leading axis (the start, the prompts and the key
+shared), in programs of `members_per_program` members; a policy this small keeps a CPU's cores
+far busier as M rollouts and updates at once than one after another.
+
 Shapes: H inner steps, B prompts per step, P padded prompt length.
 """
 
@@ -79,6 +84,17 @@ def inner_run(state: train.TrainState, batches: Mapping[str, jax.Array], frozen:
     return jax.lax.scan(body, state, batches)
 
 
+def population_run(thetas: Any, state: train.TrainState, batches: Mapping[str, jax.Array],
+                   frozen: Any, **kwargs):
+    """`inner_run` of every member of `thetas` (the learned reward's theta, each leaf [M, ...])
+    from the same state, prompts and key. Returns (states, metrics), each leaf [M, ...]."""
+
+    def one(theta):
+        return inner_run(state, batches, dict(frozen, learned_reward=theta), **kwargs)
+
+    return jax.vmap(one)(thetas)
+
+
 def stream_batches(stream: rlhf_data.PromptStream, position: int,
                    horizon: int) -> dict[str, np.ndarray]:
     """The `horizon` batches of the stream from `position` (without moving `stream`), stacked:
@@ -113,22 +129,42 @@ class RewardProblem:
         self.horizon = horizon
         self.evaluator = evaluator
         self.frozen = {"reference": reference[1], "reward": reward[1]}
-        self._run = jax.jit(functools.partial(
-            inner_run, model=model, reference_model=reference[0], reward_model_=reward[0],
-            optimizer=optimizer, settings=settings))
+        kwargs = dict(model=model, reference_model=reference[0], reward_model_=reward[0],
+                      optimizer=optimizer, settings=settings)
+        self._run = jax.jit(functools.partial(inner_run, **kwargs))
+        self._run_population = jax.jit(functools.partial(population_run, **kwargs))
+
+    def _start(self, key: jax.Array, position: int):
+        return (self.init_state._replace(rng=jax.random.key_data(key)),
+                stream_batches(self.stream, position, self.horizon))
 
     def train(self, theta: Any, key: jax.Array, position: int) -> tuple[Any, dict]:
         """(params, metrics of the last step) of a run under theta (None: the raw reward-model
         score, the baseline) on the prompts from stream position `position`."""
-        state = self.init_state._replace(rng=jax.random.key_data(key))
+        state, batches = self._start(key, position)
         frozen = dict(self.frozen)
         if theta is not None:
-            frozen["learned_reward"] = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), theta)
-        batches = stream_batches(self.stream, position, self.horizon)
+            frozen["learned_reward"] = _float32(theta)
         state, metrics = self._run(state, batches, frozen)
-        last = {k: float(v[-1]) for k, v in jax.device_get(metrics).items()}
-        finite = bool(base.all_finite(state.params)) and all(np.isfinite(list(last.values())))
-        return (state.params if finite else None), last
+        return _finished(state.params, jax.device_get(metrics))
+
+    def train_population(self, thetas: Any, key: jax.Array, position: int,
+                         members_per_program: int = 0) -> list[tuple[Any, dict]]:
+        """`train` of every member of `thetas` (leaves [M, ...]) on the same prompts and key, in
+        vmapped programs of `members_per_program` members (0: all M in one)."""
+        thetas = _float32(thetas)
+        size = jax.tree.leaves(thetas)[0].shape[0]
+        chunk = members_per_program or size
+        state, batches = self._start(key, position)
+        out = []
+        for start in range(0, size, chunk):
+            part = jax.tree.map(lambda x: x[start:start + chunk], thetas)
+            states, metrics = self._run_population(part, state, batches, self.frozen)
+            metrics = jax.device_get(metrics)
+            for i in range(jax.tree.leaves(part)[0].shape[0]):
+                out.append(_finished(jax.tree.map(lambda x: x[i], states.params),
+                                     {k: v[i] for k, v in metrics.items()}))
+        return out
 
     def evaluate(self, params: Any, evaluator=None) -> dict[str, float]:
         """Means of the policy's held-out samples (by `evaluator`, default the fitness one):
@@ -137,15 +173,36 @@ class RewardProblem:
         per_sample = (evaluator or self.evaluator).samples_of(self.model, params)
         return {k: float(np.mean(v)) for k, v in per_sample.items()}
 
-    def run(self, theta: Any, key: jax.Array, position: int, evaluator=None) -> Outcome:
-        """Train under theta, then score the final policy by the gold metric."""
-        params, last = self.train(theta, key, position)
+    def _outcome(self, params: Any, last: dict, evaluator=None) -> Outcome:
         summary = {f"train/{k}": v for k, v in last.items()}
         if params is None:
             return Outcome(float("nan"), dict(summary, diverged=1.0), None)
         summary.update(self.evaluate(params, evaluator), diverged=0.0)
         return Outcome(-summary["gold_graded"], summary, params)
 
+    def run(self, theta: Any, key: jax.Array, position: int, evaluator=None) -> Outcome:
+        """Train under theta, then score the final policy by the gold metric."""
+        return self._outcome(*self.train(theta, key, position), evaluator)
+
+    def run_population(self, thetas: Any, key: jax.Array, position: int,
+                       members_per_program: int = 0, evaluator=None) -> list[Outcome]:
+        """`run` of every member of `thetas` (leaves [M, ...]), trained side by side
+        (`train_population`) and scored one after another on the same held-out prompts."""
+        return [self._outcome(params, last, evaluator) for params, last in
+                self.train_population(thetas, key, position, members_per_program)]
+
     def meta_loss(self, theta: Any, key: jax.Array, position: int) -> float:
         """-mean gold graded score of the policy trained under theta (NaN if it diverged)."""
         return self.run(theta, key, position).loss
+
+
+def _float32(theta: Any) -> Any:
+    return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), theta)
+
+
+def _finished(params: Any, metrics: Mapping[str, np.ndarray]) -> tuple[Any, dict]:
+    """(params, the last step's metrics) of a run whose metrics are [H] arrays; params None
+    when they or those metrics are not finite (a diverged run)."""
+    last = {k: float(v[-1]) for k, v in metrics.items()}
+    finite = bool(base.all_finite(params)) and all(np.isfinite(list(last.values())))
+    return (params if finite else None), last

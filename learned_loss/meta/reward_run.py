@@ -12,18 +12,25 @@ Stages, in the workdir W (a re-run resumes; finished stages are not redone):
                       theta (valid/gold, valid/proxy, valid/length, valid/kl) beside the same run
                       under the reward model's score (theta_init: valid_rm/...)
   W/provenance.json   config, versions, mesh, the SFT and reward-model workdirs, per start
-  W/final.json        at the end: the meta-validation policies trained on r_theta and on the
-                      reward model (gold, proxy, length, KL), the SFT policy, and the wall time
+  W/final.json        at the end (`final_comparison`): RL on r_theta, on the reward model's
+                      score and on the hand-set damping reward ((1 - baseline.damping) x score),
+                      `final.runs` runs of each on the same prompts and keys, scored on the
+                      meta-validation prompts (gold, proxy, length, KL; means with 95%
+                      intervals, the gains over the SFT policy, whose difference is the proxy
+                      gap); r_theta against the other two by paired t-tests, Holm-adjusted
+                      together; the SFT policy; the wall time
   W/artifact/         the `learned_reward` artifact (theta, its hidden size, the config), written
                       atomically once the last outer step is done; a finished run started again
                       leaves it untouched, and a failed run never writes it
 
 Outer loop: full-horizon ES with host-side fitness (`host_es`, Open-ES by default, Salimans et
-al. 2017; sgd or adam on its step) on the inner problem of `reward_problem` (RL of the SFT policy
-under r_theta, scored by the gold metric of its samples on held-out prompts). Step s trains every
-member on the prompts of stream position s H with one shared key; meta-validation always uses
-the same prompts (position VALID_POSITION), key and held-out evaluation prompts, so its numbers
-compare across steps and against the reward-model baseline.
+al. 2017: antithetic pairs, centred ranks; sgd or adam on its step) on the inner problem of
+`reward_problem` (RL of the SFT policy under r_theta, scored by the gold metric of its samples on
+held-out prompts). Step s trains every member on the prompts of stream position s H with one
+shared key (common random numbers), `inner.members_per_program` members to a vmapped program,
+and scores them all on the same fitness prompts with the same sampling keys; meta-validation
+always uses the same prompts (position VALID_POSITION), key and held-out evaluation prompts, so
+its numbers compare across steps and against the reward-model baseline.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from learned_loss.objectives import artifact, learned
 from learned_loss.rlhf import training
 from learned_loss.rlhf import data as rlhf_data
 from learned_loss.rlhf import pipeline as rlhf_pipeline
+from learned_loss.studies import statistics
 
 ARTIFACT = "artifact"
 FINAL = "final.json"
@@ -70,6 +78,15 @@ def check_config(config) -> None:
     if config.rlhf.rl.kl_target > 0:
         raise cli.UserError("the inner RL runs use a fixed KL coefficient: set "
                             "rlhf.rl.kl_target=0")
+    if config.inner.members_per_program < 0:
+        raise cli.UserError(f"inner.members_per_program={config.inner.members_per_program}: "
+                            f"use 0 (the whole population in one program) or a positive count")
+    if config.final.runs < 1:
+        raise cli.UserError(f"final.runs={config.final.runs}: the final comparison needs at "
+                            f"least 1 run of each reward")
+    if not 0.0 <= config.baseline.damping <= 1.0:
+        raise cli.UserError(f"baseline.damping={config.baseline.damping}: the damping reward "
+                            f"scales the score by 1 - damping; choose it in [0, 1]")
     p, strategy = config.estimator.population, config.estimator.strategy
     if strategy == "open_es" and (p < 2 or p % 2):
         raise cli.UserError(f"estimator.population={p}: antithetic Open-ES needs an even "
@@ -184,6 +201,50 @@ def _population_metrics(outcomes: list[reward_problem.Outcome]) -> dict[str, flo
             "fitness/mean_kl": mean("kl")}
 
 
+def _mean_ci(runs: list[dict]) -> tuple[dict, dict]:
+    cis = {k: statistics.mean_ci([r[k] for r in runs]) for k in runs[0]}
+    return {k: m for k, (m, _) in cis.items()}, {k: h for k, (_, h) in cis.items()}
+
+
+def final_comparison(s: Setup, theta: Any, runs: int, valid_key: jax.Array) -> dict:
+    """r_theta, the reward model's score and the hand-set damping reward, each trained in the
+    same `runs` runs and scored on the meta-validation prompts (module docstring).
+
+    Run 0 is the meta-validation run (key `valid_key`, prompts from VALID_POSITION); run i > 0
+    folds i into the key and starts i horizons later in the prompt stream. Per reward: the
+    runs' figures, their means and 95% t half-widths, and the mean gains in gold and proxy over
+    the SFT policy (a proxy gain with no gold gain is over-optimisation: the proxy gap). Tests:
+    r_theta - reward model and r_theta - damping in gold, paired over the runs, Holm-adjusted.
+    """
+    rewards = {"learned_reward": theta, "reward_model": None,
+               "damping": learned.damping_reward(s.config.baseline.damping,
+                                                 s.config.reward.hidden)}
+    sft = s.problem.evaluate(s.reference[1], s.valid_evaluator)
+    per_run: dict[str, list[dict]] = {name: [] for name in rewards}
+    for i in range(runs):
+        key = valid_key if i == 0 else jax.random.fold_in(valid_key, i)
+        position = VALID_POSITION + i * s.config.inner.horizon
+        for name, t in rewards.items():
+            out = s.problem.run(t, key, position, evaluator=s.valid_evaluator)
+            per_run[name].append({k: out.summary.get(k, float("nan"))
+                                  for k in SUMMARY_KEYS + ("diverged",)})
+    out: dict[str, Any] = {"runs": runs, "damping_factor": float(s.config.baseline.damping),
+                           "sft": sft}
+    for name, rs in per_run.items():
+        mean, ci = _mean_ci(rs)
+        out[name] = dict(mean, ci95=ci, runs=rs,
+                         gold_gain=mean["gold_graded"] - sft["gold_graded"],
+                         proxy_gain=mean["proxy"] - sft["proxy"])
+    gold = {name: dict(enumerate(r["gold_graded"] for r in rs)) for name, rs in per_run.items()}
+    tests = [dict(statistics.paired(gold["learned_reward"], gold[other]),
+                  name=f"learned_reward - {other}", metric="gold_graded")
+             for other in ("reward_model", "damping")]
+    for t, adj in zip(tests, statistics.holm([t["p"] for t in tests])):
+        t["p_adjusted"] = adj
+    out["tests"] = tests
+    return out
+
+
 def run(config, workdir: str) -> dict[str, Any]:
     """Meta-trains r_theta to `outer.num_steps`, resuming from the workdir. Returns the final
     comparison (final.json's contents; {} when stopped early or already finished)."""
@@ -203,25 +264,23 @@ def run(config, workdir: str) -> dict[str, Any]:
     es_step = host_es.outer_step_fn(es, optimizer)
     valid_key = jax.random.key(config.seed + 1)
     baseline = s.validate(theta0, valid_key)  # The same run on the reward model's score.
-    last_valid = None  # The validation run under the newest theta, once there is one.
 
     def step_fn(state, step):
         outcomes: list[reward_problem.Outcome] = []
         position = step * config.inner.horizon
 
-        def meta_loss(theta, key):
-            outcomes.append(s.problem.run(theta, key, position))
-            return outcomes[-1].loss
+        def population_loss(members, key):
+            outcomes.extend(s.problem.run_population(members, key, position,
+                                                     config.inner.members_per_program))
+            return np.array([o.loss for o in outcomes], np.float32)
 
-        state, metrics, _ = es_step(state, meta_loss)
+        state, metrics, _ = es_step(state, population_loss)
         metrics = dict(metrics)
         metrics.update(_population_metrics(outcomes))
         return state, metrics
 
     def evaluate(state):
-        nonlocal last_valid
-        last_valid = s.validate(state.theta, valid_key)
-        out = {f"valid/{k}": v for k, v in last_valid.items()}
+        out = {f"valid/{k}": v for k, v in s.validate(state.theta, valid_key).items()}
         out.update({f"valid_rm/{k}": v for k, v in baseline.items()})
         return out
 
@@ -238,15 +297,15 @@ def run(config, workdir: str) -> dict[str, Any]:
     if done.step < oc.num_steps:
         return {}
     theta = jax.device_get(done.state.theta)
-    final = {"learned_reward": last_valid or s.validate(theta, valid_key),
-             "reward_model": baseline,
-             "sft": s.problem.evaluate(s.reference[1], s.valid_evaluator),
-             "outer_steps": done.step, "wall_time_s": time.time() - start_time}
+    final = dict(final_comparison(s, theta, config.final.runs, valid_key),
+                 outer_steps=done.step, wall_time_s=time.time() - start_time)
     files.write_json(os.path.join(workdir, FINAL), final)
     artifact.save(os.path.join(workdir, ARTIFACT), learned.REWARD_ARTIFACT, theta,
                   {"features": list(learned.REWARD_FEATURES), "hidden": int(config.reward.hidden)},
                   config.to_dict(), dict(s.provenance(done.start), final=final))
-    logging.info("wrote the learned reward to %s: gold %.3f on r_theta vs %.3f on the reward "
-                 "model", os.path.join(workdir, ARTIFACT), final["learned_reward"]["gold_graded"],
-                 baseline["gold_graded"])
+    logging.info("wrote the learned reward to %s: gold %.3f on r_theta, %.3f on the reward "
+                 "model, %.3f on the damping reward (means of %d runs)",
+                 os.path.join(workdir, ARTIFACT), final["learned_reward"]["gold_graded"],
+                 final["reward_model"]["gold_graded"], final["damping"]["gold_graded"],
+                 config.final.runs)
     return final

@@ -343,6 +343,22 @@ def init_reward(key: jax.Array, hidden: int = 16) -> dict:
     return init_mlp(key, len(REWARD_FEATURES), hidden)
 
 
+def damping_reward(factor: float, hidden: int = 1, slope: float = 0.01) -> dict:
+    """Theta of the hand-set damping reward r = (1 - factor) score: RL on the reward model's
+    score scaled down, so that the KL penalty holds the policy nearer the SFT policy.
+
+    Its first hidden unit reads the score in tanh's linear range, k = w1 tanh(slope s / 4) with
+    w1 = -4 factor / slope, which is -factor s to a relative (slope s / 4)^2 / 3 (1e-5 at
+    |s| = 2); the other units are off.
+    """
+    if hidden < 1:
+        raise ValueError(f"the damping reward needs at least one hidden unit, got {hidden}")
+    w0 = jnp.zeros((len(REWARD_FEATURES), hidden), jnp.float32).at[0, 0].set(slope)
+    w1 = jnp.zeros((hidden,), jnp.float32).at[0].set(-4.0 * factor / slope)
+    return {"w0": w0, "b0": jnp.zeros((hidden,), jnp.float32), "w1": w1,
+            "b1": jnp.zeros((), jnp.float32)}
+
+
 def reward(theta: Params, score: jax.Array, length: jax.Array, finished: jax.Array) -> jax.Array:
     """r_theta [N] from the frozen reward model's score [N], the completion length [N] (tokens)
     and whether it ended with EOS [N]."""
