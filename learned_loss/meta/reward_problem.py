@@ -30,8 +30,9 @@ pairs included) see the same prompts and keys and differ only by theta.
 
 Population: `run_population(thetas, key, position)` trains M members side by side, one
 `jax.vmap` of the inner run over theta's leading axis (the start, the prompts and the key
-shared), in programs of `members_per_program` members; a policy this small keeps a CPU's cores
-far busier as M rollouts and updates at once than one after another.
+shared), in programs of `members_per_program` members. On 2 CPU cores that trains no faster per
+member than one run after another (measured: configs/meta_train_reward.py); it is for
+accelerators, where M rollouts and updates at once fill the chip.
 
 Shapes: H inner steps, B prompts per step, P padded prompt length.
 """
