@@ -38,9 +38,9 @@ from configs import noisy_demonstrations as noisy
 from learned_loss.studies import arms, sweep
 
 # The token-level arms: MLE and its controls, the tuned hand-made baselines and the learned
-# token losses (offline over whole runs, and online).
+# token losses (offline over whole runs, per token and per row, and online).
 REGIME_ARMS = ("mle", "mle_clean", "mle_clean_valid", "mle_early_stop", "loss_truncation", "gce",
-               "sce", "bootstrap", "learned_pes", "learned_online")
+               "sce", "bootstrap", "learned_pes", "learned_rows", "learned_online")
 
 VARIANTS = {
     # objectives, noise kinds, seeds, fine-tuning steps, examples per family, families,
@@ -103,25 +103,34 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.meta = ml_collections.ConfigDict()
     # The token losses are meta-trained for fine-tuning the pre-trained model: their inner
     # runs start from its checkpoint (inner.init_from, set by the run).
+    whole_runs = {"learned_pes": "swap50", "learned_rows": "swap50_rows"}
     for name, estimator in (("learned_tbptt", "tbptt"), ("learned_es", "es"),
-                            ("learned_pes", "pes")):
-        # learned_pes: configs/meta_train.py's swap50 variant (PES over whole runs, the
-        # row-history features); `smoke` keeps the smoke variant's seconds-long runs.
-        m = meta_train.get_config("swap50" if name == "learned_pes" and arg != "smoke"
+                            ("learned_pes", "pes"), ("learned_rows", "pes")):
+        # learned_pes, learned_rows: configs/meta_train.py's swap50 and swap50_rows variants
+        # (PES over whole runs, the row-history features; one weight per row); `smoke` keeps
+        # the smoke variant's seconds-long runs, with the rows variant's loss.
+        m = meta_train.get_config(whole_runs[name] if name in whole_runs and arg != "smoke"
                                   else v["meta"])
+        if name == "learned_rows" and arg == "smoke":
+            rows = meta_train.get_config("swap50_rows").objective
+            m.objective.features = rows.features
+            m.objective.granularity = rows.granularity
+            m.objective.run_steps = rows.run_steps
         m.model = models.model_config("nano", max_len=seq_len)
         m.model.update(config.model.to_dict())
         m.data.seq_len = seq_len
         m.estimator.name = estimator
-        if name == "learned_pes":  # Horizons up to the cells' whole run.
+        if name in whole_runs:  # Horizons up to the cells' whole run.
             m.estimator.max_horizon = v["steps"]
             m.estimator.min_horizon = min(m.estimator.min_horizon, v["steps"])
             m.meta_valid.horizon = v["steps"]
+        if name == "learned_rows":  # 'progress' counts the cells' steps.
+            m.objective.run_steps = v["steps"]
         m.outer.num_steps = v["meta_steps"]
         m.outer.eval_every = v["meta_steps"]
         m.outer.checkpoint_every = min(v["meta_steps"], 25)  # A stopped run resumes near.
         m.outer.log_every = 1
-        if arg == "tiny" and name != "learned_pes":  # Short inner runs: the demo's budget.
+        if arg == "tiny" and name not in whole_runs:  # Short inner runs: the demo's budget.
             m.estimator.min_horizon, m.estimator.max_horizon = 20, 60
             m.meta_valid.families = m.meta_valid.families[:2]
             m.meta_valid.horizon = 60
@@ -157,6 +166,7 @@ def _drop_fields_the_run_sets(config) -> None:
              (config.meta.learned_tbptt.inner, ("init_from",)),
              (config.meta.learned_es.inner, ("init_from",)),
              (config.meta.learned_pes.inner, ("init_from",)),
+             (config.meta.learned_rows.inner, ("init_from",)),
              (config.meta.learned_reward.rlhf, ("sft_from",))]
     for section, keys in drops:
         for key in keys:

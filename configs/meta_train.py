@@ -51,6 +51,12 @@ VARIANTS = {
                    valid_families=META_VALID_FAMILIES, estimator="pes", population=8,
                    unroll=40, horizon=(200, 800), steps=150, log=10, eval=50, ckpt=10,
                    eval_horizon=800, sanity_steps=20, online_steps=800),
+    # swap50 with one weight per row (granularity 'row': row features standardised across the
+    # batch, weights normalised to mean 1) and the run's progress among the features.
+    "swap50_rows": dict(model="nano", seq_len=48, batch=32, examples=500, families=NOISY_FAMILIES,
+                        valid_families=META_VALID_FAMILIES, estimator="pes", population=8,
+                        unroll=40, horizon=(200, 800), steps=150, log=10, eval=50, ckpt=10,
+                        eval_horizon=800, sanity_steps=20, online_steps=800),
     # Pre-training on the text corpus (data.source='text'): inner runs train the scaling
     # study's middle model (configs/scaling.py) from scratch; theta is scored by the
     # validation NLL of every token.
@@ -60,6 +66,10 @@ VARIANTS = {
                  sanity_steps=20, online_steps=0),
 }
 
+# The row-level weight's inputs (swap50_rows): each averaged over the row's answer and
+# standardised across the batch, and the run's progress.
+ROW_FEATURES = ("answer_log_prob", "entropy", "length", "history_log_prob", "history_trend",
+                "progress")
 # The learned token loss's inputs on text: no reference model (pre-training starts from a
 # random one) and no answer length (every window has the same).
 TEXT_FEATURES = ("log_prob", "entropy", "max_log_prob", "position", "answer_log_prob")
@@ -82,8 +92,12 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     if arg == "smoke":  # A one-layer model: seconds to compile, for tests.
         config.model.update(d_model=32, num_layers=1, num_heads=2, d_ff=64)
     if arg == "swap50":  # From scratch the reference is a random model: not a feature.
-        config.objective.features = tuple(f for f in learned.ALL_TOKEN_FEATURES
+        config.objective.features = tuple(f for f in learned.TOKEN_FEATURES + learned.HISTORY_FEATURES
                                           if f != "ref_log_prob")
+    if arg == "swap50_rows":  # Row-level features, and where the run is (its 800 steps).
+        config.objective.features = ROW_FEATURES
+        config.objective.granularity = "row"
+        config.objective.run_steps = v["horizon"][1]
     if arg == "text":
         config.model.update(TEXT_MODEL)
         config.objective.features = TEXT_FEATURES
@@ -91,7 +105,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.tasks = tasks.task_config()
     config.tasks.families = v["families"]
     config.tasks.examples_per_family = v["examples"]
-    config.tasks.label_noise = 0.5 if arg == "swap50" else 0.3
+    config.tasks.label_noise = 0.5 if arg.startswith("swap50") else 0.3
     config.tasks.noise_kinds = ("other_answer",)
 
     config.meta_valid = ml_collections.ConfigDict()
@@ -104,7 +118,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.data.seq_len = v["seq_len"]
     # Clean validation inputs (the meta-objective) and clean test inputs (what an online run is
     # scored on); swap50 keeps the cells' 80% of the examples for training.
-    config.data.valid_fraction = 0.1 if arg == "swap50" else 0.2
+    config.data.valid_fraction = 0.1 if arg.startswith("swap50") else 0.2
     config.data.test_fraction = 0.1
     # 'tasks': noisy demonstrations of tasks.families; 'text': windows of the text corpus
     # (text_dir, pattern and corpus_valid_fraction as in configs/pretrain.py), `windows` of

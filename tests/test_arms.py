@@ -5,6 +5,7 @@ import ml_collections
 import numpy as np
 
 from configs import meta_train_reward, meta_train
+from learned_loss import objectives
 from learned_loss.objectives import artifact
 from learned_loss.studies import arms
 
@@ -59,17 +60,24 @@ def test_the_table_of_arms_names_real_methods_and_controls():
     assert arms.BY_NAME["mle_2x"].budget == 2
     # The learned arms meta-trained before the grid are the ones the config meta-trains.
     assert set(arms.META_TRAINED) == {"learned_tbptt", "learned_es", "learned_pes",
-                                      "learned_preference", "learned_reward"}
-    assert arms.META_TOKEN == ("learned_tbptt", "learned_es", "learned_pes")
+                                      "learned_rows", "learned_preference", "learned_reward"}
+    assert arms.META_TOKEN == ("learned_tbptt", "learned_es", "learned_pes", "learned_rows")
     for variant in compare_config.VARIANTS:
         config = compare_config.get_config(variant)
         assert set(arms.META_TRAINED) <= set(config.meta)
         # Each learned token arm is meta-trained by the estimator its row names.
         for name in arms.META_TOKEN:
             assert config.meta[name].estimator.name == arms.BY_NAME[name].meta_trainer
-    # learned_pes sees whole runs: its longest horizon is the cells' budget.
-    paper = compare_config.get_config("paper")
-    assert paper.meta.learned_pes.estimator.max_horizon == paper.steps
+    # learned_pes and learned_rows see whole runs: their longest horizon is the cells' budget,
+    # and learned_rows's progress counts the cells' steps, one weight per row.
+    for variant in ("smoke", "swap50", "paper"):
+        config = compare_config.get_config(variant)
+        for name in ("learned_pes", "learned_rows"):
+            assert config.meta[name].estimator.max_horizon == config.steps
+        rows = config.meta.learned_rows.objective
+        assert (rows.granularity, rows.run_steps) == ("row", config.steps)
+        assert "progress" in rows.features
+        assert objectives.build(rows).needs_history
     # Every learned arm is tested against the hand-made arm or control it should beat.
     learned = [a.name for a in arms.TABLE if a.meta_trainer]
     assert {a for a, _ in arms.PAIRINGS} == set(learned) | {"dpo"}

@@ -126,6 +126,97 @@ def test_token_loss_feature_subsets_and_errors():
         learned.init_token_loss(jax.random.key(0), ("log_prob", "nope"))
 
 
+def test_progress_feature_by_hand():
+    """progress = min(step / run_steps, 1): 200 of 800 steps is 0.25; past the end 1; without a
+    step (evaluation) 1. It needs run_steps, and run_steps needs it."""
+    logits, batch = _batch(jax.random.key(6))
+    for step, expected in ((200, 0.25), (1600, 1.0), (None, 1.0)):
+        b = dict(batch) if step is None else dict(batch, step=jnp.asarray(step, jnp.int32))
+        x = learned.token_features(logits, b, ("progress",), run_steps=800)
+        np.testing.assert_allclose(x[..., 0], expected, rtol=1e-6)
+    with pytest.raises(errors.UserError, match="set the objective's run_steps"):
+        learned.token_features(logits, batch, ("progress",))
+    with pytest.raises(errors.UserError, match="read only by the 'progress' feature"):
+        learned.check_token_settings(("log_prob",), "token", 800)
+    with pytest.raises(errors.UserError, match="read only by the 'progress' feature"):
+        learned.check_token_settings(("progress",), "token", 0)
+    with pytest.raises(errors.UserError, match="granularity is 'example'"):
+        learned.check_token_settings(("log_prob",), "example", 0)
+
+
+ROW_FEATURES = ("answer_log_prob", "length", "progress")
+
+
+def test_row_weights_by_hand():
+    """granularity 'row': each row's features averaged over its answer, standardised across
+    the rows that have an answer (progress passed as it is), s = 2 sigmoid(g(z)), w = s
+    normalised to a token-weighted mean of 1; row 2 has no answer and counts nowhere."""
+    logits, batch = _batch(jax.random.key(7))
+    batch = dict(batch, step=jnp.asarray(100, jnp.int32))
+    theta = learned.init_token_loss(jax.random.key(8), ROW_FEATURES, hidden=5)
+    theta = dict(theta, w1=jnp.linspace(-1.5, 2.0, 5), b1=jnp.array(0.2))
+    w = learned.token_weights(theta, logits, batch, ROW_FEATURES, "row", run_steps=400)  # [B, T]
+    x = np.asarray(learned.token_features(logits, batch, ROW_FEATURES, run_steps=400), np.float64)
+    mask = np.asarray(batch["mask"], np.float64)
+    n = mask.sum(1)  # [3] = 3, 5, 0
+    x_row = (x * mask[..., None]).sum(1)[:2] / n[:2, None]  # rows 0 and 1
+    z = (x_row - x_row.mean(0)) / np.sqrt(x_row.var(0) + 1e-6)
+    z[:, 2] = 0.25  # progress: 100 / 400, not standardised
+    s = 2.0 / (1.0 + np.exp(-_mlp_by_hand(theta, z)))  # [2]
+    expected = s * n[:2].sum() / (s * n[:2]).sum()
+    np.testing.assert_allclose(w[0], expected[0], rtol=1e-5)  # every token of a row alike
+    np.testing.assert_allclose(w[1], expected[1], rtol=1e-5)
+    assert abs(expected[0] - expected[1]) > 0.05  # the rows are told apart
+    # Token-weighted mean 1 however theta is: Adam cannot undo a scale that is not there.
+    _, metrics = learned.token_loss(theta, logits, batch, features=ROW_FEATURES,
+                                    granularity="row", run_steps=400)
+    np.testing.assert_allclose(metrics["mean_weight"], 1.0, rtol=1e-5)
+    # At the initialisation every weight is 1: MLE's value.
+    theta0 = learned.init_token_loss(jax.random.key(8), ROW_FEATURES, hidden=5)
+    value, _ = learned.token_loss(theta0, logits, batch, features=ROW_FEATURES,
+                                  granularity="row", run_steps=400)
+    np.testing.assert_allclose(value, mle.loss((), logits, batch)[0], rtol=1e-6)
+
+
+def test_weights_by_corruption_metrics_by_hand():
+    """A diagnosis batch marks its corrupted rows: the mean weight of their answer tokens and of
+    the others'."""
+    logits, batch = _batch(jax.random.key(9))
+    weights = jnp.array([[1.0, 2, 3, 4, 5, 6], [0.5] * 6, [9.0] * 6])
+    batch = dict(batch, corrupted=jnp.array([1.0, 0.0, 1.0]))
+    _, metrics = learned.weighted_nll(weights, logits, batch)
+    np.testing.assert_allclose(metrics["weight_noisy"], (3 + 4 + 5) / 3, rtol=1e-6)
+    np.testing.assert_allclose(metrics["weight_clean"], 0.5, rtol=1e-6)
+    assert np.isnan(learned.weighted_nll(weights, logits, dict(batch, corrupted=jnp.zeros(3)))[1][
+        "weight_noisy"])
+
+
+def test_row_settings_through_build_and_the_artifact(tmp_path):
+    """granularity and run_steps reach the loss from the config and from an artifact; a config
+    that names other ones than its artifact's is refused."""
+    logits, batch = _batch(jax.random.key(10))
+    del batch["ref_log_probs"]
+    cfg = {"name": "learned_token_loss", "features": ROW_FEATURES, "hidden": 5,
+           "granularity": "row", "run_steps": 400}
+    built = objectives.build(cfg)
+    theta = dict(built.theta, w1=jnp.linspace(-1.5, 2.0, 5))
+    expected = learned.token_loss(theta, logits, batch, features=ROW_FEATURES, granularity="row",
+                                  run_steps=400)[0]
+    np.testing.assert_allclose(built.loss(theta, logits, batch)[0], expected, rtol=1e-6)
+    assert not np.isclose(float(expected), float(learned.token_loss(
+        theta, logits, batch, features=ROW_FEATURES, run_steps=400)[0]), rtol=1e-4)
+    path = str(tmp_path / "artifact")
+    artifact.save(path, "learned_token_loss", theta,
+                  {"features": list(ROW_FEATURES), "hidden": 5, "granularity": "row",
+                   "run_steps": 400}, {})
+    loaded = objectives.build({"name": "learned_token_loss", "path": path})
+    np.testing.assert_allclose(loaded.loss(loaded.theta, logits, batch)[0], expected, rtol=1e-6)
+    with pytest.raises(errors.UserError, match="the artifact decides them"):
+        objectives.build({"name": "learned_token_loss", "path": path, "granularity": "token"})
+    with pytest.raises(errors.UserError, match="granularity is 'rows'"):
+        objectives.build(dict(cfg, granularity="rows"))
+
+
 def test_preference_loss_at_init_is_dpo():
     key = jax.random.split(jax.random.key(5), 4)
     logps = [jax.random.normal(k, (7,)) * 3 for k in key]

@@ -269,11 +269,12 @@ def test_es_population_over_pop_and_batch_over_data_matches_one_device(data_dir)
     assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads[0]))
 
 
-def test_the_swap50_variant_meta_trains_in_the_grids_swap50_setting():
+@pytest.mark.parametrize("variant", ["swap50", "swap50_rows"])
+def test_the_swap50_variant_meta_trains_in_the_grids_swap50_setting(variant):
     from configs import noisy_demonstrations as noisy_configs
     from learned_loss.objectives import learned
 
-    meta = meta_configs.get_config("swap50")
+    meta = meta_configs.get_config(variant)
     grid = noisy_configs.get_config("tiny")
     noise = noisy_configs.NOISES["swap50"]
     assert meta.model.to_dict() == grid.model.to_dict()
@@ -289,3 +290,5 @@ def test_the_swap50_variant_meta_trains_in_the_grids_swap50_setting():
     assert set(learned.HISTORY_FEATURES) <= set(meta.objective.features)
     # Built from these settings, the inner runs read each row's history.
     assert objectives.build(meta.objective).needs_history
+    if variant == "swap50_rows":  # One weight per row; progress counts the cells' steps.
+        assert (meta.objective.granularity, meta.objective.run_steps) == ("row", grid.steps)

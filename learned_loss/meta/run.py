@@ -158,6 +158,8 @@ class Setup:
         else:
             self.settings = {"features": list(config.objective.features),
                              "hidden": int(config.objective.hidden)}
+            self.settings.update({k: config.objective[k] for k in objectives.TOKEN_LOSS_OPTIONS
+                                  if k in config.objective})
         self.optimizer = train.make_optimizer(train.constant_adam(config.inner.lr),
                                               differentiable=True)
         if config.data.get("source", "tasks") == "text":

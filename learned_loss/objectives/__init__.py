@@ -24,6 +24,11 @@ TOKEN_OBJECTIVES = ("mle", "loss_truncation", "gce", "sce", "bootstrap", "learne
 DEFAULTS = {"path": "", "features": learned.TOKEN_FEATURES, "hidden": 32,
             "drop_fraction": 0.3, "warmup_steps": 100, "q": 0.7, "sce_alpha": 0.1,
             "sce_beta": 1.0, "bootstrap_beta": 0.95, "bootstrap_kind": "soft"}
+# Settings of the learned token loss that a config names only where it departs from them
+# (configs/meta_train.py's swap50_rows): one weight per token or per row, and the run length
+# that the 'progress' feature divides by (objectives/learned.py). Kept out of DEFAULTS, so the
+# objective sections of configs that predate them, and the hashes of their runs, stay the same.
+TOKEN_LOSS_OPTIONS = {"granularity": "token", "run_steps": 0}
 
 
 class Objective(NamedTuple):
@@ -77,11 +82,23 @@ def build(cfg: str | Mapping[str, Any]) -> Objective:
                 fn = functools.partial(learned.closed_form_loss, form=form)
                 return Objective(name, fn, theta,
                                  needs_reference="ref_log_prob" in learned.CLOSED_FORMS[form])
-            features = tuple(art.settings["features"])
+            source = art.settings
+            named = {k: cfg[k] for k in TOKEN_LOSS_OPTIONS
+                     if k in cfg and cfg[k] != source.get(k, TOKEN_LOSS_OPTIONS[k])}
+            if named:
+                raise errors.UserError(f"the objective names {named}, but the artifact at "
+                                       f"{settings['path']} was meta-trained with "
+                                       f"{ {k: source.get(k, v) for k, v in TOKEN_LOSS_OPTIONS.items()} }; "
+                                       f"drop those fields (the artifact decides them)")
         else:
-            features = learned.check_features(settings["features"], learned.ALL_TOKEN_FEATURES)
+            source = cfg
+            theta = None
+        options = {k: source.get(k, v) for k, v in TOKEN_LOSS_OPTIONS.items()}
+        features = learned.check_token_settings(source.get("features", settings["features"]),
+                                                **options)
+        if theta is None:
             theta = learned.init_token_loss(_init_key(), features, settings["hidden"])
-        fn = functools.partial(learned.token_loss, features=features)
+        fn = functools.partial(learned.token_loss, features=features, **options)
         return Objective(name, fn, theta, needs_reference="ref_log_prob" in features,
                          needs_history=learned.reads_history(features))
     raise errors.UserError(f"unknown objective {name!r}; choose one of {TOKEN_OBJECTIVES}")

@@ -33,7 +33,24 @@ time it is memorised its past still tells it apart:
   history_trend     answer_log_prob now minus history_log_prob (how much the row has moved)
 They need batch['history_log_prob'] and batch['history_visits'] [B], which an in-memory inner
 run keeps per training row (learned_loss/meta/lm_problem.py); the token loss then reports each
-row's current answer_log_prob as metrics['row_answer_log_prob'] [B] to update them.
+row's current answer_log_prob as metrics['row_answer_log_prob'] [B] to update them. One feature
+reads the time (`SCHEDULE_FEATURES`), so that the loss can act differently early and late in a
+run (memorisation of corrupted answers sets in late; Arpit et al. 2017):
+  progress      min(step / run_steps, 1), with batch['step'] the optimizer steps taken and
+                `run_steps` a setting of the loss (the fine-tuning run's length); 1 when the
+                batch has no 'step' (evaluation)
+
+Granularity. With granularity='token' (the default) every token has its own weight, as above.
+With granularity='row' (one weight per example, as Meta-Weight-Net weighs examples) each row's
+features are averaged over its answer tokens, standardised across the batch's rows (so that the
+network reads where a row stands in its batch, at O(1) scale, however close the raw values are;
+`progress` is passed as it is), and the row weights are normalised to a token-weighted mean of
+1 over the batch:
+
+    s_b = 2 sigmoid(g_theta(z_b)),   w_b = s_b sum_b n_b / sum_b n_b s_b,   n_b = sum_t m_{b,t}
+
+so a constant scale, which Adam would undo, cannot be learned: only how rows are weighed against
+each other. At the zero-output initialisation every w_b is 1 and the loss is MLE's.
 
 Learned preference loss (after DiscoPOP, Lu et al. 2024, "Discovering preference optimization
 algorithms with and for large language models"): with x = beta * delta (dpo.py's delta),
@@ -69,7 +86,9 @@ from learned_loss.objectives import mle
 TOKEN_FEATURES = ("log_prob", "entropy", "max_log_prob", "position", "ref_log_prob", "length",
                   "answer_log_prob")
 HISTORY_FEATURES = ("history_log_prob", "history_trend")
-ALL_TOKEN_FEATURES = TOKEN_FEATURES + HISTORY_FEATURES  # TOKEN_FEATURES: the default set
+SCHEDULE_FEATURES = ("progress",)
+ALL_TOKEN_FEATURES = TOKEN_FEATURES + HISTORY_FEATURES + SCHEDULE_FEATURES  # default: TOKEN_FEATURES
+GRANULARITIES = ("token", "row")
 LOG_PROB_SCALE = 5.0
 PREFERENCE_INPUT_SCALE = 4.0
 REWARD_FEATURES = ("score", "length", "finished")
@@ -122,11 +141,12 @@ def answer_positions(mask: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def token_features(logits: jax.Array, batch: Mapping[str, jax.Array],
-                   features: Sequence[str]) -> jax.Array:
+                   features: Sequence[str], run_steps: int = 0) -> jax.Array:
     """The per-token features of the learned token loss, held out of the gradient.
 
-    logits: [B, T, V]; batch: 'targets' [B, T], optional 'mask' [B, T] and (when `features`
-    holds 'ref_log_prob') 'ref_log_probs' [B, T]. Returns [B, T, len(features)] float32.
+    logits: [B, T, V]; batch: 'targets' [B, T], optional 'mask' [B, T], (when `features`
+    holds 'ref_log_prob') 'ref_log_probs' [B, T] and (for 'progress') 'step' []; run_steps: the
+    run length that 'progress' divides by. Returns [B, T, len(features)] float32.
     """
     logits = jax.lax.stop_gradient(logits.astype(jnp.float32))
     log_probs = jax.nn.log_softmax(logits, axis=-1)  # [B, T, V]
@@ -159,6 +179,8 @@ def token_features(logits: jax.Array, batch: Mapping[str, jax.Array],
             history = history_log_prob(batch, answer_lp)  # [B]
             value = history if name == "history_log_prob" else answer_lp - history
             columns[name] = jnp.broadcast_to(value[:, None], mask.shape)
+        elif name == "progress":
+            columns[name] = jnp.broadcast_to(progress(batch, run_steps), mask.shape)
         else:
             raise errors.UserError(f"unknown token feature {name!r}; choose among "
                                    f"{ALL_TOKEN_FEATURES}")
@@ -191,6 +213,35 @@ def reads_history(features: Sequence[str]) -> bool:
     return any(f in HISTORY_FEATURES for f in features)
 
 
+def progress(batch: Mapping[str, jax.Array], run_steps: int) -> jax.Array:
+    """[] min(batch['step'] / run_steps, 1): how far the run is; 1 without a 'step'."""
+    if run_steps < 1:
+        raise errors.UserError(f"the 'progress' feature needs the run's length: set the "
+                               f"objective's run_steps to the fine-tuning steps (got "
+                               f"{run_steps})")
+    if "step" not in batch:
+        return jnp.ones((), jnp.float32)
+    return jnp.minimum(jnp.asarray(batch["step"], jnp.float32) / run_steps, 1.0)
+
+
+def check_token_settings(features: Sequence[str], granularity: str, run_steps: int
+                         ) -> tuple[str, ...]:
+    """`features` as a tuple after checking the learned token loss's settings; a UserError
+    names the wrong one and its valid values."""
+    features = check_features(features, ALL_TOKEN_FEATURES)
+    if granularity not in GRANULARITIES:
+        raise errors.UserError(f"the learned token loss's granularity is {granularity!r}; "
+                               f"choose one of {GRANULARITIES}")
+    if isinstance(run_steps, bool) or not isinstance(run_steps, int) or run_steps < 0:
+        raise errors.UserError(f"run_steps must be an int >= 0 (0: no 'progress' feature), "
+                               f"got {run_steps!r}")
+    if ("progress" in features) != (run_steps > 0):
+        raise errors.UserError(f"run_steps ({run_steps}) is read only by the 'progress' "
+                               f"feature: set it to the run's steps with 'progress' among the "
+                               f"features, and to 0 without it (features {features})")
+    return features
+
+
 def init_token_loss(key: jax.Array, features: Sequence[str] = TOKEN_FEATURES,
                     hidden: int = 32) -> dict:
     """Theta of the learned token loss at its MLE initialisation (every weight 1)."""
@@ -198,21 +249,49 @@ def init_token_loss(key: jax.Array, features: Sequence[str] = TOKEN_FEATURES,
     return init_mlp(key, len(features), hidden)
 
 
+def standardise_rows(x: jax.Array, valid: jax.Array, keep: jax.Array) -> jax.Array:
+    """x [B, F] -> each column's z-score over the rows where valid [B] is 1 (variance floored
+    at 1e-6); columns where keep [F] is True are passed as they are."""
+    count = jnp.maximum(valid.sum(), 1.0)
+    mean = (x * valid[:, None]).sum(0) / count  # [F]
+    var = (jnp.square(x - mean) * valid[:, None]).sum(0) / count  # [F]
+    return jnp.where(keep, x, (x - mean) / jnp.sqrt(var + 1e-6))
+
+
+def row_weights(theta: Params, x: jax.Array, mask: jax.Array, keep: jax.Array) -> jax.Array:
+    """One weight per row (granularity 'row', module docstring): x [B, T, F] token features,
+    mask [B, T], keep [F] (features not standardised) -> w [B], token-weighted mean 1."""
+    n = mask.sum(1)  # [B] answer tokens
+    valid = (n > 0).astype(jnp.float32)
+    x_row = (x * mask[..., None]).sum(1) / jnp.maximum(n, 1.0)[:, None]  # [B, F]
+    s = 2.0 * jax.nn.sigmoid(mlp(theta, standardise_rows(x_row, valid, keep)))  # [B]
+    return s * jnp.maximum(n.sum(), 1.0) / jnp.maximum((s * n).sum(), 1e-6)
+
+
 def token_weights(theta: Params, logits: jax.Array, batch: Mapping[str, jax.Array],
-                  features: Sequence[str]) -> jax.Array:
-    """[B, T] weights 2 sigmoid(g_theta(x)) in (0, 2) (1 at the MLE initialisation)."""
-    x = token_features(logits, batch, features)  # [B, T, F]
-    return 2.0 * jax.nn.sigmoid(mlp(theta, x))
+                  features: Sequence[str], granularity: str = "token",
+                  run_steps: int = 0) -> jax.Array:
+    """[B, T] weights: 2 sigmoid(g_theta(x)) in (0, 2) per token, or with granularity 'row'
+    the row's weight on each of its tokens (`row_weights`); all 1 at the MLE initialisation."""
+    x = token_features(logits, batch, features, run_steps)  # [B, T, F]
+    if granularity == "token":
+        return 2.0 * jax.nn.sigmoid(mlp(theta, x))
+    keep = jnp.asarray([f in SCHEDULE_FEATURES for f in features])  # [F]
+    w = row_weights(theta, x, mle.target_mask(batch), keep)  # [B]
+    return jnp.broadcast_to(w[:, None], batch["targets"].shape)
 
 
 def token_loss(theta: Params, logits: jax.Array, batch: Mapping[str, jax.Array], *,
-               features: Sequence[str] = TOKEN_FEATURES):
+               features: Sequence[str] = TOKEN_FEATURES, granularity: str = "token",
+               run_steps: int = 0):
     """The learned token loss (module docstring); theta from `init_token_loss` or meta-training.
 
-    logits: [B, T, V]; batch: 'targets' [B, T], optional 'mask' [B, T], 'ref_log_probs' [B, T].
-    Returns (loss [], metrics {loss, nll, accuracy, tokens, mean_weight, weight_std}).
+    logits: [B, T, V]; batch: 'targets' [B, T], optional 'mask' [B, T], 'ref_log_probs' [B, T],
+    'step' [] (see `token_features`). Returns (loss [], metrics {loss, nll, accuracy, tokens,
+    mean_weight, weight_std}, and `weighted_nll`'s diagnosis metrics).
     """
-    value, metrics = weighted_nll(token_weights(theta, logits, batch, features), logits, batch)
+    weights = token_weights(theta, logits, batch, features, granularity, run_steps)
+    value, metrics = weighted_nll(weights, logits, batch)
     if reads_history(features):  # Each row's answer_log_prob now, to update its history.
         target_lp = mle.token_log_likelihood(jax.lax.stop_gradient(logits), batch["targets"])
         metrics["row_answer_log_prob"] = row_answer_log_prob(target_lp, mle.target_mask(batch))
@@ -222,7 +301,9 @@ def token_loss(theta: Params, logits: jax.Array, batch: Mapping[str, jax.Array],
 def weighted_nll(weights: jax.Array, logits: jax.Array, batch: Mapping[str, jax.Array]):
     """sum m w (-log p(y)) / sum m for weights [B, T] that are functions of stop-gradient
     features (so the gradient is the weighted cross-entropy's). Returns (loss [], metrics) like
-    `token_loss`."""
+    `token_loss`. A diagnosis batch that marks its corrupted rows (batch['corrupted'] [B]) also
+    gets the mean weight of their answer tokens and of the other rows' ('weight_noisy',
+    'weight_clean'; nan where a kind has no token)."""
     mask = mle.target_mask(batch)  # [B, T]
     tokens = jnp.maximum(mask.sum(), 1.0)
     nll = -mle.token_log_likelihood(logits, batch["targets"])  # [B, T]
@@ -233,6 +314,10 @@ def weighted_nll(weights: jax.Array, logits: jax.Array, batch: Mapping[str, jax.
     metrics = {"loss": total, "nll": (nll * mask).sum() / tokens,
                "accuracy": (correct * mask).sum() / tokens, "tokens": mask.sum(),
                "mean_weight": mean_weight, "weight_std": jnp.sqrt(weight_var)}
+    if "corrupted" in batch:
+        noisy = mask * jnp.asarray(batch["corrupted"], jnp.float32)[:, None]  # [B, T]
+        for key, m in (("weight_noisy", noisy), ("weight_clean", mask - noisy)):
+            metrics[key] = (weights * m).sum() / m.sum()
     return total, metrics
 
 

@@ -412,14 +412,23 @@ def weights_by_corruption(loss_fn, objective: objectives.Objective, theta: Any, 
                           ) -> dict[str, float]:
     """The mean weight a learned objective (theta; `loss_fn`, its jitted
     train.objective_loss) gives the answer tokens of up to `limit` corrupted and `limit` clean
-    training rows under the final model (inner['params']): whether it tells the noise apart
-    ('weight_noisy', 'weight_clean'; nan when a kind has no row)."""
+    training rows under the final model (inner['params']), at the run's last step: whether it
+    tells the noise apart ('weight_noisy', 'weight_clean'; nan when a kind has no row). Both
+    kinds are weighed in one batch, as training mixes them (a row-level weight is relative to
+    its batch); a token-level weight is the same either way."""
     if objective.needs_reference:
         theta = {"objective": theta, "reference": inner["reference"]}
-    batches = _split_by_corruption(rows, limit, inner.get("history"))
-    return {key: float(loss_fn(inner["params"], batch, theta)[1]["mean_weight"])
-            if batch is not None else float("nan")
-            for key, batch in zip(WEIGHT_FACTS, batches)}
+    parts = [(b, flag) for b, flag in zip(_split_by_corruption(rows, limit, inner.get("history")),
+                                          (1.0, 0.0)) if b is not None]
+    if not parts:
+        return {key: float("nan") for key in WEIGHT_FACTS}
+    batch = {k: jnp.concatenate([b[k] for b, _ in parts]) for k in parts[0][0]}
+    batch["corrupted"] = jnp.concatenate([jnp.full(b["mask"].shape[:1], flag)
+                                          for b, flag in parts])  # [B]
+    if "step" in inner:
+        batch["step"] = inner["step"]
+    metrics = loss_fn(inner["params"], batch, theta)[1]
+    return {key: float(metrics[key]) for key in WEIGHT_FACTS}
 
 
 def early_stopping_evaluations(config, steps: int) -> int:
