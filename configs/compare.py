@@ -15,7 +15,8 @@ run in this order):
     mle_early_stop, loss_truncation, gce, sce, bootstrap (tuned on the tuning families),
     learned_tbptt and learned_es (the learned token loss meta-trained offline with TBPTT or
     antithetic ES on short runs), learned_pes (PES over whole runs, with the row-history
-    features): `meta.<name>`, or the artifact at `artifacts.<name>`,
+    features), learned_rows (the same with one weight per row and the run's progress):
+    `meta.<name>`, or the artifact at `artifacts.<name>`,
     learned_online (Meta-Weight-Net-style, on the clean validation examples).
   RLHF, from the MLE model of the same noise kind and seed as the SFT policy
   (learned_loss/rlhf/pipeline.py, settings in `rlhf`):
