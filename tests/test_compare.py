@@ -15,6 +15,7 @@ import pytest
 from configs import compare as compare_config
 from learned_loss.core import checkpoint, cli, pretraining, train
 from learned_loss.data import tasks
+from learned_loss.objectives import artifact
 from learned_loss.studies import arms, compare, sweep, token_arms
 from tests import runs
 from tools import browser
@@ -332,15 +333,16 @@ def test_kept_sft_policy_reads_back_and_starts_meta_training_inner_runs(tmp_path
 
 
 def test_learned_and_rlhf_objectives_through_the_compare(tmp_path, cache):
-    """ES meta-training in the run, online meta-weighting, PPO and DPO from the kept MLE model,
-    sharing one reward model, and MLE given the gold answers of their pairs."""
+    """Meta-training in the run (learned_rows: PES, one weight per row), online
+    meta-weighting, PPO and DPO from the kept MLE model, sharing one reward model, and MLE given
+    the gold answers of their pairs."""
     workdir = tmp_path / "w"
     result = _run(workdir, cache, "--config.seeds=1",
-                  "--config.objectives=('mle','mle_clean','learned_es','learned_online','ppo',"
+                  "--config.objectives=('mle','mle_clean','learned_rows','learned_online','ppo',"
                   "'dpo','mle_gold_pairs')")
     assert result.returncode == 0, result.stderr[-3000:]
     cells = _cells(workdir)
-    assert sorted(cells) == ["dpo-swap30-s0", "learned_es-swap30-s0", "learned_online-swap30-s0",
+    assert sorted(cells) == ["dpo-swap30-s0", "learned_online-swap30-s0", "learned_rows-swap30-s0",
                              "mle-swap30-s0", "mle_clean-swap30-s0", "mle_gold_pairs-swap30-s0",
                              "ppo-swap30-s0"]
     # The RLHF cells of one (noise, seed) share their pairs and reward model: trained once, in
@@ -361,10 +363,16 @@ def test_learned_and_rlhf_objectives_through_the_compare(tmp_path, cache):
     assert json.loads((workdir / "overoptimization.json").read_text())["best_of_n"]["n"]
     dpo_run = json.loads((workdir / "runs" / "dpo-swap30-s0" / "overoptimization.json").read_text())
     assert dpo_run["best_of_n"] is None
-    es = cells["learned_es-swap30-s0"]
-    assert es["facts"]["artifact"] == str(workdir / "meta" / "learned_es" / "artifact")
-    assert os.path.isdir(es["facts"]["artifact"])
-    assert (workdir / "meta" / "learned_es" / "metrics.jsonl").exists()
+    learned = cells["learned_rows-swap30-s0"]
+    assert learned["facts"]["artifact"] == str(workdir / "meta" / "learned_rows" / "artifact")
+    assert (workdir / "meta" / "learned_rows" / "metrics.jsonl").exists()
+    settings = artifact.load(learned["facts"]["artifact"]).settings
+    steps = compare_config.get_config("smoke").steps
+    assert (settings["granularity"], settings["run_steps"]) == ("row", steps)
+    # One weight per row, normalised over the batch: the two kinds of rows weighed together
+    # average to 1 over their answer tokens, so one kind is at or above 1 and the other below.
+    w = learned["facts"]["weight_noisy"], learned["facts"]["weight_clean"]
+    assert min(w) <= 1.0 + 1e-5 <= max(w) + 2e-5 and w[0] != w[1]
     online = cells["learned_online-swap30-s0"]
     assert online["compute"]["tokens"] == 2 * cells["mle-swap30-s0"]["compute"]["tokens"]
     dpo, mle = cells["dpo-swap30-s0"], cells["mle-swap30-s0"]
@@ -392,11 +400,11 @@ def test_learned_and_rlhf_objectives_through_the_compare(tmp_path, cache):
     assert gold["data_seen"]["gold_answers_in_pairs"] == gold["facts"]["gold_rows"]
     assert dpo["data_seen"]["labeler_queries"] > dpo["data_seen"]["gold_answers_in_pairs"]
     assert mle["data_seen"]["gold_answers_in_pairs"] == 0
-    assert es["data_seen"]["meta_training"]["outer_steps"] == 2
-    assert es["data_seen"]["meta_training"]["seconds"] > 0
+    assert learned["data_seen"]["meta_training"]["outer_steps"] == 2
+    assert learned["data_seen"]["meta_training"]["seconds"] > 0
     start = json.loads((workdir / "provenance.json").read_text())["starts"][-1]
     roles = start["extra"]["families_by_role"]
-    assert set(roles["learned_es"]["meta_train"]) & set(start["extra"]["evaluation_families"]) \
+    assert set(roles["learned_rows"]["meta_train"]) & set(start["extra"]["evaluation_families"]) \
         == set()
     assert roles["ppo"]["rl_prompts"] == roles["dpo"]["pairs"] == sorted(
         compare_config.get_config("smoke").families)
