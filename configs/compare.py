@@ -113,10 +113,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         m = meta_train.get_config(whole_runs[name] if name in whole_runs and arg != "smoke"
                                   else v["meta"])
         if name == "learned_rows" and arg == "smoke":
-            rows = meta_train.get_config("swap50_rows").objective
-            m.objective.features = rows.features
-            m.objective.granularity = rows.granularity
-            m.objective.run_steps = rows.run_steps
+            m.objective = meta_train.get_config("swap50_rows").objective
         m.model = models.model_config("nano", max_len=seq_len)
         m.model.update(config.model.to_dict())
         m.data.seq_len = seq_len

@@ -51,12 +51,6 @@ VARIANTS = {
                    valid_families=META_VALID_FAMILIES, estimator="pes", population=8,
                    unroll=40, horizon=(200, 800), steps=150, log=10, eval=50, ckpt=10,
                    eval_horizon=800, sanity_steps=20, online_steps=800),
-    # swap50 with one weight per row (granularity 'row': row features standardised across the
-    # batch, weights normalised to mean 1) and the run's progress among the features.
-    "swap50_rows": dict(model="nano", seq_len=48, batch=32, examples=500, families=NOISY_FAMILIES,
-                        valid_families=META_VALID_FAMILIES, estimator="pes", population=8,
-                        unroll=40, horizon=(200, 800), steps=150, log=10, eval=50, ckpt=10,
-                        eval_horizon=800, sanity_steps=20, online_steps=800),
     # Pre-training on the text corpus (data.source='text'): inner runs train the scaling
     # study's middle model (configs/scaling.py) from scratch; theta is scored by the
     # validation NLL of every token.
@@ -65,6 +59,10 @@ VARIANTS = {
                  horizon=(50, 300), steps=100, log=10, eval=50, ckpt=25, eval_horizon=300,
                  sanity_steps=20, online_steps=0),
 }
+
+# swap50 with one weight per row (granularity 'row': row features standardised across the
+# batch, weights normalised to mean 1) and the run's progress among the features.
+VARIANTS["swap50_rows"] = VARIANTS["swap50"]
 
 # The row-level weight's inputs (swap50_rows): each averaged over the row's answer and
 # standardised across the batch, and the run's progress.

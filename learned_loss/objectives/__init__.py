@@ -83,17 +83,15 @@ def build(cfg: str | Mapping[str, Any]) -> Objective:
                 return Objective(name, fn, theta,
                                  needs_reference="ref_log_prob" in learned.CLOSED_FORMS[form])
             source = art.settings
-            named = {k: cfg[k] for k in TOKEN_LOSS_OPTIONS
-                     if k in cfg and cfg[k] != source.get(k, TOKEN_LOSS_OPTIONS[k])}
-            if named:
-                raise errors.UserError(f"the objective names {named}, but the artifact at "
-                                       f"{settings['path']} was meta-trained with "
-                                       f"{ {k: source.get(k, v) for k, v in TOKEN_LOSS_OPTIONS.items()} }; "
-                                       f"drop those fields (the artifact decides them)")
         else:
             source = cfg
             theta = None
         options = {k: source.get(k, v) for k, v in TOKEN_LOSS_OPTIONS.items()}
+        named = {k: cfg[k] for k in options if k in cfg and cfg[k] != options[k]}
+        if named:  # Only with a path: the artifact's settings differ from the config's.
+            raise errors.UserError(f"the objective names {named}, but the artifact at "
+                                   f"{settings['path']} was meta-trained with {options}; drop "
+                                   f"those fields (the artifact decides them)")
         features = learned.check_token_settings(source.get("features", settings["features"]),
                                                 **options)
         if theta is None:
