@@ -32,8 +32,11 @@ chromium:
 	    apt-get install -y -q --no-install-recommends chromium; } || \
 	    { echo "make: chromium is missing and apt-get could not install it" >&2; exit 1; }
 
+# --no-loadscope-reorder: files in tests/conftest.py's order, longest first.
+# --max-worker-restart=0: a crashed worker fails the run; a replaced one can hang xdist's
+# loadfile scheduler (pytest-xdist issue 784).
 test: $(STAMP) chromium
-	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
+	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --max-worker-restart=0 --durations=15 tests
 
 demo: $(STAMP)
 	$(PY) -m experiments.compare_objectives --config=configs/compare.py:tiny --workdir=$(WORKDIR)

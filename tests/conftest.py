@@ -48,11 +48,16 @@ def pytest_unconfigure(config):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-# The longest files (measured: minutes each), started first so that the two test workers
-# finish together instead of one waiting on the other's last long file.
-LONGEST_FIRST = ("test_compare.py", "test_rlhf_run.py", "test_scaling_study.py", "test_meta_train.py", "test_sft_easy.py", "test_pretrain.py",
-                 "test_rlhf.py", "test_finetune.py", "test_multihost.py", "test_meta_estimators.py",
-                 "test_noisy_comparison.py", "test_full_es.py")
+# The longest files first (measured: a minute or more each, longest first), so that the two test
+# workers finish together instead of one waiting on the other's last long file. `make test`
+# passes `--no-loadscope-reorder`: without it, xdist hands out files by their number of tests,
+# and single long tests (test_sft_easy.py, test_multihost.py) came last.
+LONGEST_FIRST = ("test_rlhf_run.py", "test_compare.py", "test_meta_train.py",
+                 "test_scaling_study.py", "test_multihost.py", "test_meta_reward_run.py",
+                 "test_meta_preference.py", "test_sft_easy.py", "test_pretrain.py", "test_rlhf.py",
+                 "test_finetune.py", "test_one_engine.py", "test_learned_reward.py",
+                 "test_splits.py", "test_learned_preference.py", "test_emergence_study.py",
+                 "test_noisy_comparison.py", "test_model.py")
 
 
 def pytest_collection_modifyitems(config, items):

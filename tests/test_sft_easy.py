@@ -1,29 +1,31 @@
-"""The easy-families SFT run (configs/finetune.py:easy) learns its families from scratch: 80%
-exact match on their validation inputs (distinct, and in no training split).
+"""The easy-families SFT run (configs/finetune.py:easy) learns its families from scratch: 75%
+exact match on their validation inputs (distinct, and in no training split) in half of the
+config's budget.
 
-Measured at the config's 300 steps on its 4 x 200 validation prompts, seeds 0, 1 and 2
-(`--config.seed=S`; another CPU's rounding re-rolls a run as another seed does), on two
-machines and XLA optimisation levels (3, and 1: what the suite gives this run, see
-tests/conftest.py): 0.86875, 0.9425 and 0.88875, then 0.855, 0.89625 and 0.93875. The bar,
-0.80, keeps a margin of 0.055 below the lowest.
+Measured at 150 steps (half of the config's 300, the learning-rate schedule over 150) on its
+4 x 200 validation prompts, seeds 0, 1 and 2 (`--config.seed=S`; another CPU's rounding
+re-rolls a run as another seed does), at XLA optimisation level 1 (what the suite gives this
+run, see tests/conftest.py): 0.84625, 0.8425 and 0.87375. The bar, 0.75, keeps a margin of
+0.09 below the lowest, almost twice the largest difference one seed showed between two
+machines at 300 steps (0.05: 0.88875 and 0.93875; configs/finetune.py).
 
-It must train a model to the end (under a minute alone on 2 cores): what it checks is that the
-budget learns the families. Its own file, so that it runs beside the others in the two test
-workers."""
+It must train a model to the end (about half a minute alone on 2 cores): what it checks is
+that fine-tuning learns the families. Its own file, so that it runs beside the others in the
+two test workers."""
 
 from configs import finetune as finetune_config
 from tests import runs
 
 
-def test_sft_on_easy_families_reaches_80_percent(tmp_path):
-    steps = finetune_config.VARIANTS["easy"]["steps"]
+def test_sft_on_easy_families_reaches_75_percent_in_half_the_budget(tmp_path):
+    steps = finetune_config.VARIANTS["easy"]["steps"] // 2
     workdir = tmp_path / "run"
-    # Evaluated and saved once, at the end: the budget itself is the config's.
+    # Evaluated and saved once, at the end.
     result = runs.run("experiments.finetune", workdir, "configs/finetune.py:easy",
                       f"--config.data.data_dir={tmp_path / 'tfds'}",
-                      f"--config.train.eval_every={steps}",
+                      f"--config.train.num_steps={steps}", f"--config.train.eval_every={steps}",
                       f"--config.train.checkpoint_every={steps}", timeout=1800, long_run=True)
     assert result.returncode == 0, result.stderr[-3000:]
     final = runs.metrics(workdir)[-1]
     assert final["step"] == steps
-    assert final["valid/exact_match"] >= 0.80, final
+    assert final["valid/exact_match"] >= 0.75, final
