@@ -50,6 +50,7 @@ from learned_loss.core import errors, files
 from learned_loss.core import metrics as metrics_lib
 from learned_loss.rlhf import overoptimization
 from learned_loss.report import studies as study_report
+from learned_loss.report.studies import pyplot
 from learned_loss.studies import arms, statistics, sweep, tuning
 from learned_loss.data.tasks import roles as task_roles
 from learned_loss.studies.statistics import mean_ci, paired  # noqa: F401 (re-exported)
@@ -401,7 +402,7 @@ def _png(fig) -> bytes:
 def plot_curves(curves: Mapping[tuple[str, str], tuple[np.ndarray, np.ndarray]],
                 ylabel: str) -> bytes:
     noises = sorted({noise for noise, _ in curves})
-    fig, axes = study_report.pyplot().subplots(1, len(noises), figsize=(5 * len(noises), 3.6), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(noises), figsize=(5 * len(noises), 3.6), squeeze=False)
     for ax, noise in zip(axes[0], noises):
         for (n, objective), (steps, ys) in curves.items():
             if n == noise:
@@ -420,7 +421,7 @@ def meta_keys(meta: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:
 
 
 def plot_meta(meta: Mapping[str, Sequence[Mapping[str, Any]]], keys: Sequence[str]) -> bytes:
-    fig, axes = study_report.pyplot().subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
     for ax, key in zip(axes[0], keys):
         for name, records in sorted(meta.items()):
             points = [(r["step"], r[key]) for r in records if key in r]
@@ -436,7 +437,7 @@ def plot_meta(meta: Mapping[str, Sequence[Mapping[str, Any]]], keys: Sequence[st
 def plot_overoptimization(over: Mapping[str, Any]) -> bytes:
     """Gold and proxy gain against d = sqrt(KL): best-of-n and each RL run, with the fits
     R_bon(d) = d (alpha - beta d) and R_RL(d) = d (alpha - beta log d) (Gao et al. 2022)."""
-    fig, axes = study_report.pyplot().subplots(1, 2, figsize=(11, 3.8))
+    fig, axes = pyplot().subplots(1, 2, figsize=(11, 3.8))
     series = [("best-of-n", over.get("best_of_n"), overoptimization.r_bon)]
     series += [(name, run, overoptimization.r_rl) for name, run in sorted(over.get("rl", {}).items())]
     for ax, which in zip(axes, ("gold", "proxy")):
@@ -461,7 +462,7 @@ def plot_overoptimization(over: Mapping[str, Any]) -> bytes:
 def plot_exact_match(rows: Sequence[Mapping[str, Any]]) -> bytes:
     """Per noise kind, each arm's mean exact match with its 95% t-interval over seeds."""
     noises = sorted({r["noise"] for r in rows})
-    fig, axes = study_report.pyplot().subplots(1, len(noises), figsize=(5 * len(noises), 3.8), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(noises), figsize=(5 * len(noises), 3.8), squeeze=False)
     for ax, noise in zip(axes[0], noises):
         mine = [r for r in rows if r["noise"] == noise]
         x = np.arange(len(mine))
@@ -476,7 +477,7 @@ def plot_exact_match(rows: Sequence[Mapping[str, Any]]) -> bytes:
 
 def plot_families(families: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> bytes:
     """Each (noise, objective)'s mean exact match per family with its 95% t-interval."""
-    fig, ax = study_report.pyplot().subplots(figsize=(max(6, 1.2 * len(families) + 2), 3.8))
+    fig, ax = pyplot().subplots(figsize=(max(6, 1.2 * len(families) + 2), 3.8))
     width = 0.8 / max(len(rows), 1)
     x = np.arange(len(families))
     for i, row in enumerate(rows):

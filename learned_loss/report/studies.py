@@ -450,7 +450,7 @@ def plot_headroom(study: Mapping[str, Any]) -> bytes:
     rows = study["points"]
     axes = [a for a in _AXIS_LABELS if any(r["axis"] == a for r in rows)]
     fig, panels = pyplot().subplots(1, max(1, len(axes)), figsize=(3.2 * max(1, len(axes)), 3.2),
-                               squeeze=False)
+                                    squeeze=False)
     for ax, axis in zip(panels[0], axes):
         line = sorted((r for r in rows if r["axis"] in (axis, "base")),
                       key=lambda r: _axis_value(r, axis) if axis != "model" else r["params"])

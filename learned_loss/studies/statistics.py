@@ -27,6 +27,7 @@ from learned_loss.core import errors
 NAMES = {"holm": "Holm 1979", "bh": "Benjamini-Hochberg 1995"}
 METHODS = tuple(NAMES)
 ALPHA = 0.05
+POWER = 0.8
 
 
 def _stats():
@@ -35,7 +36,6 @@ def _stats():
     from scipy import stats  # pylint: disable=import-outside-toplevel
 
     return stats
-POWER = 0.8
 
 
 def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
