@@ -17,16 +17,19 @@ FAST_RUN = ("--xla_backend_optimization_level=1",)
 CHOSEN = "LEARNED_LOSS_TEST_XLA_FLAGS_CHOSEN"
 
 
-def env(devices: int = 1, long_run: bool = False, xla_defaults: bool = False, **extra) -> dict:
+def env(devices: int = 1, long_run: bool = False, default_emitters: bool = False,
+        **extra) -> dict:
     """The environment of a child process with `devices` simulated CPU devices. `long_run`: an
     entry point that trains for a minute or more (FAST_RUN in place of FAST_COMPILE).
-    `xla_defaults`: neither, for a check of what XLA's default code generation computes."""
+    `default_emitters`: FAST_COMPILE's LLVM level without its older fusion emitters, for a
+    check of what XLA's default code generation computes (the fusions users' programs get)."""
     out = dict(os.environ)
     # The parent's other XLA flags are kept.
     flags = re.sub(r"--xla_force_host_platform_device_count=\S*", "", out.get("XLA_FLAGS", ""))
-    if (long_run or xla_defaults) and out.get(CHOSEN):
-        flags = " ".join([f for f in flags.split() if f not in FAST_COMPILE]
-                         + ([] if xla_defaults else list(FAST_RUN)))
+    if out.get(CHOSEN) and long_run:
+        flags = " ".join([f for f in flags.split() if f not in FAST_COMPILE] + list(FAST_RUN))
+    elif out.get(CHOSEN) and default_emitters:
+        flags = " ".join(f for f in flags.split() if f != FAST_COMPILE[1])
     out["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} {flags.strip()}".strip()
     out["JAX_PLATFORMS"] = "cpu"
     out.update(extra)
@@ -46,10 +49,10 @@ def run(module: str, workdir, config: str, *overrides: str, devices: int = 1,
 
 
 def run_module(module: str, *flags: str, devices: int = 1, timeout: float = 240,
-               xla_defaults: bool = False) -> subprocess.CompletedProcess:
+               default_emitters: bool = False) -> subprocess.CompletedProcess:
     """Runs `python -m module flags...` (an entry point without --config/--workdir)."""
     return subprocess.run([sys.executable, "-m", module, *flags], cwd=ROOT,
-                          env=env(devices, xla_defaults=xla_defaults), capture_output=True,
+                          env=env(devices, default_emitters=default_emitters), capture_output=True,
                           text=True, timeout=timeout)
 
 

@@ -8,9 +8,11 @@ keeps of the cell (`compare.write_sft`) is that state.
 
 Both run in one child process with one CPU device: on the suite's 8 simulated devices the
 fine-tuning run would split its batch over them and sum its gradient in another order. The
-child compiles with XLA's default flags, as users run: bitwise equality of two programs is a
-property of the code generation (with the older fusion emitters that the rest of the suite
-compiles with, the vmapped and the single run differ in the last bits).
+child compiles with XLA's default fusion emitters, as users' programs are: bitwise equality of
+two programs is a property of the code generation (with the older fusion emitters that the rest
+of the suite compiles with, the vmapped and the single run differ in the last bits). It keeps
+the suite's LLVM level 0, which compiles faster (20 s of CPU against 32 s) and, measured, gives
+the same equality as XLA's default level 3.
 """
 
 import json
@@ -80,7 +82,7 @@ def main(workdir: str) -> None:
 
 def test_mle_cell_and_finetune_take_the_same_steps_bitwise(tmp_path):
     proc = runs.run_module("tests.test_one_engine", str(tmp_path), timeout=400,
-                           xla_defaults=True)
+                           default_emitters=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(tmp_path / "result.json", encoding="utf-8") as f:
         result = json.load(f)

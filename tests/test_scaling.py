@@ -126,6 +126,10 @@ def test_chinchilla_bootstrap_covers_truth_and_is_deterministic():
     assert intervals["alpha"].high - intervals["alpha"].low < 0.2
     again = scaling_laws.bootstrap_exponents(n, loss, d, num_resamples=30, seed=7, grid=SMALL_GRID)
     assert again == intervals
+    # The fit on all runs, when the caller has it, is used as it is: the same intervals.
+    full = scaling_laws.fit_chinchilla(n, d, loss, grid=SMALL_GRID)
+    assert scaling_laws.bootstrap_exponents(n, loss, d, num_resamples=30, seed=7,
+                                            grid=SMALL_GRID, full=full) == intervals
 
 
 def test_bootstrap_seed_changes_the_resamples():

@@ -137,7 +137,7 @@ def learned_artifact(config, workdir: str) -> str:
 def _kaplan(n: np.ndarray, loss: np.ndarray, fit_cfg) -> dict:
     fit = scaling_laws.fit_kaplan(n, loss)
     ci = scaling_laws.bootstrap_exponents(n, loss, num_resamples=fit_cfg.bootstrap,
-                                     level=fit_cfg.level)["alpha"]
+                                          level=fit_cfg.level, full=fit)["alpha"]
     out = {"alpha": fit.alpha, "n_c": fit.n_c, "r2": fit.r2,
            "alpha_interval": [ci.low, ci.high]}
     ex = scaling_laws.extrapolation_check(n, loss)
@@ -150,7 +150,7 @@ def _kaplan(n: np.ndarray, loss: np.ndarray, fit_cfg) -> dict:
 def _chinchilla(n: np.ndarray, d: np.ndarray, loss: np.ndarray, fit_cfg) -> dict:
     fit = scaling_laws.fit_chinchilla(n, d, loss)
     ci = scaling_laws.bootstrap_exponents(n, loss, d, num_resamples=fit_cfg.bootstrap,
-                                     level=fit_cfg.level)
+                                          level=fit_cfg.level, full=fit)
     out = {"e": fit.e, "a": fit.a, "b": fit.b, "alpha": fit.alpha, "beta": fit.beta,
            "huber": fit.loss, "alpha_interval": [ci["alpha"].low, ci["alpha"].high],
            "beta_interval": [ci["beta"].low, ci["beta"].high]}

@@ -32,7 +32,7 @@ Shapes: R runs (one (N, D, L) point each), G starting points, K bootstrap resamp
 from __future__ import annotations
 
 import itertools
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import threadpoolctl
@@ -206,6 +206,7 @@ class Interval(NamedTuple):
 
 def bootstrap_exponents(n, loss, d=None, *, num_resamples: int = 200, level: float = 0.95,
                         seed: int = 0, grid: Sequence[Sequence[float]] = DEFAULT_GRID,
+                        full: Optional[Union[KaplanFit, ChinchillaFit]] = None,
                         ) -> dict[str, Interval]:
     """Percentile bootstrap intervals on the fitted exponents.
 
@@ -213,7 +214,9 @@ def bootstrap_exponents(n, loss, d=None, *, num_resamples: int = 200, level: flo
     refitted: Kaplan (alpha) when d is None, else Chinchilla (alpha, beta), each refit started
     from the full-data optimum. The interval is the (1 - level) / 2 and (1 + level) / 2
     percentiles of the K refits. Resamples the model cannot be fitted to (e.g. a single model
-    size) are drawn again; `seed` makes the result deterministic.
+    size) are drawn again; `seed` makes the result deterministic. `full`: the fit on all runs
+    where the caller has it already (`fit_kaplan(n, loss)` or `fit_chinchilla(n, d, loss,
+    grid=grid)`); otherwise it is fitted here.
     """
     if num_resamples < 2:
         raise ValueError(f"num_resamples must be at least 2, got {num_resamples}")
@@ -221,14 +224,14 @@ def bootstrap_exponents(n, loss, d=None, *, num_resamples: int = 200, level: flo
         raise ValueError(f"level must be in (0, 1), got {level}")
     if d is None:
         n, loss = _check_runs(2, n=n, loss=loss)
-        full = fit_kaplan(n, loss)
+        full = fit_kaplan(n, loss) if full is None else full
         names = ("alpha",)
 
         def refit(idx):
             return (fit_kaplan(n[idx], loss[idx]).alpha,)
     else:
         n, d, loss = _check_runs(5, n=n, d=d, loss=loss)
-        full = fit_chinchilla(n, d, loss, grid=grid)
+        full = fit_chinchilla(n, d, loss, grid=grid) if full is None else full
         names = ("alpha", "beta")
         start = _theta(full)
         def refit(idx):

@@ -127,14 +127,16 @@ class Example:
     input_id: str = ""
 
 
-def make_example(family: Family, inputs: Inputs, difficulty: int, phrasing: int) -> Example:
+def make_example(family: Family, inputs: Inputs, difficulty: int, phrasing: int,
+                 identity: str | None = None) -> Example:
+    """The rendered Example of `inputs`; `identity`: their `input_id` where the caller has it."""
     return Example(
         family=family.name,
         prompt=family.prompt(inputs, phrasing),
         answer=family.answer(inputs),
         difficulty=difficulty,
         phrasing=phrasing,
-        input_id=input_id(family.name, inputs),
+        input_id=input_id(family.name, inputs) if identity is None else identity,
     )
 
 

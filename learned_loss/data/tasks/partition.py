@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from learned_loss.data.tasks.base import DIFFICULTIES, Example, input_id, make_example, TaskError
-from learned_loss.data.tasks.registry import get_family, sample_example
+from learned_loss.data.tasks.registry import get_family, sample_inputs
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 # (split, upper end of its interval of u); in order of u.
@@ -95,10 +95,13 @@ def draw(family: str, rng: np.random.Generator, difficulty: int | Sequence[int],
     """
     check_split(split)
     lo, hi = difficulty_range(difficulty)
+    fam = get_family(family)
     for _ in range(_TRIES):
-        example = sample_example(family, rng, sample_difficulty(rng, lo, hi), phrasing)
-        if split_of(example.input_id) == split:
-            return example
+        d = sample_difficulty(rng, lo, hi)
+        fam, inputs, chosen = sample_inputs(fam, rng, d, phrasing)
+        identity = input_id(fam.name, inputs)
+        if split_of(identity) == split:  # Rendered only once kept.
+            return make_example(fam, inputs, d, chosen, identity)
     raise TaskError(_short_message(family, (lo, hi), split, 1))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from learned_loss.data.tasks import arithmetic, formatting, lists, strings
-from learned_loss.data.tasks.base import CATEGORIES, Example, Family, make_example, TaskError
+from learned_loss.data.tasks.base import CATEGORIES, Example, Family, Inputs, make_example, TaskError
 
 
 def _registry() -> dict[str, Family]:
@@ -67,6 +67,19 @@ def sample_example(
     Raises:
         TaskError: unknown family, difficulty out of range, or phrasing out of range.
     """
+    fam, inputs, phrasing = sample_inputs(family, rng, difficulty, phrasing)
+    return make_example(fam, inputs, difficulty, phrasing)
+
+
+def sample_inputs(
+    family: Family | str,
+    rng: np.random.Generator,
+    difficulty: int = 1,
+    phrasing: int | None = None,
+) -> tuple[Family, Inputs, int]:
+    """The draws of `sample_example` without the rendering: (the Family, its sampled inputs,
+    the phrasing index). `make_example(*sample_inputs(f, rng, d), ...)` is `sample_example`;
+    a caller that may reject the input (by its split) renders only the ones it keeps."""
     fam = get_family(family)
     drawn = int(rng.integers(len(fam.templates)))
     if phrasing is None:
@@ -75,5 +88,4 @@ def sample_example(
         raise TaskError(
             f"family {fam.name} has {len(fam.templates)} phrasings, got phrasing={phrasing}"
         )
-    inputs = fam.sample(rng, difficulty)
-    return make_example(fam, inputs, difficulty, phrasing)
+    return fam, fam.sample(rng, difficulty), phrasing
