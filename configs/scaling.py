@@ -19,6 +19,7 @@ budgets of 0.2M to 0.8M tokens).
 import ml_collections
 
 from configs import meta_train, pretrain
+from learned_loss.studies import scaling_laws
 
 SIZES = {
     "s1": dict(d_model=16, num_layers=2, num_heads=2, d_ff=64),
@@ -91,8 +92,12 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         m.outer.log_every = 1
     config.meta = m
 
-    # Fits (learned_loss/studies/scaling_laws.py): bootstrap resamples and interval level.
+    # Fits (learned_loss/studies/scaling_laws.py): bootstrap resamples, interval level, and the
+    # starting values of (log A, log B, log E, alpha, beta) for the Chinchilla fit, every
+    # combination tried (Hoffmann et al. 2022); smoke: the ends of each range, 32 starts of 243.
     config.fit = ml_collections.ConfigDict()
     config.fit.bootstrap = 200 if arg != "smoke" else 20
     config.fit.level = 0.95
+    grid = scaling_laws.DEFAULT_GRID
+    config.fit.grid = grid if arg != "smoke" else tuple((g[0], g[-1]) for g in grid)
     return config

@@ -106,6 +106,12 @@ def test_analyse_recovers_the_exponents_and_extrapolates():
     assert k["alpha"] > 0 and k["r2"] > 0.9
     assert k["alpha_interval"][0] <= k["alpha"] <= k["alpha_interval"][1]
     assert len(k["extrapolation"]["observed"]) == 1
+    # fit.grid holds the Chinchilla fit's starting values: a grid of four parameters for its
+    # five is refused by the fit, so the field is read.
+    four = _fit_cfg(2)
+    four.grid = ((0.0,), (0.0,), (0.0,), (0.5,))
+    with pytest.raises(ValueError, match=r"shape \[G, 5\]"):
+        scaling.analyse(rows, four)
 
 
 def test_advantage_and_verdict_follow_the_runs():

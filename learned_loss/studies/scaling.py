@@ -148,14 +148,15 @@ def _kaplan(n: np.ndarray, loss: np.ndarray, fit_cfg) -> dict:
 
 
 def _chinchilla(n: np.ndarray, d: np.ndarray, loss: np.ndarray, fit_cfg) -> dict:
-    fit = scaling_laws.fit_chinchilla(n, d, loss)
+    grid = fit_cfg.get("grid", scaling_laws.DEFAULT_GRID)
+    fit = scaling_laws.fit_chinchilla(n, d, loss, grid=grid)
     ci = scaling_laws.bootstrap_exponents(n, loss, d, num_resamples=fit_cfg.bootstrap,
-                                          level=fit_cfg.level, full=fit)
+                                          level=fit_cfg.level, grid=grid, full=fit)
     out = {"e": fit.e, "a": fit.a, "b": fit.b, "alpha": fit.alpha, "beta": fit.beta,
            "huber": fit.loss, "alpha_interval": [ci["alpha"].low, ci["alpha"].high],
            "beta_interval": [ci["beta"].low, ci["beta"].high]}
     try:
-        ex = scaling_laws.extrapolation_check(n, loss, d)
+        ex = scaling_laws.extrapolation_check(n, loss, d, grid=grid)
         out["extrapolation"] = {"held_out_n": ex.held_out_n, "observed": ex.observed.tolist(),
                                 "predicted": ex.predicted.tolist(),
                                 "relative_error": ex.max_abs_relative_error}
