@@ -29,9 +29,10 @@ VARIANTS = {
     # split) with a margin across seeds, hence across machines whose float rounding differs:
     # at 300 steps seeds 0, 1 and 2 reached 86.9%, 94.25% and 88.9% on 800 prompts (on
     # another machine 85.5%, 89.6% and 93.9%); at 150 steps 84.6%, 84.25% and 87.4%; at 100
-    # 83.75%, 81.75% and 84.0% (tests/test_sft_easy.py asserts 75% there); at 400 steps 94.5%, 89.9% and 92.75%, at 1000
-    # 95.4%, 97.75% and 96.9%, at 2000 93.75%, 98.0% and 95.75%. nano (0.12M) stayed below
-    # 90% at 900 and 1200 steps, and a 4-layer nano and lr 1e-2 did no better.
+    # 83.75%, 81.75% and 84.0% (tests/test_sft_easy.py asserts 75% there); at 400 steps
+    # 94.5%, 89.9% and 92.75%, at 1000 95.4%, 97.75% and 96.9%, at 2000 93.75%, 98.0% and
+    # 95.75%. nano (0.12M) stayed below 90% at 900 and 1200 steps, and a 4-layer nano and lr
+    # 1e-2 did no better.
     "easy": dict(model="mini", seq_len=48, batch=64, steps=300, lr=3e-3, warmup=40,
                  examples=2000, families=EASY_FAMILIES, log=50, eval=150, ckpt=150,
                  eval_prompts=200),

@@ -98,7 +98,7 @@ def draw(family: str, rng: np.random.Generator, difficulty: int | Sequence[int],
     fam = get_family(family)
     for _ in range(_TRIES):
         d = sample_difficulty(rng, lo, hi)
-        fam, inputs, chosen = sample_inputs(fam, rng, d, phrasing)
+        _, inputs, chosen = sample_inputs(fam, rng, d, phrasing)
         identity = input_id(fam.name, inputs)
         if split_of(identity) == split:  # Rendered only once kept.
             return make_example(fam, inputs, d, chosen, identity)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from learned_loss.data.tasks import arithmetic, formatting, lists, strings
-from learned_loss.data.tasks.base import CATEGORIES, Example, Family, Inputs, make_example, TaskError
+from learned_loss.data.tasks.base import CATEGORIES, Example, Family, Inputs, make_example
+from learned_loss.data.tasks.base import TaskError
 
 
 def _registry() -> dict[str, Family]:
