@@ -11,7 +11,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # XLA flags of the suite where the caller chose none (tests/conftest.py says why): most
 # processes compile many small programs and run each a few steps; `long_run` children train
 # for a minute or more.
-FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
+OLDER_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
+FAST_COMPILE = ("--xla_backend_optimization_level=0", OLDER_EMITTERS)
 FAST_RUN = ("--xla_backend_optimization_level=1",)
 # Set (to "1") by conftest when it chose these flags.
 CHOSEN = "LEARNED_LOSS_TEST_XLA_FLAGS_CHOSEN"
@@ -29,7 +30,7 @@ def env(devices: int = 1, long_run: bool = False, default_emitters: bool = False
     if out.get(CHOSEN) and long_run:
         flags = " ".join([f for f in flags.split() if f not in FAST_COMPILE] + list(FAST_RUN))
     elif out.get(CHOSEN) and default_emitters:
-        flags = " ".join(f for f in flags.split() if f != FAST_COMPILE[1])
+        flags = " ".join(f for f in flags.split() if f != OLDER_EMITTERS)
     out["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} {flags.strip()}".strip()
     out["JAX_PLATFORMS"] = "cpu"
     out.update(extra)
