@@ -38,6 +38,20 @@ def test_missing_get_sweep_is_a_clear_error(tmp_path):
         sweep.load_sweep(f"{path}:tiny")
 
 
+def test_get_sweep_errors_are_not_swallowed(tmp_path):
+    """A TypeError raised inside get_sweep(arg) reaches the user (it was once taken for a
+    get_sweep without a parameter, which was then called without the argument); a variant
+    named for a get_sweep that takes none is refused, not dropped."""
+    path = tmp_path / "c.py"
+    path.write_text("def get_sweep(arg):\n    return [{'lr': len(arg) + None}]\n")
+    with pytest.raises(TypeError, match="unsupported operand"):
+        sweep.load_sweep(f"{path}:tiny")
+    path.write_text("def get_sweep():\n    return [{'lr': 1.0}]\n")
+    assert sweep.load_sweep(str(path)) == [{"lr": 1.0}]
+    with pytest.raises(sweep.SweepError, match="takes no argument.*drop ':tiny'"):
+        sweep.load_sweep(f"{path}:tiny")
+
+
 def test_failed_point_does_not_stop_the_others(tmp_path):
     config = tmp_path / "sweepcfg.py"
     config.write_text(CONFIG)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import inspect
 import itertools
 import json
 import os
@@ -61,15 +62,23 @@ def load_sweep(config_spec: str) -> list[dict[str, Any]]:
     if not hasattr(module, "get_sweep"):
         raise SweepError(f"{path} defines no get_sweep(); add one returning a list of override "
                          f"dicts (learned_loss.studies.sweep.product / zipped)")
-    try:
-        points = module.get_sweep(arg) if arg else module.get_sweep()
-    except TypeError:
-        points = module.get_sweep()
+    points = module.get_sweep(*_sweep_args(module.get_sweep, arg, path))
     if not isinstance(points, list) or not points or not all(isinstance(p, dict)
                                                              for p in points):
         raise SweepError(f"{path}: get_sweep() must return a non-empty list of dicts, got "
                          f"{type(points).__name__}")
     return points
+
+
+def _sweep_args(get_sweep: Callable[..., Any], arg: str, path: str) -> tuple[str, ...]:
+    """The arguments `get_sweep` is called with: (ARG,) when it takes a parameter, () when it
+    takes none (then an ARG is refused rather than dropped); read from its signature, so that
+    an error raised inside the function is never mistaken for a call without its argument."""
+    takes_arg = bool(inspect.signature(get_sweep).parameters)
+    if arg and not takes_arg:
+        raise SweepError(f"{path}: get_sweep() takes no argument, but the config names {arg!r}; "
+                         f"drop ':{arg}' or give get_sweep a parameter")
+    return (arg,) if arg and takes_arg else ()
 
 
 def flag_value(value: Any) -> str:
