@@ -7,7 +7,8 @@
 
 Locally the points run one after another or `--parallel` at a time; finished points are skipped
 on a re-run, and a failed point is recorded in ROOT/sweep.json without stopping the others (the
-run then exits non-zero). `python -m experiments.report --workdir=ROOT` aggregates the sweep.
+run then exits 2); a point stopped by SIGTERM is resumed by a re-run (the run exits 75 when one
+was and none failed). `python -m experiments.report --workdir=ROOT` aggregates the sweep.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ def main(argv):
                           records[name]["returncode"], records[name].get("log_tail", ""))
         cli.fail(f"{len(failed)} of {len(records)} points failed: {failed}; see "
                  f"{_WORKDIR.value}/sweep.json")
+    preempted = sorted(n for n, r in records.items() if r["status"] == "preempted")
+    if preempted:
+        raise cli.Preempted(f"{len(preempted)} of {len(records)} points stopped by SIGTERM "
+                            f"({preempted}); re-run the sweep to resume them")
 
 
 if __name__ == "__main__":

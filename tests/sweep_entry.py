@@ -1,13 +1,26 @@
 """A stand-in entry point for sweep tests: writes one compare cell per objective into
---workdir from its --config.lr and --config.seeds overrides; --config.lr=fail exits 3."""
+--workdir from its --config.lr and --config.seeds overrides; --config.lr=fail exits 3, and
+--config.lr=preempt stops on SIGTERM through the entry points' own path (cli.run, loop)."""
 
 import json
 import os
+import signal
 import sys
+
+
+def preempted() -> None:
+    """Receives SIGTERM between runs, as a preempted job does: cli.run exits EXIT_PREEMPTED."""
+    from learned_loss.core import cli, loop  # pylint: disable=import-outside-toplevel
+    loop.StopSignal()
+    os.kill(os.getpid(), signal.SIGTERM)
+    sys.argv = sys.argv[:1]  # This stand-in defines no absl flags.
+    cli.run(lambda argv: loop.raise_if_stopped("the next run"))
 
 
 def main(argv):
     args = dict(a[2:].split("=", 1) for a in argv if a.startswith("--"))
+    if args.get("config.lr") == "preempt":
+        preempted()
     if args.get("config.lr") == "fail":
         print("lr must be a number", file=sys.stderr)
         sys.exit(3)

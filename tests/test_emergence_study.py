@@ -180,7 +180,8 @@ def test_sigterm_stops_a_study_between_runs_and_exits_cleanly(sigterm_received, 
         emergence.run(emergence_config.get_config("smoke"), str(tmp_path))
     assert not (tmp_path / "emergence").exists() and not (tmp_path / "emergence.json").exists()
 
-    # The entry points (cli.run) log it and exit 0: the job is resumable, not failed.
+    # The entry points (cli.run) log it and exit EXIT_PREEMPTED: resumable, neither failed nor
+    # finished (a scheduler requeues it, a sweep leaves the point undone).
     code = ("import os, signal\n"
             "from learned_loss.core import cli, loop\n"
             "loop.StopSignal()\n"
@@ -188,5 +189,5 @@ def test_sigterm_stops_a_study_between_runs_and_exits_cleanly(sigterm_received, 
             "cli.run(lambda argv: loop.raise_if_stopped('the next run'))\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=runs.ROOT, env=runs.env(1),
                           capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == cli.EXIT_PREEMPTED, done.stderr[-2000:]
     assert "SIGTERM received: stopped before the next run; re-run to resume" in done.stderr

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from learned_loss.core import cli
 from tests import runs
 
 MODULE = "experiments.pretrain"
@@ -25,8 +26,9 @@ def _start_pair(workdir, *overrides) -> list[subprocess.Popen]:
             for i in range(2)]
 
 
-def _finish(processes, timeout=300) -> list[str]:
-    """Both processes' outputs, once each has exited 0 (both are killed on a timeout)."""
+def _finish(processes, timeout=300, returncode=0) -> list[str]:
+    """Both processes' outputs, once each has exited with `returncode` (both are killed on a
+    timeout)."""
     outputs = []
     for process in processes:
         try:
@@ -36,7 +38,7 @@ def _finish(processes, timeout=300) -> list[str]:
                 p.kill()
             raise
     for process, output in zip(processes, outputs):
-        assert process.returncode == 0, output[-3000:]
+        assert process.returncode == returncode, output[-3000:]
     return outputs
 
 
@@ -85,7 +87,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_a_rerun_resumes(tmp_p
     processes = _start_pair(workdir, *overrides)
     _wait_for_logged_step(workdir, 8, processes)
     processes[1].send_signal(signal.SIGTERM)  # Not process 0: the notice must travel.
-    outputs = _finish(processes)
+    outputs = _finish(processes, returncode=cli.EXIT_PREEMPTED)  # Both stopped, both resumable.
     stops = [re.findall(r"SIGTERM received: saved checkpoint (\d+), stopping", out)
              for out in outputs]
     assert stops[0] == stops[1] and len(stops[0]) == 1, [out[-2000:] for out in outputs]

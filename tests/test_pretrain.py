@@ -122,12 +122,12 @@ def test_sigkill_and_resume_is_bitwise_identical(reference, overrides, tmp_path)
     _assert_same_params(reference, tmp_path)
 
 
-def test_sigterm_saves_a_final_checkpoint_and_exits_cleanly(reference, overrides, tmp_path):
+def test_sigterm_saves_a_final_checkpoint_and_exits_resumable(reference, overrides, tmp_path):
     process = runs.start(MODULE, tmp_path, CONFIG, *overrides)
     _wait_for_step(tmp_path, 13, process)
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=120)
-    assert process.returncode == 0, output[-3000:]
+    assert process.returncode == cli.EXIT_PREEMPTED, output[-3000:]  # Saved, not finished.
     assert "SIGTERM received" in output
     saved = sorted(int(s) for s in os.listdir(os.path.join(tmp_path, "checkpoints")))
     assert saved[-1] % 10 != 0 and 13 <= saved[-1] < STEPS  # A checkpoint at the signal's step.

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from learned_loss.core import cli
 from learned_loss.report import render as report
 from learned_loss.studies import sweep
 
@@ -74,7 +75,7 @@ def test_failed_point_does_not_stop_the_others(tmp_path):
     # The aggregated report: a table per swept key, the failure listed.
     report.write_sweep(root)
     md = open(os.path.join(root, "report.md")).read()
-    assert "## lr" in md and "## seeds" in md and "exit 3" in md
+    assert "## lr" in md and "## seeds" in md and "failed (exit 3)" in md
     mean, half = report.mean_ci([0.2, 0.21])
     assert f"| 2.0 | {mean + 0.1:.3f} ± {half:.3f} | {mean:.3f} ± {half:.3f} |" in md
 
@@ -102,4 +103,29 @@ def test_sweep_cli_exits_non_zero_when_a_point_fails(tmp_path):
     out = subprocess.run([sys.executable, "-m", "experiments.report",
                           f"--workdir={tmp_path / 'root'}"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "Failed points" in (tmp_path / "root" / "report.md").read_text()
+    assert "Unfinished points" in (tmp_path / "root" / "report.md").read_text()
+
+
+def test_a_preempted_point_is_not_done_and_a_rerun_resumes_it(tmp_path):
+    """A point stopped by SIGTERM exits cli.EXIT_PREEMPTED (saved, resumable): the sweep records
+    it as preempted, writes no DONE, and the sweep itself exits EXIT_PREEMPTED (once a point
+    that exited 0 on SIGTERM was marked done and never resumed)."""
+    config = tmp_path / "sweepcfg.py"
+    config.write_text("from learned_loss.studies import sweep\n"
+                      "def get_sweep(arg):\n"
+                      "    return sweep.product(lr=[1.0, 'preempt'], seeds=[1])\n")
+    root = tmp_path / "root"
+    out = subprocess.run([sys.executable, "-m", "experiments.sweep", f"--config={config}:tiny",
+                          f"--workdir={root}", "--entry=tests.sweep_entry"],
+                         capture_output=True, text=True)
+    assert out.returncode == cli.EXIT_PREEMPTED, out.stderr[-2000:]
+    assert "1 of 2 points stopped by SIGTERM" in out.stderr
+    records = sweep.read_records(str(root))
+    assert [r["status"] for r in records.values()] == ["done", "preempted"]
+    assert [r["returncode"] for r in records.values()] == [0, cli.EXIT_PREEMPTED]
+    assert os.path.exists(root / "points" / "000-lr=1.0,seeds=1" / "DONE")
+    assert not os.path.exists(root / "points" / "001-lr=preempt,seeds=1" / "DONE")
+    logs = []
+    sweep.run(sweep.points(f"{config}:tiny", str(root), "tests.sweep_entry"), str(root),
+              log=logs.append)
+    assert sum("skipped" in line for line in logs) == 1  # the preempted point runs again

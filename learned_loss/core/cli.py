@@ -17,6 +17,9 @@ from absl import app, flags, logging
 from learned_loss.core.errors import UserError  # noqa: F401  (re-exported: cli.UserError)
 
 EXIT_USER_ERROR = 2
+# A run stopped by SIGTERM (preemption) after saving what it had: a re-run resumes it. sysexits'
+# EX_TEMPFAIL, so that a scheduler requeues the job and a sweep does not mark the point done.
+EXIT_PREEMPTED = 75
 # Libraries whose INFO lines drown the run's own (orbax logs a dozen lines per checkpoint).
 QUIET_BELOW_WARNING = ("/orbax/", "/tensorflow_datasets/", "/jax/_src/")
 
@@ -71,12 +74,19 @@ def _quiet_libraries(record: std_logging.LogRecord) -> bool:
 
 class Preempted(Exception):
     """SIGTERM arrived between the runs of a job (loop.raise_if_stopped): what finished is
-    saved and a re-run resumes, so `run` logs it and exits 0."""
+    saved and a re-run resumes, so `run` logs it and exits EXIT_PREEMPTED."""
+
+
+def _stopped_by_sigterm() -> bool:
+    """Whether a training loop of this process stopped on SIGTERM (loop.StopSignal)."""
+    from learned_loss.core import loop  # pylint: disable=import-outside-toplevel  # (a cycle)
+    return loop.sigterm_received()
 
 
 def run(main: Callable[[list[str]], None]) -> None:
     """`absl.app.run(main)` where a UserError (every error class of a user's mistake subclasses
-    it) prints one line and exits 2."""
+    it) prints one line and exits 2, and a run that SIGTERM stopped (a loop saved its checkpoint
+    and returned early, or a job raised Preempted between runs) exits EXIT_PREEMPTED."""
 
     def guarded(argv):
         logging.get_absl_handler().addFilter(_quiet_libraries)
@@ -86,7 +96,10 @@ def run(main: Callable[[list[str]], None]) -> None:
             main(argv)
         except UserError as e:
             fail(str(e))
-        except Preempted as e:  # Saved and resumable: not a failure.
+        except Preempted as e:  # Saved and resumable: not a failure, not finished either.
             logging.warning("%s", e)
+            sys.exit(EXIT_PREEMPTED)
+        if _stopped_by_sigterm():
+            sys.exit(EXIT_PREEMPTED)
 
     app.run(guarded, flags_parser=parse_flags)

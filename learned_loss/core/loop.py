@@ -36,6 +36,11 @@ def _on_sigterm(signum, frame):
     _SIGTERM["received"] = True
 
 
+def sigterm_received() -> bool:
+    """Whether this process has taken the SIGTERM stop (on several hosts: once they agreed)."""
+    return _SIGTERM["received"]
+
+
 class StopSignal:
     """Turns SIGTERM (preemption) into a stop that every host takes at the same check.
 

@@ -790,7 +790,8 @@ def sweep_tables(points: Sequence[Mapping[str, Any]], cells_by_point: Mapping[st
 
 def write_sweep(root: str) -> dict[str, str]:
     """ROOT/report.md and report.html of a sweep (experiments/sweep.py): a table per swept
-    hyper-parameter and the failed points with their exit codes."""
+    hyper-parameter and the unfinished points (failed, or preempted: resumable) with their exit
+    codes."""
     records = sweep.read_records(root)
     if not records:
         raise ReportError(f"{root}/{sweep.SWEEP_FILE} lists no points; run experiments/sweep.py "
@@ -800,13 +801,13 @@ def write_sweep(root: str) -> dict[str, str]:
     for p in points:
         if p["status"] == "done":
             cells_by_point[p["name"]] = load(os.path.join(root, "points", p["name"])).cells
-    failed = [p for p in points if p["status"] != "done"]
-    md = ["# Sweep", "", f"{len(points)} points, {len(failed)} failed. Held-out exact match, "
-          "mean ± 95% t-interval over every cell at each value.", ""]
+    unfinished = [p for p in points if p["status"] != "done"]
+    md = ["# Sweep", "", f"{len(points)} points, {len(unfinished)} unfinished. Held-out exact "
+          "match, mean ± 95% t-interval over every cell at each value.", ""]
     page = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8"><title>Sweep</title>',
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
             "td,th{border:1px solid #bbb;padding:.25em .5em}</style></head><body>",
-            f"<h1>Sweep</h1><p>{len(points)} points, {len(failed)} failed.</p>"]
+            f"<h1>Sweep</h1><p>{len(points)} points, {len(unfinished)} unfinished.</p>"]
     for key, header, body in sweep_tables(points, cells_by_point):
         md += [f"## {key}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         md += ["| " + " | ".join(r) + " |" for r in body] + [""]
@@ -814,12 +815,11 @@ def write_sweep(root: str) -> dict[str, str]:
                  + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
         page += ["<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r) + "</tr>"
                  for r in body] + ["</table>"]
-    if failed:
-        md += ["## Failed points", ""]
-        md += [f"- {p['name']}: exit {p.get('returncode')}" for p in failed] + [""]
-        page += ["<h2>Failed points</h2><ul>"]
-        page += [f"<li>{html.escape(p['name'])}: exit {p.get('returncode')}</li>" for p in failed]
-        page += ["</ul>"]
+    if unfinished:
+        lines = [f"{p['name']}: {p['status']} (exit {p.get('returncode')})" for p in unfinished]
+        md += ["## Unfinished points", ""] + [f"- {line}" for line in lines] + [""]
+        page += ["<h2>Unfinished points</h2><ul>"]
+        page += [f"<li>{html.escape(line)}</li>" for line in lines] + ["</ul>"]
     page += ["</body></html>", ""]
     files.write_atomic(os.path.join(root, REPORT_MD), "\n".join(md).encode())
     files.write_atomic(os.path.join(root, REPORT_HTML), "\n".join(page).encode())

@@ -7,7 +7,9 @@ as its own process, so a point that fails (non-zero exit) is recorded and the ot
 
 ROOT/sweep.json records the points (name, overrides, command, status, return code, wall time and
 the tail of a failed point's log); ROOT/points/NAME/log.txt holds each point's output and
-ROOT/points/NAME/DONE marks a finished point, which a re-run skips.
+ROOT/points/NAME/DONE marks a finished point, which a re-run skips. A point stopped by SIGTERM
+(exit status cli.EXIT_PREEMPTED: saved, resumable) is recorded as preempted, not done, so that a
+re-run resumes it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import time
 from concurrent import futures
 from typing import Any, Callable, Mapping, Sequence
 
-from learned_loss.core import errors, files
+from learned_loss.core import cli, errors, files
 
 SWEEP_FILE = "sweep.json"
 DONE = "DONE"
@@ -124,6 +126,13 @@ def _tail(path: str, lines: int = 20) -> str:
         return "".join(f.readlines()[-lines:])
 
 
+def status(returncode: int) -> str:
+    """A point's status from its exit status: done, preempted (resumable) or failed."""
+    if returncode == 0:
+        return "done"
+    return "preempted" if returncode == cli.EXIT_PREEMPTED else "failed"
+
+
 def run_point(point: Point, root: str, env: Mapping[str, str] | None = None) -> dict:
     """Runs one point to the end; its record for sweep.json."""
     workdir = os.path.join(root, "points", point.name)
@@ -134,8 +143,7 @@ def run_point(point: Point, root: str, env: Mapping[str, str] | None = None) -> 
         rc = subprocess.run(point.command, stdout=f, stderr=subprocess.STDOUT,
                             env=dict(env) if env is not None else None).returncode
     record = {"name": point.name, "overrides": point.overrides, "command": point.command,
-              "returncode": rc, "status": "done" if rc == 0 else "failed",
-              "seconds": round(time.time() - start, 1)}
+              "returncode": rc, "status": status(rc), "seconds": round(time.time() - start, 1)}
     if rc == 0:
         with open(os.path.join(workdir, DONE), "w") as f:
             f.write("")
