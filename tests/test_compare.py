@@ -84,6 +84,10 @@ def test_smoke_compare_cells_report_and_resume(tmp_path, cache):
             assert noisy == 0 and seen["clean_demonstrations"] == cell["facts"]["train_rows"]
         else:
             assert noisy == cell["facts"]["train_rows"] and seen["clean_demonstrations"] == 0
+    # Each cell records the hand-made setting it trained with (the smoke variant tunes
+    # nothing: loss truncation keeps its configured drop fraction, {} in place).
+    assert not (workdir / "tuning.json").exists() and config.tuning.seeds == 0
+    assert [cell["facts"]["setting"] for cell in cells.values()] == [{}] * len(cells)
     # The seeds resample the test inputs; arms of one seed are scored on the same prompts.
     prompts = {k: tuple(c["per_prompt"]["input_id"]) for k, c in cells.items()}
     assert prompts["mle-swap30-s0"] == prompts["mle_clean-swap30-s0"]
@@ -151,6 +155,19 @@ def test_smoke_compare_cells_report_and_resume(tmp_path, cache):
     with pytest.raises(cli.UserError, match="computed with other settings"):
         compare.run(changed, str(workdir), _never_pretrain)
     assert _cells(workdir) == again
+
+
+def test_a_cell_trained_with_another_tuned_setting_is_refused(tmp_path):
+    """A cell's settings hash covers the config, not its arm's tuning choice: a re-tuning that
+    chooses otherwise (a removed tuning folder, another pre-trained start) must not reuse it."""
+    keys = ("gce-swap30-s0", "gce-swap30-s1")
+    grid = compare.Grid(str(tmp_path), {k: "hash" for k in keys})
+    grid.record(keys[0], {"facts": {"setting": {"q": 0.7}}})
+    compare.check_setting(grid, keys[0], {"q": 0.7})  # the same choice: kept
+    compare.check_setting(grid, keys[1], {"q": 0.3})  # not done yet: nothing to check
+    with pytest.raises(cli.UserError, match=r"setting \{'q': 0.7\}, but the tuning now chooses "
+                                            r"\{'q': 0.3\}; remove the cells of that arm"):
+        compare.check_setting(grid, keys[0], {"q": 0.3})
 
 
 def test_cell_settings_follow_what_each_cell_depends_on():

@@ -36,6 +36,7 @@ exist.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import time
@@ -353,6 +354,19 @@ class Grid:
         return line
 
 
+def check_setting(grid: Grid, key: str, chosen: Mapping[str, Any]) -> None:
+    """Refuses a finished token cell whose hand-made setting (facts['setting'], the one its
+    arm's tuning chose when it ran; {} for an arm without one) is not `chosen`, the one the
+    tuning chooses now: its settings hash covers the config, not the tuning's choice, which a
+    re-tuning (a removed tuning folder, another pre-trained start) can change."""
+    cell = grid.read(key)
+    recorded = (cell or {}).get("facts", {}).get("setting", {})
+    if cell is not None and recorded != json.loads(json.dumps(dict(chosen))):
+        raise cli.UserError(f"{grid.path(key)} was trained with the setting {recorded}, but the "
+                            f"tuning now chooses {dict(chosen)}; remove the cells of that arm "
+                            f"(or use a new workdir) to recompute them")
+
+
 def cell_record(objective, noise, seed, scored, *, seconds, data_seen, curve, facts,
                 meta_seed: int = 0) -> dict:
     return {"objective": objective, "noise": noise, "seed": seed, "meta_seed": meta_seed,
@@ -422,6 +436,10 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any], log=loggi
                 if objective == "mle" and rlhf_objs:
                     todo = sorted(set(todo) | {s for s in seeds if not os.path.isdir(
                         sft_dir(workdir, noise, s))})
+                chosen = tuning.chosen(tables, TOKEN[objective], noise)
+                for s in seeds:
+                    if s not in todo:
+                        check_setting(grid, cell_key(objective, noise, s, m), chosen)
                 if not todo:
                     continue
                 loop.raise_if_stopped(f"{objective} on {noise}")
@@ -432,8 +450,7 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any], log=loggi
                 _token_group(config, workdir, grid, objective, noise, todo,
                              [data[(noise, s)] for s in todo], pre,
                              artifacts.get((objective, m), ""), m,
-                             [step0[(noise, s)] for s in todo], bool(rlhf_objs),
-                             tuning.chosen(tables, TOKEN[objective], noise))
+                             [step0[(noise, s)] for s in todo], bool(rlhf_objs), chosen)
                 log(f"{grid.progress()} | {objective} on {noise}")
 
     for noise in config.noise_order:
@@ -495,7 +512,8 @@ def _token_group(config, workdir, grid, objective, noise, todo, data, pre, artif
         for name in token_arms.PER_CELL_FACTS:
             if name in facts:
                 cell_facts[name] = facts[name][i]
-        cell_facts.update(data_hash=d.info.config_hash, method=method, artifact=artifact)
+        cell_facts.update(data_hash=d.info.config_hash, method=method, artifact=artifact,
+                          setting=dict(setting))
         seen = dict(token_arms.data_seen(cfg, method, d),
                     **_meta_seen(config, workdir, objective, meta_seed))
         grid.record(key, cell_record(objective, noise, s, scored[s], seconds=seconds,
