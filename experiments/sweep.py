@@ -5,7 +5,8 @@
   python -m experiments.sweep --config=configs/pretrain.py:tiny --entry=experiments.pretrain \
       --workdir=ROOT --launcher=print > commands.txt   # one line per point, for a scheduler
 
-Locally the points run one after another or `--parallel` at a time; finished points are skipped
+Locally the points run one after another or `--parallel` at a time (on GPUs each with GPUs of
+its own; refused above the GPU count, and above 1 on a TPU host); finished points are skipped
 on a re-run, and a failed point is recorded in ROOT/sweep.json without stopping the others (the
 run then exits 2); a point stopped by SIGTERM is resumed by a re-run (the run exits 75 when one
 was and none failed). `python -m experiments.report --workdir=ROOT` aggregates the sweep.

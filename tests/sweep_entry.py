@@ -27,6 +27,8 @@ def main(argv):
     lr = float(args["config.lr"])
     workdir = args["workdir"]
     os.makedirs(os.path.join(workdir, "cells"), exist_ok=True)
+    with open(os.path.join(workdir, "gpus.txt"), "w") as f:  # the GPUs the sweep gave it
+        f.write(os.environ.get("CUDA_VISIBLE_DEVICES", "-"))
     for objective, offset in (("mle", 0.0), ("learned_token_loss", 0.1)):
         for seed in range(int(args.get("config.seeds", "2"))):
             cell = {"objective": objective, "noise": "swap30", "seed": seed,

@@ -129,3 +129,40 @@ def test_a_preempted_point_is_not_done_and_a_rerun_resumes_it(tmp_path):
     sweep.run(sweep.points(f"{config}:tiny", str(root), "tests.sweep_entry"), str(root),
               log=logs.append)
     assert sum("skipped" in line for line in logs) == 1  # the preempted point runs again
+
+
+def test_parallel_points_get_devices_of_their_own(tmp_path):
+    """On GPUs each parallel slot gets its own share (CUDA_VISIBLE_DEVICES); more slots than
+    GPUs, or several on a TPU host, are refused; a CPU host splits nothing."""
+    assert sweep.device_slots(2, ["0", "1", "2"], tpu=False) == [
+        {"CUDA_VISIBLE_DEVICES": "0,2"}, {"CUDA_VISIBLE_DEVICES": "1"}]
+    assert sweep.device_slots(2, [], tpu=False) == [{}, {}]
+    assert sweep.device_slots(1, [], tpu=True) == [{}]
+    with pytest.raises(sweep.SweepError, match="--parallel=3 on 2 GPUs.*--parallel=2 or fewer"):
+        sweep.device_slots(3, ["0", "1"], tpu=False)
+    with pytest.raises(sweep.SweepError, match="TPU host.*use --parallel=1"):
+        sweep.device_slots(2, [], tpu=True)
+    with pytest.raises(sweep.SweepError, match="must be >= 1"):
+        sweep.device_slots(0, [], tpu=False)
+    # What the host has: CUDA_VISIBLE_DEVICES first, else the driver's list; TPU chips in /dev.
+    (tmp_path / "gpus" / "0000:01").mkdir(parents=True)
+    (tmp_path / "gpus" / "0000:02").mkdir()
+    assert sweep.visible_gpus({}, str(tmp_path / "gpus")) == ["0", "1"]
+    assert sweep.visible_gpus({"CUDA_VISIBLE_DEVICES": "3,5"}, str(tmp_path / "gpus")) == ["3", "5"]
+    assert sweep.visible_gpus({}, str(tmp_path / "none")) == []
+    (tmp_path / "dev").mkdir()
+    assert not sweep.has_tpu(str(tmp_path / "dev"))
+    (tmp_path / "dev" / "accel0").touch()
+    assert sweep.has_tpu(str(tmp_path / "dev"))
+    # Two points at once on two GPUs: each process sees only its own.
+    config = tmp_path / "sweepcfg.py"
+    config.write_text("from learned_loss.studies import sweep\n"
+                      "def get_sweep():\n"
+                      "    return sweep.product(lr=[1.0, 2.0, 3.0], seeds=[1])\n")
+    root = tmp_path / "root"
+    points = sweep.points(str(config), str(root), "tests.sweep_entry")
+    records = sweep.run(points, str(root), parallel=2, log=lambda _: None, gpus=["0", "1"],
+                        tpu=False)
+    assert [r["status"] for r in records.values()] == ["done"] * 3
+    seen = [(root / "points" / p.name / "gpus.txt").read_text() for p in points]
+    assert set(seen) == {"0", "1"}

@@ -20,6 +20,7 @@ import inspect
 import itertools
 import json
 import os
+import queue
 import re
 import shlex
 import subprocess
@@ -165,12 +166,49 @@ def read_records(root: str) -> dict[str, dict]:
         return {r["name"]: r for r in json.load(f)["points"]}
 
 
-def run(pts: Sequence[Point], root: str, parallel: int = 1, log: Callable[[str], None] = print,
-        env: Mapping[str, str] | None = None) -> dict[str, dict]:
-    """Runs the unfinished points, `parallel` processes at a time; finished points (DONE) are
-    skipped. Returns name -> record (also in ROOT/sweep.json, updated as points end)."""
+def visible_gpus(env: Mapping[str, str] = os.environ,
+                 proc: str = "/proc/driver/nvidia/gpus") -> list[str]:
+    """The NVIDIA GPUs the sweep may hand out: CUDA_VISIBLE_DEVICES when set, else one id per
+    GPU the driver lists (none on a machine without one)."""
+    if "CUDA_VISIBLE_DEVICES" in env:
+        return [g for g in env["CUDA_VISIBLE_DEVICES"].split(",") if g.strip()]
+    return [str(i) for i in range(len(os.listdir(proc)))] if os.path.isdir(proc) else []
+
+
+def has_tpu(dev: str = "/dev") -> bool:
+    """Whether this host has TPU chips (their /dev/accel* or /dev/vfio devices)."""
+    return os.path.isdir(dev) and any(n.startswith("accel") or n == "vfio"
+                                      for n in os.listdir(dev))
+
+
+def device_slots(parallel: int, gpus: Sequence[str], tpu: bool) -> list[dict[str, str]]:
+    """The environment of each of `parallel` slots: on GPUs each slot its own share of them
+    (CUDA_VISIBLE_DEVICES; otherwise every point would see, and preallocate 75% of, every GPU);
+    on a CPU host nothing to split. SweepError where the points cannot have devices of their
+    own: more slots than GPUs, or more than one on a TPU host (its chips are not split)."""
     if parallel < 1:
         raise SweepError(f"--parallel must be >= 1, got {parallel}")
+    if parallel > 1 and tpu:
+        raise SweepError(f"--parallel={parallel} on a TPU host: its chips are not split between "
+                         f"points; use --parallel=1 (or a host per point: --launcher=print)")
+    if not gpus or parallel == 1:
+        return [{} for _ in range(parallel)]
+    if parallel > len(gpus):
+        raise SweepError(f"--parallel={parallel} on {len(gpus)} GPUs: each point needs a GPU of "
+                         f"its own; use --parallel={len(gpus)} or fewer")
+    shares = [gpus[i::parallel] for i in range(parallel)]  # round robin, every GPU used
+    return [{"CUDA_VISIBLE_DEVICES": ",".join(share)} for share in shares]
+
+
+def run(pts: Sequence[Point], root: str, parallel: int = 1, log: Callable[[str], None] = print,
+        env: Mapping[str, str] | None = None, gpus: Sequence[str] | None = None,
+        tpu: bool | None = None) -> dict[str, dict]:
+    """Runs the unfinished points, `parallel` processes at a time, each slot on devices of its
+    own (`device_slots`; gpus and tpu: what this host has, found when None); finished points
+    (DONE) are skipped. Returns name -> record (also in ROOT/sweep.json, updated as points
+    end)."""
+    slots = device_slots(parallel, visible_gpus() if gpus is None else gpus,
+                         has_tpu() if tpu is None else tpu)
     os.makedirs(root, exist_ok=True)
     records = read_records(root)
     todo = []
@@ -183,8 +221,19 @@ def run(pts: Sequence[Point], root: str, parallel: int = 1, log: Callable[[str],
         else:
             todo.append(p)
     _write_records(root, records)
+    free: queue.Queue = queue.Queue()
+    for slot in slots:
+        free.put(slot)
+
+    def in_a_slot(point: Point) -> dict:
+        slot = free.get()  # a slot is free whenever a worker starts: as many of each
+        try:
+            return run_point(point, root, dict(env if env is not None else os.environ, **slot))
+        finally:
+            free.put(slot)
+
     with futures.ThreadPoolExecutor(max_workers=parallel) as pool:
-        running = {pool.submit(run_point, p, root, env): p for p in todo}
+        running = {pool.submit(in_a_slot, p): p for p in todo}
         for done in futures.as_completed(running):
             record = done.result()
             records[record["name"]] = record
