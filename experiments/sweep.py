@@ -4,6 +4,8 @@
   python -m experiments.sweep --config=configs/compare.py:tiny --workdir=ROOT [--parallel=2]
   python -m experiments.sweep --config=configs/pretrain.py:tiny --entry=experiments.pretrain \
       --workdir=ROOT --launcher=print > commands.txt   # one line per point, for a scheduler
+  python -m experiments.sweep --config=configs/compare.py:tiny --workdir=ROOT -- --config.steps=50
+      # flags after `--` reach every point (not one that the sweep itself sets)
 
 Locally the points run one after another or `--parallel` at a time (on GPUs each with GPUs of
 its own; refused above the GPU count, and above 1 on a TPU host); finished points are skipped
@@ -32,11 +34,9 @@ _LAUNCHER = flags.DEFINE_enum("launcher", "local", ["local", "print"],
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise cli.UserError(f"unexpected arguments {argv[1:]}; overrides belong in get_sweep()")
     if not _CONFIG.value or not _WORKDIR.value:
         raise cli.UserError("--config=FILE:ARG and --workdir=ROOT are required")
-    points = sweep.points(_CONFIG.value, _WORKDIR.value, _ENTRY.value)
+    points = sweep.points(_CONFIG.value, _WORKDIR.value, _ENTRY.value, extra_flags=argv[1:])
     if _LAUNCHER.value == "print":
         sys.stdout.write(sweep.print_commands(points))
         return

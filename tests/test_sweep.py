@@ -89,6 +89,15 @@ def test_print_launcher_writes_one_line_per_point(tmp_path):
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 3 and all("-m tests.sweep_entry" in line for line in lines)
     assert not os.path.exists(tmp_path / "root" / "points")
+    # Flags after `--` reach every point; one that sets a swept key is refused.
+    base = [sys.executable, "-m", "experiments.sweep", f"--config={config}:tiny",
+            f"--workdir={tmp_path / 'root'}", "--entry=tests.sweep_entry", "--launcher=print"]
+    out = subprocess.run(base + ["--", "--config.steps=5"], capture_output=True, text=True,
+                         check=True)
+    assert [line.endswith(" --config.steps=5") for line in out.stdout.splitlines()] == [True] * 3
+    out = subprocess.run(base + ["--", "--config.lr=0.1"], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "extra flag '--config.lr=0.1' sets what the sweep sets" in out.stderr
 
 
 def test_sweep_cli_exits_non_zero_when_a_point_fails(tmp_path):

@@ -106,15 +106,30 @@ class Point:
 
 def points(config_spec: str, root: str, entry: str, extra_flags: Sequence[str] = (),
            python: str = sys.executable) -> list[Point]:
-    """One Point per override dict, with the command line that runs it."""
+    """One Point per override dict, with the command line that runs it; `extra_flags`
+    (`--NAME=VALUE`) are added to every point's, and refused where they set what the sweep
+    sets (the config, the workdir or a swept key)."""
+    sweeps = load_sweep(config_spec)
+    check_extra_flags(extra_flags, {k for overrides in sweeps for k in overrides})
     out = []
-    for i, overrides in enumerate(load_sweep(config_spec)):
+    for i, overrides in enumerate(sweeps):
         name = point_name(i, overrides)
         workdir = os.path.join(root, "points", name)
         command = [python, "-m", entry, f"--config={config_spec}", f"--workdir={workdir}"]
         command += [f"--config.{k}={flag_value(v)}" for k, v in overrides.items()]
         out.append(Point(name, dict(overrides), command + list(extra_flags)))
     return out
+
+
+def check_extra_flags(extra_flags: Sequence[str], swept: set[str]) -> None:
+    """SweepError unless each extra flag is `--NAME[=VALUE]` for a NAME the sweep leaves free."""
+    for flag in extra_flags:
+        name = flag[2:].split("=", 1)[0] if flag.startswith("--") else ""
+        if not name:
+            raise SweepError(f"extra argument {flag!r}: the points take flags, --NAME=VALUE")
+        if name in ("config", "workdir") or name.removeprefix("config.") in swept:
+            raise SweepError(f"extra flag {flag!r} sets what the sweep sets for each point; "
+                             f"change get_sweep() instead")
 
 
 def print_commands(pts: Sequence[Point]) -> str:
