@@ -78,9 +78,11 @@ class Preempted(Exception):
 
 
 def _stopped_by_sigterm() -> bool:
-    """Whether a training loop of this process stopped on SIGTERM (loop.StopSignal)."""
-    from learned_loss.core import loop  # pylint: disable=import-outside-toplevel  # (a cycle)
-    return loop.sigterm_received()
+    """Whether a training loop of this process stopped on SIGTERM (loop.StopSignal). Read
+    without importing loop, which imports this module: a process that never loaded it ran
+    no loop."""
+    loop = sys.modules.get("learned_loss.core.loop")
+    return bool(loop is not None and loop.sigterm_received())
 
 
 def run(main: Callable[[list[str]], None]) -> None:
