@@ -59,7 +59,7 @@ def test_failed_point_does_not_stop_the_others(tmp_path):
     root = str(tmp_path / "root")
     points = sweep.points(f"{config}:tiny", root, "tests.sweep_entry")
     assert len(points) == 3 and "--config.lr=fail" in points[2].command
-    records = sweep.run(points, root, parallel=2, log=lambda _: None)
+    records = sweep.run(points, root, parallel=2, log=lambda _: None, gpus=[], tpu=False)
     assert [records[p.name]["status"] for p in points] == ["done", "done", "failed"]
     assert records[points[2].name]["returncode"] == 3
     assert "lr must be a number" in records[points[2].name]["log_tail"]
@@ -105,7 +105,8 @@ def test_sweep_cli_exits_non_zero_when_a_point_fails(tmp_path):
     config.write_text(CONFIG)
     out = subprocess.run([sys.executable, "-m", "experiments.sweep", f"--config={config}:tiny",
                           f"--workdir={tmp_path / 'root'}", "--entry=tests.sweep_entry",
-                          "--parallel=2"], capture_output=True, text=True)
+                          "--parallel=2"], capture_output=True, text=True,
+                         env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))  # as on a CPU host
     assert out.returncode == 2
     assert "1 of 3 points failed" in out.stderr
     assert os.path.exists(tmp_path / "root" / "points" / "001-lr=2.0,seeds=2" / "DONE")

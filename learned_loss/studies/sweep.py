@@ -149,15 +149,15 @@ def status(returncode: int) -> str:
     return "preempted" if returncode == cli.EXIT_PREEMPTED else "failed"
 
 
-def run_point(point: Point, root: str, env: Mapping[str, str] | None = None) -> dict:
-    """Runs one point to the end; its record for sweep.json."""
+def run_point(point: Point, root: str, env: Mapping[str, str]) -> dict:
+    """Runs one point to the end in the environment `env`; its record for sweep.json."""
     workdir = os.path.join(root, "points", point.name)
     os.makedirs(workdir, exist_ok=True)
     log = os.path.join(workdir, "log.txt")
     start = time.time()
     with open(log, "w") as f:
         rc = subprocess.run(point.command, stdout=f, stderr=subprocess.STDOUT,
-                            env=dict(env) if env is not None else None).returncode
+                            env=dict(env)).returncode
     record = {"name": point.name, "overrides": point.overrides, "command": point.command,
               "returncode": rc, "status": status(rc), "seconds": round(time.time() - start, 1)}
     if rc == 0:
