@@ -25,7 +25,7 @@ THIRD_PARTY = {
     "ml_collections": "ml-collections", "orbax": "orbax-checkpoint", "grain": "grain",
     "numpy": "numpy", "scipy": "scipy", "matplotlib": "matplotlib", "pytest": "pytest",
     "importlib_resources": "importlib_resources", "evosax": "evosax",
-    "tensorboardX": "tensorboardX", "rapidfuzz": "rapidfuzz",
+    "tensorboardX": "tensorboardX", "rapidfuzz": "rapidfuzz", "submitit": "submitit",
 }
 OWN_PACKAGES = ("learned_loss", "configs", "experiments", "tests", "benchmarks", "tools")
 

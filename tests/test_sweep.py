@@ -1,16 +1,19 @@
 """Sweeps: products and zips of overrides, one process per point, a failed point that does not
-stop the others, skipped finished points, the printed launcher, and the aggregated report."""
+stop the others, skipped finished points, the printed, TPU VM and SLURM launchers, and the
+aggregated report."""
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
 import pytest
+from submitit.core import utils as submitit_utils
 
 from learned_loss.core import cli
 from learned_loss.report import render as report
-from learned_loss.studies import sweep
+from learned_loss.studies import launchers, sweep
 
 CONFIG = '''
 from learned_loss.studies import sweep
@@ -176,3 +179,121 @@ def test_parallel_points_get_devices_of_their_own(tmp_path):
     assert [r["status"] for r in records.values()] == ["done"] * 3
     seen = [(root / "points" / p.name / "gpus.txt").read_text() for p in points]
     assert set(seen) == {"0", "1"}
+
+
+TRICKY = '''
+from learned_loss.studies import sweep
+
+def get_sweep(arg):
+    return sweep.product(lr=[1.0, 2.0], objectives=[("mle", "it's")])
+'''
+
+
+def test_tpu_vm_command_survives_ssh_quoting(tmp_path):
+    """Each point's line, split as a shell splits it, is gcloud's ssh to every worker; its
+    --command, split again as the VM's shell splits it, cds into the checkout and runs the entry
+    with the point's flags, the extra flags and --coordinator_address=auto."""
+    config = tmp_path / "sweep cfg.py"  # A space, and a quote in a swept value, to quote.
+    config.write_text(TRICKY)
+    points = sweep.points(f"{config}:tiny", "gs://bucket/sweep", "tests.sweep_entry",
+                          extra_flags=["--config.steps=5"], python="python3", distributed=True)
+    line = launchers.tpu_vm_command(points[1].command, "pod", "us-central2-b", "proj",
+                                    remote_dir="my repo")
+    argv = shlex.split(line)
+    assert argv[:-1] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod",
+                         "--zone=us-central2-b", "--project=proj", "--worker=all"]
+    assert argv[-1].startswith("--command=")
+    remote = shlex.split(argv[-1].removeprefix("--command="))
+    workdir = "gs://bucket/sweep/points/001-lr=2.0,objectives=__mle_,__it_s__"
+    assert remote == ["cd", "my repo", "&&", "python3", "-m", "tests.sweep_entry",
+                      f"--config={config}:tiny", f"--workdir={workdir}", "--config.lr=2.0",
+                      "--config.objectives=('mle', \"it's\")", "--config.steps=5",
+                      "--coordinator_address=auto"]
+    script = launchers.tpu_vm_script(points, "pod")
+    assert script.startswith("#!/bin/bash\n") and script.count("--worker=all") == 2
+    assert "--zone" not in script  # gcloud's configured zone
+    # The launcher sets the distributed flags itself; an extra flag may not.
+    with pytest.raises(sweep.SweepError, match="sets --coordinator_address=auto itself"):
+        sweep.points(f"{config}:tiny", "gs://b", "tests.sweep_entry", distributed=True,
+                     extra_flags=["--coordinator_address=10.0.0.1:1234"])
+
+
+def test_tpu_vm_launcher_cli(tmp_path):
+    """The CLI writes ROOT/launch_tpu_vm.sh and prints it, with python3, not this interpreter;
+    a missing --tpu_name is one line and exit 2."""
+    config = tmp_path / "sweepcfg.py"
+    config.write_text(CONFIG)
+    base = [sys.executable, "-m", "experiments.sweep", f"--config={config}:tiny",
+            "--entry=tests.sweep_entry", "--launcher=tpu_vm"]
+    out = subprocess.run(base + [f"--workdir={tmp_path / 'root'}"], capture_output=True,
+                         text=True)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip().splitlines() == [
+        "error: --tpu_name is required with --launcher=tpu_vm: the TPU VM (pod) that runs the "
+        "points"]
+    out = subprocess.run(base + [f"--workdir={tmp_path / 'root'}", "--tpu_name=pod",
+                                 "--tpu_zone=z", "--", "--config.steps=5"],
+                         capture_output=True, text=True, check=True)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("gcloud")]
+    assert len(lines) == 3 and (tmp_path / "root" / "launch_tpu_vm.sh").read_text() == out.stdout
+    remote = shlex.split(shlex.split(lines[0])[-1].removeprefix("--command="))
+    assert remote[:6] == ["cd", "learned_loss", "&&", "python3", "-m", "tests.sweep_entry"]
+    assert remote[-2:] == ["--config.steps=5", "--coordinator_address=auto"]
+    assert sys.executable not in out.stdout
+    assert not os.path.exists(tmp_path / "root" / "points")  # Nothing ran here.
+
+
+def test_slurm_settings_are_checked():
+    local = launchers.Slurm(cluster="local", gpus_per_node=0)
+    launchers.check_slurm(local)
+    assert not local.distributed and launchers.Slurm(nodes=2).distributed
+    assert launchers.slurm_parameters(launchers.Slurm(partition="gpu", time_min=30)) == {
+        "timeout_min": 30, "gpus_per_node": 1, "nodes": 1, "tasks_per_node": 1,
+        "slurm_partition": "gpu"}
+    with pytest.raises(sweep.SweepError, match="one node; use --slurm_nodes=1"):
+        launchers.check_slurm(launchers.Slurm(cluster="local", nodes=2))
+    with pytest.raises(sweep.SweepError, match="--slurm_time must be >= 1"):
+        launchers.check_slurm(launchers.Slurm(cluster="local", time_min=0))
+    with pytest.raises(sweep.SweepError, match="sbatch is not on PATH.*--slurm_cluster=local"):
+        launchers.check_slurm(launchers.Slurm(), which=lambda _: None)
+    # A job that ended without a record (cancelled, out of time) is a failed point.
+
+    class Lost:
+        job_id = "7"
+
+        def results(self):
+            raise submitit_utils.UncompletedJobError("job 7 was cancelled")
+
+    point = sweep.Point("000-lr=1.0", {"lr": 1.0}, ["python3", "-m", "x"])
+    assert launchers.job_record(point, Lost()) == {
+        "name": "000-lr=1.0", "overrides": {"lr": 1.0}, "command": ["python3", "-m", "x"],
+        "returncode": None, "status": "failed", "log_tail": "job 7 was cancelled", "job_id": "7"}
+
+
+def test_slurm_launcher_runs_points_as_jobs(tmp_path):
+    """Through submitit's local executor (--slurm_cluster=local), a real run of the stand-in
+    entry: each point is a job whose id the sweep records; the finished point writes its cells
+    and DONE, the preempted one (exit 75) is recorded preempted without DONE, and the sweep
+    exits EXIT_PREEMPTED, as with the local launcher."""
+    config = tmp_path / "sweepcfg.py"
+    config.write_text("from learned_loss.studies import sweep\n"
+                      "def get_sweep(arg):\n"
+                      "    return sweep.product(lr=[1.0, 'preempt'], seeds=[1])\n")
+    root = tmp_path / "root"
+    out = subprocess.run([sys.executable, "-m", "experiments.sweep", f"--config={config}:tiny",
+                          f"--workdir={root}", "--entry=tests.sweep_entry", "--launcher=slurm",
+                          "--slurm_cluster=local", "--slurm_gpus_per_node=0", "--slurm_time=5",
+                          "--", "--config.steps=5"], capture_output=True, text=True)
+    assert out.returncode == cli.EXIT_PREEMPTED, out.stderr[-3000:]
+    records = sweep.read_records(str(root))
+    assert [r["status"] for r in records.values()] == ["done", "preempted"]
+    assert [r["returncode"] for r in records.values()] == [0, cli.EXIT_PREEMPTED]
+    assert all(r["job_id"] for r in records.values())
+    assert all(r["command"][-1] == "--config.steps=5" for r in records.values())
+    done, preempted = (root / "points" / name for name in records)
+    assert (done / "DONE").exists() and (done / "cells" / "mle-0.json").exists()
+    assert not (preempted / "DONE").exists() and (preempted / "log.txt").exists()
+    assert (root / "slurm").is_dir()  # submitit's own files
+    _, todo = sweep.unfinished(sweep.points(f"{config}:tiny", str(root), "tests.sweep_entry"),
+                               str(root), log=lambda _: None)
+    assert [p.name for p in todo] == [preempted.name]  # a re-run resumes only the preempted

@@ -10,6 +10,19 @@ the tail of a failed point's log); ROOT/points/NAME/log.txt holds each point's o
 ROOT/points/NAME/DONE marks a finished point, which a re-run skips. A point stopped by SIGTERM
 (exit status cli.EXIT_PREEMPTED: saved, resumable) is recorded as preempted, not done, so that a
 re-run resumes it.
+
+Launchers (experiments/sweep.py --launcher):
+  local   runs the points here, `--parallel` at a time, each slot on devices of its own (`run`).
+  print   writes each point's command line, for a scheduler of one's own (`print_commands`).
+  tpu_vm  writes, per point, the `gcloud compute tpus tpu-vm ssh NAME --worker=all` command that
+          runs it on every worker of a TPU pod at once; jax finds the pod's workers itself
+          (`--coordinator_address=auto`). launchers.tpu_vm_script.
+  slurm   submits each point as a SLURM job through submitit (sbatch), records its job id, and
+          waits for it: the job runs the same `run_point` as the local launcher, so DONE, the log
+          and the record (done / failed / preempted) are the same. launchers.run_slurm.
+A launcher that starts several processes per point (a pod; a SLURM job of several tasks) adds
+`--coordinator_address=auto` to each point's command (learned_loss/core/distributed.py), so
+extra flags may not set the entry's distributed flags then.
 """
 
 from __future__ import annotations
@@ -104,25 +117,38 @@ class Point:
     command: list[str]
 
 
+# The entry's multi-host flags (learned_loss/core/distributed.py): a launcher that starts several
+# processes per point sets them (--coordinator_address=auto), so extra flags may not.
+DISTRIBUTED_FLAGS = ("coordinator_address", "num_processes", "process_id")
+COORDINATOR_AUTO = "--coordinator_address=auto"
+
+
 def points(config_spec: str, root: str, entry: str, extra_flags: Sequence[str] = (),
-           python: str = sys.executable) -> list[Point]:
+           python: str = sys.executable, distributed: bool = False) -> list[Point]:
     """One Point per override dict, with the command line that runs it; `extra_flags`
     (`--NAME=VALUE`) are added to every point's, and refused where they set what the sweep
-    sets (the config, the workdir or a swept key)."""
+    sets (the config, the workdir or a swept key). `distributed`: each point runs as several
+    processes that find each other (a TPU pod, a multi-task SLURM job): `--coordinator_address=
+    auto` ends every command, and extra flags may not set the distributed flags. The workdir
+    is joined as a string, so a bucket root (gs://...) stays one."""
     sweeps = load_sweep(config_spec)
-    check_extra_flags(extra_flags, {k for overrides in sweeps for k in overrides})
+    check_extra_flags(extra_flags, {k for overrides in sweeps for k in overrides},
+                      DISTRIBUTED_FLAGS if distributed else ())
     out = []
     for i, overrides in enumerate(sweeps):
         name = point_name(i, overrides)
         workdir = os.path.join(root, "points", name)
         command = [python, "-m", entry, f"--config={config_spec}", f"--workdir={workdir}"]
         command += [f"--config.{k}={flag_value(v)}" for k, v in overrides.items()]
-        out.append(Point(name, dict(overrides), command + list(extra_flags)))
+        command += list(extra_flags) + ([COORDINATOR_AUTO] if distributed else [])
+        out.append(Point(name, dict(overrides), command))
     return out
 
 
-def check_extra_flags(extra_flags: Sequence[str], swept: set[str]) -> None:
-    """SweepError unless each extra flag is `--NAME[=VALUE]` for a NAME the sweep leaves free."""
+def check_extra_flags(extra_flags: Sequence[str], swept: set[str],
+                      reserved: Sequence[str] = ()) -> None:
+    """SweepError unless each extra flag is `--NAME[=VALUE]` for a NAME the sweep leaves free
+    (not the config, the workdir, a swept key, nor a `reserved` flag the launcher sets)."""
     for flag in extra_flags:
         name = flag[2:].split("=", 1)[0] if flag.startswith("--") else ""
         if not name:
@@ -130,6 +156,9 @@ def check_extra_flags(extra_flags: Sequence[str], swept: set[str]) -> None:
         if name in ("config", "workdir") or name.removeprefix("config.") in swept:
             raise SweepError(f"extra flag {flag!r} sets what the sweep sets for each point; "
                              f"change get_sweep() instead")
+        if name in reserved:
+            raise SweepError(f"extra flag {flag!r}: this launcher starts several processes per "
+                             f"point and sets --coordinator_address=auto itself; drop the flag")
 
 
 def print_commands(pts: Sequence[Point]) -> str:
@@ -149,11 +178,14 @@ def status(returncode: int) -> str:
     return "preempted" if returncode == cli.EXIT_PREEMPTED else "failed"
 
 
-def run_point(point: Point, root: str, env: Mapping[str, str]) -> dict:
-    """Runs one point to the end in the environment `env`; its record for sweep.json."""
+def run_point(point: Point, root: str, env: Mapping[str, str], log_name: str = "log.txt",
+              mark_done: bool = True) -> dict:
+    """Runs one point to the end in the environment `env`; its record for sweep.json. The output
+    goes to ROOT/points/NAME/`log_name`; a point that exits 0 gets its DONE when `mark_done`
+    (one process of several, as in a multi-task SLURM job, leaves that to the first)."""
     workdir = os.path.join(root, "points", point.name)
     os.makedirs(workdir, exist_ok=True)
-    log = os.path.join(workdir, "log.txt")
+    log = os.path.join(workdir, log_name)
     start = time.time()
     with open(log, "w") as f:
         rc = subprocess.run(point.command, stdout=f, stderr=subprocess.STDOUT,
@@ -161,14 +193,15 @@ def run_point(point: Point, root: str, env: Mapping[str, str]) -> dict:
     record = {"name": point.name, "overrides": point.overrides, "command": point.command,
               "returncode": rc, "status": status(rc), "seconds": round(time.time() - start, 1)}
     if rc == 0:
-        with open(os.path.join(workdir, DONE), "w") as f:
-            f.write("")
+        if mark_done:
+            with open(os.path.join(workdir, DONE), "w") as f:
+                f.write("")
     else:
         record["log_tail"] = _tail(log)
     return record
 
 
-def _write_records(root: str, records: Mapping[str, dict]) -> None:
+def write_records(root: str, records: Mapping[str, dict]) -> None:
     files.write_json(os.path.join(root, SWEEP_FILE),
                      {"points": [records[k] for k in sorted(records)]}, indent=1)
 
@@ -215,15 +248,10 @@ def device_slots(parallel: int, gpus: Sequence[str], tpu: bool) -> list[dict[str
     return [{"CUDA_VISIBLE_DEVICES": ",".join(share)} for share in shares]
 
 
-def run(pts: Sequence[Point], root: str, parallel: int = 1, log: Callable[[str], None] = print,
-        env: Mapping[str, str] | None = None, gpus: Sequence[str] | None = None,
-        tpu: bool | None = None) -> dict[str, dict]:
-    """Runs the unfinished points, `parallel` processes at a time, each slot on devices of its
-    own (`device_slots`; gpus and tpu: what this host has, found when None); finished points
-    (DONE) are skipped. Returns name -> record (also in ROOT/sweep.json, updated as points
-    end)."""
-    slots = device_slots(parallel, visible_gpus() if gpus is None else gpus,
-                         has_tpu() if tpu is None else tpu)
+def unfinished(pts: Sequence[Point], root: str,
+               log: Callable[[str], None] = print) -> tuple[dict[str, dict], list[Point]]:
+    """(records, the points to run): the records of ROOT/sweep.json (created), with a done record
+    for each point whose DONE exists (skipped, logged), and the other points in order."""
     os.makedirs(root, exist_ok=True)
     records = read_records(root)
     todo = []
@@ -235,7 +263,20 @@ def run(pts: Sequence[Point], root: str, parallel: int = 1, log: Callable[[str],
             log(f"{p.name}: finished earlier, skipped")
         else:
             todo.append(p)
-    _write_records(root, records)
+    write_records(root, records)
+    return records, todo
+
+
+def run(pts: Sequence[Point], root: str, parallel: int = 1, log: Callable[[str], None] = print,
+        env: Mapping[str, str] | None = None, gpus: Sequence[str] | None = None,
+        tpu: bool | None = None) -> dict[str, dict]:
+    """Runs the unfinished points, `parallel` processes at a time, each slot on devices of its
+    own (`device_slots`; gpus and tpu: what this host has, found when None); finished points
+    (DONE) are skipped. Returns name -> record (also in ROOT/sweep.json, updated as points
+    end)."""
+    slots = device_slots(parallel, visible_gpus() if gpus is None else gpus,
+                         has_tpu() if tpu is None else tpu)
+    records, todo = unfinished(pts, root, log)
     free: queue.Queue = queue.Queue()
     for slot in slots:
         free.put(slot)
@@ -252,6 +293,6 @@ def run(pts: Sequence[Point], root: str, parallel: int = 1, log: Callable[[str],
         for done in futures.as_completed(running):
             record = done.result()
             records[record["name"]] = record
-            _write_records(root, records)
+            write_records(root, records)
             log(f"{record['name']}: {record['status']} ({record['seconds']:.0f}s)")
     return records
