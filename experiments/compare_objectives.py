@@ -17,7 +17,7 @@ from __future__ import annotations
 from absl import flags, logging
 from ml_collections import config_flags
 
-from learned_loss.core import cli, pretraining
+from learned_loss.core import cli, distributed, pretraining
 from learned_loss.studies import compare
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/compare.py:VARIANT).",
@@ -29,6 +29,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where the cells, meta-training 
 def main(argv):
     config = _CONFIG.value
     cli.check_run_flags(argv, config, _WORKDIR.value, "configs/compare.py:tiny")
+    distributed.initialize()
     paths = compare.run(config, _WORKDIR.value, pretraining.run)
     logging.info("wrote %s and %s", paths["markdown"], paths["html"])
 

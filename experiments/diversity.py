@@ -12,7 +12,7 @@ from __future__ import annotations
 from absl import flags, logging
 from ml_collections import config_flags
 
-from learned_loss.core import cli, pretraining
+from learned_loss.core import cli, distributed, pretraining
 from learned_loss.report import render as report
 from learned_loss.studies import diversity
 
@@ -26,6 +26,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where the cells, diversity.json
 def main(argv):
     config = _CONFIG.value
     cli.check_run_flags(argv, config, _WORKDIR.value, "configs/diversity.py:tiny")
+    distributed.initialize()
     diversity.run(config, _WORKDIR.value, pretraining.run, log=logging.info)
     paths = report.write(_WORKDIR.value)
     logging.info("wrote %s and %s", paths["markdown"], paths["html"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 from absl import flags, logging
 from ml_collections import config_flags
 
-from learned_loss.core import cli
+from learned_loss.core import cli, distributed
 from learned_loss.report import render as report
 from learned_loss.studies import emergence
 
@@ -26,6 +26,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where the evaluations, emergenc
 def main(argv):
     config = _CONFIG.value
     cli.check_run_flags(argv, config, _WORKDIR.value, "configs/emergence.py:tiny")
+    distributed.initialize()
     emergence.run(config, _WORKDIR.value, log=logging.info)
     paths = report.write(_WORKDIR.value)
     logging.info("wrote %s and %s", paths["markdown"], paths["html"])

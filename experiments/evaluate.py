@@ -17,7 +17,7 @@ import jax
 from absl import flags, logging
 
 from configs import tasks as task_configs
-from learned_loss.core import cli, evaluation, files, policy
+from learned_loss.core import cli, distributed, evaluation, files, policy
 from learned_loss.data import tasks
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Workdir of the run to evaluate.")
@@ -38,6 +38,7 @@ def main(argv):
         raise cli.UserError(f"unexpected arguments {argv[1:]}")
     if not _CHECKPOINT.value:
         raise cli.UserError("--checkpoint is required: the workdir of the run to evaluate")
+    distributed.initialize()
     difficulty = tasks.partition.parse_difficulty(_DIFFICULTY.value)
     workdir = _CHECKPOINT.value
     trained = policy.load(workdir)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from absl import flags, logging
 from ml_collections import config_flags
 
-from learned_loss.core import cli, provenance
+from learned_loss.core import cli, distributed, provenance
 from learned_loss.report import render as report
 from learned_loss.data import tasks
 from learned_loss.studies import headroom, noisy_demonstrations, token_arms
@@ -26,6 +26,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where the points, headroom.json
 def main(argv):
     config = _CONFIG.value
     cli.check_run_flags(argv, config, _WORKDIR.value, "configs/headroom.py:tiny")
+    distributed.initialize()
     headroom.check(config)
     base = headroom.point_config(config, {})
     roles = token_arms.check_roles(base, noisy_demonstrations.grid(base))

@@ -29,7 +29,7 @@ import numpy as np
 from absl import flags, logging
 from ml_collections import config_flags
 
-from learned_loss.core import cli, files, provenance
+from learned_loss.core import cli, distributed, files, provenance
 from learned_loss.meta import interpret, preference_run
 from learned_loss.objectives import artifact
 from learned_loss.studies import token_arms
@@ -42,6 +42,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where the plots, fits and close
 def main(argv):
     config = _CONFIG.value
     cli.check_run_flags(argv, config, _WORKDIR.value, "configs/noisy_demonstrations.py:tiny")
+    distributed.initialize()
     workdir = _WORKDIR.value
     if "preferences" in config:  # configs/meta_preference.py: a learned preference loss.
         summary = preference_run.interpret(config, workdir)

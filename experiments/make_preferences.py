@@ -23,7 +23,7 @@ import ml_collections
 from absl import flags, logging
 
 from configs import tasks as task_configs
-from learned_loss.core import cli, files, policy, provenance
+from learned_loss.core import cli, distributed, files, policy, provenance
 from learned_loss.data import paths, preference_pairs, tasks
 from learned_loss.rlhf import preferences
 
@@ -58,6 +58,7 @@ def main(argv):
         raise cli.UserError(f"unexpected arguments {argv[1:]}")
     if not _WORKDIR.value:
         raise cli.UserError("--workdir is required: the folder for preference_pairs.json")
+    distributed.initialize()
     trained = policy.load(_POLICY.value) if _POLICY.value else None
     split_cfg = ml_collections.ConfigDict(
         ((trained.config.get("tasks") if trained else None) or task_configs.task_config())
@@ -81,10 +82,11 @@ def main(argv):
         logging.info("sampled %d completions from step %d of %s",
                      sum(map(len, samples.values())), trained.step, trained.workdir)
 
-    info = preference_pairs.build_preference_pairs(
+    info = distributed.first_on_process_zero(lambda: preference_pairs.build_preference_pairs(
         paths.data_dir(_DATA_DIR.value), families=families, pairs_per_family=_PAIRS.value,
         difficulty=difficulty, tau=_TAU.value, length_bias=_LENGTH_BIAS.value,
-        length_scale=length_scale, seed=_SEED.value, seq_len=seq_len, policy_samples=samples)
+        length_scale=length_scale, seed=_SEED.value, seq_len=seq_len, policy_samples=samples),
+        "pairs built")
     summary = {
         split: preferences.summarize([preference_pairs.decode_record(r) for r in
                                       preference_pairs.load_split(info, split)])

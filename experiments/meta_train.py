@@ -24,7 +24,7 @@ import time
 from absl import flags, logging
 from ml_collections import config_flags
 
-from learned_loss.core import cli
+from learned_loss.core import cli, distributed
 from learned_loss.meta import preference_run
 from learned_loss.meta import run as meta_run
 
@@ -37,6 +37,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and 
 def main(argv):
     config = _CONFIG.value
     cli.check_run_flags(argv, config, _WORKDIR.value, "configs/meta_train.py:tiny")
+    distributed.initialize()
     start = time.time()
     if config.objective.name == preference_run.NAME:
         last = preference_run.run(config, _WORKDIR.value)

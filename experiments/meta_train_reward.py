@@ -17,7 +17,7 @@ from __future__ import annotations
 from absl import flags, logging
 from ml_collections import config_flags
 
-from learned_loss.core import cli
+from learned_loss.core import cli, distributed
 from learned_loss.meta import reward_run
 
 _CONFIG = config_flags.DEFINE_config_file("config", None,
@@ -30,6 +30,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where the stages, checkpoints, 
 def main(argv):
     config = _CONFIG.value
     cli.check_run_flags(argv, config, _WORKDIR.value, "configs/meta_train_reward.py:tiny")
+    distributed.initialize()
     final = reward_run.run(config, _WORKDIR.value)
     if final:
         ours, rm = final["learned_reward"], final["reward_model"]

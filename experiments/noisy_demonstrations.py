@@ -17,7 +17,7 @@ from __future__ import annotations
 from absl import flags, logging
 from ml_collections import config_flags
 
-from learned_loss.core import cli, provenance
+from learned_loss.core import cli, distributed, provenance
 from learned_loss.data import tasks
 from learned_loss.studies import noisy_demonstrations, token_arms
 
@@ -29,6 +29,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where the cells and the summary
 def main(argv):
     config = _CONFIG.value
     cli.check_run_flags(argv, config, _WORKDIR.value, "configs/noisy_demonstrations.py:tiny")
+    distributed.initialize()
     workdir = _WORKDIR.value
     cells = noisy_demonstrations.grid(config)
     for method in {c.method for c in cells}:  # Fail before any training on a bad method.

@@ -14,7 +14,7 @@ from __future__ import annotations
 from absl import flags, logging
 from ml_collections import config_flags
 
-from learned_loss.core import cli
+from learned_loss.core import cli, distributed
 from learned_loss.report import render as report
 from learned_loss.studies import scaling
 
@@ -26,6 +26,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs, scaling.json an
 def main(argv):
     config = _CONFIG.value
     cli.check_run_flags(argv, config, _WORKDIR.value, "configs/scaling.py:tiny")
+    distributed.initialize()
     scaling.run(config, _WORKDIR.value, log=logging.info)
     paths = report.write(_WORKDIR.value)
     logging.info("wrote %s and %s", paths["markdown"], paths["html"])

@@ -64,6 +64,33 @@ def start(module: str, workdir, config: str, *overrides: str, devices: int = 1,
                             stderr=subprocess.STDOUT, text=True)
 
 
+def start_pair(module: str, workdir, config: str, *overrides: str, devices: int = 4,
+               **extra_env) -> list[subprocess.Popen]:
+    """Processes 0 and 1 of a 2-process run on this machine (`devices` CPU devices each; the
+    coordinator on a free local port)."""
+    port = free_port()
+    return [start(module, workdir, config, *overrides, f"--coordinator_address=127.0.0.1:{port}",
+                  "--num_processes=2", f"--process_id={i}", devices=devices, **extra_env)
+            for i in range(2)]
+
+
+def finish(processes: list[subprocess.Popen], timeout: float = 300, returncode: int = 0
+           ) -> list[str]:
+    """The processes' outputs, once each has exited with `returncode` (all are killed on a
+    timeout)."""
+    outputs = []
+    for process in processes:
+        try:
+            outputs.append(process.communicate(timeout=timeout)[0])
+        except subprocess.TimeoutExpired:
+            for p in processes:
+                p.kill()
+            raise
+    for process, output in zip(processes, outputs):
+        assert process.returncode == returncode, output[-3000:]
+    return outputs
+
+
 def metrics(workdir) -> list[dict]:
     with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
         return [json.loads(line) for line in f]

@@ -55,10 +55,17 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
 
 
-def test_smoke_compare_cells_report_and_resume(tmp_path, cache):
-    workdir = tmp_path / "w"
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, cache):
+    """The smoke comparison's workdir, run once in one process."""
+    workdir = tmp_path_factory.mktemp("smoke") / "w"
     first = _run(workdir, cache)
     assert first.returncode == 0, first.stderr[-3000:]
+    return workdir
+
+
+def test_smoke_compare_cells_report_and_resume(smoke, cache):
+    workdir = smoke
     config = compare_config.get_config("smoke")
     cells = _cells(workdir)
     assert sorted(cells) == [f"{o}-swap30-s{s}" for o in ("loss_truncation", "mle", "mle_clean")
@@ -155,6 +162,29 @@ def test_smoke_compare_cells_report_and_resume(tmp_path, cache):
     with pytest.raises(cli.UserError, match="computed with other settings"):
         compare.run(changed, str(workdir), _never_pretrain)
     assert _cells(workdir) == again
+
+
+def test_two_processes_compute_the_cells_of_one(smoke, cache, tmp_path):
+    # A 2-host job on one machine (1 CPU device each; gloo between them), from the same cached
+    # pre-training: the hosts run every stage together, process 0 writes the workdir, and the
+    # cells are those of the single-process run, bitwise (the same programs on the same CPU).
+    workdir = tmp_path / "w"
+    runs.finish(runs.start_pair(MODULE, workdir, CONFIG, devices=1,
+                                LEARNED_LOSS_CACHE=str(cache)))
+    single, multi = _cells(smoke), _cells(workdir)
+    assert sorted(multi) == sorted(single)
+    for key, cell in multi.items():
+        assert cell["metrics"]["exact_match"] == single[key]["metrics"]["exact_match"], key
+        assert cell["metrics"]["test_nll"] == pytest.approx(single[key]["metrics"]["test_nll"],
+                                                            abs=1e-4)
+        assert cell["per_prompt"] == single[key]["per_prompt"]
+    # One start recorded (process 0's), with both hosts; the report is written once.
+    with open(workdir / "provenance.json") as f:
+        starts = json.load(f)["starts"]
+    assert [s["devices"]["process_count"] for s in starts] == [2]
+    assert starts[0]["devices"]["process_index"] == 0
+    assert _table((workdir / "report.md").read_text()).keys() == _table(
+        (smoke / "report.md").read_text()).keys()
 
 
 def test_a_cell_trained_with_another_tuned_setting_is_refused(tmp_path):

@@ -1,5 +1,6 @@
-"""Two local processes with 4 CPU devices each (gloo collectives) match one 8-device process, and
-stop together on a SIGTERM that only one of them receives."""
+"""Two local processes with 4 CPU devices each (gloo collectives) match one 8-device process
+(pre-training, and meta-training with its population over both), and stop together on a SIGTERM
+that only one of them receives. The comparison's 2-process run is in tests/test_compare.py."""
 
 import json
 import os
@@ -19,34 +20,14 @@ CONFIG = "configs/pretrain.py:smoke"
 
 def _start_pair(workdir, *overrides) -> list[subprocess.Popen]:
     """Processes 0 and 1 of a 2-process pre-training run (4 CPU devices each)."""
-    port = runs.free_port()
-    return [runs.start(MODULE, workdir, CONFIG, *overrides,
-                       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                       f"--process_id={i}", devices=4)
-            for i in range(2)]
-
-
-def _finish(processes, timeout=300, returncode=0) -> list[str]:
-    """Both processes' outputs, once each has exited with `returncode` (both are killed on a
-    timeout)."""
-    outputs = []
-    for process in processes:
-        try:
-            outputs.append(process.communicate(timeout=timeout)[0])
-        except subprocess.TimeoutExpired:
-            for p in processes:
-                p.kill()
-            raise
-    for process, output in zip(processes, outputs):
-        assert process.returncode == returncode, output[-3000:]
-    return outputs
+    return runs.start_pair(MODULE, workdir, CONFIG, *overrides)
 
 
 def test_two_processes_match_one(tmp_path):
     overrides = ("--config.train.num_steps=5", "--config.train.log_every=1",
                  "--config.mesh.shape.data=8", f"--config.data.data_dir={tmp_path / 'tfds'}")
     multi = tmp_path / "multi"
-    outputs = _finish(_start_pair(multi, *overrides))
+    outputs = runs.finish(_start_pair(multi, *overrides))
     assert "process 1 of 2 joined" in outputs[1]
 
     single = tmp_path / "single"
@@ -60,6 +41,39 @@ def test_two_processes_match_one(tmp_path):
     with open(multi / "provenance.json", encoding="utf-8") as f:
         devices = json.load(f)["starts"][0]["devices"]
     assert devices["process_count"] == 2 and devices["count"] == 8
+
+
+def test_meta_training_with_the_population_over_two_processes_matches_one(tmp_path):
+    # Antithetic ES, 2 pairs over pop=2 x data=4: process 0's 4 devices hold pop index 0 and
+    # process 1's pop index 1, so each host runs the inner runs of its own pair and the
+    # meta-gradient's mean over the population is a collective across hosts.
+    overrides = ("--config.estimator.name=es", "--config.mesh.shape.pop=2",
+                 "--config.mesh.shape.data=4", "--config.outer.num_steps=2",
+                 f"--config.data.data_dir={tmp_path / 'tfds'}")
+    meta = ("experiments.meta_train", "configs/meta_train.py:smoke")
+    multi = tmp_path / "multi"
+    outputs = runs.finish(runs.start_pair(meta[0], multi, meta[1], *overrides))
+    for i, output in enumerate(outputs):
+        assert f"population axis pop=2 spans 2 processes; this one runs pop [{i}]" in output
+
+    single = tmp_path / "single"
+    result = runs.run(meta[0], single, meta[1], *overrides, devices=8)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # The same outer steps: meta-loss, meta-gradient norm, sanity checks and meta-validation
+    # agree to float32 rounding (the cross-host reductions sum in another order).
+    multi_records, single_records = runs.metrics(multi), runs.metrics(single)
+    assert [r["step"] for r in multi_records] == [1, 2]
+    for m, s in zip(runs.deterministic(multi_records), runs.deterministic(single_records)):
+        assert m.keys() == s.keys()
+        np.testing.assert_allclose([m[k] for k in sorted(m)], [s[k] for k in sorted(s)],
+                                   rtol=1e-5)
+    thetas = [np.load(w / "artifact" / "theta.npz") for w in (multi, single)]
+    assert sorted(thetas[0].files) == sorted(thetas[1].files)
+    for name in thetas[0].files:
+        np.testing.assert_allclose(thetas[0][name], thetas[1][name], rtol=1e-5, atol=1e-7)
+    with open(multi / "provenance.json", encoding="utf-8") as f:
+        start = json.load(f)["starts"][0]
+    assert start["devices"]["process_count"] == 2 and start["mesh"]["shape"] == {"pop": 2, "data": 4}
 
 
 def _wait_for_logged_step(workdir, step, processes, timeout=240):
@@ -87,7 +101,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_a_rerun_resumes(tmp_p
     processes = _start_pair(workdir, *overrides)
     _wait_for_logged_step(workdir, 8, processes)
     processes[1].send_signal(signal.SIGTERM)  # Not process 0: the notice must travel.
-    outputs = _finish(processes, returncode=cli.EXIT_PREEMPTED)  # Both stopped, both resumable.
+    outputs = runs.finish(processes, returncode=cli.EXIT_PREEMPTED)  # Both stopped, both resumable.
     stops = [re.findall(r"SIGTERM received: saved checkpoint (\d+), stopping", out)
              for out in outputs]
     assert stops[0] == stops[1] and len(stops[0]) == 1, [out[-2000:] for out in outputs]
@@ -97,7 +111,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_a_rerun_resumes(tmp_p
     assert os.listdir(workdir / "checkpoints") == [str(stopped)]
     assert [r["step"] for r in runs.metrics(workdir)] == list(range(1, stopped + 1))
 
-    outputs = _finish(_start_pair(workdir, *overrides))
+    outputs = runs.finish(_start_pair(workdir, *overrides))
     for output in outputs:
         assert f"resumed from checkpoint {stopped}" in output
     assert [r["step"] for r in runs.metrics(workdir)] == list(range(1, steps + 1))

@@ -58,7 +58,7 @@ class Checkpointer:
     """Save, restore-with-fallback and keep-last-N over `<workdir>/checkpoints`."""
 
     def __init__(self, workdir: str, *, keep: int = 1, async_save: bool = True,
-                 read_only: bool = False):
+                 read_only: bool = False, this_process_only: bool = False):
         """Opens `<workdir>/checkpoints`.
 
         Args:
@@ -67,12 +67,15 @@ class Checkpointer:
           async_save: write checkpoints in a background thread.
           read_only: only restore (another run's checkpoints, e.g. fine-tuning from a
             pre-training run): nothing is written, created or moved.
+          this_process_only: saved by this process alone, with no other host taking part (a
+            state that every host of a multi-host job holds whole, saved by process 0).
         """
         self.workdir = os.path.abspath(workdir)
         self.directory = os.path.join(self.workdir, "checkpoints")
         self._keep = keep
         self._async = async_save
         self._read_only = read_only
+        self._this_process_only = this_process_only
         self._manager = self._open()
 
     def _open(self) -> ocp.CheckpointManager:
@@ -80,6 +83,10 @@ class Checkpointer:
             max_to_keep=self._keep, create=not self._read_only,
             cleanup_tmp_directories=not self._read_only, read_only=self._read_only,
             enable_async_checkpointing=self._async)
+        if self._this_process_only:
+            me = jax.process_index()
+            options.multiprocessing_options = ocp.options.MultiprocessingOptions(
+                primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"process{me}")
         return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 
     def steps(self) -> list[int]:

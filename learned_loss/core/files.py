@@ -1,46 +1,196 @@
-"""Atomic file writes: a reader (or a run killed mid-write) sees the old file or the new one,
-never half of either.
+"""Workdir files, local or in a bucket: every read and write of a workdir, cache or data folder
+goes through here, over `etils.epath` (orbax's own path layer), so that `--workdir=gs://b/run`
+works wherever a local folder does.
 
-  write_atomic(path, data)     bytes or text into a temporary file beside `path`, flushed to
-                               disk, then renamed over it (os.replace is atomic on POSIX)
+A path is a string: a local path, or a URL with a scheme (`gs://bucket/run`, what etils
+serves through fsspec; gs:// needs `gcsfs`). `os.path.join`, `dirname` and `basename` work on
+both; `os.path.abspath` does not (it would turn `gs://b` into a local `./gs:/b`): use
+`absolute`.
+
+  write_atomic(path, data)     a reader (or a run killed mid-write) sees the old file or the new
+                               one, never half of either: locally bytes or text go into a
+                               temporary file beside `path`, flushed to disk, then renamed over
+                               it (os.replace is atomic on POSIX); in a bucket the object is
+                               written whole (an object upload is atomic)
   write_json(path, obj)        the same for JSON: keys sorted, indented, a final newline
+  read_text / read_bytes / read_json, exists, isdir, listdir, glob, makedirs, remove, rmtree,
+  replace_dir                  the os / shutil calls, for both kinds of path
+  is_remote(path), local_only(path, what)
+                               whether a path is in a bucket; a one-line refusal where only a
+                               local folder can work (a file lock)
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
+import re
+import shutil
 import tempfile
 from typing import Any
 
+from etils import epath
 
-def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> str:
-    """Writes `data` to `path` atomically (folders made as needed); returns the path.
+from learned_loss.core import distributed, errors
 
-    The file gets mode 0644 (mkstemp's temporary file is 0600); on any error the temporary
-    file is removed and the old `path` is left as it was.
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_remote(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` is a URL (gs://, s3://, ...) rather than a local path."""
+    return bool(_SCHEME.match(os.fspath(path)))
+
+
+def path(p: str | os.PathLike[str]) -> epath.Path:
+    """`p` as an `etils.epath.Path` (local or in a bucket)."""
+    return epath.Path(os.fspath(p))
+
+
+def absolute(p: str | os.PathLike[str]) -> str:
+    """`os.path.abspath` for a local path; a URL unchanged."""
+    p = os.fspath(p)
+    return p if is_remote(p) else os.path.abspath(p)
+
+
+def local_only(p: str | os.PathLike[str], what: str) -> str:
+    """`p`, refused with a one-line cli.UserError when it is in a bucket (`what` names the
+    setting and says why it must be local)."""
+    p = os.fspath(p)
+    if is_remote(p):
+        raise errors.UserError(f"{what} must be a local folder, got {p}")
+    return p
+
+
+def exists(p: str | os.PathLike[str]) -> bool:
+    return os.path.exists(p) if not is_remote(p) else path(p).exists()
+
+
+def isdir(p: str | os.PathLike[str]) -> bool:
+    return os.path.isdir(p) if not is_remote(p) else path(p).is_dir()
+
+
+def isfile(p: str | os.PathLike[str]) -> bool:
+    """Whether `p` is a file (in a bucket: an object that is not a folder)."""
+    if not is_remote(p):
+        return os.path.isfile(p)
+    q = path(p)
+    return q.exists() and not q.is_dir()
+
+
+def listdir(p: str | os.PathLike[str]) -> list[str]:
+    """The names in folder `p` (unsorted, as os.listdir); FileNotFoundError when it is not
+    there."""
+    if not is_remote(p):
+        return os.listdir(p)
+    if not isdir(p):
+        raise FileNotFoundError(f"no folder {os.fspath(p)}")
+    return [q.name for q in path(p).iterdir()]
+
+
+def glob(folder: str | os.PathLike[str], pattern: str) -> list[str]:
+    """The sorted paths of the entries of `folder` whose names match `pattern` (one level, no
+    '/' in the pattern); [] when `folder` is not there."""
+    if not isdir(folder):
+        return []
+    return sorted(os.path.join(os.fspath(folder), name) for name in listdir(folder)
+                  if fnmatch.fnmatchcase(name, pattern))
+
+
+def makedirs(p: str | os.PathLike[str]) -> None:
+    """Makes folder `p` and its parents (nothing to do where it exists)."""
+    if is_remote(p):
+        path(p).mkdir(parents=True, exist_ok=True)
+    else:
+        os.makedirs(p, exist_ok=True)
+
+
+def remove(p: str | os.PathLike[str]) -> None:
+    """Removes file `p` (FileNotFoundError when it is not there)."""
+    if is_remote(p):
+        path(p).unlink()
+    else:
+        os.remove(p)
+
+
+def rmtree(p: str | os.PathLike[str]) -> None:
+    """Removes folder `p` and everything in it; nothing when it is not there."""
+    if is_remote(p):
+        if path(p).exists():
+            path(p).rmtree()
+    else:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def replace_dir(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Moves folder `src` to `dst`, replacing what was there. Locally one os.replace (atomic
+    when `dst` is not there or empty); in a bucket, where a folder is only a name prefix, its
+    objects are copied and the source removed (not atomic: a reader in between may see both)."""
+    src, dst = os.fspath(src), os.fspath(dst)
+    rmtree(dst)
+    if not is_remote(src) and not is_remote(dst):
+        os.replace(src, dst)
+        return
+    for root, _, names in path(src).walk():
+        for name in names:
+            target = path(dst) / root.relative_to(path(src)) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (root / name).copy(target, overwrite=True)
+    rmtree(src)
+
+
+def read_bytes(p: str | os.PathLike[str]) -> bytes:
+    if not is_remote(p):
+        with open(p, "rb") as f:
+            return f.read()
+    return path(p).read_bytes()
+
+
+def read_text(p: str | os.PathLike[str], errors_: str = "strict") -> str:
+    """The UTF-8 text of `p` (`errors_`: how to decode bad bytes, as `open`'s `errors`)."""
+    return read_bytes(p).decode("utf-8", errors=errors_)
+
+
+def read_json(p: str | os.PathLike[str]) -> Any:
+    return json.loads(read_text(p))
+
+
+def write_atomic(path_: str | os.PathLike[str], data: bytes | str) -> str:
+    """Writes `data` to `path_` atomically (folders made as needed); returns the path.
+
+    Locally the file gets mode 0644 (mkstemp's temporary file is 0600); on any error the
+    temporary file is removed and the old file is left as it was. In a bucket the object is
+    uploaded whole, which replaces the old one atomically. In a multi-host job only process 0
+    writes (`distributed.is_writer`): every host computed the same `data`.
     """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
+    p = os.fspath(path_)
+    if not distributed.is_writer():
+        return p
+    data = data.encode("utf-8") if isinstance(data, str) else data
+    if is_remote(p):
+        path(p).parent.mkdir(parents=True, exist_ok=True)
+        path(p).write_bytes(data)
+        return p
+    folder = os.path.dirname(os.path.abspath(p))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(p)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        os.replace(tmp, p)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return path
+    return p
 
 
-def write_json(path: str | os.PathLike[str], obj: Any, *, indent: int = 2,
+def write_json(path_: str | os.PathLike[str], obj: Any, *, indent: int = 2,
                allow_nan: bool = True) -> str:
     """Writes `obj` as JSON (keys sorted, `indent`, a final newline) atomically; returns the
     path. `allow_nan=False` refuses NaN and infinities (strict JSON) with a ValueError."""
     text = json.dumps(obj, indent=indent, sort_keys=True, allow_nan=allow_nan) + "\n"
-    return write_atomic(path, text)
+    return write_atomic(path_, text)

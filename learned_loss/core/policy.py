@@ -38,10 +38,14 @@ def run_config(workdir: str) -> ml_collections.ConfigDict:
 
 def restore_params(workdir: str, config: ml_collections.ConfigDict,
                    model: model_lib.Model) -> tuple[Any, int]:
-    """(params, step) of the newest good checkpoint in `workdir`, read-only."""
+    """(params, step) of the newest good checkpoint in `workdir`, read-only, on this process's
+    first device (every host of a multi-host job reads its own whole copy)."""
     optimizer = train.make_optimizer(config.optimizer, config.train.num_steps)
-    abstract = jax.eval_shape(lambda: train.init_state(model, optimizer, jax.random.key(0),
-                                                       config.data.seq_len))
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here),
+        jax.eval_shape(lambda: train.init_state(model, optimizer, jax.random.key(0),
+                                                config.data.seq_len)))
     restored = checkpoint_lib.Checkpointer(workdir, read_only=True).restore_latest(
         abstract, model_config=config.model.to_dict())
     if restored is None:

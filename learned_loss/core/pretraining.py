@@ -8,6 +8,7 @@ checkpoint, loop.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sys
@@ -157,16 +158,27 @@ def cached(config, train_run: Optional[Callable[[Any, str], Any]] = None,
            cache: str = "") -> policy.Policy:
     """The pre-trained policy of `config`: trained into the cache by `train_run` (default:
     `run`) unless a finished run is there. A lock file beside the cache entry lets parallel
-    runs (a sweep's points) share it: one trains, the others wait and reuse it."""
+    runs (a sweep's points) share it: one trains, the others wait and reuse it. In a multi-host
+    job process 0 holds the lock for all its hosts, which train together."""
     path = cache_dir(config, cache)
     steps = config.train.num_steps
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".lock", "w") as lock:
+    with _lock(path + ".lock", distributed.is_writer()):
+        if not store.ensure("pre-training", lambda: checkpoint.finished(path, steps),
+                            lambda: (train_run or run)(config, path), path):
+            logging.info("reusing the pre-trained checkpoint in %s", path)
+    return policy.load(path)
+
+
+@contextlib.contextmanager
+def _lock(path: str, take: bool):
+    """An exclusive `fcntl` lock on the file `path` while the block runs (when `take`)."""
+    if not take:
+        yield
+        return
+    with open(path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            if not store.ensure("pre-training", lambda: checkpoint.finished(path, steps),
-                                lambda: (train_run or run)(config, path), path):
-                logging.info("reusing the pre-trained checkpoint in %s", path)
+            yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-    return policy.load(path)

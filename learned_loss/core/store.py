@@ -25,7 +25,7 @@ import os
 import time
 from typing import Any, Callable, Mapping, Optional
 
-from learned_loss.core import cli, files, loop
+from learned_loss.core import cli, distributed, files, loop
 
 HASH_KEY = "config_hash"  # The field of a record holding its settings hash.
 
@@ -98,14 +98,15 @@ def ensure(what: str, done: Callable[[], bool], build: Callable[[], Any], where:
     `what` names the stage in messages and `where` its folder. A build that returns without
     finishing (a SIGTERM stopped it) stops the job with cli.Preempted; one that returns unfinished
     for another reason fails with a one-line cli.UserError. With `timing`, the seconds the build
-    took are added to that file's total.
+    took are added to that file's total. In a multi-host job every host builds together
+    (`build` runs sharded programs) and all take process 0's view of `done()`.
     """
-    if done():
+    if distributed.agree(done()):
         return False
     loop.raise_if_stopped(what)
     start = time.time()
     build()
-    if not done():
+    if not distributed.agree(done()):
         loop.raise_if_stopped(f"the end of {what}")
         raise cli.UserError(f"{what} in {where} stopped before it finished; re-run to resume it")
     if timing:

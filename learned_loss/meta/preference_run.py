@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from learned_loss import objectives
-from learned_loss.core import cli, files, provenance, sharding, train
+from learned_loss.core import cli, distributed, files, provenance, sharding, train
 from learned_loss.core import model as model_lib
 from learned_loss.data import paths, preference_pairs, tasks, training_rows
 from learned_loss.meta import base, fit, lm_problem, preference_problem
@@ -94,8 +94,8 @@ def build_pairs(config, families: Sequence[str]
     `families`; the train labels are flipped with `preferences.flip_rate`."""
     seq_len = config.data.seq_len
     try:
-        info = preference_pairs.build_preference_pairs(paths.data_dir(config.data.data_dir),
-                                                       **pairs_args(config, families))
+        info = distributed.first_on_process_zero(lambda: preference_pairs.build_preference_pairs(
+            paths.data_dir(config.data.data_dir), **pairs_args(config, families)), "pairs built")
     except ValueError as e:  # A labeler knob or split fraction out of range.
         raise cli.UserError(f"preferences: {e}") from None
     train_records = preference_pairs.load_split(info, "train")
@@ -142,7 +142,7 @@ class PreferenceSetup:
     def __init__(self, config):
         check_config(config)
         self.config = config
-        self.mesh = sharding.make_mesh(dict(config.mesh.shape))
+        self.mesh = sharding.config_mesh(config.mesh)
         self.pop_mesh = self.mesh if self.mesh.shape.get("pop", 1) > 1 else None
         self.data_mesh = self.mesh if self.mesh.shape.get("data", 1) > 1 else None
         self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
@@ -217,8 +217,8 @@ class PreferenceSetup:
 
     def save_artifact(self, workdir: str, theta: Any, extra: dict) -> str:
         path = os.path.join(workdir, run_lib.ARTIFACT)
-        artifact.save(path, NAME, jax.device_get(theta), self.settings, self.config.to_dict(),
-                      dict(extra, provenance=self.provenance("", 0)))
+        artifact.save(path, NAME, jax.tree.map(distributed.host_value, theta), self.settings,
+                      self.config.to_dict(), dict(extra, provenance=self.provenance("", 0)))
         return path
 
 

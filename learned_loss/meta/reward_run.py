@@ -45,7 +45,8 @@ import numpy as np
 import optax
 from absl import logging
 
-from learned_loss.core import cli, files, loop, policy, provenance, sharding, train
+from learned_loss.core import cli, distributed, files, loop, policy, provenance, sharding
+from learned_loss.core import train
 from learned_loss.core import checkpoint as checkpoint_lib
 from learned_loss.data import tasks
 from learned_loss.meta import host_es, outer, reward_problem
@@ -101,7 +102,7 @@ class Setup:
         rc = config.rlhf
         self.config = config
         self.sft = policy.load(rc.sft_from)
-        self.mesh = sharding.make_mesh(rc.mesh.shape)
+        self.mesh = sharding.config_mesh(rc.mesh)
         self.families = rlhf_pipeline.task_families(rc, self.sft.config)
         self.stage_dir = config.rlhf_workdir or os.path.join(workdir, "rlhf")
         os.makedirs(self.stage_dir, exist_ok=True)
@@ -296,7 +297,7 @@ def run(config, workdir: str) -> dict[str, Any]:
                                 "valid_rm/gold_graded"))
     if done.step < oc.num_steps:
         return {}
-    theta = jax.device_get(done.state.theta)
+    theta = jax.tree.map(distributed.host_value, done.state.theta)
     final = dict(final_comparison(s, theta, config.final.runs, valid_key),
                  outer_steps=done.step, wall_time_s=time.time() - start_time)
     files.write_json(os.path.join(workdir, FINAL), final)

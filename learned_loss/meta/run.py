@@ -22,16 +22,19 @@ learned_preference_loss (configs/meta_preference.py), which passes its own to `r
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import logging
 
 from learned_loss import objectives
-from learned_loss.core import cli, evaluation, files, loop, policy, pretraining, provenance
+from learned_loss.core import cli, distributed, evaluation, files, loop, policy, pretraining
+from learned_loss.core import provenance
 from learned_loss.core import sharding, train
 from learned_loss.core import checkpoint as checkpoint_lib
 from learned_loss.core import model as model_lib
@@ -76,8 +79,8 @@ def rows_args(config, families: Sequence[str]) -> dict[str, Any]:
 def build_rows(config, families: Sequence[str]
                ) -> tuple[training_rows.Demonstrations, training_rows.Demonstrations, Any]:
     """(noisy train rows, clean validation rows, TasksInfo) of `families`."""
-    info = instruction_tasks.build_instruction_tasks(paths.data_dir(config.data.data_dir),
-                                                     **rows_args(config, families))
+    info = distributed.first_on_process_zero(lambda: instruction_tasks.build_instruction_tasks(
+        paths.data_dir(config.data.data_dir), **rows_args(config, families)), "tasks built")
     seq_len = config.data.seq_len
     train = training_rows.encode_records(instruction_tasks.load_split(info, "train"), seq_len)
     valid = training_rows.encode_records(instruction_tasks.load_split(info, "validation"), seq_len)
@@ -114,6 +117,14 @@ def eval_examples(info, per_family: int) -> list[tasks.Example]:
     return out
 
 
+def local_members(mesh: jax.sharding.Mesh) -> list[int]:
+    """The indices along the mesh's `pop` axis that this process's devices hold: the share of
+    the population whose inner runs it computes (all of them in a single-process run)."""
+    pop = mesh.axis_names.index("pop")
+    mine = {d.id for d in jax.local_devices()}
+    return sorted({int(i[pop]) for i, d in np.ndenumerate(mesh.devices) if d.id in mine})
+
+
 def initial_params(config, model: model_lib.Model):
     """The params every inner run starts from: the newest checkpoint of config.inner.init_from
     (a pre-training or fine-tuning workdir of the same model), or None (a fresh initialisation
@@ -143,10 +154,11 @@ class Setup:
             raise cli.UserError("this config (configs/meta_preference.py) meta-trains the "
                                 "learned_preference_loss; meta-train learned_token_loss with "
                                 "--config=configs/meta_train.py:tiny")
-        mesh_shape = dict(config.mesh.shape)
-        self.mesh = sharding.make_mesh(mesh_shape)
-        self.pop_mesh = self.mesh if self.mesh.shape.get("pop", 1) > 1 else None
-        self.data_mesh = self.mesh if self.mesh.shape.get("data", 1) > 1 else None
+        self.mesh = sharding.config_mesh(config.mesh)
+        self.pop_mesh, self.data_mesh = submeshes(self.mesh)
+        if jax.process_count() > 1 and self.pop_mesh is not None:
+            logging.info("population axis pop=%d spans %d processes; this one runs pop %s",
+                         self.mesh.shape["pop"], jax.process_count(), local_members(self.mesh))
         self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         self.model_cfg = model_lib.ModelConfig.from_config(config.model)
         self.model = model_lib.build(self.model_cfg)
@@ -160,8 +172,7 @@ class Setup:
                              "hidden": int(config.objective.hidden)}
             self.settings.update({k: config.objective[k] for k in objectives.TOKEN_LOSS_OPTIONS
                                   if k in config.objective})
-        self.optimizer = train.make_optimizer(train.constant_adam(config.inner.lr),
-                                              differentiable=True)
+        self.optimizer = inner_optimizer(config)
         if config.data.get("source", "tasks") == "text":
             if config.mode != "offline":
                 raise cli.UserError("online meta-weighting scores exact match on task "
@@ -184,11 +195,8 @@ class Setup:
         self.families, self.valid_families = families, valid_families
 
     def make_problem(self, train_rows, valid_rows) -> base.InnerProblem:
-        c = self.config
-        return lm_problem.lm_problem(
-            self.model, self.optimizer, self.objective, train_rows, valid_rows,
-            batch_size=c.inner.batch_size, valid_batch_size=c.inner.valid_batch_size,
-            seq_len=c.data.seq_len, init_params=self.init_params, mesh=self.data_mesh)
+        return make_problem(self.config, self.model, self.optimizer, self.objective, train_rows,
+                            valid_rows, self.init_params, self.data_mesh)
 
     def validator(self):
         """(theta, key) -> {'nll'}: the clean answer NLL on the meta-valid families after a fresh
@@ -211,9 +219,42 @@ class Setup:
 
     def save_artifact(self, workdir: str, theta: Any, extra: dict) -> str:
         path = os.path.join(workdir, ARTIFACT)
-        artifact.save(path, "learned_token_loss", jax.device_get(theta), self.settings,
-                      self.config.to_dict(), dict(extra, provenance=self.provenance("", 0)))
+        artifact.save(path, "learned_token_loss", jax.tree.map(distributed.host_value, theta),
+                      self.settings, self.config.to_dict(),
+                      dict(extra, provenance=self.provenance("", 0)))
         return path
+
+
+def submeshes(mesh: jax.sharding.Mesh):
+    """(the mesh when its `pop` axis splits the population, else None; the mesh when its `data`
+    axis splits inner batches, else None): what the estimator and the inner problem get."""
+    return (mesh if mesh.shape.get("pop", 1) > 1 else None,
+            mesh if mesh.shape.get("data", 1) > 1 else None)
+
+
+def inner_optimizer(config):
+    """The inner runs' differentiable optimizer: clipped Adam at inner.lr, eps_root > 0."""
+    return train.make_optimizer(train.constant_adam(config.inner.lr), differentiable=True)
+
+
+def make_problem(config, model, optimizer, objective, train_rows, valid_rows, init_params,
+                 data_mesh) -> base.InnerProblem:
+    """The inner problem of a meta-training config on these rows (`lm_problem`)."""
+    return lm_problem.lm_problem(
+        model, optimizer, objective, train_rows, valid_rows, batch_size=config.inner.batch_size,
+        valid_batch_size=config.inner.valid_batch_size, seq_len=config.data.seq_len,
+        init_params=init_params, mesh=data_mesh)
+
+
+def init_outer_state(estimator, optimizer, theta0, key, mesh: jax.sharding.Mesh, pop_mesh):
+    """The first outer state, placed by `base.population_shardings`: replicated, as a restored
+    checkpoint is, so that a resumed run reuses the same compiled programs; with a `pop` axis
+    the population's inner runs are initialised in place, split over it (none on one chip)."""
+    init = functools.partial(outer.init, estimator, optimizer, theta0)
+    shardings = base.population_shardings(jax.eval_shape(init, key), mesh)
+    if pop_mesh is None:
+        return jax.device_put(init(key), shardings)
+    return jax.jit(init, out_shardings=shardings)(key)
 
 
 def _validation_run(problem: base.InnerProblem, horizon: int):
@@ -238,10 +279,10 @@ def run_offline(config, workdir: str, setup=None) -> dict[str, float]:
     estimator = outer.make_estimator(config.estimator, s.problem, s.pop_mesh)
     optimizer = outer.make_optimizer(oc)
     theta0 = s.theta0
-    # Replicated over the mesh, as a restored checkpoint is, so that a resumed run reuses the
-    # same compiled programs (the population and batch axes are split inside the step).
-    state = jax.device_put(outer.init(estimator, optimizer, theta0, jax.random.key(config.seed)),
-                           s.replicated)
+    # Replicated over the mesh, as a restored checkpoint is (the population and batch axes are
+    # split inside the step), but for the population's runs over a `pop` axis.
+    state = init_outer_state(estimator, optimizer, theta0, jax.random.key(config.seed), s.mesh,
+                             s.pop_mesh)
     outer_step = jax.jit(outer.outer_step(estimator, optimizer))
     sanity = jax.jit(outer.sanity_check(s.clean_problem, oc.sanity_steps))
     validate = s.validator()

@@ -20,7 +20,7 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
-from learned_loss.core import errors
+from learned_loss.core import distributed, errors
 
 THETA = "theta.npz"
 RECORD = "artifact.json"
@@ -46,7 +46,10 @@ def _theta_bytes(theta: Mapping[str, Any]) -> bytes:
 
 def save(path: str, name: str, theta: Mapping[str, Any], settings: Mapping[str, Any],
          config: Mapping[str, Any], provenance: Mapping[str, Any] | None = None) -> None:
-    """Writes the artifact to `path` atomically (replacing an older one only once complete)."""
+    """Writes the artifact to `path` atomically (replacing an older one only once complete);
+    in a multi-host job, on process 0 only (every host holds the same theta)."""
+    if not distributed.is_writer():
+        return
     data = _theta_bytes(theta)
     record = {"name": name, "settings": _jsonable(settings), "config": _jsonable(config),
               "provenance": _jsonable(provenance or {}),

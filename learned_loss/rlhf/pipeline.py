@@ -38,7 +38,6 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from learned_loss.core import cli, distributed, evaluation, files, loop, policy, provenance
@@ -173,13 +172,6 @@ def prompt_width(config) -> int:
 def _merge_params(fresh: Any, loaded: Any) -> Any:
     """`fresh` with every module that `loaded` has replaced by it (a new head stays fresh)."""
     return {**fresh, **{k: v for k, v in loaded.items() if k in fresh}}
-
-
-def _host(x) -> np.ndarray:
-    """A global array's value on this host (gathered across processes when needed)."""
-    if jax.process_count() > 1 and not x.is_fully_addressable:
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(jax.device_get(x))
 
 
 class Stage:
@@ -405,8 +397,8 @@ def train_rl(config, algorithm: str, sft, families, mesh, reference, reward, eva
 
     def train_step(state, batch, theta_):
         state, metrics, (completions, _) = step_fn(state, batch, theta_)
-        index = np.repeat(_host(batch["index"]), r.samples_per_prompt)
-        exact, graded = rlhf_data.gold_scores(_host(completions),
+        index = np.repeat(distributed.host_value(batch["index"]), r.samples_per_prompt)
+        exact, graded = rlhf_data.gold_scores(distributed.host_value(completions),
                                               [source.example(i).answer for i in index])
         metrics = dict(metrics, gold_exact_match=float(exact.mean()),
                        gold_graded=float(graded.mean()))
@@ -580,7 +572,7 @@ def run(config, workdir: str) -> dict:
     learned_reward = reward_theta(config)
     start = time.time()
     sft = policy.load(config.sft_from)
-    mesh = sharding.make_mesh(config.mesh.shape)
+    mesh = sharding.config_mesh(config.mesh)
     families = task_families(config, sft.config)
     width = prompt_width(config)
     shared = config.get("shared_dir", "") or workdir

@@ -2,16 +2,14 @@
 
 `run(config, workdir, pretrain_run)` (configs/compare.py) does, resuming at every stage:
   0. every arm's families by role (learned_loss/studies/arms.py), refused before anything trains
-  when
-     an evaluation family has a meta role in any arm;
+     when an evaluation family has a meta role in any arm;
   1. pre-training, or the cached checkpoint CACHE/pretrain-KEY (KEY: `pretraining.cache_key`);
   2. meta-training of each learned objective the grid needs, in WORKDIR/meta/NAME (skipped
      when `config.artifacts.NAME` names an artifact), on its own families; the learned reward
      first gets an SFT policy of its own (WORKDIR/meta/learned_reward_sft);
-  3. the token-level arms (learned_loss/studies/noisy_demonstrations.py), the seeds of one (arm,
-  noise) as
-     one program, each from the pre-trained parameters with the same step budget and
-     its seed's own data; MLE's models are also kept as SFT policies in WORKDIR/sft/NOISE-sSEED;
+  3. the token-level arms (learned_loss/studies/noisy_demonstrations.py), the seeds of one
+     (arm, noise) as one program, each from the pre-trained parameters with the same step
+     budget and its seed's own data; MLE's models are also kept as SFT policies in WORKDIR/sft/NOISE-sSEED;
   4. the RLHF arms, each a learned_loss/rlhf/pipeline.py run in WORKDIR/runs/KEY from the SFT
      policy of its noise kind and seed; the cells of one noise kind and seed share their
      preference pairs and reward model (WORKDIR/rlhf/NOISE-sSEED), and only the first RL run of
@@ -31,6 +29,13 @@ holds), per-prompt correctness, the sequence-level KL to the pre-trained model (
 reference), and the answer NLL there; it also records the data it saw (`data_seen`). A cell is
 WORKDIR/cells/OBJECTIVE-NOISE-sSEED.json, written atomically; a re-run skips the cells that
 exist.
+
+Multi-host (`--coordinator_address`, as in pre-training): every host runs the job. Pre-training
+shards its batch over all hosts, meta-training its population (`pop` spans hosts), and the RLHF
+stages their batches; the token-level cells, one small program over seeds each, are trained on
+every host alike. Process 0 writes the workdir (`distributed.is_writer`), and decisions read
+from it (is a stage finished?) are process 0's on every host (`distributed.agree`). The
+workdir must be storage that every host reads (one machine's disk, or a bucket).
 """
 
 from __future__ import annotations
@@ -47,7 +52,8 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from learned_loss.core import cli, files, loop, policy, pretraining, provenance, store
+from learned_loss.core import cli, distributed, files, loop, policy, pretraining, provenance
+from learned_loss.core import store
 from learned_loss.core import train
 from learned_loss.core import checkpoint as checkpoint_lib
 from learned_loss.core import metrics as metrics_lib
@@ -205,7 +211,10 @@ def write_sft(config, workdir: str, inner: Mapping[str, Any], seed: int, familie
     pipeline's sft_from): a provenance.json with the run's config (the pre-training config's
     sections, the cell's optimizer, steps, families and seed) and one checkpoint of the cell's
     final training state: `inner` ({'params', 'opt_state', 'step'}, from token_arms.train_cells)
-    and the rng a sharded run of seed `seed` holds after as many steps."""
+    and the rng a sharded run of seed `seed` holds after as many steps. In a multi-host job
+    process 0 writes it alone (every host trained the same cell)."""
+    if not distributed.is_writer():
+        return
     step = int(inner["step"])
     sft = _copy(config.pretrain)
     sft.tasks.families = tuple(families)
@@ -222,7 +231,7 @@ def write_sft(config, workdir: str, inner: Mapping[str, Any], seed: int, familie
     provenance.write(tmp, provenance.collect(sft, extra={
         "kept_by": "compare_objectives", "objective": "mle",
         tasks.roles.RECORD_KEY: tasks.roles.record({"finetune": families})}))
-    ckpt = checkpoint_lib.Checkpointer(tmp, async_save=False)
+    ckpt = checkpoint_lib.Checkpointer(tmp, async_save=False, this_process_only=True)
     ckpt.save(step, state, {"model": config.model.to_dict()})
     ckpt.close()
     shutil.rmtree(workdir, ignore_errors=True)
@@ -530,7 +539,8 @@ def _rlhf_cell(config, workdir, grid, objective, noise, seed, data, pre, artifac
     run_dir = os.path.join(workdir, "runs", key)
     algorithm = RLHF[objective]
     over = os.path.join(workdir, "overoptimization.json")
-    first_rl = algorithm != "dpo" and not os.path.exists(over)  # The report's plot.
+    # The report's plot; every host takes process 0's view (it writes `over`).
+    first_rl = algorithm != "dpo" and distributed.agree(not os.path.exists(over))
     r = rlhf_config(config, objective, noise, seed, workdir, artifact, best_of_n=first_rl)
     result = rlhf_pipeline.run(r, run_dir)
     t0 = time.time()
