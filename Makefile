@@ -12,7 +12,12 @@ WORKDIR ?= workdirs/demo
 # `make test TEST_XLA_FLAGS="--xla_force_host_platform_device_count=8
 # --xla_backend_optimization_level=3"` runs the suite with XLA's defaults, as users run.
 TEST_XLA_FLAGS ?= --xla_force_host_platform_device_count=8
-TEST_ENV := XLA_FLAGS="$(TEST_XLA_FLAGS)"
+# The venv holds libtpu (the `test` extra): without these, a process that imports jax lets it ask a
+# cloud metadata server what it runs on (learned_loss/core/tpu_env.py). JAX_PLATFORMS=cpu unless
+# the caller chose a platform (`make bench JAX_PLATFORMS=cuda` on a GPU, `=tpu` on a TPU VM).
+JAX_PLATFORMS ?= cpu
+OFFLINE_TPU := TPU_SKIP_MDS_QUERY=1 TPU_WORKER_HOSTNAMES=localhost JAX_PLATFORMS=$(JAX_PLATFORMS)
+TEST_ENV := $(OFFLINE_TPU) XLA_FLAGS="$(TEST_XLA_FLAGS)"
 
 .PHONY: setup chromium test demo bench clean
 
@@ -39,10 +44,10 @@ test: $(STAMP) chromium
 	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --max-worker-restart=0 --durations=15 tests
 
 demo: $(STAMP)
-	$(PY) -m experiments.compare_objectives --config=configs/compare.py:tiny --workdir=$(WORKDIR)
+	$(OFFLINE_TPU) $(PY) -m experiments.compare_objectives --config=configs/compare.py:tiny --workdir=$(WORKDIR)
 
 bench: $(STAMP)
-	$(PY) benchmarks/train_step.py
+	$(OFFLINE_TPU) $(PY) benchmarks/train_step.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -16,7 +16,9 @@ training splits; held-out families are never used. Variants: `smoke` (seconds, f
 `tiny` (the noisy-demonstration setting: 4 families, nano model, 30% swapped answers;
 `--config.tasks.noise_kinds` picks another corruption), `swap50` (the grid's swap50 cells'
 setting: PES over runs of up to their 800 steps, with the row-history features; the
-comparison's learned_pes arm), `text` (pre-training on the text corpus).
+comparison's learned_pes arm), `text` (pre-training on the text corpus), `paper` (a pod slice:
+the paper model, PES over 64 pairs split over `pop`; dry-run it with
+`python -m experiments.dry_run --config=configs/meta_train.py:paper --topology=v5e:16x16`).
 """
 
 import ml_collections
@@ -58,6 +60,14 @@ VARIANTS = {
                  valid_families=(), estimator="tbptt", population=2, unroll=5,
                  horizon=(50, 300), steps=100, log=10, eval=50, ckpt=25, eval_horizon=300,
                  sanity_steps=20, online_steps=0),
+    # A pod slice (v5e:16x16; `python -m experiments.dry_run` compiles its outer step): the
+    # noisy-demonstration setting with the paper model (base, ~85M), PES over 64 pairs whose
+    # runs split over `pop` (mesh.shape.pop=-1: 64 on 256 chips, one pair per 4 chips) and
+    # whose inner batches split over `data`.
+    "paper": dict(model="base", seq_len=64, batch=32, examples=500, families=NOISY_FAMILIES,
+                  valid_families=META_VALID_FAMILIES, estimator="pes", population=64,
+                  unroll=20, horizon=(200, 2000), steps=1000, log=10, eval=50, ckpt=10,
+                  eval_horizon=1000, sanity_steps=20, online_steps=2000),
 }
 
 # swap50 with one weight per row (granularity 'row': row features standardised across the
@@ -150,5 +160,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.eval.max_new_tokens = 16
 
     config.mesh = ml_collections.ConfigDict()
-    config.mesh.shape = {"pop": 1, "data": -1}
+    config.mesh.shape = {"pop": -1, "data": 4} if arg == "paper" else {"pop": 1, "data": -1}
+    # Slices of a multi-slice TPU each axis spans (their product: the slices); 1: one slice.
+    config.mesh.dcn = {"pop": 1, "data": 1}
     return config

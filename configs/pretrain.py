@@ -3,8 +3,10 @@
   python -m experiments.pretrain --config=configs/pretrain.py:tiny --workdir=/tmp/pretrain
 
 Variants: `smoke` (seconds: nano model on a slice of the corpus), `tiny` (minutes on 2 CPU
-cores; `make demo`), `small` and `paper` (accelerators). Override any field on the command line,
-e.g. `--config.optimizer.lr=3e-4 --config.mesh.shape.model=2`.
+cores; `make demo`), `small` and `paper` (accelerators; `python -m experiments.dry_run
+--config=configs/pretrain.py:paper --topology=v5e:16x16` compiles its step for a TPU pod).
+Override any field on the command line, e.g. `--config.optimizer.lr=3e-4
+--config.mesh.shape.model=2`.
 """
 
 import ml_collections
@@ -64,6 +66,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.shape = {"data": -1, "model": 1}
+    # Slices of a multi-slice TPU each axis spans (their product: the slices); 1: one slice.
+    config.mesh.dcn = {"data": 1, "model": 1}
     config.sharding = ml_collections.ConfigDict()
     config.sharding.rules = models.PARTITION_RULES
     return config

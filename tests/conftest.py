@@ -1,5 +1,5 @@
-"""Shared test set-up: 8 simulated CPU devices, unless the caller already chose a count, and one
-persistent compilation cache for the run.
+"""Shared test set-up: libtpu kept offline (`learned_loss.core.tpu_env`), 8 simulated CPU devices,
+unless the caller already chose a count, and one persistent compilation cache for the run.
 
 Most of the suite's time is entry-point processes compiling the same small programs again; with
 a shared cache (a fresh folder per `pytest` run, removed at its end) each program is compiled
@@ -10,7 +10,13 @@ import os
 import shutil
 import tempfile
 
-from tests import runs
+from learned_loss.core import tpu_env
+
+# Before anything imports jax: with libtpu installed (the `test` extra), jax would otherwise let
+# it query a cloud metadata server. Child processes inherit these (tests/runs.py keeps them).
+tpu_env.apply()
+
+from tests import runs  # noqa: E402
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 # Unless the caller chose an optimisation level (`XLA_FLAGS=--xla_backend_optimization_level=3`,

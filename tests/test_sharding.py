@@ -113,3 +113,43 @@ def test_sharded_losses_match_one_device(one_device_losses, mesh_shape):
     losses = _losses(mesh_shape)
     assert losses[-1] < losses[0]  # It trains.
     np.testing.assert_allclose(losses, one_device_losses, rtol=1e-5, atol=0)
+
+
+class _FakeDevice:
+    """A CPU-like device of a multi-slice job: what `create_hybrid_device_mesh` reads."""
+
+    platform, device_kind, process_index = "cpu", "cpu", 0
+
+    def __init__(self, id, slice_index):
+        self.id, self.slice_index = id, slice_index
+
+    def __repr__(self):
+        return f"D{self.id}/s{self.slice_index}"
+
+
+def test_hybrid_grid_puts_each_slice_in_a_block_of_its_dcn_axis():
+    # Two slices of four, listed interleaved: the grid regroups them by slice.
+    devices = [_FakeDevice(i, i % 2) for i in range(8)]
+    grid = sharding.device_grid({"pop": 2, "data": 2, "model": 2}, devices, {"pop": 2})
+    assert grid.shape == (2, 2, 2)
+    assert [[d.id for d in g.flat] for g in grid] == [[0, 2, 4, 6], [1, 3, 5, 7]]
+    # Over `data` instead: each slice holds one data row of the (pop, model) block.
+    grid = sharding.device_grid({"data": 2, "model": 4}, devices, {"data": 2})
+    assert [d.slice_index for d in grid[0]] == [0] * 4 and [d.id for d in grid[1]] == [1, 3, 5, 7]
+    # A mesh never spans slices silently, nor splits an axis unevenly over them.
+    with pytest.raises(sharding.ShardingError, match="spans 1 slices but the 8 devices form 2"):
+        sharding.device_grid({"data": 8}, devices)
+    with pytest.raises(sharding.ShardingError, match="cannot span 2 slices"):
+        sharding.device_grid({"data": 1, "model": 8}, devices, {"data": 2})
+    with pytest.raises(sharding.ShardingError, match="does not have"):
+        sharding.device_grid({"data": 8}, devices, {"pop": 2})
+    with pytest.raises(sharding.ShardingError, match="spans 2 slices but the 4 devices form 1"):
+        sharding.device_grid({"data": 4}, devices[::2], {"data": 2})
+
+
+def test_one_slice_mesh_keeps_cpu_device_order_and_reads_the_configs_dcn():
+    mesh = sharding.config_mesh({"shape": {"data": -1, "model": 2}, "dcn": {"data": 1}})
+    assert [d.id for d in mesh.devices.flat] == [d.id for d in jax.devices()]
+    assert sharding.config_mesh({"shape": {"data": -1}}).devices.shape == (jax.device_count(),)
+    with pytest.raises(sharding.ShardingError, match="form 1"):
+        sharding.config_mesh({"shape": {"data": -1}, "dcn": {"data": 2}})

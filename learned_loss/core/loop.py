@@ -110,10 +110,11 @@ class Run:
 
 
 
-def mesh_and_model(config) -> tuple[jax.sharding.Mesh, model_lib.ModelConfig]:
-    """A training config's mesh (the global batch must divide over it) and model config (its
-    max_len must hold data.seq_len); a mismatch is a UserError naming the fix."""
-    mesh = sharding.make_mesh(config.mesh.shape)
+def mesh_and_model(config, devices=None) -> tuple[jax.sharding.Mesh, model_lib.ModelConfig]:
+    """A training config's mesh over `devices` (default: all; the global batch must divide over
+    it) and model config (its max_len must hold data.seq_len); a mismatch is a UserError naming
+    the fix."""
+    mesh = sharding.config_mesh(config.mesh, devices)
     sharding.check_batch_divides(config.data.global_batch_size, mesh)
     model_cfg = model_lib.ModelConfig.from_config(config.model)
     if config.data.seq_len > model_cfg.max_len:

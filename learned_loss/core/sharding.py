@@ -3,6 +3,11 @@
 The mesh comes from the config as `{axis name: size}` (one size may be -1 to take the remaining
 devices). Axis order is fixed (`pop`, `data`, `model`): the population of an evolution strategy
 varies slowest, tensor parallelism fastest, so model-parallel shards sit on neighbouring devices.
+Devices are laid out by `jax.make_mesh`, which follows the physical topology on TPU and GPU (on
+CPU it keeps `jax.devices()` order). On several TPU slices, `mesh.dcn` = {axis: slices} says which
+axes span the slices over the data-centre network (`jax.experimental.mesh_utils.
+create_hybrid_device_mesh`): e.g. {'data': 2} on two slices puts half of `data` in each slice
+and keeps `model` inside a slice, on its fast interconnect (ICI).
 
 Parameters are placed by partition rules: an ordered list of `(regex, spec)` pairs matched against
 the haiku path `module/name` of each parameter (e.g. `transformer/layer_0/attn/qkv`). The first rule
@@ -19,6 +24,8 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 import optax
+from absl import logging
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from learned_loss.core import errors
@@ -60,16 +67,70 @@ def mesh_shape(shape: Mapping[str, int], num_devices: int) -> dict[str, int]:
     return sizes
 
 
-def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None,
+              dcn: Mapping[str, int] | None = None) -> Mesh:
     """A Mesh over `devices` (default: all global devices) with Auto axis types.
 
     Auto axes let XLA propagate shardings through haiku's embedding gather, which Explicit axes
-    (the `jax.make_mesh` default) reject.
+    (the `jax.make_mesh` default) reject. dcn: {axis: slices} for a multi-slice TPU
+    (`device_grid`); empty or all ones: one slice.
     """
     devices = list(jax.devices() if devices is None else devices)
     sizes = mesh_shape(shape, len(devices))
-    grid = np.asarray(devices, dtype=object).reshape(tuple(sizes.values()))
+    grid = device_grid(sizes, devices, dcn)
     return Mesh(grid, tuple(sizes), axis_types=(AxisType.Auto,) * len(sizes))
+
+
+def config_mesh(mesh_config: Mapping[str, Any],
+                devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The mesh of a config's `mesh` section: `shape`, and `dcn` where the config has it."""
+    return make_mesh(mesh_config["shape"], devices, mesh_config.get("dcn", {}))
+
+
+def slice_count(devices: Sequence[Any]) -> int:
+    """How many TPU slices `devices` come from (devices without `slice_index`: one)."""
+    return len({getattr(d, "slice_index", 0) for d in devices})
+
+
+def device_grid(sizes: Mapping[str, int], devices: Sequence[Any],
+                dcn: Mapping[str, int] | None = None) -> np.ndarray:
+    """`devices` as an array of shape `sizes.values()` (sizes resolved by `mesh_shape`).
+
+    One slice: `jax.make_mesh`'s order (rings and tori of the physical topology on TPU; a mesh
+    shape the topology cannot hold falls back to device order, with a warning). Several slices:
+    `dcn` = {axis: slices} must name how many slices each axis spans (their product is the
+    slice count; an axis's size must be a multiple of its slices); each slice then holds a
+    contiguous block of every axis, laid out within the slice like one slice's mesh.
+    """
+    dcn = {a: int(n) for a, n in (dcn or {}).items()}
+    unknown = set(dcn) - set(sizes)
+    if unknown:
+        raise ShardingError(f"mesh.dcn names axes {sorted(unknown)} that mesh.shape {dict(sizes)} "
+                            f"does not have; use axes of the mesh")
+    slices = slice_count(devices)
+    spans = math.prod(dcn.values())
+    if any(n < 1 for n in dcn.values()) or spans != slices:
+        raise ShardingError(
+            f"mesh.dcn {dcn} spans {spans} slices but the {len(devices)} devices form {slices}; "
+            f"give each axis the slices it spans so that they multiply to {slices}")
+    shape = tuple(sizes.values())
+    if slices == 1:
+        try:
+            grid = jax.make_mesh(shape, tuple(sizes), devices=devices,
+                                 axis_types=(AxisType.Auto,) * len(shape)).devices
+        except (ValueError, NotImplementedError) as e:
+            logging.warning("mesh %s does not map onto the device topology (%s); the devices "
+                            "are laid out in their listed order", dict(sizes), e)
+            grid = np.asarray(devices, dtype=object).reshape(shape)
+        return grid
+    for axis, n in dcn.items():
+        if sizes[axis] % n:
+            raise ShardingError(f"mesh.shape.{axis}={sizes[axis]} cannot span {n} slices "
+                                f"(mesh.dcn.{axis}); make it a multiple of {n}")
+    ici = tuple(sizes[a] // dcn.get(a, 1) for a in sizes)
+    across = tuple(dcn.get(a, 1) for a in sizes)
+    return mesh_utils.create_hybrid_device_mesh(ici, across, devices,
+                                                allow_split_physical_axes=True)
 
 
 def mesh_description(mesh: Mesh) -> dict[str, int]:

@@ -227,3 +227,18 @@ def shard_population(tree: Any, mesh: jax.sharding.Mesh | None) -> Any:
         return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
 
     return jax.tree.map(constrain, tree)
+
+
+def population_shardings(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+    """A NamedSharding for every leaf of a (possibly abstract) outer state: the leading
+    (population) axis over the mesh's `pop` axis where it divides, like `shard_population`;
+    everything else, and every leaf of a mesh without `pop`, replicated. With it a chip holds
+    only its own members' inner runs (what lets a pod hold a large model's population)."""
+    size = mesh.shape.get("pop", 1)
+
+    def place(x):
+        if size > 1 and x.ndim and x.shape[0] % size == 0:
+            return jax.sharding.NamedSharding(mesh, P("pop", *([None] * (x.ndim - 1))))
+        return jax.sharding.NamedSharding(mesh, P())
+
+    return jax.tree.map(place, tree)
