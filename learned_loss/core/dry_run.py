@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import importlib.util
 import math
 import os
 import re
@@ -144,6 +145,9 @@ def topology_devices(name: str, num_slices: int = 1) -> list:
         raise errors.UserError(f"--num_slices={num_slices}; use 1 or more")
     # libtpu reads these when it first loads (the entry point sets them before jax is imported).
     tpu_env.apply(os.environ, **tpu_env.COMPILE_ONLY)
+    if importlib.util.find_spec("libtpu") is None:
+        raise errors.UserError("a dry run needs libtpu to describe the chips; install it with "
+                               "pip install -c requirements.lock -e '.[tpu]'")
     kwargs = {"chip_config_name": "megacore"} if chip.megacore else {}
     if num_slices > 1:
         kwargs["num_slices"] = num_slices
@@ -152,9 +156,8 @@ def topology_devices(name: str, num_slices: int = 1) -> list:
                                                **kwargs).devices
     except (RuntimeError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise errors.UserError(f"libtpu cannot describe topology {name} ({first}); install it "
-                               f"with pip install -c requirements.lock -e '.[tpu]' and name a "
-                               f"topology of whole hosts, e.g. v5e:2x2") from None
+        raise errors.UserError(f"libtpu cannot lay out topology {name} ({first}); name one of "
+                               f"whole hosts, e.g. v5e:2x2 or v5e:16x16") from None
     if len(devices) != chips * num_slices:
         raise errors.UserError(f"topology {name} gave {len(devices)} devices for {chips} chips x "
                                f"{num_slices} slices")
@@ -359,5 +362,7 @@ def dry_run(config, topology: str, num_slices: int = 1, config_name: str = "the 
     devices = topology_devices(topology, num_slices)
     program = program_of(config, devices)
     report = compile_report(program, topology, devices, config_name)
+    if num_slices > 1:
+        report = report._replace(topology=f"{num_slices} slices of {topology}")
     check_fits(report, config_name, program.fix)
     return report
