@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
 
 from learned_loss.core import errors
@@ -79,12 +80,14 @@ class Checkpointer:
         self._manager = self._open()
 
     def _open(self) -> ocp.CheckpointManager:
+        alone = self._this_process_only and jax.process_count() > 1
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=self._keep, create=not self._read_only,
+            max_to_keep=self._keep, create=not self._read_only and not alone,
             cleanup_tmp_directories=not self._read_only, read_only=self._read_only,
             enable_async_checkpointing=self._async)
-        if self._this_process_only:
+        if alone:  # orbax leaves the folder to a manager of a subset of the processes.
             me = jax.process_index()
+            epath.Path(self.directory).mkdir(parents=True, exist_ok=True)
             options.multiprocessing_options = ocp.options.MultiprocessingOptions(
                 primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"process{me}")
         return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
@@ -95,6 +98,9 @@ class Checkpointer:
     def save(self, step: int, state: Any, meta: dict) -> None:
         """Saves `state` and JSON `meta` (plus the state's fingerprint) as checkpoint `step`."""
         meta = dict(meta, fingerprint=np.asarray(fingerprint(state)).tolist())
+        if self._this_process_only and jax.process_count() > 1:
+            # orbax refuses host-local jax.Arrays in a multi-process job; their values it takes.
+            state = jax.tree.map(np.asarray, state)
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
 

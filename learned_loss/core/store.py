@@ -47,7 +47,17 @@ class Store:
 
     def read(self, key: str, settings: str) -> Optional[dict]:
         """The record of `key` (None when there is none); cli.UserError when it is unreadable or
-        was computed under settings other than `settings`."""
+        was computed under settings other than `settings`.
+
+        In a multi-host job every host gets process 0's answer (a host may look before or after
+        process 0 writes the record; a record that process 0 found is read again after it)."""
+        record = self._read(key, settings)
+        if not distributed.agree(record is not None):
+            return None
+        return record if record is not None else self._read(key, settings)
+
+    def _read(self, key: str, settings: str) -> Optional[dict]:
+        """`read` on this host alone."""
         path = self.path(key)
         if not os.path.exists(path):
             return None

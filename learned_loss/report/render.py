@@ -46,7 +46,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from learned_loss.core import errors, files
+from learned_loss.core import distributed, errors, files
 from learned_loss.core import metrics as metrics_lib
 from learned_loss.rlhf import overoptimization
 from learned_loss.report import studies as study_report
@@ -744,7 +744,13 @@ def render_html(inputs: Inputs, sections: Sequence[Section]) -> str:
 def write(workdir: str) -> dict[str, str]:
     """Writes WORKDIR/report.md, report.html, plots/*.png and, with cells, findings.json from
     the workdir alone. Each file is replaced atomically; on a malformed input nothing is
-    written (the old report stays)."""
+    written (the old report stays). In a multi-host job every host waits here until all have
+    written their results, then process 0 writes the report and the others return its paths."""
+    paths = {"markdown": os.path.join(workdir, REPORT_MD),
+             "html": os.path.join(workdir, REPORT_HTML)}
+    distributed.barrier("results written, the report next")
+    if not distributed.is_writer():
+        return paths
     inputs = load(workdir)
     sections, record = comparison_sections(inputs) if inputs.cells else ([], None)
     sections += inputs.sections
@@ -754,8 +760,6 @@ def write(workdir: str) -> dict[str, str]:
     for section in sections:
         for name, png in section.images.items():
             files.write_atomic(os.path.join(workdir, PLOTS, name), png)
-    paths = {"markdown": os.path.join(workdir, REPORT_MD),
-             "html": os.path.join(workdir, REPORT_HTML)}
     if record is not None:
         paths["findings"] = os.path.join(workdir, FINDINGS)
         files.write_atomic(paths["findings"], (json.dumps(record, indent=2, sort_keys=True,

@@ -609,8 +609,9 @@ def run(config, workdir: str) -> dict:
     for algorithm in algorithms(config):
         stage_dir = os.path.join(workdir, algorithm)
         runs[algorithm] = rl_curve(stage_dir, initial)
-        trained = policy.load(stage_dir)
-        after = evaluator.samples_of(trained.model, trained.params)
+        trained = policy.load(stage_dir)  # On this host alone: placed like the reference.
+        after = evaluator.samples_of(trained.model,
+                                     place_frozen(trained.params, trained.config, mesh))
         lengths[algorithm] = length_analysis(before, after, config.analysis.length_buckets)
     result = {
         "sft": {"workdir": sft.workdir, "step": sft.step, **initial},

@@ -462,6 +462,8 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any], log=loggi
                              [step0[(noise, s)] for s in todo], bool(rlhf_objs), chosen)
                 log(f"{grid.progress()} | {objective} on {noise}")
 
+    # The RLHF arms start from the MLE cells' policies, which process 0 wrote.
+    distributed.barrier("token-level cells written")
     for noise in config.noise_order:
         for objective in rlhf_objs:
             for seed in seeds:
