@@ -8,12 +8,14 @@ Saves are atomic (orbax writes to a temporary directory and renames it when comp
 last `keep` are kept. On restore, the newest checkpoint whose metadata reads and whose state
 matches its fingerprint wins; one that fails is moved to `<workdir>/checkpoints_corrupt/` with a
 warning (never deleted), and the previous one is tried.
+
+The workdir may be in a bucket (`gs://...`): orbax writes through etils.epath and tensorstore's
+own GCS driver, and files.py moves a bad checkpoint aside.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -24,7 +26,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from learned_loss.core import errors
+from learned_loss.core import errors, files
 
 CORRUPT_DIR = "checkpoints_corrupt"
 
@@ -71,7 +73,7 @@ class Checkpointer:
           this_process_only: saved by this process alone, with no other host taking part (a
             state that every host of a multi-host job holds whole, saved by process 0).
         """
-        self.workdir = os.path.abspath(workdir)
+        self.workdir = files.absolute(workdir)
         self.directory = os.path.join(self.workdir, "checkpoints")
         self._keep = keep
         self._async = async_save
@@ -155,10 +157,8 @@ class Checkpointer:
         logging.warning("checkpoint %d in %s is unusable: %s; moving it to %s and falling back "
                         "to the previous checkpoint", step, self.directory, why, target)
         if jax.process_index() == 0:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            if os.path.exists(target):
-                shutil.rmtree(target)
-            shutil.move(os.path.join(self.directory, str(step)), target)
+            files.makedirs(os.path.dirname(target))
+            files.replace_dir(os.path.join(self.directory, str(step)), target)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"quarantine checkpoint {step}")
         self._manager.close()
@@ -167,14 +167,14 @@ class Checkpointer:
 
 def finished(workdir: str, step: int) -> bool:
     """Whether `workdir` holds a checkpoint at `step` (a run that reached it)."""
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    if not files.isdir(os.path.join(workdir, "checkpoints")):
         return False
     return step in Checkpointer(workdir, read_only=True).steps()
 
 
 def reached(workdir: str, step: int) -> bool:
     """Whether the newest checkpoint in `workdir` is at `step` or later (read-only)."""
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    if not files.isdir(os.path.join(workdir, "checkpoints")):
         return False
     ckpt = Checkpointer(workdir, read_only=True)
     steps = ckpt.steps()

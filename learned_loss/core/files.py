@@ -131,12 +131,19 @@ def replace_dir(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Non
     if not is_remote(src) and not is_remote(dst):
         os.replace(src, dst)
         return
-    for root, _, names in path(src).walk():
-        for name in names:
-            target = path(dst) / root.relative_to(path(src)) / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            (root / name).copy(target, overwrite=True)
+    _copy_tree(src, dst)
     rmtree(src)
+
+
+def _copy_tree(src: str, dst: str) -> None:
+    """Copies the files under folder `src` to the same names under `dst`."""
+    makedirs(dst)
+    for name in listdir(src):
+        source, target = os.path.join(src, name), os.path.join(dst, name)
+        if isdir(source):
+            _copy_tree(source, target)
+        else:
+            path(source).copy(path(target), overwrite=True)
 
 
 def read_bytes(p: str | os.PathLike[str]) -> bytes:

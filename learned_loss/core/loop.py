@@ -225,6 +225,7 @@ def drive(state: Any, step_fn: Callable[[Any, int], tuple[Any, Mapping[str, Any]
             stop = stopper.should_stop()
             if step % checkpoint_every == 0 or step == num_steps or stop:
                 meta = {} if data is None else {"data": data.get_state()}
+                writer.flush()  # The log holds every step the checkpoint holds (a bucket's).
                 ckpt.save(step, state, dict(meta, model=dict(model_config)))
             if stop:
                 logging.warning("SIGTERM received: saved checkpoint %d, stopping", step)

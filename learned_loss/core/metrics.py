@@ -14,6 +14,11 @@
   ``"-inf"`` (strict JSON has no NaN literal; ``null`` would lose which one it
   was). `read_metrics` turns them back into floats.
 
+  In a bucket (a ``gs://`` workdir) an object cannot be appended to: the writer keeps the log
+  and rewrites both objects whole (an upload is atomic) at most every `REMOTE_FLUSH_SECONDS`,
+  at `flush` (the training loop calls it before each checkpoint, so the log holds every step a
+  checkpoint holds) and at `close`.
+
 * `read_tensorboard_scalars`: the scalars of an event file (or a folder of
   them) back, each frame's CRCs checked.
 
@@ -44,6 +49,9 @@ from learned_loss.core import files
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+# Seconds between uploads of a bucket workdir's metrics: GCS takes about one update of an
+# object per second, and each upload rewrites the whole log.
+REMOTE_FLUSH_SECONDS = 10.0
 
 # ---------------------------------------------------------------------------
 # JSONL metrics.
@@ -90,10 +98,9 @@ def _parse_lines(text: str, path: str) -> list[dict[str, Any]]:
 def read_metrics(workdir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Reads ``workdir/metrics.jsonl``; ``"nan"``/``"inf"`` become floats."""
     path = os.path.join(os.fspath(workdir), METRICS_FILE)
-    if not os.path.exists(path):
+    if not files.exists(path):
         return []
-    with open(path, encoding="utf-8") as f:
-        return [_from_json(r) for r in _parse_lines(f.read(), path)]
+    return [_from_json(r) for r in _parse_lines(files.read_text(path), path)]
 
 
 def truncate_after(workdir: str | os.PathLike[str], step: int) -> int:
@@ -106,16 +113,18 @@ def truncate_after(workdir: str | os.PathLike[str], step: int) -> int:
       The number of records kept.
     """
     path = os.path.join(os.fspath(workdir), METRICS_FILE)
-    if not os.path.exists(path):
+    if not files.exists(path):
         return 0
-    with open(path, encoding="utf-8") as f:
-        kept = [r for r in _parse_lines(f.read(), path) if r["step"] <= step]
+    kept = [r for r in _parse_lines(files.read_text(path), path) if r["step"] <= step]
     files.write_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
     return len(kept)
 
 
 def _ends_torn(path: str) -> bool:
     """Whether the file exists, is non-empty and lacks a final newline."""
+    if files.is_remote(path):
+        data = files.read_bytes(path) if files.exists(path) else b""
+        return bool(data) and not data.endswith(b"\n")
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -140,7 +149,8 @@ def _open_events(logdir: str, *, purge_step: int | None) -> EventsWriter:
     ``SessionLog.START`` event at that step follows (TensorBoard then discards
     events at steps >= it from older files: the restart of a resumed run).
     """
-    os.makedirs(logdir, exist_ok=True)
+    if not files.is_remote(logdir):  # tensorboardX uploads gs:// objects itself.
+        os.makedirs(logdir, exist_ok=True)
     writer = EventsWriter(os.path.join(logdir, "events"),
                           filename_suffix=f".{os.getpid()}.{next(_FILE_COUNTER)}")
     if purge_step is not None:
@@ -160,8 +170,7 @@ def read_records(path: str | os.PathLike[str]) -> list[bytes]:
     Raises:
       ValueError: if a length or data CRC does not match.
     """
-    with open(path, "rb") as f:
-        buf = f.read()
+    buf = files.read_bytes(path)
     records, pos = [], 0
     while pos + 12 <= len(buf):
         header = buf[pos:pos + 8]
@@ -182,9 +191,9 @@ def read_records(path: str | os.PathLike[str]) -> list[bytes]:
 
 
 def _event_files(path: str) -> list[str]:
-    if not os.path.isdir(path):
+    if not files.isdir(path):
         return [path]
-    names = [n for n in os.listdir(path) if n.startswith("events.out.tfevents.")]
+    names = [n for n in files.listdir(path) if n.startswith("events.out.tfevents.")]
 
     def order(name: str) -> tuple[int, int, str]:
         # events.out.tfevents.{time}.{host}.{pid}.{counter}: by time, counter.
@@ -206,6 +215,28 @@ def read_tensorboard_scalars(path: str | os.PathLike[str]) -> list[tuple[int, st
     stored; steps restarted by a resume are not purged."""
     return [(e.step, v.tag, v.simple_value) for e in read_events(path)
             for v in e.summary.value if v.HasField("simple_value")]
+
+
+class _ObjectLog:
+    """A text log in a bucket, where an object cannot be appended to: the whole text is kept
+    and uploaded (one atomic object write) at `flush` and `close`."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._parts = [files.read_text(path)] if files.exists(path) else []
+        self._pending = False
+
+    def write(self, text: str) -> None:
+        self._parts.append(text)
+        self._pending = True
+
+    def flush(self) -> None:
+        if self._pending:
+            files.write_atomic(self.path, "".join(self._parts))
+            self._pending = False
+
+    def close(self) -> None:
+        self.flush()
 
 
 class MetricWriter:
@@ -234,13 +265,15 @@ class MetricWriter:
         if not enabled:
             return
         workdir = os.fspath(workdir)
-        os.makedirs(workdir, exist_ok=True)
+        self._remote = files.is_remote(workdir)
+        self._flushed = -math.inf
+        files.makedirs(workdir)
         if resume_step is not None:
             truncate_after(workdir, resume_step)
         elif _ends_torn(os.path.join(workdir, METRICS_FILE)):
             truncate_after(workdir, sys.maxsize)  # Appending would bury it.
-        self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a",
-                           encoding="utf-8")
+        path = os.path.join(workdir, METRICS_FILE)
+        self._jsonl = _ObjectLog(path) if self._remote else open(path, "a", encoding="utf-8")
         self._tb = _open_events(os.path.join(workdir, TENSORBOARD_DIR),
                                 purge_step=None if resume_step is None else resume_step + 1)
 
@@ -254,11 +287,18 @@ class MetricWriter:
         record = {"step": int(step)}
         record.update({k: _to_json_float(v) for k, v in values.items()})
         self._jsonl.write(json.dumps(record, sort_keys=True) + "\n")
-        self._jsonl.flush()
         summary = Summary(value=[Summary.Value(tag=k, simple_value=v)
                                  for k, v in sorted(values.items())])
         self._tb.write_event(Event(wall_time=time.time(), step=int(step), summary=summary))
-        self._tb.flush()
+        if not self._remote or time.monotonic() - self._flushed >= REMOTE_FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Writes out every record so far (in a bucket: uploads both logs whole)."""
+        if self._jsonl is not None:
+            self._jsonl.flush()
+            self._tb.flush()
+            self._flushed = time.monotonic()
 
     def close(self) -> None:
         if self._jsonl is not None:
