@@ -1,5 +1,6 @@
 """Helpers for tests that run the entry points as real processes."""
 
+import importlib.metadata
 import json
 import os
 import re
@@ -12,7 +13,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # processes compile many small programs and run each a few steps; `long_run` children train
 # for a minute or more.
 OLDER_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
-FAST_COMPILE = ("--xla_backend_optimization_level=0", OLDER_EMITTERS)
+
+
+def _has_older_emitters() -> bool:
+    """Whether this jaxlib's XLA still has the older CPU fusion emitters (jaxlib 0.11 rejects
+    the flag that picks them), read without importing jax."""
+    version = importlib.metadata.version("jaxlib").split(".")
+    return tuple(int(v) for v in version[:2] if v.isdigit()) < (0, 11)
+
+
+FAST_COMPILE = ("--xla_backend_optimization_level=0",) + (
+    (OLDER_EMITTERS,) if _has_older_emitters() else ())
 FAST_RUN = ("--xla_backend_optimization_level=1",)
 # Set (to "1") by conftest when it chose these flags.
 CHOSEN = "LEARNED_LOSS_TEST_XLA_FLAGS_CHOSEN"
