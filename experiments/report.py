@@ -18,7 +18,7 @@ import os
 
 from absl import flags, logging
 
-from learned_loss.core import cli
+from learned_loss.core import cli, files
 from learned_loss.report import render as report
 from learned_loss.studies import sweep
 from tools import browser
@@ -32,9 +32,11 @@ SCREENSHOT = "report.png"
 def main(argv):
     if len(argv) > 1:
         raise cli.UserError(f"unexpected arguments {argv[1:]}")
-    if not _WORKDIR.value or not os.path.isdir(_WORKDIR.value):
+    if not _WORKDIR.value or not files.isdir(_WORKDIR.value):
         raise cli.UserError(f"--workdir must be an existing folder, got {_WORKDIR.value!r}")
-    if os.path.exists(os.path.join(_WORKDIR.value, sweep.SWEEP_FILE)):
+    if _SCREENSHOT.value:  # Chromium opens a local file.
+        files.local_only(_WORKDIR.value, "--workdir with --screenshot")
+    if files.exists(os.path.join(_WORKDIR.value, sweep.SWEEP_FILE)):
         paths = report.write_sweep(_WORKDIR.value)
     else:
         paths = report.write(_WORKDIR.value)

@@ -52,6 +52,7 @@ def start() -> str:
         logging.getLogger("gcp_storage_emulator").setLevel(logging.WARNING)
         port = runs.free_port()
         server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
+        server._api.daemon = True  # pylint: disable=protected-access  (exit never waits on it)
         server.start()
         server._api._httpd.handle_error = _quiet  # pylint: disable=protected-access
         atexit.register(server.stop)

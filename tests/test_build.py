@@ -26,6 +26,7 @@ THIRD_PARTY = {
     "numpy": "numpy", "scipy": "scipy", "matplotlib": "matplotlib", "pytest": "pytest",
     "importlib_resources": "importlib_resources", "evosax": "evosax",
     "tensorboardX": "tensorboardX", "rapidfuzz": "rapidfuzz", "submitit": "submitit",
+    "etils": "etils", "gcp_storage_emulator": "gcp-storage-emulator",
 }
 OWN_PACKAGES = ("learned_loss", "configs", "experiments", "tests", "benchmarks", "tools")
 

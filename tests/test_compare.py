@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from configs import compare as compare_config
-from learned_loss.core import checkpoint, cli, pretraining, train
+from learned_loss.core import checkpoint, cli, files, pretraining, train
 from learned_loss.data import tasks
 from learned_loss.objectives import artifact
 from learned_loss.studies import arms, compare, sweep, token_arms
-from tests import runs
+from tests import runs, storage_emulator
 from tools import browser
 
 MODULE = "experiments.compare_objectives"
@@ -185,6 +185,32 @@ def test_two_processes_compute_the_cells_of_one(smoke, cache, tmp_path):
     assert starts[0]["devices"]["process_index"] == 0
     assert _table((workdir / "report.md").read_text()).keys() == _table(
         (smoke / "report.md").read_text()).keys()
+
+
+def test_a_comparison_runs_end_to_end_in_a_bucket(cache):
+    """--workdir=gs://...: the cells, provenance, tuning-free report, findings and plots are
+    written to the bucket (a local GCS emulator) and read back from there; the pre-training
+    cache stays local (a bucket cannot hold its file lock: refused in one line)."""
+    workdir = storage_emulator.new_folder("compare")
+    result = _run(workdir, cache, "--config.objectives=('mle','mle_clean')")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not os.path.exists(os.path.join(runs.ROOT, "gs:"))  # Nothing went to ./gs:/...
+    names = sorted(files.listdir(os.path.join(workdir, "cells")))
+    assert names == [f"{o}-swap30-s{s}.json" for o in ("mle", "mle_clean") for s in (0, 1)]
+    cells = {n[:-len(".json")]: files.read_json(os.path.join(workdir, "cells", n))
+             for n in names}
+    rows = _table(files.read_text(os.path.join(workdir, "report.md")))
+    ems = [cells[f"mle-swap30-s{s}"]["metrics"]["exact_match"] for s in (0, 1)]
+    assert rows[("swap30", "mle")][0].startswith(f"{np.mean(ems):.3f} ± ")
+    assert "<html" in files.read_text(os.path.join(workdir, "report.html"))
+    assert files.read_json(os.path.join(workdir, "findings.json"))
+    assert len(files.listdir(os.path.join(workdir, "plots"))) == 3
+    start = files.read_json(os.path.join(workdir, "provenance.json"))["starts"][-1]
+    config = compare_config.get_config("smoke")
+    assert start["extra"]["pretrain"]["cache_key"] == pretraining.cache_key(config.pretrain)
+    assert start["extra"]["pretrain"]["workdir"].startswith(str(cache))
+    with pytest.raises(cli.UserError, match="pre-training cache .* must be a local folder"):
+        pretraining.cache_root(workdir)
 
 
 def test_a_cell_trained_with_another_tuned_setting_is_refused(tmp_path):

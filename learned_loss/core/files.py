@@ -30,11 +30,16 @@ import shutil
 import tempfile
 from typing import Any
 
+import fsspec  # etils.epath's gs:// backend (comes with etils[epath])
 from etils import epath
 
 from learned_loss.core import distributed, errors
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+# gcsfs caches folder listings, but other processes (a multi-host job's, the next stage's) and
+# other clients (tensorboardX's and tensorstore's own uploads) write to the same folders: list
+# afresh each time.
+fsspec.config.conf.setdefault("gcs", {})["use_listings_cache"] = False
 
 
 def is_remote(path: str | os.PathLike[str]) -> bool:
@@ -90,11 +95,13 @@ def listdir(p: str | os.PathLike[str]) -> list[str]:
 
 def glob(folder: str | os.PathLike[str], pattern: str) -> list[str]:
     """The sorted paths of the entries of `folder` whose names match `pattern` (one level, no
-    '/' in the pattern); [] when `folder` is not there."""
+    '/' in the pattern; as glob.glob, '*' does not match a leading '.'); [] when `folder` is not
+    there."""
     if not isdir(folder):
         return []
+    hidden = pattern.startswith(".")
     return sorted(os.path.join(os.fspath(folder), name) for name in listdir(folder)
-                  if fnmatch.fnmatchcase(name, pattern))
+                  if fnmatch.fnmatchcase(name, pattern) and (hidden or not name.startswith(".")))
 
 
 def makedirs(p: str | os.PathLike[str]) -> None:
@@ -123,14 +130,20 @@ def rmtree(p: str | os.PathLike[str]) -> None:
 
 
 def replace_dir(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
-    """Moves folder `src` to `dst`, replacing what was there. Locally one os.replace (atomic
-    when `dst` is not there or empty); in a bucket, where a folder is only a name prefix, its
-    objects are copied and the source removed (not atomic: a reader in between may see both)."""
+    """Moves folder `src` to `dst`, replacing what was there. Locally by renames: the old `dst`
+    is moved aside to `dst.old` first and removed last, so `dst` is never half written; in a
+    bucket, where a folder is only a name prefix, the objects are copied and the source
+    removed (not atomic: a reader in between may see a partial `dst`)."""
     src, dst = os.fspath(src), os.fspath(dst)
-    rmtree(dst)
     if not is_remote(src) and not is_remote(dst):
-        os.replace(src, dst)
+        old = dst + ".old"
+        shutil.rmtree(old, ignore_errors=True)
+        if os.path.exists(dst):
+            os.rename(dst, old)
+        os.rename(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
         return
+    rmtree(dst)
     _copy_tree(src, dst)
     rmtree(src)
 

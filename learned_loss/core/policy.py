@@ -8,13 +8,12 @@ evaluating or sampling from a run never races with, or damages, the run itself.
 
 from __future__ import annotations
 
-import os
 from typing import Any, NamedTuple
 
 import jax
 import ml_collections
 
-from learned_loss.core import cli, provenance, train
+from learned_loss.core import cli, files, provenance, train
 from learned_loss.core import checkpoint as checkpoint_lib
 from learned_loss.core import model as model_lib
 
@@ -29,7 +28,7 @@ class Policy(NamedTuple):
 
 def run_config(workdir: str) -> ml_collections.ConfigDict:
     """The resolved config of the run's latest start, from its provenance.json."""
-    starts = provenance.read(workdir) if os.path.isdir(workdir) else []
+    starts = provenance.read(workdir) if files.isdir(workdir) else []
     if not starts:
         raise cli.UserError(f"{workdir} has no provenance.json; pass the workdir of a "
                             f"pre-training or fine-tuning run")

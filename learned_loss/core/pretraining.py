@@ -20,7 +20,7 @@ from absl import logging
 
 from learned_loss import objectives
 from learned_loss.core import checkpoint, distributed, loop, policy, provenance, sharding, store
-from learned_loss.core import train
+from learned_loss.core import files, train
 from learned_loss.core import model as model_lib
 from learned_loss.data import paths, pipeline, tasks, text_corpus, tokenizer
 from learned_loss.objectives import mle
@@ -131,9 +131,14 @@ def run(config, workdir: str) -> dict:
 
 
 def cache_root(configured: str = "") -> str:
-    """The cache folder: `configured`, else $LEARNED_LOSS_CACHE, else ~/.cache/learned_loss."""
-    return configured or os.environ.get("LEARNED_LOSS_CACHE") or os.path.join(
+    """The cache folder: `configured`, else $LEARNED_LOSS_CACHE, else ~/.cache/learned_loss.
+    It must be local (cli.UserError for a bucket): parallel runs share an entry through an
+    fcntl lock file, which an object store cannot hold."""
+    root = configured or os.environ.get("LEARNED_LOSS_CACHE") or os.path.join(
         os.path.expanduser("~"), ".cache", "learned_loss")
+    return files.local_only(root, "the pre-training cache (config.cache_dir or "
+                                  "$LEARNED_LOSS_CACHE; parallel runs share it through a file "
+                                  "lock, which a bucket cannot hold)")
 
 
 def cache_key(config) -> str:

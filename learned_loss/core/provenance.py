@@ -214,10 +214,9 @@ def collect(config: Any, *, corpus_hash: str | None = None, mesh: Any = None,
 def read(workdir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Returns the records of every start of the run, oldest first."""
     path = os.path.join(os.fspath(workdir), PROVENANCE_FILE)
-    if not os.path.exists(path):
+    if not files.exists(path):
         return []
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+    data = files.read_json(path)
     if isinstance(data, dict) and isinstance(data.get("starts"), list):
         return data["starts"]
     return [data]  # A bare record (older layout): treat it as the only start.
@@ -236,7 +235,7 @@ def write(workdir: str | os.PathLike[str], record: Mapping[str, Any]) -> str:
       The path of the file.
     """
     workdir = os.fspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    files.makedirs(workdir)
     path = os.path.join(workdir, PROVENANCE_FILE)
     starts = read(workdir) + [to_jsonable(record)]
     files.write_json(path, {"starts": starts}, allow_nan=False)

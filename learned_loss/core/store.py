@@ -43,7 +43,7 @@ class Store:
         return os.path.join(self.root, f"{key}.json")
 
     def exists(self, key: str) -> bool:
-        return os.path.exists(self.path(key))
+        return files.exists(self.path(key))
 
     def read(self, key: str, settings: str) -> Optional[dict]:
         """The record of `key` (None when there is none); cli.UserError when it is unreadable or
@@ -59,11 +59,10 @@ class Store:
     def _read(self, key: str, settings: str) -> Optional[dict]:
         """`read` on this host alone."""
         path = self.path(key)
-        if not os.path.exists(path):
+        if not files.exists(path):
             return None
         try:
-            with open(path, encoding="utf-8") as f:
-                record = json.load(f)
+            record = files.read_json(path)
             found = record[HASH_KEY]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise cli.UserError(f"{path} is unreadable ({e!r}); {self.fix}") from None
@@ -95,10 +94,9 @@ def add_seconds(timing: str, seconds: float) -> float:
 
 def recorded_seconds(timing: str, default: float = float("nan")) -> float:
     """The seconds kept in `timing` (`default` when a stage ran before timing was kept)."""
-    if not os.path.exists(timing):
+    if not files.exists(timing):
         return default
-    with open(timing, encoding="utf-8") as f:
-        return float(json.load(f)["seconds"])
+    return float(files.read_json(timing)["seconds"])
 
 
 def ensure(what: str, done: Callable[[], bool], build: Callable[[], Any], where: str,

@@ -77,7 +77,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import re
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -86,7 +85,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from learned_loss.core import errors
+from learned_loss.core import errors, files
 from learned_loss.data import builders, tasks
 from learned_loss.data.tasks import Example, partition, TaskError
 
@@ -544,7 +543,7 @@ def build_instruction_tasks(
     return TasksInfo(
         config_name=config.name,
         config_hash=content_key(spec),
-        data_dir=os.path.abspath(data_dir),
+        data_dir=files.absolute(data_dir),
         builder_dir=str(builder.data_dir),
         families=spec.families,
         examples_per_family=spec.examples_per_family,

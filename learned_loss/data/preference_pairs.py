@@ -49,13 +49,13 @@ dataset is keyed by a hash of every argument (policy samples included).
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from learned_loss.core import files
 from learned_loss.data import builders, instruction_tasks, tasks
 from learned_loss.data.instruction_tasks import DEFAULT_SPLITS
 from learned_loss.data.instruction_tasks import decode_record  # noqa: F401 (re-exported)
@@ -377,7 +377,7 @@ def build_preference_pairs(
     return PairsInfo(
         config_name=config.name,
         config_hash=hash_hex,
-        data_dir=os.path.abspath(data_dir),
+        data_dir=files.absolute(data_dir),
         builder_dir=str(builder.data_dir),
         families=names,
         pairs_per_family=spec.pairs_per_family,

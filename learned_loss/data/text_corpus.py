@@ -53,6 +53,7 @@ from typing import Any
 import tensorflow_datasets as tfds
 
 from learned_loss.core import errors
+from learned_loss.core import files as files_lib
 from learned_loss.data import builders
 
 SPLITS = ("train", "validation", "test")
@@ -385,7 +386,7 @@ def build_text_corpus(
         valid_fraction=valid_fraction,
         corpus_hash=hash_hex,
         config_name=config.name,
-        data_dir=os.path.abspath(data_dir),
+        data_dir=files_lib.absolute(data_dir),
         builder_dir=str(builder.data_dir),
         num_files={name: len(files) for name, files in splits.items()},
         num_bytes={

@@ -286,7 +286,7 @@ def interpret(config, workdir: str, setup: PreferenceSetup | None = None) -> dic
                             "artifact to interpret (WORKDIR/artifact of a meta-training run)")
     found = artifact.load(path, expected_name=NAME)
     theta = {k: jnp.asarray(v) for k, v in found.theta.items()}
-    os.makedirs(workdir, exist_ok=True)
+    files.makedirs(workdir)
     setup = PreferenceSetup(config) if setup is None else setup
     x = run_margins(setup, theta, config.interpret.steps, config.interpret.snapshots)
     values = interpret_lib.preference_values(theta, x)

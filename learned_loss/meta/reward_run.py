@@ -105,7 +105,7 @@ class Setup:
         self.mesh = sharding.config_mesh(rc.mesh)
         self.families = rlhf_pipeline.task_families(rc, self.sft.config)
         self.stage_dir = config.rlhf_workdir or os.path.join(workdir, "rlhf")
-        os.makedirs(self.stage_dir, exist_ok=True)
+        files.makedirs(self.stage_dir)
         self.info = rlhf_pipeline.build_preferences(rc, self.sft, self.families, self.stage_dir)
         self.reward = rlhf_pipeline.train_reward_model(
             rc, self.sft, self.info, self.mesh, os.path.join(self.stage_dir, "reward_model"))
@@ -186,7 +186,7 @@ def outer_optimizer(oc) -> optax.GradientTransformation:
 def finished(config, workdir: str) -> bool:
     """Whether the workdir holds the artifact and an outer checkpoint at outer.num_steps or
     later (then a re-run leaves everything as it is, and skips the set-up)."""
-    return (os.path.isdir(os.path.join(workdir, ARTIFACT))
+    return (files.isdir(os.path.join(workdir, ARTIFACT))
             and checkpoint_lib.reached(workdir, config.outer.num_steps))
 
 
@@ -254,7 +254,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     if finished(config, workdir):
         logging.info("meta-training in %s is finished; its artifact is kept as it is", workdir)
         return {}
-    os.makedirs(workdir, exist_ok=True)
+    files.makedirs(workdir)
     s = Setup(config, workdir)
     oc, ec = config.outer, config.estimator
     theta0 = learned.init_reward(jax.random.key(config.seed), hidden=config.reward.hidden)

@@ -272,7 +272,7 @@ def run_offline(config, workdir: str, setup=None) -> dict[str, float]:
     metrics. setup: the objective's half (default: `Setup(config)`, the token loss)."""
     s = Setup(config) if setup is None else setup
     oc = config.outer
-    if (os.path.isdir(os.path.join(workdir, ARTIFACT))
+    if (files.isdir(os.path.join(workdir, ARTIFACT))
             and checkpoint_lib.reached(workdir, oc.num_steps)):
         logging.info("meta-training in %s is finished; its artifact is kept as it is", workdir)
         return {}

@@ -15,12 +15,11 @@ import hashlib
 import io
 import json
 import os
-import shutil
 from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
-from learned_loss.core import distributed, errors
+from learned_loss.core import distributed, errors, files
 
 THETA = "theta.npz"
 RECORD = "artifact.json"
@@ -54,19 +53,12 @@ def save(path: str, name: str, theta: Mapping[str, Any], settings: Mapping[str, 
     record = {"name": name, "settings": _jsonable(settings), "config": _jsonable(config),
               "provenance": _jsonable(provenance or {}),
               "theta_sha256": hashlib.sha256(data).hexdigest()}
-    path = os.path.abspath(path)
-    tmp, old = path + ".tmp", path + ".old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    with open(os.path.join(tmp, THETA), "wb") as f:
-        f.write(data)
-    with open(os.path.join(tmp, RECORD), "w") as f:
-        json.dump(record, f, indent=2, sort_keys=True)
-    shutil.rmtree(old, ignore_errors=True)
-    if os.path.exists(path):
-        os.rename(path, old)
-    os.rename(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    path = files.absolute(path)
+    tmp = path + ".tmp"
+    files.rmtree(tmp)
+    files.write_atomic(os.path.join(tmp, THETA), data)
+    files.write_atomic(os.path.join(tmp, RECORD), json.dumps(record, indent=2, sort_keys=True))
+    files.replace_dir(tmp, path)
 
 
 def load(path: str, expected_name: str | None = None) -> Artifact:
@@ -77,15 +69,13 @@ def load(path: str, expected_name: str | None = None) -> Artifact:
         of another objective than `expected_name`.
     """
     record_path, theta_path = os.path.join(path, RECORD), os.path.join(path, THETA)
-    if not (os.path.isfile(record_path) and os.path.isfile(theta_path)):
+    if not (files.isfile(record_path) and files.isfile(theta_path)):
         raise ArtifactError(f"no learned-objective artifact at {path!r} (expected {RECORD} and "
                             f"{THETA}); point objective.path at WORKDIR/artifact of a finished "
                             f"experiments/meta_train.py run")
     try:
-        with open(record_path) as f:
-            record = json.load(f)
-        with open(theta_path, "rb") as f:
-            data = f.read()
+        record = files.read_json(record_path)
+        data = files.read_bytes(theta_path)
     except (OSError, ValueError) as e:
         raise ArtifactError(f"unreadable artifact at {path!r}: {e}") from e
     if hashlib.sha256(data).hexdigest() != record.get("theta_sha256"):

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import glob
 import html
 import json
 import math
@@ -99,8 +98,7 @@ class Inputs:
 
 def _read_json(path: str) -> Any:
     try:
-        with open(path) as f:
-            return json.load(f)
+        return files.read_json(path)
     except json.JSONDecodeError as e:
         raise ReportError(f"{path} is not valid JSON ({e}); re-run the cell that wrote it") from e
 
@@ -113,7 +111,7 @@ def check_cell(cell: Mapping[str, Any], path: str) -> None:
 
 def load(workdir: str) -> Inputs:
     """Reads the report's inputs from `workdir` (see the module docstring)."""
-    paths = sorted(glob.glob(os.path.join(workdir, "cells", "*.json")))
+    paths = files.glob(os.path.join(workdir, "cells"), "*.json")
     if not paths and not study_report.study_files(workdir):
         raise ReportError(f"no cells in {workdir}/cells and no study results; run "
                           f"experiments/compare_objectives.py (or a study such as "
@@ -128,15 +126,15 @@ def load(workdir: str) -> Inputs:
         check_cell(cell, path)
         cells.append(cell)
     meta = {}
-    for path in sorted(glob.glob(os.path.join(workdir, "meta", "*", "metrics.jsonl"))):
-        meta[os.path.basename(os.path.dirname(path))] = metrics_lib.read_metrics(
-            os.path.dirname(path))
+    for run_dir in files.glob(os.path.join(workdir, "meta"), "*"):
+        if files.exists(os.path.join(run_dir, metrics_lib.METRICS_FILE)):
+            meta[os.path.basename(run_dir)] = metrics_lib.read_metrics(run_dir)
     over = os.path.join(workdir, "overoptimization.json")
     prov = os.path.join(workdir, "provenance.json")
     tuned = os.path.join(workdir, tuning.FILE)
-    return Inputs(cells, meta, _read_json(over) if os.path.exists(over) else None,
-                  _read_json(prov) if os.path.exists(prov) else None, sections,
-                  _read_json(tuned) if os.path.exists(tuned) else [])
+    return Inputs(cells, meta, _read_json(over) if files.exists(over) else None,
+                  _read_json(prov) if files.exists(prov) else None, sections,
+                  _read_json(tuned) if files.exists(tuned) else [])
 
 
 def _last_start(inputs: Inputs) -> dict:
@@ -756,7 +754,7 @@ def write(workdir: str) -> dict[str, str]:
     sections += inputs.sections
     md = markdown(inputs, sections).encode()
     page = render_html(inputs, sections).encode()
-    os.makedirs(os.path.join(workdir, PLOTS), exist_ok=True)
+    files.makedirs(os.path.join(workdir, PLOTS))
     for section in sections:
         for name, png in section.images.items():
             files.write_atomic(os.path.join(workdir, PLOTS, name), png)

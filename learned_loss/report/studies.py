@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from learned_loss.core import errors
+from learned_loss.core import errors, files
 
 SCALING_FILE = "scaling.json"
 DIVERSITY_FILE = "diversity.json"
@@ -506,7 +506,7 @@ STUDIES: tuple[tuple[str, Callable[[Mapping[str, Any]], Section]], ...] = (
 
 
 def study_files(workdir: str) -> list[str]:
-    return [name for name, _ in STUDIES if os.path.exists(os.path.join(workdir, name))]
+    return [name for name, _ in STUDIES if files.exists(os.path.join(workdir, name))]
 
 
 def sections(workdir: str) -> list[Section]:
@@ -514,11 +514,10 @@ def sections(workdir: str) -> list[Section]:
     out = []
     for name, build in STUDIES:
         path = os.path.join(workdir, name)
-        if not os.path.exists(path):
+        if not files.exists(path):
             continue
         try:
-            with open(path) as f:
-                study = json.load(f)
+            study = files.read_json(path)
         except json.JSONDecodeError as e:
             raise StudyError(f"{path} is not valid JSON ({e}); re-run its experiment") from e
         out.append(build(study))

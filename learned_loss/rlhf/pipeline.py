@@ -460,7 +460,7 @@ def shared_settings_hash(config, sft: policy.Policy) -> str:
     (its run and step), the seed, the task and data settings, the labeler, the reward model's
     training and the completion length the pairs are sampled with."""
     return provenance.config_hash({
-        "sft": {"workdir": os.path.abspath(sft.workdir), "step": sft.step},
+        "sft": {"workdir": files.absolute(sft.workdir), "step": sft.step},
         "seed": config.seed, "tasks": config.tasks.to_dict(),
         "preferences": config.preferences.to_dict(),
         "reward_model": config.reward_model.to_dict(),
@@ -578,7 +578,7 @@ def run(config, workdir: str) -> dict:
     shared = config.get("shared_dir", "") or workdir
     # Before anything is written.
     shared_store(shared).read(STAGES, shared_settings_hash(config, sft))
-    os.makedirs(workdir, exist_ok=True)
+    files.makedirs(workdir)
     if jax.process_index() == 0:
         provenance.write(workdir, provenance.collect(config, mesh=mesh, extra={
             "sft": {"workdir": sft.workdir, "step": sft.step}, "families": list(families),

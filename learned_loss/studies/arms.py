@@ -24,14 +24,13 @@ report's "data seen per arm" table.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import types
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from learned_loss.core import pretraining, store
+from learned_loss.core import files, pretraining, store
 from learned_loss.data import preference_pairs, tasks, training_rows
 
 from learned_loss.meta import run as meta_run
@@ -153,7 +152,7 @@ def meta_roles(config, workdir: str, name: str, meta_seed: int = 0) -> dict[str,
     artifact exists (given by path, or finished in the workdir), else what its meta-training
     config will use."""
     path = artifact_path(config, workdir, name, meta_seed)
-    if os.path.isdir(path):
+    if files.isdir(path):
         return token_arms.artifact_roles(path)
     if name == "learned_reward":
         families = reward_families(config)
@@ -210,8 +209,7 @@ def gold_pair_rows(shared_dir: str, seq_len: int) -> training_rows.Demonstration
 
 def pairs_info(shared_dir: str) -> Any:
     """The preference-pair dataset of an RLHF stage (its preferences.json), for load_split."""
-    with open(os.path.join(shared_dir, "preferences.json"), encoding="utf-8") as f:
-        dataset = json.load(f)["dataset"]
+    dataset = files.read_json(os.path.join(shared_dir, "preferences.json"))["dataset"]
     return types.SimpleNamespace(builder_dir=dataset["builder_dir"],
                                  splits=dataset["num_pairs"])
 
@@ -265,6 +263,6 @@ def meta_compute(config, workdir: str, name: str, meta_seed: int = 0) -> dict[st
         out = {}
     out.update(outer_steps=outer, tokens=int(tokens))
     timing = os.path.join(os.path.dirname(path), TIMING)
-    if os.path.exists(timing):
+    if files.exists(timing):
         out["seconds"] = store.recorded_seconds(timing)
     return out

@@ -43,7 +43,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import time
 from typing import Any, Callable, Mapping
 
@@ -112,7 +111,7 @@ def check(config) -> None:
                             "least 1")
     for name in META_TRAINED:
         path = config.artifacts.get(name, "")
-        if name in config.objectives and path and not os.path.isdir(path):
+        if name in config.objectives and path and not files.isdir(path):
             raise cli.UserError(f"artifacts.{name}={path!r} is not a directory; point it at "
                                 f"WORKDIR/artifact of a finished meta-training run, or leave "
                                 f"it empty to meta-train in this run")
@@ -159,7 +158,7 @@ def meta_train(config, workdir: str, name: str, meta_seed: int = 0, pretrained_d
             cfg.rlhf.sft_from = sft_from
             reward_run.run(cfg, meta_dir)
 
-    store.ensure(f"meta-training {name}", lambda: os.path.isdir(path), build, meta_dir,
+    store.ensure(f"meta-training {name}", lambda: files.isdir(path), build, meta_dir,
                  timing=os.path.join(meta_dir, arms_lib.TIMING))
     return path
 
@@ -169,7 +168,7 @@ def reward_sft(config, workdir: str, pre: policy.Policy) -> str:
     clean demonstrations of the reward's own families (never the evaluation families), kept
     in WORKDIR/meta/learned_reward_sft."""
     path = os.path.join(workdir, "meta", REWARD_SFT)
-    if os.path.isdir(path):
+    if files.isdir(path):
         return path
     families = arms_lib.reward_families(config)
     view = noisy_view(config)
@@ -227,15 +226,14 @@ def write_sft(config, workdir: str, inner: Mapping[str, Any], seed: int, familie
     state = train.TrainState(params=inner["params"], opt_state=inner["opt_state"],
                              step=jnp.asarray(step, jnp.int32), rng=rng)
     tmp = workdir + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    files.rmtree(tmp)
     provenance.write(tmp, provenance.collect(sft, extra={
         "kept_by": "compare_objectives", "objective": "mle",
         tasks.roles.RECORD_KEY: tasks.roles.record({"finetune": families})}))
     ckpt = checkpoint_lib.Checkpointer(tmp, async_save=False, this_process_only=True)
     ckpt.save(step, state, {"model": config.model.to_dict()})
     ckpt.close()
-    shutil.rmtree(workdir, ignore_errors=True)
-    os.replace(tmp, workdir)
+    files.replace_dir(tmp, workdir)
 
 
 def sft_dir(workdir: str, noise: str, seed: int) -> str:
@@ -443,7 +441,7 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any], log=loggi
             for m in arms_lib.meta_seeds(config, objective):
                 todo = [s for s in seeds if cell_key(objective, noise, s, m) not in grid.done]
                 if objective == "mle" and rlhf_objs:
-                    todo = sorted(set(todo) | {s for s in seeds if not os.path.isdir(
+                    todo = sorted(set(todo) | {s for s in seeds if not files.isdir(
                         sft_dir(workdir, noise, s))})
                 chosen = tuning.chosen(tables, TOKEN[objective], noise)
                 for s in seeds:
@@ -542,7 +540,7 @@ def _rlhf_cell(config, workdir, grid, objective, noise, seed, data, pre, artifac
     algorithm = RLHF[objective]
     over = os.path.join(workdir, "overoptimization.json")
     # The report's plot; every host takes process 0's view (it writes `over`).
-    first_rl = algorithm != "dpo" and distributed.agree(not os.path.exists(over))
+    first_rl = algorithm != "dpo" and distributed.agree(not files.exists(over))
     r = rlhf_config(config, objective, noise, seed, workdir, artifact, best_of_n=first_rl)
     result = rlhf_pipeline.run(r, run_dir)
     t0 = time.time()
@@ -574,7 +572,7 @@ def _gold_pairs_cell(config, workdir, grid, noise, seed, data, pre):
     """MLE from the pre-trained model on the noisy demonstrations plus the gold answers inside
     the train pairs of this noise kind and seed (the RLHF arms' shared stage), same budget."""
     shared = rlhf_shared_dir(workdir, noise, seed)
-    if not os.path.exists(os.path.join(shared, "preferences.json")):
+    if not files.exists(os.path.join(shared, "preferences.json")):
         raise cli.UserError(f"{GOLD_PAIRS} needs the preference pairs in {shared}, which the "
                             f"RLHF arms build; re-run with an RLHF arm in config.objectives")
     gold = arms_lib.gold_pair_rows(shared, config.data.seq_len)

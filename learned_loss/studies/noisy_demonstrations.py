@@ -14,7 +14,6 @@ t-test p, raw and Holm-adjusted over every test against MLE (learned_loss/studie
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Any, Iterable, Mapping, Sequence
@@ -201,10 +200,9 @@ def tuning_section(workdir: str) -> str:
     """summary.md's tuning section from WORKDIR/tuning.json ('' when nothing was tuned): every
     setting tried and, per noise kind, the best hand-made baseline on the tuning families."""
     path = os.path.join(workdir, tuning.FILE)
-    if not os.path.exists(path):
+    if not files.exists(path):
         return ""
-    with open(path, encoding="utf-8") as f:
-        tables = json.load(f)
+    tables = files.read_json(path)
     best = [f"Best hand-made baseline on {noise} (chosen on the tuning families): {method}."
             for noise, method in tuning.best_baselines(tables).items()]
     return "## Tuning\n\n" + tuning.markdown(tables) + "\n" + "\n\n".join(best) + "\n"

@@ -71,7 +71,7 @@ def check(config) -> None:
     if not config.steps or any(int(n) < 1 for n in config.steps):
         raise cli.UserError(f"steps must be positive step counts, got {tuple(config.steps)}")
     path = config.artifacts.get("learned", "")
-    if path and not os.path.isdir(path):
+    if path and not files.isdir(path):
         raise cli.UserError(f"artifacts.learned={path!r} is not a folder; give the artifact of "
                             f"a finished meta-training run (WORKDIR/artifact) or leave it empty")
 
@@ -126,7 +126,7 @@ def learned_artifact(config, workdir: str) -> str:
     d = config.pretrain.data  # The same corpus as the runs (whatever the command line set).
     m.data.text_dir, m.data.pattern = d.text_dir, d.pattern
     m.data.corpus_valid_fraction, m.data.data_dir = d.valid_fraction, d.data_dir
-    store.ensure("meta-training", lambda: os.path.isdir(path), lambda: meta_run.run(m, meta_dir),
+    store.ensure("meta-training", lambda: files.isdir(path), lambda: meta_run.run(m, meta_dir),
                  meta_dir)
     return path
 
@@ -205,7 +205,7 @@ def advantage(rows: Sequence[Mapping[str, Any]], baseline: str = "mle") -> list[
 def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
     """The whole study (module docstring). Returns what scaling.json holds."""
     check(config)
-    os.makedirs(workdir, exist_ok=True)
+    files.makedirs(workdir)
     todo = points(config)
     artifact = learned_artifact(config, workdir) if "learned" in config.objectives else ""
     corpus = pretraining.prepare_corpus(config.pretrain)

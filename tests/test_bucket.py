@@ -1,0 +1,88 @@
+"""Workdirs in a bucket: each component that reads or writes a workdir, pointed at gs:// on a
+local GCS emulator (tests/storage_emulator.py). The comparison end to end is in
+tests/test_compare.py (test_a_comparison_runs_end_to_end_in_a_bucket)."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from learned_loss.core import checkpoint, cli, files, metrics, provenance, store
+from learned_loss.objectives import artifact
+from tests import storage_emulator
+
+
+@pytest.fixture
+def root():
+    return storage_emulator.new_folder("unit")
+
+
+def test_the_path_layer_in_a_bucket(root):
+    assert files.is_remote(root) and not files.is_remote("/tmp/x") and files.absolute(root) == root
+    cell = os.path.join(root, "cells", "a.json")
+    assert not files.exists(cell) and files.glob(os.path.join(root, "cells"), "*.json") == []
+    files.write_json(cell, {"b": 1})
+    files.write_atomic(os.path.join(root, "cells", ".hidden.json"), "{}")
+    assert files.read_json(cell) == {"b": 1} and files.isfile(cell)
+    assert files.isdir(os.path.join(root, "cells")) and not files.isfile(os.path.join(root, "cells"))
+    assert files.glob(os.path.join(root, "cells"), "*.json") == [cell]  # as glob.glob: no '.x'
+    assert sorted(files.listdir(os.path.join(root, "cells"))) == [".hidden.json", "a.json"]
+    files.write_atomic(os.path.join(root, "new", "deep", "x.bin"), b"\x00\x01")
+    files.write_atomic(os.path.join(root, "old", "stale.txt"), "stale")
+    files.replace_dir(os.path.join(root, "new"), os.path.join(root, "old"))
+    assert files.listdir(os.path.join(root, "old")) == ["deep"]
+    assert files.read_bytes(os.path.join(root, "old", "deep", "x.bin")) == b"\x00\x01"
+    assert not files.exists(os.path.join(root, "new"))
+    files.remove(cell)
+    files.rmtree(os.path.join(root, "old"))
+    files.rmtree(os.path.join(root, "nowhere"))  # nothing to do
+    assert sorted(files.listdir(root)) == ["cells"]
+    with pytest.raises(cli.UserError, match=r"^the cache must be a local folder, got gs://"):
+        files.local_only(root, "the cache")
+
+
+def test_metrics_tensorboard_provenance_and_cells_in_a_bucket(root):
+    with metrics.MetricWriter(root) as writer:
+        for step in (1, 2, 3):
+            writer.write(step, {"loss": 1.0 / step, "nan": float("nan")})
+    got = metrics.read_metrics(root)
+    assert [r["step"] for r in got] == [1, 2, 3] and np.isnan(got[0]["nan"])
+    scalars = metrics.read_tensorboard_scalars(os.path.join(root, metrics.TENSORBOARD_DIR))
+    assert [(s, t) for s, t, _ in scalars if t == "loss"] == [(1, "loss"), (2, "loss"),
+                                                              (3, "loss")]
+    # A resume from step 2 drops step 3; the new records go after it.
+    with metrics.MetricWriter(root, resume_step=2) as writer:
+        writer.write(3, {"loss": 0.25})
+    assert [(r["step"], r["loss"]) for r in metrics.read_metrics(root)][1:] == [(2, 0.5),
+                                                                               (3, 0.25)]
+    assert len(files.listdir(os.path.join(root, metrics.TENSORBOARD_DIR))) == 2
+    provenance.write(root, {"config": {"a": 1}})
+    provenance.write(root, {"config": {"a": 2}})
+    assert [s["config"]["a"] for s in provenance.read(root)] == [1, 2]
+    cells = store.Store(os.path.join(root, "cells"))
+    cells.write("k", "hash", {"x": 1})
+    assert cells.read("k", "hash") == {"x": 1, "config_hash": "hash"}
+    with pytest.raises(cli.UserError, match="other settings"):
+        cells.read("k", "other")
+
+
+def test_a_checkpoint_and_an_artifact_round_trip_through_a_bucket(root):
+    """orbax's arrays go through tensorstore's own GCS driver (TENSORSTORE_GCS_HTTP_URL)."""
+    state = {"w": jnp.arange(6.0).reshape(2, 3), "step": jnp.asarray(3, jnp.int32)}
+    ckpt = checkpoint.Checkpointer(root, async_save=False)
+    ckpt.save(3, state, {"model": {"d": 2}})
+    ckpt.close()
+    assert checkpoint.finished(root, 3) and checkpoint.reached(root, 2)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                            state)
+    restored = checkpoint.Checkpointer(root, read_only=True).restore_latest(
+        abstract, model_config={"d": 2})
+    assert restored.step == 3
+    np.testing.assert_array_equal(restored.state["w"], state["w"])
+    path = os.path.join(root, "artifact")
+    artifact.save(path, "token_loss", {"a": np.ones(3, np.float32)}, {"s": 1}, {"c": 2})
+    loaded = artifact.load(path, expected_name="token_loss")
+    np.testing.assert_array_equal(loaded.theta["a"], np.ones(3, np.float32))
+    assert loaded.settings == {"s": 1}
