@@ -42,7 +42,7 @@ import sys
 
 from absl import flags, logging
 
-from learned_loss.core import cli
+from learned_loss.core import cli, files
 from learned_loss.studies import launchers, sweep
 
 _CONFIG = flags.DEFINE_string("config", None, "Config file and variant, FILE:ARG, defining "
@@ -85,15 +85,13 @@ def slurm_settings() -> launchers.Slurm:
 
 
 def write_tpu_vm(points: list[sweep.Point]) -> None:
-    """Prints the TPU VM script and writes it under a local ROOT."""
+    """Prints the TPU VM script and writes it to ROOT (a bucket, on a pod)."""
     script = launchers.tpu_vm_script(points, _TPU_NAME.value, _TPU_ZONE.value,
                                      _TPU_PROJECT.value, _REMOTE_DIR.value)
-    if not launchers.is_bucket(_WORKDIR.value):
+    if not files.is_remote(_WORKDIR.value):
         logging.warning("--workdir=%s is not a bucket: every worker of a pod writes its own "
                         "copy (fine on a single-host TPU VM)", _WORKDIR.value)
-    path = launchers.write_tpu_vm_script(_WORKDIR.value, script)
-    if path:
-        logging.info("wrote %s", path)
+    logging.info("wrote %s", launchers.write_tpu_vm_script(_WORKDIR.value, script))
     sys.stdout.write(script)
 
 

@@ -34,6 +34,7 @@ from typing import Callable, Sequence
 import submitit
 from submitit.core import utils as submitit_utils
 
+from learned_loss.core import files
 from learned_loss.studies import sweep
 
 TPU_VM_SCRIPT = "launch_tpu_vm.sh"
@@ -67,21 +68,12 @@ def tpu_vm_script(pts: Sequence[sweep.Point], name: str, zone: str | None = None
         "\n".join(lines) + "\n"
 
 
-def is_bucket(path: str) -> bool:
-    """Whether `path` is a URL (gs://...) rather than a local path: storage every worker sees."""
-    return "://" in path
-
-
-def write_tpu_vm_script(root: str, script: str) -> str | None:
-    """Writes `script` to ROOT/launch_tpu_vm.sh (executable) and returns its path; None for a
-    bucket root (the caller prints the script; this module writes no buckets)."""
-    if is_bucket(root):
-        return None
-    os.makedirs(root, exist_ok=True)
-    path = os.path.join(root, TPU_VM_SCRIPT)
-    with open(path, "w") as f:
-        f.write(script)
-    os.chmod(path, 0o755)
+def write_tpu_vm_script(root: str, script: str) -> str:
+    """Writes `script` to ROOT/launch_tpu_vm.sh (in a bucket too; executable where local) and
+    returns its path."""
+    path = files.write_atomic(os.path.join(root, TPU_VM_SCRIPT), script)
+    if not files.is_remote(path):
+        os.chmod(path, 0o755)
     return path
 
 
