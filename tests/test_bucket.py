@@ -9,8 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from learned_loss.core import checkpoint, cli, files, metrics, provenance, store
+from learned_loss.core import checkpoint, cli, files, metrics, pretraining, provenance, store
+from learned_loss.data import paths
 from learned_loss.objectives import artifact
+from learned_loss.studies import sweep
 from tests import storage_emulator
 
 
@@ -86,3 +88,13 @@ def test_a_checkpoint_and_an_artifact_round_trip_through_a_bucket(root):
     loaded = artifact.load(path, expected_name="token_loss")
     np.testing.assert_array_equal(loaded.theta["a"], np.ones(3, np.float32))
     assert loaded.settings == {"s": 1}
+
+
+def test_what_must_stay_local_is_refused_in_one_line(root):
+    """The pre-training cache (an fcntl lock), the dataset folder (ArrayRecord's POSIX files)
+    and a sweep root (each point's log file)."""
+    for refused, what in ((lambda: pretraining.cache_root(root), "the pre-training cache"),
+                          (lambda: paths.data_dir(root), "the dataset folder"),
+                          (lambda: sweep.unfinished([], root), "the sweep root")):
+        with pytest.raises(cli.UserError, match=rf"^{what} .*must be a local folder, got gs://"):
+            refused()

@@ -251,7 +251,9 @@ def device_slots(parallel: int, gpus: Sequence[str], tpu: bool) -> list[dict[str
 def unfinished(pts: Sequence[Point], root: str,
                log: Callable[[str], None] = print) -> tuple[dict[str, dict], list[Point]]:
     """(records, the points to run): the records of ROOT/sweep.json (created), with a done record
-    for each point whose DONE exists (skipped, logged), and the other points in order."""
+    for each point whose DONE exists (skipped, logged), and the other points in order. ROOT must
+    be local (cli.UserError for a bucket): each point's process writes its log there."""
+    files.local_only(root, "the sweep root (--workdir; each point's log is a local file)")
     os.makedirs(root, exist_ok=True)
     records = read_records(root)
     todo = []
