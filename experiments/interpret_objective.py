@@ -53,7 +53,7 @@ def main(argv):
         logging.info("chosen closed form: %s (R^2 %.5f, beyond DPO %.5f)", summary["chosen"],
                      summary["r2"], summary["r2_beyond_dpo"])
         return
-    os.makedirs(workdir, exist_ok=True)
+    files.makedirs(workdir)
     ic = config.interpret
     objective, path = token_arms.method_objective(config, "learned_offline", ic.noise)
     features = artifact.load(path).settings["features"]

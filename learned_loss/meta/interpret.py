@@ -17,6 +17,7 @@ loads like the network (`--config.dpo.learned_path`).
 
 from __future__ import annotations
 
+import io
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -29,6 +30,7 @@ import numpy as np  # noqa: E402
 from scipy import optimize, special  # noqa: E402
 
 
+from learned_loss.core import files  # noqa: E402
 from learned_loss.data import training_rows  # noqa: E402
 from learned_loss.objectives import artifact, learned, mle  # noqa: E402
 
@@ -99,6 +101,15 @@ def choose(fits: Sequence[Mapping[str, Any]], tolerance: float = 0.02) -> Mappin
     return min(good, key=lambda f: len(f["features"]))
 
 
+def _save_figure(fig, path: str) -> str:
+    """Writes `fig` as a PNG to `path` (local or in a bucket, atomically), closes it, and
+    returns the path."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return files.write_atomic(path, buffer.getvalue())
+
+
 def save_closed_form(path: str, fit: Mapping[str, Any], source: str) -> None:
     """The fit as a learned_token_loss artifact (objectives.build reads `closed_form`)."""
     theta = {"bias": np.float32(fit["theta"]["bias"]),
@@ -140,9 +151,7 @@ def plot_token_loss(table: Mapping[str, np.ndarray], weights: np.ndarray,
         title += f"; closed form '{fit['form']}' R^2 {fit['r2']:.3f}"
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def plot_preference_loss(theta: Mapping[str, Any], path: str, beta_delta_max: float = 10.0,
@@ -170,9 +179,7 @@ def plot_preference_loss(theta: Mapping[str, Any], path: str, beta_delta_max: fl
     ax.set_ylabel("loss")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 # ---- the learned preference loss ---------------------------------------------------------------
