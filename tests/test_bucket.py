@@ -83,6 +83,15 @@ def test_a_checkpoint_and_an_artifact_round_trip_through_a_bucket(root):
         abstract, model_config={"d": 2})
     assert restored.step == 3
     np.testing.assert_array_equal(restored.state["w"], state["w"])
+    # A newer checkpoint whose metadata does not read is moved aside in the bucket; 3 is
+    # restored.
+    ckpt = checkpoint.Checkpointer(root, keep=2, async_save=False)
+    ckpt.save(4, jax.tree.map(lambda x: x + 1, state), {"model": {"d": 2}})
+    files.write_atomic(os.path.join(root, "checkpoints", "4", "meta", "metadata"), b"{not json")
+    assert ckpt.restore_latest(abstract, model_config={"d": 2}).step == 3
+    ckpt.close()
+    assert files.listdir(os.path.join(root, checkpoint.CORRUPT_DIR)) == ["4"]
+    assert sorted(files.listdir(os.path.join(root, "checkpoints"))) == ["3"]
     path = os.path.join(root, "artifact")
     artifact.save(path, "token_loss", {"a": np.ones(3, np.float32)}, {"s": 1}, {"c": 2})
     loaded = artifact.load(path, expected_name="token_loss")
