@@ -43,6 +43,11 @@ def test_the_path_layer_in_a_bucket(root):
     assert sorted(files.listdir(root)) == ["cells"]
     with pytest.raises(cli.UserError, match=r"^the cache must be a local folder, got gs://"):
         files.local_only(root, "the cache")
+    # A mistyped bucket is an error, not a new bucket.
+    files.makedirs("gs://no-such-bucket/run")
+    with pytest.raises(FileNotFoundError):
+        files.write_json("gs://no-such-bucket/run/x.json", {})
+    assert not files.exists("gs://no-such-bucket")
 
 
 def test_metrics_tensorboard_provenance_and_cells_in_a_bucket(root):

@@ -105,10 +105,10 @@ def glob(folder: str | os.PathLike[str], pattern: str) -> list[str]:
 
 
 def makedirs(p: str | os.PathLike[str]) -> None:
-    """Makes folder `p` and its parents (nothing to do where it exists)."""
-    if is_remote(p):
-        path(p).mkdir(parents=True, exist_ok=True)
-    else:
+    """Makes folder `p` and its parents (nothing to do where it exists). In a bucket a folder is
+    only a name prefix: nothing is made (gcsfs's makedirs would create a missing bucket, so a
+    mistyped bucket name would become a new bucket rather than an error)."""
+    if not is_remote(p):
         os.makedirs(p, exist_ok=True)
 
 
@@ -188,7 +188,6 @@ def write_atomic(path_: str | os.PathLike[str], data: bytes | str) -> str:
         return p
     data = data.encode("utf-8") if isinstance(data, str) else data
     if is_remote(p):
-        path(p).parent.mkdir(parents=True, exist_ok=True)
         path(p).write_bytes(data)
         return p
     folder = os.path.dirname(os.path.abspath(p))
