@@ -1,11 +1,14 @@
 """A stand-in entry point for sweep tests: writes one compare cell per objective into
 --workdir from its --config.lr and --config.seeds overrides; --config.lr=fail exits 3, and
---config.lr=preempt stops on SIGTERM through the entry points' own path (cli.run, loop)."""
+--config.lr=preempt stops on SIGTERM through the entry points' own path (cli.run, loop). The
+workdir may be in a bucket (written through etils.epath, as the package's files are)."""
 
 import json
 import os
 import signal
 import sys
+
+from etils import epath
 
 
 def preempted() -> None:
@@ -25,16 +28,16 @@ def main(argv):
         print("lr must be a number", file=sys.stderr)
         sys.exit(3)
     lr = float(args["config.lr"])
-    workdir = args["workdir"]
-    os.makedirs(os.path.join(workdir, "cells"), exist_ok=True)
-    with open(os.path.join(workdir, "gpus.txt"), "w") as f:  # the GPUs the sweep gave it
-        f.write(os.environ.get("CUDA_VISIBLE_DEVICES", "-"))
+    workdir = epath.Path(args["workdir"])
+    if not args["workdir"].startswith("gs://"):
+        (workdir / "cells").mkdir(parents=True, exist_ok=True)
+    # The GPUs the sweep gave it.
+    (workdir / "gpus.txt").write_text(os.environ.get("CUDA_VISIBLE_DEVICES", "-"))
     for objective, offset in (("mle", 0.0), ("learned_token_loss", 0.1)):
         for seed in range(int(args.get("config.seeds", "2"))):
             cell = {"objective": objective, "noise": "swap30", "seed": seed,
                     "metrics": {"exact_match": lr / 10 + offset + 0.01 * seed}}
-            with open(os.path.join(workdir, "cells", f"{objective}-{seed}.json"), "w") as f:
-                json.dump(cell, f)
+            (workdir / "cells" / f"{objective}-{seed}.json").write_text(json.dumps(cell))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ import pytest
 from learned_loss.core import checkpoint, cli, files, metrics, pretraining, provenance, store
 from learned_loss.data import paths
 from learned_loss.objectives import artifact
-from learned_loss.studies import sweep
+from learned_loss.report import render
+from learned_loss.studies import launchers, sweep
 from tests import storage_emulator
 
 
@@ -106,9 +107,35 @@ def test_a_checkpoint_and_an_artifact_round_trip_through_a_bucket(root):
 
 def test_what_must_stay_local_is_refused_in_one_line(root):
     """The pre-training cache (an fcntl lock), the dataset folder (ArrayRecord's POSIX files)
-    and a sweep root (each point's log file)."""
+    and a SLURM sweep's root (submitit's job files)."""
+    slurm = launchers.Slurm(cluster="local")
     for refused, what in ((lambda: pretraining.cache_root(root), "the pre-training cache"),
                           (lambda: paths.data_dir(root), "the dataset folder"),
-                          (lambda: sweep.unfinished([], root), "the sweep root")):
+                          (lambda: launchers.run_slurm([], root, slurm), "--workdir with")):
         with pytest.raises(cli.UserError, match=rf"^{what} .*must be a local folder, got gs://"):
             refused()
+
+
+def test_a_sweep_runs_its_points_into_a_bucket_and_reports_them(root, tmp_path):
+    """The local launcher with a gs:// root: each point's workdir, log (uploaded when the point
+    ends), DONE, ROOT/sweep.json and the sweep's report are in the bucket."""
+    config = tmp_path / "sweepcfg.py"
+    config.write_text("from learned_loss.studies import sweep\n"
+                      "def get_sweep(arg):\n"
+                      "    return sweep.product(lr=[1.0, 'fail'], seeds=[1])\n")
+    pts = sweep.points(f"{config}:tiny", root, "tests.sweep_entry")
+    records = sweep.run(pts, root, log=lambda line: None)
+    assert [records[p.name]["status"] for p in pts] == ["done", "failed"]
+    assert sweep.read_records(root) == records
+    done, failed = (os.path.join(root, "points", p.name) for p in pts)
+    assert files.exists(os.path.join(done, "DONE")) and not files.exists(
+        os.path.join(failed, "DONE"))
+    assert sorted(files.listdir(os.path.join(done, "cells"))) == [
+        "learned_token_loss-0.json", "mle-0.json"]
+    assert "lr must be a number" in files.read_text(os.path.join(failed, "log.txt"))
+    assert "lr must be a number" in records[pts[1].name]["log_tail"]
+    report = render.write_sweep(root)
+    assert "Unfinished points" in files.read_text(report["markdown"])
+    logs = []  # A re-run finds the DONE in the bucket and runs the failed point alone.
+    sweep.run(pts, root, log=logs.append)
+    assert sum("skipped" in line for line in logs) == 1

@@ -152,6 +152,8 @@ def run_slurm(pts: Sequence[sweep.Point], root: str, settings: Slurm,
     (status 'submitted') in ROOT/sweep.json, then waits, recording each job's outcome as it ends.
     Returns name -> record, as `sweep.run` does."""
     check_slurm(settings)
+    files.local_only(root, "--workdir with --launcher=slurm (submitit keeps its job files in "
+                     "ROOT/slurm, on a file system the nodes share)")
     records, todo = sweep.unfinished(pts, root, log)
     executor = submitit.AutoExecutor(folder=os.path.join(root, SLURM_FOLDER),
                                      cluster=settings.cluster)

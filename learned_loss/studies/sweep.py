@@ -31,13 +31,13 @@ import dataclasses
 import importlib.util
 import inspect
 import itertools
-import json
 import os
 import queue
 import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent import futures
 from typing import Any, Callable, Mapping, Sequence
@@ -166,9 +166,8 @@ def print_commands(pts: Sequence[Point]) -> str:
     return "\n".join(shlex.join(p.command) for p in pts) + "\n"
 
 
-def _tail(path: str, lines: int = 20) -> str:
-    with open(path, errors="replace") as f:
-        return "".join(f.readlines()[-lines:])
+def _tail(text: str, lines: int = 20) -> str:
+    return "".join(text.splitlines(keepends=True)[-lines:])
 
 
 def status(returncode: int) -> str:
@@ -181,23 +180,28 @@ def status(returncode: int) -> str:
 def run_point(point: Point, root: str, env: Mapping[str, str], log_name: str = "log.txt",
               mark_done: bool = True) -> dict:
     """Runs one point to the end in the environment `env`; its record for sweep.json. The output
-    goes to ROOT/points/NAME/`log_name`; a point that exits 0 gets its DONE when `mark_done`
-    (one process of several, as in a multi-task SLURM job, leaves that to the first)."""
+    goes to ROOT/points/NAME/`log_name` (in a bucket: written to a local file while the point
+    runs, uploaded when it ends); a point that exits 0 gets its DONE when `mark_done` (one
+    process of several, as in a multi-task SLURM job, leaves that to the first)."""
     workdir = os.path.join(root, "points", point.name)
-    os.makedirs(workdir, exist_ok=True)
+    files.makedirs(workdir)
     log = os.path.join(workdir, log_name)
     start = time.time()
-    with open(log, "w") as f:
+    with (tempfile.NamedTemporaryFile("w+", suffix=".log") if files.is_remote(log)
+          else open(log, "w+")) as f:
         rc = subprocess.run(point.command, stdout=f, stderr=subprocess.STDOUT,
                             env=dict(env)).returncode
+        f.seek(0)
+        text = f.read()
+    if files.is_remote(log):
+        files.write_atomic(log, text)
     record = {"name": point.name, "overrides": point.overrides, "command": point.command,
               "returncode": rc, "status": status(rc), "seconds": round(time.time() - start, 1)}
     if rc == 0:
         if mark_done:
-            with open(os.path.join(workdir, DONE), "w") as f:
-                f.write("")
+            files.write_atomic(os.path.join(workdir, DONE), "")
     else:
-        record["log_tail"] = _tail(log)
+        record["log_tail"] = _tail(text)
     return record
 
 
@@ -208,10 +212,9 @@ def write_records(root: str, records: Mapping[str, dict]) -> None:
 
 def read_records(root: str) -> dict[str, dict]:
     path = os.path.join(root, SWEEP_FILE)
-    if not os.path.exists(path):
+    if not files.exists(path):
         return {}
-    with open(path) as f:
-        return {r["name"]: r for r in json.load(f)["points"]}
+    return {r["name"]: r for r in files.read_json(path)["points"]}
 
 
 def visible_gpus(env: Mapping[str, str] = os.environ,
@@ -251,14 +254,13 @@ def device_slots(parallel: int, gpus: Sequence[str], tpu: bool) -> list[dict[str
 def unfinished(pts: Sequence[Point], root: str,
                log: Callable[[str], None] = print) -> tuple[dict[str, dict], list[Point]]:
     """(records, the points to run): the records of ROOT/sweep.json (created), with a done record
-    for each point whose DONE exists (skipped, logged), and the other points in order. ROOT must
-    be local (cli.UserError for a bucket): each point's process writes its log there."""
-    files.local_only(root, "the sweep root (--workdir; each point's log is a local file)")
-    os.makedirs(root, exist_ok=True)
+    for each point whose DONE exists (skipped, logged), and the other points in order. ROOT may
+    be a bucket (gs://...)."""
+    files.makedirs(root)
     records = read_records(root)
     todo = []
     for p in pts:
-        if os.path.exists(os.path.join(root, "points", p.name, DONE)):
+        if files.exists(os.path.join(root, "points", p.name, DONE)):
             records.setdefault(p.name, {"name": p.name, "overrides": p.overrides,
                                         "command": p.command, "status": "done",
                                         "returncode": 0})
