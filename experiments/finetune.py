@@ -22,7 +22,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from learned_loss import objectives
-from learned_loss.core import cli, distributed, evaluation, loop, train
+from learned_loss.core import cli, distributed, evaluation, hosts, loop, train
 from learned_loss.core import checkpoint as checkpoint_lib
 from learned_loss.core import model as model_lib
 from learned_loss.data import instruction_tasks, paths, pipeline, tasks, training_rows
@@ -40,7 +40,7 @@ def prepare_tasks(config, families: Sequence[str]) -> instruction_tasks.TasksInf
         return instruction_tasks.build_instruction_tasks(
             paths.data_dir(config.data.data_dir), **instruction_tasks.sft_args(config, families))
 
-    return distributed.first_on_process_zero(build, "instruction tasks built")
+    return hosts.first_on_process_zero(build, "instruction tasks built")
 
 
 def encoded_demonstrations(source, seq_len: int) -> pipeline.EncodedSource:

@@ -23,7 +23,7 @@ import ml_collections
 from absl import flags, logging
 
 from configs import tasks as task_configs
-from learned_loss.core import cli, distributed, files, policy, provenance
+from learned_loss.core import cli, distributed, files, hosts, policy, provenance
 from learned_loss.data import paths, preference_pairs, tasks
 from learned_loss.rlhf import preferences
 
@@ -82,7 +82,7 @@ def main(argv):
         logging.info("sampled %d completions from step %d of %s",
                      sum(map(len, samples.values())), trained.step, trained.workdir)
 
-    info = distributed.first_on_process_zero(lambda: preference_pairs.build_preference_pairs(
+    info = hosts.first_on_process_zero(lambda: preference_pairs.build_preference_pairs(
         paths.data_dir(_DATA_DIR.value), families=families, pairs_per_family=_PAIRS.value,
         difficulty=difficulty, tau=_TAU.value, length_bias=_LENGTH_BIAS.value,
         length_scale=length_scale, seed=_SEED.value, seq_len=seq_len, policy_samples=samples),

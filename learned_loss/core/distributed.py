@@ -15,14 +15,10 @@ orbax, for the step at which every host saves and stops.
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional, TypeVar
+from typing import Optional
 
 import jax
-import numpy as np
 from absl import flags, logging
-from jax.experimental import multihost_utils
-
-T = TypeVar("T")
 
 _ADDRESS = flags.DEFINE_string(
     "coordinator_address", None,
@@ -69,45 +65,3 @@ def initialize(address: Optional[str] = None, num_processes: Optional[int] = Non
                  jax.process_index(), jax.process_count(), address,
                  jax.local_device_count(), jax.device_count())
     return True
-
-
-def is_writer() -> bool:
-    """Whether this process writes the job's files: process 0 of a multi-host job (every
-    process computes the same values; one writes them), or the only process."""
-    return jax.process_index() == 0
-
-
-def agree(flag: bool) -> bool:
-    """Process 0's `flag` on every host: a decision read from shared storage (is a stage
-    finished? is a file there?) that all hosts must take alike, though a host may look a
-    moment before or after another writes. A no-op in a single-process run."""
-    if jax.process_count() == 1:
-        return bool(flag)
-    return bool(multihost_utils.broadcast_one_to_all(np.asarray(bool(flag))))
-
-
-def host_value(x: jax.Array) -> np.ndarray:
-    """A global array's whole value on this host: gathered across processes when some of its
-    shards live on other hosts (every process must call it), else read directly."""
-    if jax.process_count() > 1 and not x.is_fully_addressable:
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(jax.device_get(x))
-
-
-def barrier(name: str) -> None:
-    """Waits until every host reaches this point (no-op in a single-process run)."""
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(name)
-
-
-def first_on_process_zero(fn: Callable[[], T], name: str) -> T:
-    """Runs `fn` on process 0, waits for it on every host, then runs it on the others.
-
-    For idempotent preparation into shared storage (building a dataset that later calls find
-    and reuse), so that hosts never race to write the same files.
-    """
-    if jax.process_count() == 1:
-        return fn()
-    result = fn() if jax.process_index() == 0 else None
-    multihost_utils.sync_global_devices(name)
-    return fn() if result is None else result

@@ -33,7 +33,7 @@ from typing import Any
 import fsspec  # etils.epath's gs:// backend (comes with etils[epath])
 from etils import epath
 
-from learned_loss.core import distributed, errors
+from learned_loss.core import errors, hosts
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 # gcsfs caches folder listings, but other processes (a multi-host job's, the next stage's) and
@@ -181,10 +181,10 @@ def write_atomic(path_: str | os.PathLike[str], data: bytes | str) -> str:
     Locally the file gets mode 0644 (mkstemp's temporary file is 0600); on any error the
     temporary file is removed and the old file is left as it was. In a bucket the object is
     uploaded whole, which replaces the old one atomically. In a multi-host job only process 0
-    writes (`distributed.is_writer`): every host computed the same `data`.
+    writes (`hosts.is_writer`): every host computed the same `data`.
     """
     p = os.fspath(path_)
-    if not distributed.is_writer():
+    if not hosts.is_writer():
         return p
     data = data.encode("utf-8") if isinstance(data, str) else data
     if is_remote(p):

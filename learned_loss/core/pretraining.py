@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 
 from learned_loss import objectives
-from learned_loss.core import checkpoint, distributed, loop, policy, provenance, sharding, store
+from learned_loss.core import checkpoint, hosts, loop, policy, provenance, sharding, store
 from learned_loss.core import files, train
 from learned_loss.core import model as model_lib
 from learned_loss.data import paths, pipeline, tasks, text_corpus, tokenizer
@@ -43,7 +43,7 @@ def prepare_corpus(config, valid_fraction: float | None = None) -> text_corpus.C
                                              pattern=config.data.pattern,
                                              valid_fraction=valid_fraction)
 
-    return distributed.first_on_process_zero(build, "text corpus built")
+    return hosts.first_on_process_zero(build, "text corpus built")
 
 
 def mix_families(config) -> tuple[str, ...]:
@@ -168,7 +168,7 @@ def cached(config, train_run: Optional[Callable[[Any, str], Any]] = None,
     path = cache_dir(config, cache)
     steps = config.train.num_steps
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with _lock(path + ".lock", distributed.is_writer()):
+    with _lock(path + ".lock", hosts.is_writer()):
         if not store.ensure("pre-training", lambda: checkpoint.finished(path, steps),
                             lambda: (train_run or run)(config, path), path):
             logging.info("reusing the pre-trained checkpoint in %s", path)

@@ -25,7 +25,7 @@ import os
 import time
 from typing import Any, Callable, Mapping, Optional
 
-from learned_loss.core import cli, distributed, files, loop
+from learned_loss.core import cli, files, hosts, loop
 
 HASH_KEY = "config_hash"  # The field of a record holding its settings hash.
 
@@ -52,7 +52,7 @@ class Store:
         In a multi-host job every host gets process 0's answer (a host may look before or after
         process 0 writes the record; a record that process 0 found is read again after it)."""
         record = self._read(key, settings)
-        if not distributed.agree(record is not None):
+        if not hosts.agree(record is not None):
             return None
         return record if record is not None else self._read(key, settings)
 
@@ -109,12 +109,12 @@ def ensure(what: str, done: Callable[[], bool], build: Callable[[], Any], where:
     took are added to that file's total. In a multi-host job every host builds together
     (`build` runs sharded programs) and all take process 0's view of `done()`.
     """
-    if distributed.agree(done()):
+    if hosts.agree(done()):
         return False
     loop.raise_if_stopped(what)
     start = time.time()
     build()
-    if not distributed.agree(done()):
+    if not hosts.agree(done()):
         loop.raise_if_stopped(f"the end of {what}")
         raise cli.UserError(f"{what} in {where} stopped before it finished; re-run to resume it")
     if timing:

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from learned_loss import objectives
-from learned_loss.core import cli, distributed, files, provenance, sharding, train
+from learned_loss.core import cli, files, hosts, provenance, sharding, train
 from learned_loss.core import model as model_lib
 from learned_loss.data import paths, preference_pairs, tasks, training_rows
 from learned_loss.meta import base, fit, lm_problem, preference_problem
@@ -94,7 +94,7 @@ def build_pairs(config, families: Sequence[str]
     `families`; the train labels are flipped with `preferences.flip_rate`."""
     seq_len = config.data.seq_len
     try:
-        info = distributed.first_on_process_zero(lambda: preference_pairs.build_preference_pairs(
+        info = hosts.first_on_process_zero(lambda: preference_pairs.build_preference_pairs(
             paths.data_dir(config.data.data_dir), **pairs_args(config, families)), "pairs built")
     except ValueError as e:  # A labeler knob or split fraction out of range.
         raise cli.UserError(f"preferences: {e}") from None
@@ -217,7 +217,7 @@ class PreferenceSetup:
 
     def save_artifact(self, workdir: str, theta: Any, extra: dict) -> str:
         path = os.path.join(workdir, run_lib.ARTIFACT)
-        artifact.save(path, NAME, jax.tree.map(distributed.host_value, theta), self.settings,
+        artifact.save(path, NAME, jax.tree.map(hosts.host_value, theta), self.settings,
                       self.config.to_dict(), dict(extra, provenance=self.provenance("", 0)))
         return path
 

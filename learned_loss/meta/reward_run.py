@@ -45,7 +45,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from learned_loss.core import cli, distributed, files, loop, policy, provenance, sharding
+from learned_loss.core import cli, files, hosts, loop, policy, provenance, sharding
 from learned_loss.core import train
 from learned_loss.core import checkpoint as checkpoint_lib
 from learned_loss.data import tasks
@@ -297,7 +297,7 @@ def run(config, workdir: str) -> dict[str, Any]:
                                 "valid_rm/gold_graded"))
     if done.step < oc.num_steps:
         return {}
-    theta = jax.tree.map(distributed.host_value, done.state.theta)
+    theta = jax.tree.map(hosts.host_value, done.state.theta)
     final = dict(final_comparison(s, theta, config.final.runs, valid_key),
                  outer_steps=done.step, wall_time_s=time.time() - start_time)
     files.write_json(os.path.join(workdir, FINAL), final)

@@ -33,7 +33,7 @@ import numpy as np
 from absl import logging
 
 from learned_loss import objectives
-from learned_loss.core import cli, distributed, evaluation, files, loop, policy, pretraining
+from learned_loss.core import cli, evaluation, files, hosts, loop, policy, pretraining
 from learned_loss.core import provenance
 from learned_loss.core import sharding, train
 from learned_loss.core import checkpoint as checkpoint_lib
@@ -79,7 +79,7 @@ def rows_args(config, families: Sequence[str]) -> dict[str, Any]:
 def build_rows(config, families: Sequence[str]
                ) -> tuple[training_rows.Demonstrations, training_rows.Demonstrations, Any]:
     """(noisy train rows, clean validation rows, TasksInfo) of `families`."""
-    info = distributed.first_on_process_zero(lambda: instruction_tasks.build_instruction_tasks(
+    info = hosts.first_on_process_zero(lambda: instruction_tasks.build_instruction_tasks(
         paths.data_dir(config.data.data_dir), **rows_args(config, families)), "tasks built")
     seq_len = config.data.seq_len
     train = training_rows.encode_records(instruction_tasks.load_split(info, "train"), seq_len)
@@ -219,7 +219,7 @@ class Setup:
 
     def save_artifact(self, workdir: str, theta: Any, extra: dict) -> str:
         path = os.path.join(workdir, ARTIFACT)
-        artifact.save(path, "learned_token_loss", jax.tree.map(distributed.host_value, theta),
+        artifact.save(path, "learned_token_loss", jax.tree.map(hosts.host_value, theta),
                       self.settings, self.config.to_dict(),
                       dict(extra, provenance=self.provenance("", 0)))
         return path

@@ -19,7 +19,7 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
-from learned_loss.core import distributed, errors, files
+from learned_loss.core import errors, files, hosts
 
 THETA = "theta.npz"
 RECORD = "artifact.json"
@@ -47,7 +47,7 @@ def save(path: str, name: str, theta: Mapping[str, Any], settings: Mapping[str, 
          config: Mapping[str, Any], provenance: Mapping[str, Any] | None = None) -> None:
     """Writes the artifact to `path` atomically (replacing an older one only once complete);
     in a multi-host job, on process 0 only (every host holds the same theta)."""
-    if not distributed.is_writer():
+    if not hosts.is_writer():
         return
     data = _theta_bytes(theta)
     record = {"name": name, "settings": _jsonable(settings), "config": _jsonable(config),

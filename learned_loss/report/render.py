@@ -45,7 +45,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from learned_loss.core import distributed, errors, files
+from learned_loss.core import errors, files, hosts
 from learned_loss.core import metrics as metrics_lib
 from learned_loss.rlhf import overoptimization
 from learned_loss.report import studies as study_report
@@ -746,8 +746,8 @@ def write(workdir: str) -> dict[str, str]:
     written their results, then process 0 writes the report and the others return its paths."""
     paths = {"markdown": os.path.join(workdir, REPORT_MD),
              "html": os.path.join(workdir, REPORT_HTML)}
-    distributed.barrier("results written, the report next")
-    if not distributed.is_writer():
+    hosts.barrier("results written, the report next")
+    if not hosts.is_writer():
         return paths
     inputs = load(workdir)
     sections, record = comparison_sections(inputs) if inputs.cells else ([], None)

@@ -40,7 +40,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from learned_loss.core import cli, distributed, evaluation, files, loop, policy, provenance
+from learned_loss.core import cli, evaluation, files, hosts, loop, policy, provenance
 from learned_loss.core import sampling, sharding, store, train
 from learned_loss.core import metrics as metrics_lib
 from learned_loss.core import model as model_lib
@@ -223,7 +223,7 @@ def build_preferences(config, sft: policy.Policy, families, workdir: str):
         sft.model, sft.params, examples, samples_per_prompt=p.samples_per_prompt,
         temperature=p.temperature, top_k=p.top_k, max_new_tokens=config.rl.max_new_tokens,
         batch_size=p.batch_size, seq_len=seq_len, rng=jax.random.key(config.seed))
-    info = distributed.first_on_process_zero(lambda: preference_pairs.build_preference_pairs(
+    info = hosts.first_on_process_zero(lambda: preference_pairs.build_preference_pairs(
         paths.data_dir(config.data.data_dir), families=families,
         pairs_per_family=p.pairs_per_family, difficulty=difficulty, tau=p.tau,
         length_bias=p.length_bias, length_scale=p.length_scale or float(seq_len),
@@ -397,8 +397,8 @@ def train_rl(config, algorithm: str, sft, families, mesh, reference, reward, eva
 
     def train_step(state, batch, theta_):
         state, metrics, (completions, _) = step_fn(state, batch, theta_)
-        index = np.repeat(distributed.host_value(batch["index"]), r.samples_per_prompt)
-        exact, graded = rlhf_data.gold_scores(distributed.host_value(completions),
+        index = np.repeat(hosts.host_value(batch["index"]), r.samples_per_prompt)
+        exact, graded = rlhf_data.gold_scores(hosts.host_value(completions),
                                               [source.example(i).answer for i in index])
         metrics = dict(metrics, gold_exact_match=float(exact.mean()),
                        gold_graded=float(graded.mean()))

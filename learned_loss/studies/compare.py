@@ -33,8 +33,8 @@ exist.
 Multi-host (`--coordinator_address`, as in pre-training): every host runs the job. Pre-training
 shards its batch over all hosts, meta-training its population (`pop` spans hosts), and the RLHF
 stages their batches; the token-level cells, one small program over seeds each, are trained on
-every host alike. Process 0 writes the workdir (`distributed.is_writer`), and decisions read
-from it (is a stage finished?) are process 0's on every host (`distributed.agree`). The
+every host alike. Process 0 writes the workdir (`hosts.is_writer`), and decisions read
+from it (is a stage finished?) are process 0's on every host (`hosts.agree`). The
 workdir must be storage that every host reads (one machine's disk, or a bucket).
 """
 
@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from learned_loss.core import cli, distributed, files, loop, policy, pretraining, provenance
+from learned_loss.core import cli, files, hosts, loop, policy, pretraining, provenance
 from learned_loss.core import store
 from learned_loss.core import train
 from learned_loss.core import checkpoint as checkpoint_lib
@@ -212,7 +212,7 @@ def write_sft(config, workdir: str, inner: Mapping[str, Any], seed: int, familie
     final training state: `inner` ({'params', 'opt_state', 'step'}, from token_arms.train_cells)
     and the rng a sharded run of seed `seed` holds after as many steps. In a multi-host job
     process 0 writes it alone (every host trained the same cell)."""
-    if not distributed.is_writer():
+    if not hosts.is_writer():
         return
     step = int(inner["step"])
     sft = _copy(config.pretrain)
@@ -461,7 +461,7 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any], log=loggi
                 log(f"{grid.progress()} | {objective} on {noise}")
 
     # The RLHF arms start from the MLE cells' policies, which process 0 wrote.
-    distributed.barrier("token-level cells written")
+    hosts.barrier("token-level cells written")
     for noise in config.noise_order:
         for objective in rlhf_objs:
             for seed in seeds:
@@ -540,7 +540,7 @@ def _rlhf_cell(config, workdir, grid, objective, noise, seed, data, pre, artifac
     algorithm = RLHF[objective]
     over = os.path.join(workdir, "overoptimization.json")
     # The report's plot; every host takes process 0's view (it writes `over`).
-    first_rl = algorithm != "dpo" and distributed.agree(not files.exists(over))
+    first_rl = algorithm != "dpo" and hosts.agree(not files.exists(over))
     r = rlhf_config(config, objective, noise, seed, workdir, artifact, best_of_n=first_rl)
     result = rlhf_pipeline.run(r, run_dir)
     t0 = time.time()

@@ -42,7 +42,7 @@ import ml_collections
 import numpy as np
 
 from learned_loss import objectives
-from learned_loss.core import distributed, errors, evaluation, train
+from learned_loss.core import errors, evaluation, hosts, train
 from learned_loss.core import model as model_lib
 from learned_loss.data import instruction_tasks, paths, tasks, training_rows
 from learned_loss.meta import base, fit, lm_problem, outer
@@ -127,7 +127,7 @@ def data_args(config, family_set: str, noise: str, seed: int) -> dict[str, Any]:
 
 def build_data(config, family_set: str, noise: str, seed: int) -> Data:
     """The demonstrations of one (family set, noise kind, seed)."""
-    info = distributed.first_on_process_zero(lambda: instruction_tasks.build_instruction_tasks(
+    info = hosts.first_on_process_zero(lambda: instruction_tasks.build_instruction_tasks(
         paths.data_dir(config.data.data_dir), **data_args(config, family_set, noise, seed)),
         "tasks built")
     seq_len = config.data.seq_len
