@@ -164,48 +164,38 @@ def test_smoke_compare_cells_report_and_resume(smoke, cache):
     assert _cells(workdir) == again
 
 
-def test_two_processes_compute_the_cells_of_one(smoke, cache, tmp_path):
-    # A 2-host job on one machine (1 CPU device each; gloo between them), from the same cached
-    # pre-training: the hosts run every stage together, process 0 writes the workdir, and the
-    # cells are those of the single-process run, bitwise (the same programs on the same CPU).
-    workdir = tmp_path / "w"
-    runs.finish(runs.start_pair(MODULE, workdir, CONFIG, devices=1,
-                                LEARNED_LOSS_CACHE=str(cache)))
-    single, multi = _cells(smoke), _cells(workdir)
-    assert sorted(multi) == sorted(single)
-    for key, cell in multi.items():
-        assert cell["metrics"]["exact_match"] == single[key]["metrics"]["exact_match"], key
-        assert cell["metrics"]["test_nll"] == pytest.approx(single[key]["metrics"]["test_nll"],
-                                                            abs=1e-4)
-        assert cell["per_prompt"] == single[key]["per_prompt"]
-    # One start recorded (process 0's), with both hosts; the report is written once.
-    with open(workdir / "provenance.json") as f:
-        starts = json.load(f)["starts"]
-    assert [s["devices"]["process_count"] for s in starts] == [2]
-    assert starts[0]["devices"]["process_index"] == 0
-    assert _table((workdir / "report.md").read_text()).keys() == _table(
-        (smoke / "report.md").read_text()).keys()
-
-
-def test_a_comparison_runs_end_to_end_in_a_bucket(cache):
-    """--workdir=gs://...: the cells, provenance, tuning-free report, findings and plots are
-    written to the bucket (a local GCS emulator) and read back from there; the pre-training
-    cache stays local (a bucket cannot hold its file lock: refused in one line)."""
+def test_two_hosts_compare_in_a_bucket_and_compute_the_cells_of_one(smoke, cache):
+    """A 2-host job (two processes on this machine, 1 CPU device each, gloo between them) with
+    --workdir=gs://...: the cells, provenance, tuning-free report, findings and plots are
+    written to the bucket (a local GCS emulator) and read back from there, and the cells are
+    those of the single-process smoke run, bitwise (the same programs on the same CPU). The
+    pre-training comes from the shared local cache (a bucket cannot hold its file lock:
+    refused in one line)."""
     workdir = storage_emulator.new_folder("compare")
-    result = _run(workdir, cache, "--config.objectives=('mle','mle_clean')")
-    assert result.returncode == 0, result.stderr[-3000:]
+    runs.finish(runs.start_pair(MODULE, workdir, CONFIG, "--config.objectives=('mle','mle_clean')",
+                                devices=1, LEARNED_LOSS_CACHE=str(cache)))
     assert not os.path.exists(os.path.join(runs.ROOT, "gs:"))  # Nothing went to ./gs:/...
     names = sorted(files.listdir(os.path.join(workdir, "cells")))
     assert names == [f"{o}-swap30-s{s}.json" for o in ("mle", "mle_clean") for s in (0, 1)]
     cells = {n[:-len(".json")]: files.read_json(os.path.join(workdir, "cells", n))
              for n in names}
+    single = _cells(smoke)
+    for key, cell in cells.items():
+        assert cell["metrics"]["exact_match"] == single[key]["metrics"]["exact_match"], key
+        assert cell["metrics"]["test_nll"] == pytest.approx(single[key]["metrics"]["test_nll"],
+                                                            abs=1e-4)
+        assert cell["per_prompt"] == single[key]["per_prompt"]
     rows = _table(files.read_text(os.path.join(workdir, "report.md")))
     ems = [cells[f"mle-swap30-s{s}"]["metrics"]["exact_match"] for s in (0, 1)]
     assert rows[("swap30", "mle")][0].startswith(f"{np.mean(ems):.3f} ± ")
     assert "<html" in files.read_text(os.path.join(workdir, "report.html"))
     assert files.read_json(os.path.join(workdir, "findings.json"))
     assert len(files.listdir(os.path.join(workdir, "plots"))) == 3
-    start = files.read_json(os.path.join(workdir, "provenance.json"))["starts"][-1]
+    starts = files.read_json(os.path.join(workdir, "provenance.json"))["starts"]
+    # One start recorded, process 0's, of a job of two hosts.
+    assert [(s["devices"]["process_count"], s["devices"]["process_index"]) for s in starts] == [
+        (2, 0)]
+    start = starts[0]
     config = compare_config.get_config("smoke")
     assert start["extra"]["pretrain"]["cache_key"] == pretraining.cache_key(config.pretrain)
     assert start["extra"]["pretrain"]["workdir"].startswith(str(cache))
