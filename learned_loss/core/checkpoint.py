@@ -23,10 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
-from etils import epath
-from jax.experimental import multihost_utils
 
-from learned_loss.core import errors, files
+from learned_loss.core import errors, files, hosts
 
 CORRUPT_DIR = "checkpoints_corrupt"
 
@@ -78,18 +76,18 @@ class Checkpointer:
         self._keep = keep
         self._async = async_save
         self._read_only = read_only
-        self._this_process_only = this_process_only
+        # Saved by this process while other processes of the job take no part.
+        self._alone = this_process_only and jax.process_count() > 1
         self._manager = self._open()
 
     def _open(self) -> ocp.CheckpointManager:
-        alone = self._this_process_only and jax.process_count() > 1
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=self._keep, create=not self._read_only and not alone,
+            max_to_keep=self._keep, create=not self._read_only and not self._alone,
             cleanup_tmp_directories=not self._read_only, read_only=self._read_only,
             enable_async_checkpointing=self._async)
-        if alone:  # orbax leaves the folder to a manager of a subset of the processes.
+        if self._alone:  # orbax leaves the folder to a manager of a subset of the processes.
             me = jax.process_index()
-            epath.Path(self.directory).mkdir(parents=True, exist_ok=True)
+            files.makedirs(self.directory)
             options.multiprocessing_options = ocp.options.MultiprocessingOptions(
                 primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"process{me}")
         return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
@@ -100,7 +98,7 @@ class Checkpointer:
     def save(self, step: int, state: Any, meta: dict) -> None:
         """Saves `state` and JSON `meta` (plus the state's fingerprint) as checkpoint `step`."""
         meta = dict(meta, fingerprint=np.asarray(fingerprint(state)).tolist())
-        if self._this_process_only and jax.process_count() > 1:
+        if self._alone:
             # orbax refuses host-local jax.Arrays in a multi-process job; their values it takes.
             state = jax.tree.map(np.asarray, state)
         self._manager.save(step, args=ocp.args.Composite(
@@ -156,11 +154,10 @@ class Checkpointer:
         target = os.path.join(self.workdir, CORRUPT_DIR, str(step))
         logging.warning("checkpoint %d in %s is unusable: %s; moving it to %s and falling back "
                         "to the previous checkpoint", step, self.directory, why, target)
-        if jax.process_index() == 0:
+        if hosts.is_writer():
             files.makedirs(os.path.dirname(target))
             files.replace_dir(os.path.join(self.directory, str(step)), target)
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices(f"quarantine checkpoint {step}")
+        hosts.barrier(f"quarantine checkpoint {step}")
         self._manager.close()
         self._manager = self._open()
 
