@@ -9,7 +9,8 @@
      first gets an SFT policy of its own (WORKDIR/meta/learned_reward_sft);
   3. the token-level arms (learned_loss/studies/noisy_demonstrations.py), the seeds of one
      (arm, noise) as one program, each from the pre-trained parameters with the same step
-     budget and its seed's own data; MLE's models are also kept as SFT policies in WORKDIR/sft/NOISE-sSEED;
+     budget and its seed's own data; MLE's models are also kept as SFT policies in
+     WORKDIR/sft/NOISE-sSEED;
   4. the RLHF arms, each a learned_loss/rlhf/pipeline.py run in WORKDIR/runs/KEY from the SFT
      policy of its noise kind and seed; the cells of one noise kind and seed share their
      preference pairs and reward model (WORKDIR/rlhf/NOISE-sSEED), and only the first RL run of

@@ -187,13 +187,15 @@ def run_point(point: Point, root: str, env: Mapping[str, str], log_name: str = "
     files.makedirs(workdir)
     log = os.path.join(workdir, log_name)
     start = time.time()
-    with (tempfile.NamedTemporaryFile("w+", suffix=".log") if files.is_remote(log)
-          else open(log, "w+")) as f:
+    remote = files.is_remote(log)
+    # errors="replace": a point's output that is not UTF-8 still reads back as its log's tail.
+    with (tempfile.NamedTemporaryFile("w+", suffix=".log", errors="replace") if remote
+          else open(log, "w+", errors="replace")) as f:
         rc = subprocess.run(point.command, stdout=f, stderr=subprocess.STDOUT,
                             env=dict(env)).returncode
         f.seek(0)
         text = f.read()
-    if files.is_remote(log):
+    if remote:
         files.write_atomic(log, text)
     record = {"name": point.name, "overrides": point.overrides, "command": point.command,
               "returncode": rc, "status": status(rc), "seconds": round(time.time() - start, 1)}
