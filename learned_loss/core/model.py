@@ -103,15 +103,15 @@ class Output(NamedTuple):
 class Cache(NamedTuple):
     """KV cache for decoding: keys/values per layer and the next write position per row."""
 
-    keys: tuple  # L x [B, S, H, K]
-    values: tuple  # L x [B, S, H, K]
+    keys: tuple  # L x [B, H, S, K]: heads first, the layout the attention's dots read, so a
+    values: tuple  # L x [B, H, S, K]   decode step never transposes the whole cache.
     pos: jax.Array  # [B] int32: number of tokens already written for each row.
 
 
 def init_cache(cfg: ModelConfig, batch_size: int, capacity: int) -> Cache:
     """An empty cache able to hold `capacity` positions per row."""
     dtype = jnp.dtype(cfg.compute_dtype)
-    shape = (batch_size, capacity, cfg.num_heads, cfg.key_size)
+    shape = (batch_size, cfg.num_heads, capacity, cfg.key_size)
     zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
     return Cache(keys=zeros, values=zeros, pos=jnp.zeros((batch_size,), jnp.int32))
 
@@ -206,10 +206,10 @@ def _causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float) ->
 
 
 def _write_rows(buffer: jax.Array, update: jax.Array, start: jax.Array) -> jax.Array:
-    """Writes update [B, T, ...] into buffer [B, S, ...] at per-row offsets start [B]."""
+    """Writes update [B, H, T, K] into buffer [B, H, S, K] at per-row offsets start [B]."""
 
     def one(b, u, s):
-        return jax.lax.dynamic_update_slice_in_dim(b, u, s, axis=0)
+        return jax.lax.dynamic_update_slice_in_dim(b, u, s, axis=1)
 
     return jax.vmap(one)(buffer, update.astype(buffer.dtype), start)
 
@@ -223,7 +223,7 @@ class Attention(hk.Module):
 
     def __call__(self, x, positions, cache_kv=None):
         """x: [B, T, D]; positions: [B, T] (a numpy array when there is no cache: every row is
-        0..T-1); cache_kv: ([B, S, H, K], [B, S, H, K]) or None."""
+        0..T-1); cache_kv: ([B, H, S, K], [B, H, S, K]) or None."""
         cfg = self.cfg
         dtype = jnp.dtype(cfg.compute_dtype)
         d, h, k = cfg.d_model, cfg.num_heads, cfg.key_size
@@ -252,24 +252,24 @@ class Attention(hk.Module):
             key = _apply_rotary(key, cos, sin)
 
         scale = 1.0 / math.sqrt(k)
+        heads_first = lambda a: jnp.swapaxes(a, 1, 2)  # [B, T, H, K] -> [B, H, T, K]
+        q, key, value = heads_first(q), heads_first(key), heads_first(value)
         new_kv = None
         if cache_kv is None:
-            heads_first = lambda a: jnp.swapaxes(a, 1, 2)  # [B, T, H, K] -> [B, H, T, K]
-            attended = _causal_attention(heads_first(q), heads_first(key), heads_first(value),
-                                        scale)  # [B, H, T, K]
-            attended = jnp.swapaxes(attended, 1, 2)  # [B, T, H, K]
+            attended = _causal_attention(q, key, value, scale)  # [B, H, T, K]
         else:
             start = positions[:, 0]  # [B]
-            keys = _write_rows(cache_kv[0], key, start)  # [B, S, H, K]
+            keys = _write_rows(cache_kv[0], key, start)  # [B, H, S, K]
             values = _write_rows(cache_kv[1], value, start)
-            key_pos = jnp.broadcast_to(jnp.arange(keys.shape[1]), keys.shape[:2])  # [B, S]
-            scores = jnp.einsum("bthk,bshk->bhts", q, keys).astype(jnp.float32)  # [B, H, T, S]
+            key_pos = jnp.arange(keys.shape[2])  # [S]
+            scores = jnp.einsum("bhtk,bhsk->bhts", q, keys).astype(jnp.float32)  # [B, H, T, S]
             scores = scores * scale
-            causal = key_pos[:, None, None, :] <= positions[:, None, :, None]  # [B, 1, T, S]
+            causal = key_pos[None, None, None, :] <= positions[:, None, :, None]  # [B, 1, T, S]
             scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
             probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-            attended = jnp.einsum("bhts,bshk->bthk", probs, values)  # [B, T, H, K]
+            attended = jnp.einsum("bhts,bhsk->bhtk", probs, values)  # [B, H, T, K]
             new_kv = (keys, values)
+        attended = jnp.swapaxes(attended, 1, 2)  # [B, T, H, K]
         out = jnp.dot(attended.reshape(batch * length, h * k),
                       w_out.reshape(h * k, d).astype(dtype))  # [B*T, D]
         return out.reshape(batch, length, d).astype(jnp.float32), new_kv
