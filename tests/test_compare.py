@@ -138,6 +138,18 @@ def test_smoke_compare_cells_report_and_resume(smoke, cache):
     verbatim = start["extra"]["verbatim_in_pretraining"]
     assert verbatim["test_prompts"] == 2 * 2 * config.eval.per_family
     assert 0 <= verbatim["in_pretraining_text"] <= verbatim["test_prompts"]
+    # The wall time by stage, compiling and running apart, is kept in W/timing.json.
+    kept = json.loads((workdir / compare.TIMING_FILE).read_text())["runs"]
+    assert [r["status"] for r in kept] == ["finished"]
+    stages = {r["stage"]: r for r in kept[0]["breakdown"]["stages"]}
+    assert list(stages) == ["pre-training", "data", "tuning", "pre-trained model scored",
+                            "token mle", "token mle_clean", "token loss_truncation", "report"]
+    for row in stages.values():
+        assert row["wall_s"] >= row["compile_s"] >= 0 and row["entered"] == 1
+    assert stages["token mle"]["programs"] > 0 and stages["token mle"]["compile_s"] > 0
+    total = kept[0]["breakdown"]["total"]
+    assert total["programs"] == sum(r["programs"] for r in stages.values()) + kept[0][
+        "breakdown"]["outside"]["programs"]
 
     # A re-run recomputes nothing; a removed cell is recomputed alone, with the same numbers.
     stamps = {k: os.path.getmtime(workdir / "cells" / f"{k}.json") for k in cells}
@@ -154,6 +166,14 @@ def test_smoke_compare_cells_report_and_resume(smoke, cache):
     assert new["metrics"]["exact_match"] == old["metrics"]["exact_match"]
     assert new["metrics"]["test_nll"] == pytest.approx(old["metrics"]["test_nll"], abs=1e-4)
     assert new["families"] == old["families"]
+    # The resumed run adds its own breakdown, which says what it found done.
+    kept = json.loads((workdir / compare.TIMING_FILE).read_text())["runs"]
+    assert [r["status"] for r in kept] == ["finished", "finished"]
+    stages = {r["stage"]: r for r in kept[1]["breakdown"]["stages"]}
+    assert stages["pre-training"]["notes"] == ["pre-training done before"]
+    assert (stages["token mle"]["entered"], stages["token mle"]["skipped"]) == (1, 0)
+    assert (stages["token mle_clean"]["entered"], stages["token mle_clean"]["skipped"]) == (0, 1)
+    assert "wall time by stage" in second.stderr and "token mle_clean" in second.stderr
 
     # Other settings in the same workdir: the finished cells are refused (in process: before
     # anything trains), not reported as computed under them, and nothing is changed.
@@ -162,6 +182,7 @@ def test_smoke_compare_cells_report_and_resume(smoke, cache):
     with pytest.raises(cli.UserError, match="computed with other settings"):
         compare.run(changed, str(workdir), _never_pretrain)
     assert _cells(workdir) == again
+    assert len(json.loads((workdir / compare.TIMING_FILE).read_text())["runs"]) == 2
 
 
 def test_two_hosts_compare_in_a_bucket_and_compute_the_cells_of_one(smoke, cache):

@@ -8,6 +8,7 @@ problem and the fix, and exit status 2; a traceback is kept for real bugs.
 from __future__ import annotations
 
 import logging as std_logging
+import os
 import re
 import sys
 from typing import Callable, Sequence
@@ -22,6 +23,12 @@ EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 75
 # Libraries whose INFO lines drown the run's own (orbax logs a dozen lines per checkpoint).
 QUIET_BELOW_WARNING = ("/orbax/", "/tensorflow_datasets/", "/jax/_src/")
+# The persistent compilation cache of entry points: "off", or a folder (default CACHE/xla).
+XLA_CACHE_ENV = "LEARNED_LOSS_XLA_CACHE"
+XLA_CACHE_OFF = ("off", "0", "false", "no", "none")
+# Programs that took at least this long to compile are kept: most of a run's programs are
+# small, and on a CPU each takes 0.05-1 s to compile and milliseconds to read back.
+XLA_CACHE_MIN_COMPILE_SECONDS = 0.0
 
 
 def fail(message: str) -> None:
@@ -72,6 +79,52 @@ def _quiet_libraries(record: std_logging.LogRecord) -> bool:
         part in record.pathname for part in QUIET_BELOW_WARNING)
 
 
+def compilation_cache_dir(configured: str = "") -> str | None:
+    """Where entry points keep compiled XLA programs (jax's persistent compilation cache), or
+    None for none: $LEARNED_LOSS_XLA_CACHE when set (a folder, or `off`), else jax's own
+    setting ($JAX_COMPILATION_CACHE_DIR) when made, else CACHE/xla, CACHE being `configured`
+    (a config's cache_dir), $LEARNED_LOSS_CACHE or ~/.cache/learned_loss (as the
+    pre-training cache, pretraining.cache_root)."""
+    chosen = os.environ.get(XLA_CACHE_ENV, "").strip()
+    if chosen.lower() in XLA_CACHE_OFF:
+        return None
+    if chosen:
+        return chosen
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return os.environ["JAX_COMPILATION_CACHE_DIR"]
+    root = configured or os.environ.get("LEARNED_LOSS_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "learned_loss")
+    return os.path.join(root, "xla")
+
+
+def use_compilation_cache(configured: str = "") -> str | None:
+    """Turns jax's persistent compilation cache on in `compilation_cache_dir(configured)`
+    (off when that is None), so that the processes of a job, of a sweep and re-runs compile a
+    program once between them; returns the folder. Call it before the first compile (cli.run
+    does, before `main`). A cached executable is the program compiled for the same jax, XLA
+    flags and devices (jax keys it by them), so results are those of a fresh compile."""
+    import jax  # Here: the flag parsing above needs no jax.
+
+    folder = compilation_cache_dir(configured)
+    if folder is None:
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None
+    jax.config.update("jax_compilation_cache_dir", folder)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                          XLA_CACHE_MIN_COMPILE_SECONDS)
+    return folder
+
+
+def _configured_cache_dir() -> str:
+    """The entry point's `config.cache_dir`, when it has a --config with one ("" otherwise)."""
+    config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None
+    try:
+        return str(config.get("cache_dir", "") or "") if config is not None else ""
+    except (AttributeError, TypeError):
+        return ""
+
+
 class Preempted(Exception):
     """SIGTERM arrived between the runs of a job (loop.raise_if_stopped): what finished is
     saved and a re-run resumes, so `run` logs it and exits EXIT_PREEMPTED."""
@@ -88,12 +141,14 @@ def _stopped_by_sigterm() -> bool:
 def run(main: Callable[[list[str]], None]) -> None:
     """`absl.app.run(main)` where a UserError (every error class of a user's mistake subclasses
     it) prints one line and exits 2, and a run that SIGTERM stopped (a loop saved its checkpoint
-    and returned early, or a job raised Preempted between runs) exits EXIT_PREEMPTED."""
+    and returned early, or a job raised Preempted between runs) exits EXIT_PREEMPTED. The
+    persistent compilation cache is on before `main` runs (`use_compilation_cache`)."""
 
     def guarded(argv):
         logging.get_absl_handler().addFilter(_quiet_libraries)
         if "tensorflow_datasets" in sys.modules:  # Its progress bars would fill the log.
             sys.modules["tensorflow_datasets"].disable_progress_bar()
+        use_compilation_cache(_configured_cache_dir())
         try:
             main(argv)
         except UserError as e:

@@ -26,6 +26,7 @@ import time
 from typing import Any, Callable, Mapping, Optional
 
 from learned_loss.core import cli, files, hosts, loop
+from learned_loss.core import timing as timing_lib
 
 HASH_KEY = "config_hash"  # The field of a record holding its settings hash.
 
@@ -106,10 +107,12 @@ def ensure(what: str, done: Callable[[], bool], build: Callable[[], Any], where:
     `what` names the stage in messages and `where` its folder. A build that returns without
     finishing (a SIGTERM stopped it) stops the job with cli.Preempted; one that returns unfinished
     for another reason fails with a one-line cli.UserError. With `timing`, the seconds the build
-    took are added to that file's total. In a multi-host job every host builds together
+    took are added to that file's total; a stage found done is noted in the open stage of the
+    job's wall-time account (core/timing.py). In a multi-host job every host builds together
     (`build` runs sharded programs) and all take process 0's view of `done()`.
     """
     if hosts.agree(done()):
+        timing_lib.note(f"{what} done before")
         return False
     loop.raise_if_stopped(what)
     start = time.time()

@@ -16,7 +16,9 @@
      preference pairs and reward model (WORKDIR/rlhf/NOISE-sSEED), and only the first RL run of
      the grid does best-of-n (the report's over-optimization plot); then `mle_gold_pairs`, MLE
      given the gold answers those pairs contain;
-  5. WORKDIR/report.md and report.html (learned_loss/report/render.py).
+  5. WORKDIR/report.md and report.html (learned_loss/report/render.py);
+  6. the wall time by stage, compiling and running apart (learned_loss/core/timing.py), in the
+     log and appended to WORKDIR/timing.json, one entry per start of the job.
 
 A seed resamples the data (learned_loss/studies/noisy_demonstrations.py): which inputs are
 demonstrated and tested, which demonstrations are corrupted and how, the batches, and the RLHF pairs
@@ -53,7 +55,7 @@ import ml_collections
 from absl import logging
 
 from learned_loss.core import cli, files, hosts, loop, policy, pretraining, provenance
-from learned_loss.core import store
+from learned_loss.core import store, timing
 from learned_loss.core import train
 from learned_loss.core import checkpoint as checkpoint_lib
 from learned_loss.core import metrics as metrics_lib
@@ -68,6 +70,7 @@ from learned_loss.studies.arms import GOLD_PAIRS, META_TRAINED, RLHF, TOKEN
 
 FAMILY_SET = "compare"
 REWARD_SFT = "learned_reward_sft"
+TIMING_FILE = "timing.json"  # The wall time by stage of each start (`run`).
 
 
 def cell_key(objective: str, noise: str, seed: int, meta_seed: int = 0) -> str:
@@ -393,8 +396,21 @@ def verbatim_in_pretraining(config, data: Mapping[Any, token_arms.Data]) -> dict
 
 def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any], log=logging.info
         ) -> dict[str, str]:
-    """The whole job (module docstring). Returns the report's paths."""
+    """The whole job (module docstring). Returns the report's paths. The wall time by stage,
+    compiling and running apart (core/timing.py), is logged at the end and appended to
+    WORKDIR/timing.json (`TIMING_FILE`), also when SIGTERM stops the job between stages."""
     check(config)
+    timing.reset()
+    try:
+        paths = _run(config, workdir, pretrain_run, log)
+    except cli.Preempted:
+        _keep_timing(workdir, "preempted", log)
+        raise
+    _keep_timing(workdir, "finished", log)
+    return paths
+
+
+def _run(config, workdir: str, pretrain_run: Callable[[Any, str], Any], log) -> dict[str, str]:
     start = time.time()
     objectives = list(config.objectives)
     token = [o for o in objectives if o in TOKEN]
@@ -407,32 +423,42 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any], log=loggi
                           for m in arms_lib.meta_seeds(config, o)})
     log(f"compare: {grid.total} cells ({len(grid.done)} done) in {workdir}")
 
-    pre = pretrained(config, pretrain_run)
-    view = noisy_view(config)
-    data = {(n, s): token_arms.build_data(view, FAMILY_SET, n, s)
-            for n in config.noise_order for s in seeds}
-    provenance.write(workdir, provenance.collect(config, extra={
-        "pretrain": {"workdir": pre.workdir, "step": pre.step,
-                     "cache_key": pretraining.cache_key(config.pretrain)},
-        "data_hashes": {f"{n}-s{s}": d.info.config_hash for (n, s), d in data.items()},
-        "cells": grid.total, "evaluation_families": sorted(arms_lib.evaluation_families(config)),
-        tasks.roles.RECORD_KEY: roles,
-        "verbatim_in_pretraining": verbatim_in_pretraining(config, data)}))
+    with timing.stage("pre-training"):
+        pre = pretrained(config, pretrain_run)
+    with timing.stage("data"):
+        view = noisy_view(config)
+        data = {(n, s): token_arms.build_data(view, FAMILY_SET, n, s)
+                for n in config.noise_order for s in seeds}
+        provenance.write(workdir, provenance.collect(config, extra={
+            "pretrain": {"workdir": pre.workdir, "step": pre.step,
+                         "cache_key": pretraining.cache_key(config.pretrain)},
+            "data_hashes": {f"{n}-s{s}": d.info.config_hash for (n, s), d in data.items()},
+            "cells": grid.total,
+            "evaluation_families": sorted(arms_lib.evaluation_families(config)),
+            tasks.roles.RECORD_KEY: roles,
+            "verbatim_in_pretraining": verbatim_in_pretraining(config, data)}))
 
     # artifacts[(name, meta seed)]: each learned arm's objective, one per meta seed.
-    artifacts = {(name, m): meta_train(config, workdir, name, m, pretrained_dir=pre.workdir)
-                 for name in arms_lib.META_TOKEN + ("learned_preference",)
-                 if name in objectives for m in arms_lib.meta_seeds(config, name)}
+    artifacts = {}
+    for name in arms_lib.META_TOKEN + ("learned_preference",):
+        if name in objectives:
+            with timing.stage(f"meta-training {name}"):
+                artifacts.update({(name, m): meta_train(config, workdir, name, m,
+                                                        pretrained_dir=pre.workdir)
+                                  for m in arms_lib.meta_seeds(config, name)})
     if "learned_reward" in objectives:
-        sft_from = reward_sft(config, workdir, pre)
-        artifacts.update({("learned_reward", m): meta_train(config, workdir, "learned_reward", m,
-                                                            sft_from=sft_from)
-                          for m in arms_lib.meta_seeds(config, "learned_reward")})
+        with timing.stage("meta-training learned_reward"):
+            sft_from = reward_sft(config, workdir, pre)
+            artifacts.update({("learned_reward", m): meta_train(
+                config, workdir, "learned_reward", m, sft_from=sft_from)
+                for m in arms_lib.meta_seeds(config, "learned_reward")})
 
     # The hand-made arms' settings, tuned on the tuning families from the same start.
-    tables = tuning.run(view, workdir, [(TOKEN[o], n) for n in config.noise_order for o in token],
-                        init_params=pre.params, start=pretraining.cache_key(config.pretrain),
-                        log=log)
+    with timing.stage("tuning"):
+        tables = tuning.run(view, workdir,
+                            [(TOKEN[o], n) for n in config.noise_order for o in token],
+                            init_params=pre.params, start=pretraining.cache_key(config.pretrain),
+                            log=log)
 
     # Token-level objectives: one program per (objective, noise, meta seed).
     grid.restart_clock()  # The ETA counts cells only, not pre-, meta-training and tuning.
@@ -449,16 +475,20 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any], log=loggi
                     if s not in todo:
                         check_setting(grid, cell_key(objective, noise, s, m), chosen)
                 if not todo:
+                    timing.skipped(f"token {objective}", "groups done before")
                     continue
                 loop.raise_if_stopped(f"{objective} on {noise}")
-                for s in todo:
-                    if (noise, s) not in step0:
-                        step0[(noise, s)] = token_arms.exact_match(config, pre.model, pre.params,
-                                                               data[(noise, s)])
-                _token_group(config, workdir, grid, objective, noise, todo,
-                             [data[(noise, s)] for s in todo], pre,
-                             artifacts.get((objective, m), ""), m,
-                             [step0[(noise, s)] for s in todo], bool(rlhf_objs), chosen)
+                unscored = [s for s in todo if (noise, s) not in step0]
+                if unscored:
+                    with timing.stage("pre-trained model scored"):
+                        for s in unscored:
+                            step0[(noise, s)] = token_arms.exact_match(
+                                config, pre.model, pre.params, data[(noise, s)])
+                with timing.stage(f"token {objective}"):
+                    _token_group(config, workdir, grid, objective, noise, todo,
+                                 [data[(noise, s)] for s in todo], pre,
+                                 artifacts.get((objective, m), ""), m,
+                                 [step0[(noise, s)] for s in todo], bool(rlhf_objs), chosen)
                 log(f"{grid.progress()} | {objective} on {noise}")
 
     # The RLHF arms start from the MLE cells' policies, which process 0 wrote.
@@ -469,20 +499,44 @@ def run(config, workdir: str, pretrain_run: Callable[[Any, str], Any], log=loggi
                 for m in arms_lib.meta_seeds(config, objective):
                     key = cell_key(objective, noise, seed, m)
                     if key in grid.done:
+                        timing.skipped(f"rlhf {objective}", "cells done before")
                         continue
                     loop.raise_if_stopped(key)
-                    _rlhf_cell(config, workdir, grid, objective, noise, seed,
-                               data[(noise, seed)], pre, artifacts.get((objective, m), ""), m)
+                    with timing.stage(f"rlhf {objective}"):
+                        _rlhf_cell(config, workdir, grid, objective, noise, seed,
+                                   data[(noise, seed)], pre, artifacts.get((objective, m), ""),
+                                   m)
                     log(f"{grid.progress()} | {key}")
         if GOLD_PAIRS in objectives:
             for seed in seeds:
-                if cell_key(GOLD_PAIRS, noise, seed) not in grid.done:
-                    loop.raise_if_stopped(cell_key(GOLD_PAIRS, noise, seed))
+                if cell_key(GOLD_PAIRS, noise, seed) in grid.done:
+                    timing.skipped(f"token {GOLD_PAIRS}", "cells done before")
+                    continue
+                loop.raise_if_stopped(cell_key(GOLD_PAIRS, noise, seed))
+                with timing.stage(f"token {GOLD_PAIRS}"):
                     _gold_pairs_cell(config, workdir, grid, noise, seed, data[(noise, seed)],
                                      pre)
-                    log(f"{grid.progress()} | {cell_key(GOLD_PAIRS, noise, seed)}")
+                log(f"{grid.progress()} | {cell_key(GOLD_PAIRS, noise, seed)}")
     log(f"compare: all {grid.total} cells done in {time.time() - start:.0f} s")
-    return report.write(workdir)
+    with timing.stage("report"):
+        return report.write(workdir)
+
+
+def _keep_timing(workdir: str, status: str, log) -> None:
+    """Logs this process's breakdown (timing.table) and, on process 0, appends it to
+    WORKDIR/timing.json: {"runs": [{"status", "timestamp", "processes", "breakdown"}, ...]},
+    one entry per start of the job (a resumed one adds its own; its reused and skipped stages
+    say so in their notes and `skipped` counts)."""
+    account = timing.breakdown()
+    log(f"compare: wall time by stage, compiling and running ({status}):\n"
+        f"{timing.table(account)}")
+    if not hosts.is_writer():
+        return
+    path = os.path.join(workdir, TIMING_FILE)
+    kept = files.read_json(path) if files.exists(path) else {"runs": []}
+    kept["runs"].append({"status": status, "timestamp": time.strftime(
+        "%Y-%m-%dT%H:%M:%S%z"), "processes": jax.process_count(), "breakdown": account})
+    files.write_json(path, kept)
 
 
 def _meta_seen(config, workdir: str, objective: str, meta_seed: int) -> dict:
