@@ -5,6 +5,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
+# torch's CPU wheels (the PyTorch peer of the benchmarks and its test): PyPI's Linux wheel is the
+# CUDA build. The lock's torch==2.13.0 admits 2.13.0+cpu, which pip prefers.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+PIP_INSTALL := $(PY) -m pip install -q -c requirements.lock --extra-index-url $(TORCH_INDEX)
 WORKDIR ?= workdirs/demo
 # Multi-device code is tested on 8 simulated CPU devices; test files run in 2 workers (most of
 # a test's time is a single-threaded subprocess start or compile). The 15 slowest are listed.
@@ -24,8 +29,12 @@ TEST_ENV := $(OFFLINE_TPU) XLA_FLAGS="$(TEST_XLA_FLAGS)"
 $(STAMP): setup.cfg pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c requirements.lock -e '.[test]'
+	$(PIP_INSTALL) -e '.[test]'
 	touch $(STAMP)
+
+$(BENCH_STAMP): $(STAMP)
+	$(PIP_INSTALL) -e '.[bench]'
+	touch $(BENCH_STAMP)
 
 setup: $(STAMP)
 
@@ -46,8 +55,10 @@ test: $(STAMP) chromium
 demo: $(STAMP)
 	$(OFFLINE_TPU) $(PY) -m experiments.compare_objectives --config=configs/compare.py:tiny --workdir=$(WORKDIR)
 
-bench: $(STAMP)
+# Ours against a minimal haiku step and the same model in PyTorch (eager and torch.compile).
+bench: $(BENCH_STAMP)
 	$(OFFLINE_TPU) $(PY) benchmarks/train_step.py
+	$(OFFLINE_TPU) $(PY) benchmarks/sampling.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

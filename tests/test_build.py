@@ -26,7 +26,7 @@ THIRD_PARTY = {
     "numpy": "numpy", "scipy": "scipy", "matplotlib": "matplotlib", "pytest": "pytest",
     "importlib_resources": "importlib_resources", "evosax": "evosax",
     "tensorboardX": "tensorboardX", "rapidfuzz": "rapidfuzz", "submitit": "submitit",
-    "etils": "etils", "gcp_storage_emulator": "gcp-storage-emulator",
+    "etils": "etils", "gcp_storage_emulator": "gcp-storage-emulator", "torch": "torch",
 }
 OWN_PACKAGES = ("learned_loss", "configs", "experiments", "tests", "benchmarks", "tools")
 
@@ -99,11 +99,18 @@ def test_every_named_file_exists(targets):
             assert target["main"] in target["srcs"], f"{name}: main is not one of its srcs"
 
 
+def _is_script(path: str) -> bool:
+    with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+        return 'if __name__ == "__main__":' in f.read()
+
+
 def test_entry_points_and_tests_use_the_right_rule(targets):
     for name, target in targets.items():
         for src in target["srcs"]:
-            if src.startswith(("experiments/", "benchmarks/")) and not src.endswith("__init__.py"):
-                assert target["rule"] == "py_binary", f"{src} should be a py_binary"
+            # A script of experiments/ or benchmarks/ is a binary; a module they share a library.
+            if src.startswith(("experiments/", "benchmarks/")):
+                expected = "py_binary" if _is_script(src) else "py_library"
+                assert target["rule"] == expected, f"{src} should be a {expected}"
             if re.match(r"tests/test_\w+\.py$", src):
                 assert target["rule"] == "pytest_test", f"{src} should be a pytest_test"
 

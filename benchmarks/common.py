@@ -1,0 +1,133 @@
+"""What the benchmarks share: compile accounting, the machine's load, interleaved rounds, and the
+random parameters that make greedy decoding depend on the model.
+
+Nothing here imports jax or torch, so that every benchmark runs without the PyTorch peer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import time
+
+import numpy as np
+
+# jax.monitoring events of a compilation, by phase.
+COMPILE_EVENTS = {
+    "/jax/core/compile/jaxpr_trace_duration": "trace",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",
+    "/jax/core/compile/backend_compile_duration": "backend",
+}
+
+
+class CompileLog:
+    """Compile events attributed to a labelled function while inside it (register `listener`
+    with jax.monitoring.register_event_duration_secs_listener)."""
+
+    def __init__(self):
+        self.label = None  # Which function the events belong to, while inside it.
+        self.backend_compiles = {}  # label -> count
+        self.seconds = {}  # label -> {phase: seconds}
+
+    def listener(self, event, duration, **_):
+        phase = COMPILE_EVENTS.get(event)
+        if phase is None or self.label is None:
+            return
+        if phase == "backend":
+            self.backend_compiles[self.label] = self.backend_compiles.get(self.label, 0) + 1
+        bucket = self.seconds.setdefault(self.label, {})
+        bucket[phase] = bucket.get(phase, 0.0) + duration
+
+    @contextlib.contextmanager
+    def inside(self, label):
+        previous, self.label = self.label, label
+        try:
+            yield
+        finally:
+            self.label = previous
+
+
+BUSY_NOTE = ("other processes were using the CPUs: the throughputs are lower than on an idle "
+             "machine and the ratios noisier. Rerun on an idle machine.")
+
+
+class MachineLoad:
+    """The share of all CPUs that other processes used since construction (Linux /proc/stat)."""
+
+    def __init__(self):
+        self.start = (self._busy_seconds(), time.perf_counter(), self._own_seconds())
+
+    @staticmethod
+    def _busy_seconds():
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + fields[4]  # idle + iowait
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _own_seconds():
+        t = os.times()
+        return t.user + t.system
+
+    def others_share(self):
+        busy0, wall0, own0 = self.start
+        busy1 = self._busy_seconds()
+        if busy0 is None or busy1 is None:
+            return None
+        wall = time.perf_counter() - wall0
+        others = (busy1 - busy0) - (self._own_seconds() - own0)
+        return max(0.0, others / (wall * os.cpu_count()))
+
+    def report(self, note: str = "", busy_note: str = BUSY_NOTE) -> list[str]:
+        """The machine lines of a benchmark's printout: CPUs, other processes' share and `note`,
+        then `busy_note` when other processes took more than a tenth of the CPUs."""
+        others = self.others_share()
+        others_text = "unknown" if others is None else f"{100 * others:.0f}%"
+        lines = [f"  machine: {os.cpu_count()} CPUs; other processes used {others_text} of them "
+                 f"during the run{'; ' + note if note else ''}"]
+        if (others or 0.0) > 0.1:
+            lines.append(f"  NOTE: {busy_note}")
+        return lines
+
+
+def round_order(runners: list, i: int) -> list:
+    """Round i's order: the runners rotated by i, so that each runs first, second, ... in turn
+    (a runner that follows another one's threads pays for their wind-down equally often)."""
+    shift = i % len(runners)
+    return runners[shift:] + runners[:shift]
+
+
+def spread(values: list[float]) -> dict:
+    """{'median', 'min', 'max'} of per-round figures."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def ratios(ours: list[float], theirs: list[float]) -> dict:
+    """Per-round throughput ratios ours / theirs, summarised by `spread`."""
+    return spread([a / b for a, b in zip(ours, theirs)])
+
+
+def random_params(shapes: dict, seed: int) -> dict:
+    """Haiku params of the given shapes ({module: {name: array or ShapeDtypeStruct}}) drawn at a
+    scale where the model's outputs depend on every part of it: weights N(0, 1 / shape[0]),
+    norm scales 1 + N(0, 0.1^2), offsets and biases N(0, 0.1^2). At the init scale attention is
+    close to uniform and greedy decoding repeats one token, which would hide a wrong model."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for module, leaves in shapes.items():
+        out[module] = {}
+        for name, leaf in leaves.items():
+            shape = tuple(leaf.shape)
+            noise = rng.standard_normal(shape)
+            if name == "scale":
+                value = 1.0 + 0.1 * noise
+            elif len(shape) == 1:
+                value = 0.1 * noise
+            else:
+                value = noise / np.sqrt(shape[0])
+            out[module][name] = value.astype(np.float32)
+    return out
