@@ -6,10 +6,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
-# torch's CPU wheels (the PyTorch peer of the benchmarks and its test): PyPI's Linux wheel is the
-# CUDA build. The lock's torch==2.13.0 admits 2.13.0+cpu, which pip prefers.
-TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
-PIP_INSTALL := $(PY) -m pip install -q -c requirements.lock --extra-index-url $(TORCH_INDEX)
+# torch (the PyTorch peer of the benchmarks and its test): PyPI's Linux wheel is the CUDA build;
+# `make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu` adds the index of the CPU build
+# (the lock's torch==2.13.0 admits 2.13.0+cpu, which pip then prefers). Empty by default: an
+# index that cannot be reached costs retries on every package of an offline install.
+TORCH_INDEX ?=
+PIP_INSTALL := $(PY) -m pip install -q -c requirements.lock $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 WORKDIR ?= workdirs/demo
 # Multi-device code is tested on 8 simulated CPU devices; test files run in 2 workers (most of
 # a test's time is a single-threaded subprocess start or compile). The 15 slowest are listed.
