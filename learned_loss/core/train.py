@@ -4,13 +4,19 @@
 so that an outer loop can differentiate through it (truncated backprop) or vmap it over a
 population (evolution strategies).
 
+Programs are built once per architecture and settings (`program`): equal optimizer configs give
+the same optimizer object, an objective's loss on a model is one function, and the jitted steps
+and state initialisers of equal models, optimizers, losses and shardings are one jitted function
+each. A job that trains many runs of one shape (the comparison's cells) then traces and compiles
+each program once, where a jitted closure built afresh per run is compiled again every time.
+
 Shapes: B batch, T sequence length.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Hashable, Mapping, NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +27,45 @@ from learned_loss import objectives
 from learned_loss.core import errors, sharding
 from learned_loss.core import model as model_lib
 from learned_loss.objectives import mle
+
+T = TypeVar("T")
+
+# key -> the object `program` built for it (jitted functions, loss functions, optimizers).
+_PROGRAMS: dict[Hashable, Any] = {}
+
+
+def program(key: Hashable, build: Callable[[], T]) -> T:
+    """`build()` the first time `key` is asked for, the same object every time after.
+
+    jax.jit compiles per function object: a jitted closure built afresh for every run is traced,
+    lowered and compiled again although the program is the same. Keyed by what the program
+    depends on (models, settings, shardings; `hashable`, `tree_key`), it is built once. The key
+    must name everything the built object closes over: a closed-over array is a constant of the
+    program, so key it by its value or, better, pass it as an argument."""
+    try:
+        return _PROGRAMS[key]
+    except KeyError:
+        built = _PROGRAMS[key] = build()
+        return built
+
+
+def hashable(value: Any) -> Hashable:
+    """A hashable stand-in for a config value: mappings (ConfigDicts too) as sorted (key,
+    value) pairs and lists as tuples, recursively; TypeError for anything else unhashable."""
+    if hasattr(value, "items"):
+        return tuple(sorted((str(k), hashable(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(hashable(v) for v in value)
+    hash(value)
+    return value
+
+
+def tree_key(tree: Any) -> Hashable:
+    """A hashable key of a pytree of hashable leaves (shardings, specs): its structure and
+    leaves."""
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple(leaves)
+
 
 class TrainState(NamedTuple):
     params: Any
@@ -61,6 +106,9 @@ def make_optimizer(cfg: Mapping[str, Any], num_steps: int | None = None, *,
     differentiable: the update is differentiated through (meta-gradients by TBPTT, online
     meta-weighting). Adam's update m / (sqrt(v + eps_root) + eps) has an infinite derivative
     at v = 0 unless eps_root > 0, so a config with eps_root = 0 is refused.
+
+    Equal configs and step counts give the same object (`program`), so that the programs built
+    from it (steps, state initialisers) are compiled once.
     """
     if cfg["name"] not in ("adam", "adamw"):
         raise errors.UserError(f"optimizer.name={cfg['name']!r} is not supported; use 'adamw' "
@@ -69,6 +117,15 @@ def make_optimizer(cfg: Mapping[str, Any], num_steps: int | None = None, *,
         raise errors.UserError(f"optimizer.eps_root={cfg['eps_root']} makes adam's update "
                                f"non-differentiable at zero second moments; set it > 0 (1e-8) "
                                f"for meta-gradients")
+    try:
+        key = ("optimizer", hashable(cfg), num_steps)
+    except TypeError:  # A value with no hashable stand-in: built afresh.
+        return _build_optimizer(cfg, num_steps)
+    return program(key, lambda: _build_optimizer(cfg, num_steps))
+
+
+def _build_optimizer(cfg: Mapping[str, Any], num_steps: int | None
+                     ) -> optax.GradientTransformation:
     rate = learning_rate_schedule(cfg, num_steps)
     adam = [optax.scale_by_adam(b1=cfg["b1"], b2=cfg["b2"], eps=cfg["eps"],
                                 eps_root=cfg["eps_root"])]
@@ -104,7 +161,16 @@ def objective_loss(model: model_lib.Model, objective: objectives.Objective) -> L
 
     When the objective reads the reference model's log-probabilities, theta is
     {'objective': its theta, 'reference': the frozen reference params} (`step_theta`).
+    One function per model and objective settings (`objectives.program_key`; theta is an
+    argument), so that programs jitted from it are compiled once.
     """
+    key = objectives.program_key(objective)
+    if key is None:
+        return _objective_loss(model, objective)
+    return program(("objective_loss", model, key), lambda: _objective_loss(model, objective))
+
+
+def _objective_loss(model: model_lib.Model, objective: objectives.Objective) -> LossFn:
 
     def loss_fn(params, batch, theta):
         logits = model.apply(params, batch["inputs"]).logits  # [B, T, V]
@@ -193,24 +259,48 @@ def compile_steps(model: model_lib.Model, optimizer: optax.GradientTransformatio
     """
     if loss_fn is None:
         loss_fn = objective_loss(model, objective)
-    batch_sh = NamedSharding(mesh, sharding.batch_spec(mesh))
-    replicated = NamedSharding(mesh, P())
-    train = jax.jit(
-        functools.partial(train_step, optimizer=optimizer, loss_fn=loss_fn),
-        in_shardings=(state_sh, batch_sh, None), out_shardings=(state_sh, replicated),
-        donate_argnums=(0,))
-    evaluate = jax.jit(
-        functools.partial(eval_step, loss_fn=loss_fn),
-        in_shardings=(state_sh.params, batch_sh, None), out_shardings=replicated)
-    return train, evaluate
+
+    def build():
+        batch_sh = NamedSharding(mesh, sharding.batch_spec(mesh))
+        replicated = NamedSharding(mesh, P())
+        train = jax.jit(
+            functools.partial(train_step, optimizer=optimizer, loss_fn=loss_fn),
+            in_shardings=(state_sh, batch_sh, None), out_shardings=(state_sh, replicated),
+            donate_argnums=(0,))
+        evaluate = jax.jit(
+            functools.partial(eval_step, loss_fn=loss_fn),
+            in_shardings=(state_sh.params, batch_sh, None), out_shardings=replicated)
+        return train, evaluate
+
+    # The same steps for the same model, optimizer, loss function and shardings: a stage run
+    # again (another cell of the same shapes) compiles nothing new.
+    return program(("steps", model, optimizer, loss_fn, tree_key(state_sh), mesh), build)
 
 
 def create_sharded_state(model: model_lib.Model, optimizer: optax.GradientTransformation,
                          rng: jax.Array, seq_len: int, rules: sharding.Rules,
                          mesh: jax.sharding.Mesh) -> tuple[TrainState, TrainState]:
-    """Initialises the state directly into its shardings. Returns (state, shardings)."""
-    init = functools.partial(init_state, model, optimizer, seq_len=seq_len)
-    abstract = jax.eval_shape(init, rng)
-    state_sh = state_shardings(abstract, optimizer, rules, mesh)
-    state = jax.jit(init, out_shardings=state_sh)(rng)
-    return state, state_sh
+    """Initialises the state directly into its shardings. Returns (state, shardings). The
+    program is built once per model, optimizer, sequence length, rules and mesh."""
+
+    def build():
+        init = functools.partial(init_state, model, optimizer, seq_len=seq_len)
+        abstract = jax.eval_shape(init, rng)
+        state_sh = state_shardings(abstract, optimizer, rules, mesh)
+        return jax.jit(init, out_shardings=state_sh), state_sh
+
+    try:
+        key = ("init_state", model, optimizer, seq_len, hashable(rules), mesh)
+    except TypeError:
+        key = None
+    init, state_sh = build() if key is None else program(key, build)
+    return init(rng), state_sh
+
+
+def init_opt_state(optimizer: optax.GradientTransformation, params: Any,
+                   shardings: Any) -> Any:
+    """`optimizer.init(params)` placed as `shardings` (a state's opt_state shardings), by one
+    program per optimizer and shardings."""
+    init = program(("init_opt_state", optimizer, tree_key(shardings)),
+                   lambda: jax.jit(optimizer.init, out_shardings=shardings))
+    return init(params)

@@ -44,6 +44,27 @@ class Objective(NamedTuple):
     needs_history: bool = False
 
 
+def program_key(objective: Objective) -> tuple | None:
+    """What a program of `objective`'s loss depends on besides theta (an argument of every
+    program): its name, the loss function with its settings, and what it reads. Objectives
+    built from equal settings (`build`) have equal keys, whatever their theta; None when a
+    setting has no hashable value (the objective then keys nothing)."""
+    key = (objective.name, _callable_key(objective.loss), objective.needs_reference,
+           objective.needs_history)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _callable_key(fn: Callable) -> Any:
+    """A function, or a functools.partial as (function, arguments, sorted keywords)."""
+    if isinstance(fn, functools.partial):
+        return (_callable_key(fn.func), fn.args, tuple(sorted(fn.keywords.items())))
+    return fn
+
+
 def build(cfg: str | Mapping[str, Any]) -> Objective:
     """The objective named by `cfg` (a name, or a section with `name` and its settings).
 

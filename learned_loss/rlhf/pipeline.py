@@ -193,8 +193,8 @@ class Stage:
         # frozen reference parameters.
         params = jax.device_put(_merge_params(jax.device_get(state.params),
                                               jax.device_get(sft.params)), self.state_sh.params)
-        self.state = state._replace(params=params, opt_state=jax.jit(
-            self.optimizer.init, out_shardings=self.state_sh.opt_state)(params))
+        self.state = state._replace(params=params, opt_state=train.init_opt_state(
+            self.optimizer, params, self.state_sh.opt_state))
 
 
 def place_frozen(params: Any, sft_config, mesh) -> Any:
@@ -363,6 +363,27 @@ def rl_settings(config, algorithm: str) -> training.RLSettings:
         grpo_beta=r.grpo_beta)
 
 
+def rl_step_program(stage: Stage, reference_model: model_lib.Model,
+                    reward_model_: model_lib.Model, settings: training.RLSettings, mesh):
+    """`training.rl_step` jitted with the stage's shardings (the state donated): one program
+    per models, optimizer, settings, shardings and mesh (`train.program`), so that every RL run
+    of the same shapes (the comparison's cells) reuses the first one's."""
+
+    def build():
+        batch_sh = NamedSharding(mesh, sharding.batch_spec(mesh))
+        replicated = NamedSharding(mesh, P())
+        return jax.jit(
+            functools.partial(training.rl_step, model=stage.model,
+                              reference_model=reference_model, reward_model_=reward_model_,
+                              optimizer=stage.optimizer, settings=settings),
+            in_shardings=(stage.state_sh, batch_sh, None),
+            out_shardings=(stage.state_sh, replicated, replicated), donate_argnums=(0,))
+
+    return train.program(("rl_step", stage.model, reference_model, reward_model_,
+                          stage.optimizer, settings, train.tree_key(stage.state_sh), mesh),
+                         build)
+
+
 def train_rl(config, algorithm: str, sft, families, mesh, reference, reward, evaluator,
              workdir: str, learned_reward: dict | None = None) -> dict:
     """PPO / RLOO / GRPO against the reward model, or against r_theta on top of it when
@@ -382,14 +403,8 @@ def train_rl(config, algorithm: str, sft, families, mesh, reference, reward, eva
         seed=config.seed, global_batch_size=r.global_batch_size, width=width,
         kl_coef=r.kl_coef, kl_target=r.kl_target, kl_horizon=r.kl_horizon,
         process_index=jax.process_index(), process_count=jax.process_count())
-    batch_sh = NamedSharding(mesh, sharding.batch_spec(mesh))
     replicated = NamedSharding(mesh, P())
-    step_fn = jax.jit(
-        functools.partial(training.rl_step, model=stage.model, reference_model=reference[0],
-                          reward_model_=reward[0], optimizer=stage.optimizer,
-                          settings=settings),
-        in_shardings=(stage.state_sh, batch_sh, None),
-        out_shardings=(stage.state_sh, replicated, replicated), donate_argnums=(0,))
+    step_fn = rl_step_program(stage, reference[0], reward[0], settings, mesh)
     theta = {"reference": reference[1], "reward": reward[1]}
     if learned_reward is not None:
         theta["learned_reward"] = jax.device_put(learned_reward, replicated)

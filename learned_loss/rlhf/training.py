@@ -49,7 +49,14 @@ def reward_loss_fn(model: model_lib.Model, *, center_coef: float = 0.0) -> train
     batch: {'chosen', 'rejected': [B, W], 'chosen_length', 'rejected_length': [B]}, and
     optionally 'gold_order' [B] (+1 / -1 / 0), which adds the metric `gold_accuracy`: how often
     the reward model orders a pair as the gold scores do, among pairs they order.
+    The same model and settings give the same function (`train.program`), so that the steps
+    jitted from it compile once.
     """
+    return train.program(("reward_loss", model, center_coef),
+                         lambda: _reward_loss_fn(model, center_coef=center_coef))
+
+
+def _reward_loss_fn(model: model_lib.Model, *, center_coef: float) -> train.LossFn:
 
     def loss_fn(params, batch, theta):
         del theta
@@ -94,7 +101,28 @@ def dpo_loss_fn(model: model_lib.Model, *, beta: float = dpo.BETA, loss_type: st
     f(beta * delta) with f the learned curve (DiscoPOP-style, Lu et al. 2024; exactly DPO at
     `learned.init_preference_loss`). preference_theta (a dict of arrays) is closed over and not
     trained; the metrics are DPO's (its loss as `dpo_loss`) with `loss` the learned one.
+    The same model, settings and preference_theta values give the same function
+    (`train.program`, keyed by the values), so that the steps jitted from it compile once.
     """
+    key = ("dpo_loss", model, beta, loss_type, label_smoothing,
+           _values_key(preference_theta))
+    return train.program(key, lambda: _dpo_loss_fn(
+        model, beta=beta, loss_type=loss_type, label_smoothing=label_smoothing,
+        preference_theta=preference_theta))
+
+
+def _values_key(tree: Any) -> Any:
+    """A hashable key of a pytree of host arrays by their values (None for None)."""
+    if tree is None:
+        return None
+    leaves, treedef = jax.tree.flatten(tree)
+    arrays = jax.device_get([jnp.asarray(x) for x in leaves])
+    return treedef, tuple((a.dtype.str, a.shape, a.tobytes()) for a in arrays)
+
+
+def _dpo_loss_fn(model: model_lib.Model, *, beta: float, loss_type: str,
+                 label_smoothing: float,
+                 preference_theta: Mapping[str, Any] | None) -> train.LossFn:
     if loss_type == "learned":
         if preference_theta is None:
             raise ValueError("loss_type='learned' needs preference_theta (the learned preference "
