@@ -321,23 +321,10 @@ def train_cells(config, cells: Sequence[Cell], data: Sequence[Data], *, init_par
     train_rows = training_rows.stack([rows_of(first.method, d) for d in data])  # [S, N, T]
     valid_rows = training_rows.stack([d.valid for d in data])  # [S, V, T]
     steps = method_steps(config, first.method)
-    optimizer = train.make_optimizer(config.optimizer, steps,
-                                     differentiable=first.method == "learned_online")
-
-    def problem_of(rows) -> base.InnerProblem:
-        return lm_problem.lm_problem(model, optimizer, objective, *rows,
-                                     batch_size=config.batch_size,
-                                     valid_batch_size=config.batch_size,
-                                     seq_len=config.data.seq_len, init_params=init_params)
-
+    online = first.method == "learned_online"
+    runner = runner_of(config, model, objective, steps, online, init_params is not None)
     rows = (training_rows.Demonstrations(*map(jnp.asarray, train_rows)),
             training_rows.Demonstrations(*map(jnp.asarray, valid_rows)))
-    online = first.method == "learned_online"
-    if online:
-        runner = outer.online_runner(problem_of, outer.make_optimizer(config.learned.online_outer),
-                                     lookahead=config.learned.lookahead)
-    else:
-        runner = fit.plain(problem_of)
 
     def per_cell(carry) -> list[Any]:
         return fit.unstack(runner.inner(carry), len(cells))
@@ -356,7 +343,7 @@ def train_cells(config, cells: Sequence[Cell], data: Sequence[Data], *, init_par
 
     carry = fit.fit(runner, jax.tree.map(jnp.asarray, objective.theta),
                     fit.seed_keys([c.seed for c in cells]), rows, steps, segments=segments,
-                    on_segment=callback)
+                    on_segment=callback, shared=init_params)
     inners = per_cell(carry)
     facts = {"steps": steps, "theta_source": source, "train_rows": train_rows.inputs.shape[1],
              "corrupted_rows": [int(c) for c in train_rows.corrupted.sum(axis=1)],
@@ -367,7 +354,7 @@ def train_cells(config, cells: Sequence[Cell], data: Sequence[Data], *, init_par
     if first.method in LEARNED:  # How the final weights treat corrupted and clean rows.
         thetas = (fit.unstack(carry[0], len(cells)) if online
                   else [objective.theta] * len(cells))
-        loss_fn = jax.jit(train.objective_loss(model, objective))  # One program per group.
+        loss_fn = loss_program(model, objective)
         by_corruption = [weights_by_corruption(loss_fn, objective, theta, inner, d.train)
                          for theta, inner, d in zip(thetas, inners, data)]
         facts.update({k: [w[k] for w in by_corruption] for k in WEIGHT_FACTS})
@@ -378,6 +365,51 @@ def train_cells(config, cells: Sequence[Cell], data: Sequence[Data], *, init_par
     fitted = [fit_by_corruption(model, inner["params"], d.train) for inner, d in zip(inners, data)]
     facts.update({k: [f[k] for f in fitted] for k in FIT_FACTS})
     return model, inners, facts
+
+
+def runner_of(config, model: model_lib.Model, objective: objectives.Objective, steps: int,
+              online: bool, from_params: bool) -> fit.Runner:
+    """The runner of `train_cells`' program: fine-tuning `model` with `objective` for `steps`
+    steps (online: meta-weighted, `outer.online_runner`) at the config's optimizer, batch and
+    sequence length. Its data is (train rows, clean validation rows), and with `from_params`
+    ((those rows), the parameters every run starts from), which `fit.fit` passes as `shared`,
+    an argument of the program.
+
+    One runner per model, optimizer, objective settings (`objectives.program_key`; theta is an
+    argument too), batch, sequence length and online settings (`train.program`), so that every
+    group of the same settings and shapes (another noise kind, arm or set of seeds) runs the
+    program compiled for the first."""
+    optimizer = train.make_optimizer(config.optimizer, steps, differentiable=online)
+    batch_size, seq_len = int(config.batch_size), int(config.data.seq_len)
+    lookahead, outer_cfg = ((int(config.learned.lookahead), config.learned.online_outer.to_dict())
+                            if online else (0, None))
+
+    def build() -> fit.Runner:
+        def problem_of(data) -> base.InnerProblem:
+            rows, init_params = data if from_params else (data, None)
+            return lm_problem.lm_problem(model, optimizer, objective, *rows,
+                                         batch_size=batch_size, valid_batch_size=batch_size,
+                                         seq_len=seq_len, init_params=init_params)
+
+        if online:
+            return outer.online_runner(problem_of, outer.make_optimizer(outer_cfg),
+                                       lookahead=lookahead)
+        return fit.plain(problem_of)
+
+    key = objectives.program_key(objective)
+    if key is None:
+        return build()
+    return train.program(("token_arms.runner", model, optimizer, key, batch_size, seq_len,
+                          lookahead, train.hashable(outer_cfg), from_params), build)
+
+
+def loss_program(model: model_lib.Model, objective: objectives.Objective):
+    """`train.objective_loss` jitted, one program per model and objective settings."""
+    key = objectives.program_key(objective)
+    if key is None:
+        return jax.jit(train.objective_loss(model, objective))
+    return train.program(("token_arms.loss", model, key),
+                         lambda: jax.jit(train.objective_loss(model, objective)))
 
 
 def _split_by_corruption(rows: training_rows.Demonstrations, limit: int, history: Any = None):
