@@ -50,11 +50,16 @@ def history_of(history: Mapping[str, jax.Array], index: jax.Array) -> dict[str, 
 def lm_problem(model: model_lib.Model, optimizer: optax.GradientTransformation,
                objective: objectives_lib.Objective, train_rows: training_rows.Demonstrations,
                valid_rows: training_rows.Demonstrations, *, batch_size: int, valid_batch_size: int,
-               seq_len: int, init_params: Any = None, mesh=None) -> base.InnerProblem:
+               seq_len: int, init_params: Any = None, mesh=None,
+               num_train_rows: Any = None) -> base.InnerProblem:
     """Fine-tuning on `train_rows` with `objective` (theta), scored on clean `valid_rows`.
 
     init_params: the parameters every inner run starts from (e.g. a pre-trained checkpoint);
     None: a fresh random initialisation from each run's key.
+    num_train_rows: how many of the leading train rows batches are drawn from ([] int, may be a
+    traced value), the others being padding that is never drawn, so that runs on row sets of
+    different sizes padded to one size share a program (the same draws as unpadded rows);
+    None: all of them.
     mesh: when it has a `data` axis, each inner batch is split over it (under a population
     vmap with `spmd_axis_name='pop'` the rows then shard over `pop` x `data`).
     """
@@ -88,7 +93,8 @@ def lm_problem(model: model_lib.Model, optimizer: optax.GradientTransformation,
         return inner
 
     def step(theta, inner, key):
-        index = training_rows.draw_index(key, train["inputs"].shape[0], batch_size)  # [B]
+        rows = train["inputs"].shape[0] if num_train_rows is None else num_train_rows
+        index = training_rows.draw_index(key, rows, batch_size)  # [B]
         batch = training_rows.take(train, index)
         if objective.needs_history:
             batch.update(history_of(inner["history"], index))

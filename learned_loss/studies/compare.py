@@ -71,6 +71,10 @@ from learned_loss.studies.arms import GOLD_PAIRS, META_TRAINED, RLHF, TOKEN
 FAMILY_SET = "compare"
 REWARD_SFT = "learned_reward_sft"
 TIMING_FILE = "timing.json"  # The wall time by stage of each start (`run`).
+# The gold-pairs cells' training rows (noisy demonstrations plus the gold answers of their
+# seed's pairs, as many as there are) are padded to a multiple of this, so that the cells share
+# a compiled program (token_arms.train_cells' row_bucket).
+GOLD_ROW_BUCKET = 256
 
 
 def cell_key(objective: str, noise: str, seed: int, meta_seed: int = 0) -> str:
@@ -635,7 +639,8 @@ def _gold_pairs_cell(config, workdir, grid, noise, seed, data, pre):
     cfg = noisy_view(config)
     cell = token_arms.Cell(FAMILY_SET, noise, "mle", config.model.variant, seed)
     t0 = time.time()
-    model, inners, facts = token_arms.train_cells(cfg, [cell], [extended], init_params=pre.params)
+    model, inners, facts = token_arms.train_cells(cfg, [cell], [extended], init_params=pre.params,
+                                                  row_bucket=GOLD_ROW_BUCKET)
     scored = score(config, model, inners[0]["params"], pre.params, data, seed)
     seen = dict(token_arms.data_seen(cfg, "mle", data), gold_answers_in_pairs=len(gold))
     curve = [_sft_cell(grid, noise, seed)["curve"][0],  # The pre-trained model, same prompts.

@@ -290,7 +290,8 @@ def data_seen(config, method: str, data: Data) -> dict[str, int]:
 
 
 def train_cells(config, cells: Sequence[Cell], data: Sequence[Data], *, init_params: Any = None,
-                segments: int = 1, on_segment=None) -> tuple[Any, list[Any], dict]:
+                segments: int = 1, on_segment=None, row_bucket: int = 0
+                ) -> tuple[Any, list[Any], dict]:
     """Trains the models of `cells`, which differ only in their seed, as one program over
     the seeds (`fit.fit`): each seed its own data (`data[i]` for `cells[i]`), initialisation,
     batches and, online, theta.
@@ -309,6 +310,12 @@ def train_cells(config, cells: Sequence[Cell], data: Sequence[Data], *, init_par
     learned method facts['weight_noisy'] and ['weight_clean'] (`weights_by_corruption`); with
     early stopping the params are each cell's best on the clean validation examples, and
     facts['stopped_at'] and facts['valid_exact_match'] (at that step) are per cell.
+
+    row_bucket: > 0 pads each cell's training rows to a multiple of it (rows that are never
+    drawn: the same batches as unpadded), so that cells whose row counts differ (and differ
+    from run to run, such as MLE with the gold answers of a seed's preference pairs) share
+    one compiled program; facts['train_rows'] is then each cell's own count when they differ.
+    0: every cell's rows must be as many.
     """
     first = cells[0]
     if any(dataclasses.replace(c, seed=first.seed) != first for c in cells):
@@ -318,13 +325,19 @@ def train_cells(config, cells: Sequence[Cell], data: Sequence[Data], *, init_par
     model_cfg = config.model if first.model == config.model.variant else config.transfer.model
     model = model_of(model_cfg)
     objective, source = method_objective(config, first.method, first.noise)
-    train_rows = training_rows.stack([rows_of(first.method, d) for d in data])  # [S, N, T]
+    own_rows = [rows_of(first.method, d) for d in data]
+    counts = [len(r) for r in own_rows]
+    if row_bucket > 0:
+        size = -(-max(counts) // row_bucket) * row_bucket
+        own_rows = [_padded(r, size) for r in own_rows]
+    train_rows = training_rows.stack(own_rows)  # [S, N, T]
     valid_rows = training_rows.stack([d.valid for d in data])  # [S, V, T]
     steps = method_steps(config, first.method)
     online = first.method == "learned_online"
     runner = runner_of(config, model, objective, steps, online, init_params is not None)
     rows = (training_rows.Demonstrations(*map(jnp.asarray, train_rows)),
-            training_rows.Demonstrations(*map(jnp.asarray, valid_rows)))
+            training_rows.Demonstrations(*map(jnp.asarray, valid_rows)),
+            jnp.asarray(counts, jnp.int32))  # [S]: the rows each seed draws from
 
     def per_cell(carry) -> list[Any]:
         return fit.unstack(runner.inner(carry), len(cells))
@@ -345,7 +358,8 @@ def train_cells(config, cells: Sequence[Cell], data: Sequence[Data], *, init_par
                     fit.seed_keys([c.seed for c in cells]), rows, steps, segments=segments,
                     on_segment=callback, shared=init_params)
     inners = per_cell(carry)
-    facts = {"steps": steps, "theta_source": source, "train_rows": train_rows.inputs.shape[1],
+    facts = {"steps": steps, "theta_source": source,
+             "train_rows": counts[0] if len(set(counts)) == 1 else counts,
              "corrupted_rows": [int(c) for c in train_rows.corrupted.sum(axis=1)],
              "params": model_lib.param_count(inners[0]["params"]),
              "seeds_in_program": len(cells)}
@@ -371,9 +385,9 @@ def runner_of(config, model: model_lib.Model, objective: objectives.Objective, s
               online: bool, from_params: bool) -> fit.Runner:
     """The runner of `train_cells`' program: fine-tuning `model` with `objective` for `steps`
     steps (online: meta-weighted, `outer.online_runner`) at the config's optimizer, batch and
-    sequence length. Its data is (train rows, clean validation rows), and with `from_params`
-    ((those rows), the parameters every run starts from), which `fit.fit` passes as `shared`,
-    an argument of the program.
+    sequence length. Its data is (train rows, clean validation rows, how many of the train
+    rows are drawn from), and with `from_params` ((those), the parameters every run starts
+    from), which `fit.fit` passes as `shared`, an argument of the program.
 
     One runner per model, optimizer, objective settings (`objectives.program_key`; theta is an
     argument too), batch, sequence length and online settings (`train.program`), so that every
@@ -386,10 +400,11 @@ def runner_of(config, model: model_lib.Model, objective: objectives.Objective, s
 
     def build() -> fit.Runner:
         def problem_of(data) -> base.InnerProblem:
-            rows, init_params = data if from_params else (data, None)
-            return lm_problem.lm_problem(model, optimizer, objective, *rows,
+            (train_rows, valid_rows, count), init_params = data if from_params else (data, None)
+            return lm_problem.lm_problem(model, optimizer, objective, train_rows, valid_rows,
                                          batch_size=batch_size, valid_batch_size=batch_size,
-                                         seq_len=seq_len, init_params=init_params)
+                                         seq_len=seq_len, init_params=init_params,
+                                         num_train_rows=count)
 
         if online:
             return outer.online_runner(problem_of, outer.make_optimizer(outer_cfg),
@@ -401,6 +416,13 @@ def runner_of(config, model: model_lib.Model, objective: objectives.Objective, s
         return build()
     return train.program(("token_arms.runner", model, optimizer, key, batch_size, seq_len,
                           lookahead, train.hashable(outer_cfg), from_params), build)
+
+
+def _padded(rows: training_rows.Demonstrations, size: int) -> training_rows.Demonstrations:
+    """`rows` followed by empty rows (no token counts, none corrupted) up to `size` rows."""
+    extra = size - len(rows)
+    return training_rows.Demonstrations(*[
+        np.concatenate([v, np.zeros((extra,) + v.shape[1:], v.dtype)]) for v in rows])
 
 
 def loss_program(model: model_lib.Model, objective: objectives.Objective):
