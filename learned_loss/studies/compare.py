@@ -44,6 +44,7 @@ workdir must be storage that every host reads (one machine's disk, or a bucket).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -229,8 +230,7 @@ def write_sft(config, workdir: str, inner: Mapping[str, Any], seed: int, familie
     sft.seed = seed
     sft.optimizer = config.optimizer.to_dict()
     run_key = fit.seed_keys([seed])[0, 1]  # train.init_state's state rng.
-    rng = jax.lax.fori_loop(0, step, lambda _, r: train.next_rng(r),
-                            jax.random.key_data(run_key))
+    rng = _rng_after(jax.random.key_data(run_key), step)
     state = train.TrainState(params=inner["params"], opt_state=inner["opt_state"],
                              step=jnp.asarray(step, jnp.int32), rng=rng)
     tmp = workdir + ".tmp"
@@ -242,6 +242,12 @@ def write_sft(config, workdir: str, inner: Mapping[str, Any], seed: int, familie
     ckpt.save(step, state, {"model": config.model.to_dict()})
     ckpt.close()
     files.replace_dir(tmp, workdir)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _rng_after(rng: jax.Array, steps: int) -> jax.Array:
+    """A state's rng ([2] uint32 key data) after `steps` steps (one program per step count)."""
+    return jax.lax.fori_loop(0, steps, lambda _, r: train.next_rng(r), rng)
 
 
 def sft_dir(workdir: str, noise: str, seed: int) -> str:
