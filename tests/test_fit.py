@@ -44,6 +44,30 @@ def test_fit_over_seeds_is_each_seed_run_alone():
     assert len({round(float(i["x"]), 4) for i in inners}) == 3
 
 
+def test_runs_of_one_runner_share_one_program():
+    """fit's programs are module-level with the runner static: another run of the same runner
+    and shapes (other seeds, data, theta and shared values) compiles nothing new."""
+    runner = fit.plain(lambda data: _problem(data[0] + data[1]))
+    count = fit._whole._cache_size()  # pylint: disable=protected-access
+    first = fit.fit(runner, jnp.float32(1.0), fit.seed_keys([0, 1]), jnp.array([1.0, 2.0]), 5,
+                    shared=jnp.float32(0.0))
+    fit.fit(runner, jnp.float32(2.0), fit.seed_keys([3, 4]), jnp.array([3.0, 4.0]), 5,
+            shared=jnp.float32(1.0))
+    moved = fit.fit(runner, jnp.float32(1.0), fit.seed_keys([0, 1]), jnp.array([1.0, 2.0]), 5,
+                    shared=jnp.float32(1.0))
+    assert fit._whole._cache_size() == count + 1  # pylint: disable=protected-access
+    # The shared value is an argument, not a constant of the first run: targets moved by 1.
+    assert not np.array_equal(runner.inner(first)["x"], runner.inner(moved)["x"])
+
+
+def test_equal_optimizer_configs_give_one_optimizer():
+    """So that the programs built from it (steps, state initialisers) are compiled once."""
+    config = _adam(name="adamw", weight_decay=0.1)
+    assert train.make_optimizer(config, 10) is train.make_optimizer(dict(config), 10)
+    assert train.make_optimizer(config, 10) is not train.make_optimizer(config, 20)
+    assert train.make_optimizer(config) is not train.make_optimizer(dict(config, lr=0.5))
+
+
 def test_segments_call_back_between_spans_and_train_the_same_number_of_steps():
     runner = fit.plain(_problem)
     seen = []

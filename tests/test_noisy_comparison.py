@@ -5,11 +5,14 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from scipy import stats
 
 from configs import noisy_demonstrations as noisy
+from learned_loss.core import timing
 from learned_loss.data import tasks
 from learned_loss.objectives import artifact, learned
 from learned_loss.studies import noisy_demonstrations, statistics, token_arms
@@ -156,6 +159,38 @@ def test_seeds_trained_together_match_seeds_trained_alone(tmp_path):
     np.testing.assert_array_equal(clean.inputs[~data[0].train.corrupted],
                                   data[0].train.inputs[~data[0].train.corrupted])
     assert not clean.corrupted.any() and data[0].train.corrupted.any()
+
+
+def test_a_group_of_the_shapes_of_an_earlier_one_compiles_nothing(tmp_path):
+    """A group of the settings and shapes of an earlier one (another seed's data, a copy of the
+    config, other starting parameters) runs the earlier group's programs: its runner is the
+    same object, and the parameters it starts from are an argument, not constants."""
+    config = noisy.get_config("smoke")
+    config.data.data_dir = str(tmp_path / "tfds")
+    model = token_arms.model_of(config.model)
+    start = [model.init(jax.random.key(k), jnp.zeros((1, config.data.seq_len), jnp.int32))
+             for k in (0, 1)]
+    cells = [token_arms.Cell("transfer", "swap30", "loss_truncation", config.model.variant, s)
+             for s in (0, 1)]
+    data = [token_arms.build_data(config, "transfer", "swap30", s) for s in (0, 1)]
+    copy = ml_collections.ConfigDict(config.to_dict())
+    objective, _ = token_arms.method_objective(config, "loss_truncation", "swap30")
+    assert token_arms.runner_of(config, model, objective, 8, False, True) is \
+        token_arms.runner_of(copy, model, objective, 8, False, True)
+    timing.reset()
+    with timing.stage("first"):
+        token_arms.train_cells(config, cells[:1], data[:1], init_params=start[0], segments=2)
+    with timing.stage("second"):
+        _, inners, _ = token_arms.train_cells(copy, cells[1:], data[1:], init_params=start[1],
+                                              segments=2)
+    rows = {r["stage"]: r for r in timing.breakdown()["stages"]}
+    assert rows["second"]["programs"] == 0, rows
+    # Trained from its own start (an argument of the shared program): the same cell from the
+    # first group's start is another model.
+    _, other, _ = token_arms.train_cells(config, cells[1:], data[1:], init_params=start[0],
+                                         segments=2)
+    assert not np.array_equal(jax.tree.leaves(inners[0]["params"])[0],
+                              jax.tree.leaves(other[0]["params"])[0])
 
 
 def test_grid_follows_the_noise_order():

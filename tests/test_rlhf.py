@@ -12,7 +12,7 @@ from configs import models, optimizers
 from learned_loss.core import sampling, sharding, train
 from learned_loss.core import model as model_lib
 from learned_loss.data import tasks, tokenizer
-from learned_loss.objectives import reward_model
+from learned_loss.objectives import learned, reward_model
 from learned_loss.rlhf import rollout, training
 from learned_loss.rlhf import data as rlhf_data
 
@@ -247,3 +247,28 @@ def test_pair_losses_train_on_the_mesh(models_, kind):
     last = jax.device_get(evaluate(state.params, batch, theta))
     assert last["loss"] < 0.5 * first["loss"]
     assert last["accuracy"] == 1.0
+
+
+def test_a_stage_built_again_runs_the_same_programs(models_):
+    """What an RLHF stage jits (state initialiser, train and eval steps, their losses) is built
+    once per model, settings and shardings: a stage built again (another cell of the
+    comparison) gets the same jitted functions, so it compiles nothing new. A learned
+    preference loss is keyed by its theta's values."""
+    policy, params, with_head, _ = models_
+    mesh = sharding.make_mesh({"data": -1, "model": 2})
+    built = []
+    for _ in range(2):
+        optimizer = train.make_optimizer(optimizers.adamw(3e-3, 1, 0.0), 30)
+        _, state_sh = train.create_sharded_state(with_head, optimizer, jax.random.key(0), 24,
+                                                 models.PARTITION_RULES, mesh)
+        built.append(train.compile_steps(with_head, optimizer, None, state_sh, mesh,
+                                         loss_fn=training.reward_loss_fn(with_head)))
+    assert built[0][0] is built[1][0] and built[0][1] is built[1][1]
+    theta = learned.init_preference_loss(jax.random.key(0))
+    same = {k: np.array(v) for k, v in theta.items()}
+    moved = dict(same, **{k: v + 1.0 for k, v in list(same.items())[:1]})
+    assert (training.dpo_loss_fn(policy, loss_type="learned", preference_theta=theta)
+            is training.dpo_loss_fn(policy, loss_type="learned", preference_theta=same))
+    assert (training.dpo_loss_fn(policy, loss_type="learned", preference_theta=theta)
+            is not training.dpo_loss_fn(policy, loss_type="learned", preference_theta=moved))
+    assert training.dpo_loss_fn(policy, beta=0.5) is not training.dpo_loss_fn(policy, beta=0.1)
