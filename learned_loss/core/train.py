@@ -282,19 +282,33 @@ def create_sharded_state(model: model_lib.Model, optimizer: optax.GradientTransf
                          mesh: jax.sharding.Mesh) -> tuple[TrainState, TrainState]:
     """Initialises the state directly into its shardings. Returns (state, shardings). The
     program is built once per model, optimizer, sequence length, rules and mesh."""
+    _, state_sh = state_layout(model, optimizer, seq_len, rules, mesh)
+    init = functools.partial(init_state, model, optimizer, seq_len=seq_len)
+    key = _layout_key("init_state", model, optimizer, seq_len, rules, mesh)
+    build = lambda: jax.jit(init, out_shardings=state_sh)
+    return (build() if key is None else program(key, build))(rng), state_sh
+
+
+def state_layout(model: model_lib.Model, optimizer: optax.GradientTransformation,
+                 seq_len: int, rules: sharding.Rules, mesh: jax.sharding.Mesh
+                 ) -> tuple[TrainState, TrainState]:
+    """(the abstract state `init_state` makes: shapes and dtypes, its shardings), without
+    compiling anything."""
 
     def build():
-        init = functools.partial(init_state, model, optimizer, seq_len=seq_len)
-        abstract = jax.eval_shape(init, rng)
-        state_sh = state_shardings(abstract, optimizer, rules, mesh)
-        return jax.jit(init, out_shardings=state_sh), state_sh
+        abstract = jax.eval_shape(functools.partial(init_state, model, optimizer,
+                                                    seq_len=seq_len), jax.random.key(0))
+        return abstract, state_shardings(abstract, optimizer, rules, mesh)
 
+    key = _layout_key("state_layout", model, optimizer, seq_len, rules, mesh)
+    return build() if key is None else program(key, build)
+
+
+def _layout_key(name, model, optimizer, seq_len, rules, mesh):
     try:
-        key = ("init_state", model, optimizer, seq_len, hashable(rules), mesh)
+        return (name, model, optimizer, seq_len, hashable(rules), mesh)
     except TypeError:
-        key = None
-    init, state_sh = build() if key is None else program(key, build)
-    return init(rng), state_sh
+        return None
 
 
 def init_opt_state(optimizer: optax.GradientTransformation, params: Any,

@@ -35,6 +35,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -185,14 +186,27 @@ class Stage:
         self.model = model_lib.build(self.model_config)
         self.optimizer = train.make_optimizer(self.config.optimizer, optimizer_steps)
         self.schedule = train.learning_rate_schedule(self.config.optimizer, optimizer_steps)
-        rules = sft.config.sharding.rules
-        state, self.state_sh = train.create_sharded_state(
-            self.model, self.optimizer, jax.random.key(config.seed), sft.config.data.seq_len,
-            rules, mesh)
+        rules, seq_len = sft.config.sharding.rules, sft.config.data.seq_len
+        key = jax.random.key(config.seed)
+        abstract, self.state_sh = train.state_layout(self.model, self.optimizer, seq_len, rules,
+                                                     mesh)
         # Host copies: the train step donates its state, so no buffer may be shared with the
         # frozen reference parameters.
-        params = jax.device_put(_merge_params(jax.device_get(state.params),
-                                              jax.device_get(sft.params)), self.state_sh.params)
+        loaded = jax.device_get(sft.params)
+        if set(abstract.params) <= set(loaded):
+            # Every module comes from the SFT policy: no fresh initialisation to compile; the
+            # step and rng are init_state's (train.init_state splits the key alike).
+            state = train.TrainState(
+                params=None, opt_state=None,
+                step=jax.device_put(jnp.zeros((), jnp.int32), self.state_sh.step),
+                rng=jax.device_put(jax.random.key_data(jax.random.split(key)[1]),
+                                   self.state_sh.rng))
+            params = {k: loaded[k] for k in abstract.params}
+        else:  # A new head: initialised fresh, the rest from the SFT policy.
+            state, _ = train.create_sharded_state(self.model, self.optimizer, key, seq_len,
+                                                  rules, mesh)
+            params = _merge_params(jax.device_get(state.params), loaded)
+        params = jax.device_put(params, self.state_sh.params)
         self.state = state._replace(params=params, opt_state=train.init_opt_state(
             self.optimizer, params, self.state_sh.opt_state))
 
