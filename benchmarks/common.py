@@ -1,52 +1,16 @@
-"""What the benchmarks share: compile accounting, the machine's load, interleaved rounds, and the
-random parameters that make greedy decoding depend on the model.
+"""What the benchmarks share: the machine's load, interleaved rounds, and the random parameters
+that make greedy decoding depend on the model.
 
 Nothing here imports jax or torch, so that every benchmark runs without the PyTorch peer.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import statistics
 import time
 
 import numpy as np
-
-# jax.monitoring events of a compilation, by phase.
-COMPILE_EVENTS = {
-    "/jax/core/compile/jaxpr_trace_duration": "trace",
-    "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",
-    "/jax/core/compile/backend_compile_duration": "backend",
-}
-
-
-class CompileLog:
-    """Compile events attributed to a labelled function while inside it (register `listener`
-    with jax.monitoring.register_event_duration_secs_listener)."""
-
-    def __init__(self):
-        self.label = None  # Which function the events belong to, while inside it.
-        self.backend_compiles = {}  # label -> count
-        self.seconds = {}  # label -> {phase: seconds}
-
-    def listener(self, event, duration, **_):
-        phase = COMPILE_EVENTS.get(event)
-        if phase is None or self.label is None:
-            return
-        if phase == "backend":
-            self.backend_compiles[self.label] = self.backend_compiles.get(self.label, 0) + 1
-        bucket = self.seconds.setdefault(self.label, {})
-        bucket[phase] = bucket.get(phase, 0.0) + duration
-
-    @contextlib.contextmanager
-    def inside(self, label):
-        previous, self.label = self.label, label
-        try:
-            yield
-        finally:
-            self.label = previous
-
 
 BUSY_NOTE = ("other processes were using the CPUs: the throughputs are lower than on an idle "
              "machine and the ratios noisier. Rerun on an idle machine.")

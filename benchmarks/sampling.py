@@ -50,6 +50,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from learned_loss.core import timing  # noqa: E402
 from configs import models  # noqa: E402
 from learned_loss.core import model as model_lib  # noqa: E402
 from learned_loss.core import sampling  # noqa: E402
@@ -59,9 +60,6 @@ PROMPT_LEN = 32
 NEW_TOKENS = 32
 MIN_AGREEMENT = 0.95  # The fraction of greedy tokens the PyTorch peer must share with ours.
 NO_EOS = -1  # An eos_id no token equals: every row runs all NEW_TOKENS steps.
-
-LOG = common.CompileLog()
-jax.monitoring.register_event_duration_secs_listener(LOG.listener)
 
 
 class Generator:
@@ -73,7 +71,7 @@ class Generator:
         self.tokens = None  # The first generation's tokens, as numpy.
 
     def run(self, n):
-        with LOG.inside(self.label):
+        with timing.stage(self.label):
             start = time.perf_counter()
             out = None
             for _ in range(n):
@@ -158,7 +156,8 @@ def main(argv=None):
     tps = {g.label: [tokens_per_block / s for s in g.block_seconds] for g in generators}
     ours = common.spread(tps["ours"])
     generation_s = statistics.median(generators[0].block_seconds) / args.calls
-    compile_phases = LOG.seconds.get("ours", {})
+    ours_row = timing.stage_row("ours")
+    compile_phases = {p: ours_row[f"{p}_s"] for p in ("trace", "lower", "backend")}
     figures = {
         "model": "bench", "batch": BATCH, "prompt_len": PROMPT_LEN, "new_tokens": NEW_TOKENS,
         "device": jax.devices()[0].device_kind, "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -171,7 +170,7 @@ def main(argv=None):
         "compile_s": sum(compile_phases.values()),
         "compile_phases_s": compile_phases,
         "first_call_minus_generation_s": first["ours"] - generation_s,
-        "compilations": LOG.backend_compiles.get("ours", 0),
+        "compilations": ours_row["programs"],
         "torch": None if peer is None else peer.torch.__version__,
         "torch_skipped": peer_skipped,
     }

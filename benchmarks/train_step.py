@@ -67,6 +67,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from learned_loss.core import timing  # noqa: E402
 from configs import models, pretrain  # noqa: E402
 from learned_loss.core import model as model_lib  # noqa: E402
 from learned_loss import objectives  # noqa: E402
@@ -77,9 +78,6 @@ BATCH = 16
 NUM_POOL = 4  # Distinct random batches, cycled through, placed before timing.
 LR = 1e-3  # The minimal step's and the PyTorch peer's learning rate.
 LOSS_RTOL = 1e-4  # How far the PyTorch peer's first loss may lie from ours.
-
-LOG = common.CompileLog()
-jax.monitoring.register_event_duration_secs_listener(LOG.listener)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,7 +179,7 @@ class Runner:
         self.first = None
 
     def run(self, n):
-        with LOG.inside(self.label):
+        with timing.stage(self.label):
             start = time.perf_counter()
             for _ in range(n):
                 self.state, out = self.step(self.state, self.batches[self.calls % NUM_POOL])
@@ -280,7 +278,8 @@ def main(argv=None):
     ratios = [x / y for x, y in zip(tps["ours"], tps["minimal"])]  # Per round.
     mfus = [flops_per_token * x / p for x, p in zip(tps["ours"], peaks)]
     min_mfus = [flops_per_token * x / p for x, p in zip(tps["minimal"], peaks)]
-    compile_phases = LOG.seconds.get("ours", {})
+    ours_row = timing.stage_row("ours")
+    compile_phases = {p: ours_row[f"{p}_s"] for p in ("trace", "lower", "backend")}
 
     figures = {
         "model": "bench", "seq_len": SEQ_LEN, "global_batch": BATCH,
@@ -297,11 +296,11 @@ def main(argv=None):
         "compile_s": sum(compile_phases.values()),
         "compile_phases_s": compile_phases,
         "first_call_minus_step_s": first["ours"] - step_s["ours"],
-        "compilations": LOG.backend_compiles.get("ours", 0),
+        "compilations": ours_row["programs"],
         "jit_cache_size": our_jit._cache_size(),
         "minimal_tokens_per_s": min_tps,
         "minimal_mfu": statistics.median(min_mfus),
-        "minimal_compilations": LOG.backend_compiles.get("minimal", 0),
+        "minimal_compilations": timing.stage_row("minimal")["programs"],
         "ratio_to_minimal": statistics.median(ratios),
         "ratio_to_minimal_range": [min(ratios), max(ratios)],
         "first_loss": our_loss,

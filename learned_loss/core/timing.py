@@ -196,6 +196,14 @@ def breakdown() -> dict[str, Any]:
             "total": _finished(total, "total")}
 
 
+def stage_row(name: str) -> dict[str, Any]:
+    """Stage `name`'s row of `breakdown` (a row of zeros when it was never opened)."""
+    for row in breakdown()["stages"]:
+        if row["stage"] == name:
+            return row
+    return _finished(_new_row(), name)
+
+
 def table(account: dict[str, Any]) -> str:
     """`account` (from `breakdown`) as a fixed-width text table: stage, wall, compile and run
     seconds, programs compiled (of which read from the persistent cache), notes."""
