@@ -1,7 +1,8 @@
 """What the benchmarks share: the machine's load, interleaved rounds, and the random parameters
 that make greedy decoding depend on the model.
 
-Nothing here imports jax or torch, so that every benchmark runs without the PyTorch peer.
+Nothing here imports jax, nor torch until `peer_module` is called, so that every benchmark runs
+without the PyTorch peer.
 """
 
 from __future__ import annotations
@@ -95,3 +96,23 @@ def random_params(shapes: dict, seed: int) -> dict:
                 value = noise / np.sqrt(shape[0])
             out[module][name] = value.astype(np.float32)
     return out
+
+
+def add_peer_flags(parser) -> None:
+    """The flags every benchmark with the PyTorch peer takes (and --json)."""
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch peer")
+    parser.add_argument("--no-torch-compile", action="store_true",
+                        help="time the PyTorch peer eagerly only")
+    parser.add_argument("--torch-threads", type=int, default=os.cpu_count(),
+                        help="torch.set_num_threads; default os.cpu_count(), as many as XLA's")
+    parser.add_argument("--json", action="store_true", help="also print one JSON line")
+
+
+def peer_module():
+    """(benchmarks.torch_peer, None), or (None, why) when torch is not importable; imported
+    here, on demand, so that this module needs no torch."""
+    try:
+        from benchmarks import torch_peer  # pylint: disable=import-outside-toplevel
+    except ImportError as e:
+        return None, f"torch is not importable ({e}); `pip install -e '.[bench]'` installs it"
+    return torch_peer, None

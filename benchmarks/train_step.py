@@ -194,27 +194,13 @@ class Runner:
         return float(np.asarray(out))
 
 
-def _peer_module():
-    """benchmarks.torch_peer, or None with why when torch is not importable."""
-    try:
-        from benchmarks import torch_peer  # pylint: disable=import-outside-toplevel
-    except ImportError as e:
-        return None, f"torch is not importable ({e}); `pip install -e '.[bench]'` installs it"
-    return torch_peer, None
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5, help="steps per timed block")
     parser.add_argument("--repeats", type=int, default=7,
                         help="timed rounds (matmul peak, then every step in turn)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps after the first")
-    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch peer")
-    parser.add_argument("--no-torch-compile", action="store_true",
-                        help="time the PyTorch peer eagerly only")
-    parser.add_argument("--torch-threads", type=int, default=os.cpu_count(),
-                        help="torch.set_num_threads; default os.cpu_count(), as many as XLA's")
-    parser.add_argument("--json", action="store_true", help="also print one JSON line")
+    common.add_peer_flags(parser)
     args = parser.parse_args(argv)
     machine = common.MachineLoad()
     threads = args.torch_threads
@@ -230,7 +216,7 @@ def main(argv=None):
     b = Runner("minimal", min_step, min_state, min_batches)
     runners = [a, b]
 
-    peer, peer_skipped = (None, "--no-torch") if args.no_torch else _peer_module()
+    peer, peer_skipped = (None, "--no-torch") if args.no_torch else common.peer_module()
     compile_error = None
     if peer is not None:
         peer.set_threads(threads)
