@@ -116,3 +116,19 @@ def peer_module():
     except ImportError as e:
         return None, f"torch is not importable ({e}); `pip install -e '.[bench]'` installs it"
     return torch_peer, None
+
+
+def first_calls(timed: list, peer) -> tuple[dict, str | None]:
+    """Each timed thing's first call (`.run(1)`, which compiles), by `.label`. A
+    "torch.compile" one whose first call fails is dropped from `timed`, with its one line why
+    printed and returned (`peer.try_compile`). Returns ({label: seconds}, why or None)."""
+    first, compile_error = {}, None
+    for t in list(timed):
+        if t.label == "torch.compile":
+            first[t.label], compile_error = peer.try_compile("torch.compile", lambda: t.run(1))
+            if compile_error:
+                timed.remove(t)
+                print(compile_error)
+        else:
+            first[t.label] = t.run(1)
+    return first, compile_error

@@ -117,15 +117,7 @@ def main(argv=None):
 
     # First calls: compile (timed), then warm up. torch.compile is left out, with one line why,
     # when its first call fails.
-    first, compile_error = {}, None
-    for g in list(generators):
-        if g.label == "torch.compile":
-            first[g.label], compile_error = peer.try_compile("torch.compile", lambda: g.run(1))
-            if compile_error:
-                generators.remove(g)
-                print(compile_error)
-        else:
-            first[g.label] = g.run(1)
+    first, compile_error = common.first_calls(generators, peer)
     agreement = {g.label: float(np.mean(g.tokens == generators[0].tokens)) for g in generators[1:]}
     for label, share in agreement.items():
         if not share >= MIN_AGREEMENT:

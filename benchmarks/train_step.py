@@ -217,7 +217,6 @@ def main(argv=None):
     runners = [a, b]
 
     peer, peer_skipped = (None, "--no-torch") if args.no_torch else common.peer_module()
-    compile_error = None
     if peer is not None:
         peer.set_threads(threads)
         steps = torch_steps(peer, cfg, initial_params, host_batches, not args.no_torch_compile)
@@ -225,15 +224,7 @@ def main(argv=None):
 
     # First calls: compile (timed), then warm up every step. torch.compile is left out, with one
     # line why, when its first call fails.
-    first = {}
-    for r in list(runners):
-        if r.label == "torch.compile":
-            first[r.label], compile_error = peer.try_compile("torch.compile", lambda: r.run(1))
-            if compile_error:
-                runners.remove(r)
-                print(compile_error)
-        else:
-            first[r.label] = r.run(1)
+    first, compile_error = common.first_calls(runners, peer)
     our_loss = a.first_loss()
     losses = {f"{r.label}'s first loss": (our_loss, r.first_loss()) for r in runners[2:]}
     if peer is not None:
